@@ -1,0 +1,178 @@
+"""Shared Megatron facts: the tracker file, iteration folders, args and layer numbering.
+
+Used by both Megatron readers (`torch` and `torch_dist`) and by Megatron-DeepSpeed roots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .safe_pickle import Placeholder
+
+TRACKER = "latest_checkpointed_iteration.txt"
+ITER_RE = re.compile(r"^iter_(\d{7,})$")
+LAYER_RE = re.compile(r"(?<![^.])layers\.(\d+)\.")
+LOCAL_EXPERT_RE = re.compile(r"(local_experts\.)(\d+)(\.)")
+GROUPED_EXPERT_RE = re.compile(r"(experts\.linear_fc[12]\.(?:weight|bias))(\d+)$")
+
+
+def iteration_folder_name(iteration: int | str) -> str:
+    return "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+
+
+def list_iterations(root: Path) -> list[int | str]:
+    found: list[int | str] = []
+    for child in root.iterdir():
+        m = ITER_RE.match(child.name)
+        if m and child.is_dir():
+            found.append(int(m.group(1)))
+    found.sort(key=lambda x: int(x))
+    if (root / "release").is_dir():
+        found.append("release")
+    return found
+
+
+def read_tracker(root: Path) -> int | str:
+    """Parse `latest_checkpointed_iteration.txt` (a number or `release`)."""
+    tracker = root / TRACKER
+    try:
+        text = tracker.read_text(errors="replace").strip()
+    except OSError as exc:
+        raise CheckpointError(tracker, f"cannot read tracker: {exc.strerror}") from None
+    if text == "release":
+        return "release"
+    if not text.isdigit():
+        raise CheckpointError(tracker, f"tracker must hold an iteration number or 'release', found {text[:40]!r}")
+    return int(text)
+
+
+def resolve_root(root: Path) -> tuple[Path, int | str, list[int | str], list[str]]:
+    """Pick the iteration folder a root points at. Returns (folder, iteration, all, warnings)."""
+    warnings: list[str] = []
+    iterations = list_iterations(root)
+    if (root / TRACKER).exists():
+        iteration = read_tracker(root)
+        folder = root / iteration_folder_name(iteration)
+        if not folder.is_dir():
+            raise CheckpointError(
+                root / TRACKER,
+                f"points to {folder.name}, which does not exist"
+                + (f" (present: {', '.join(iteration_folder_name(i) for i in iterations[-4:])})" if iterations else ""),
+            )
+        if iterations and iteration != iterations[-1] and iteration != "release":
+            warnings.append(f"tracker points to iteration {iteration}, but a newer folder exists: {iteration_folder_name(iterations[-1])}")
+        return folder, iteration, iterations, warnings
+    if not iterations:
+        raise CheckpointError(root, "no iteration folders (iter_XXXXXXX or release)")
+    warnings.append(f"no {TRACKER}; using the newest iteration folder")
+    latest = iterations[-1]
+    return root / iteration_folder_name(latest), latest, iterations, warnings
+
+
+def iteration_of_folder(folder: Path) -> int | str | None:
+    m = ITER_RE.match(folder.name)
+    if m:
+        return int(m.group(1))
+    return "release" if folder.name == "release" else None
+
+
+def args_to_dict(args: Any) -> dict[str, Any]:
+    """Megatron `args` Namespace as a plain dict; placeholders become readable strings."""
+    if isinstance(args, argparse.Namespace):
+        raw = vars(args)
+    elif isinstance(args, dict):
+        raw = args
+    elif isinstance(args, Placeholder) and isinstance(args.state, dict):
+        raw = args.state
+    else:
+        return {}
+    return {str(k): plain_value(v) for k, v in raw.items()}
+
+
+def plain_value(value: Any, depth: int = 0) -> Any:
+    """Make a pickled value printable/JSON-able without losing what it was."""
+    import torch
+
+    if depth > 8:
+        return repr(value)[:200]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, Placeholder):
+        return f"<{value.describe()}>"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, argparse.Namespace):
+        return {str(k): plain_value(v, depth + 1) for k, v in vars(value).items()}
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return repr(value)[:200]
+
+
+def get_arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if args.get(name) is not None:
+            return args[name]
+    return default
+
+
+def layer_offsets(args: dict[str, Any], pp: int, vpp: int) -> dict[tuple[int, int], int]:
+    """Global index of local layer 0 for each (pp_rank, vpp_rank), as Megatron computes it.
+
+    Handles even splits, virtual pipeline chunks and explicit first/last stage sizes
+    (`decoder_first_pipeline_num_layers` / `decoder_last_pipeline_num_layers`).
+    """
+    layers = int(get_arg(args, "num_layers", "encoder_num_layers", default=0) or 0)
+    first = args.get("decoder_first_pipeline_num_layers")
+    last = args.get("decoder_last_pipeline_num_layers")
+    stages = pp * vpp
+    if first or last:
+        middle_layers = layers - (first or 0) - (last or 0)
+        middle_stages = pp - (1 if first else 0) - (1 if last else 0)
+        per_middle = middle_layers // middle_stages if middle_stages > 0 else 0
+        sizes = []
+        for p in range(pp):
+            if p == 0 and first:
+                sizes.append(int(first))
+            elif p == pp - 1 and last:
+                sizes.append(int(last))
+            else:
+                sizes.append(per_middle)
+        offsets = {}
+        acc = 0
+        for p, n in enumerate(sizes):
+            offsets[(p, 0)] = acc
+            acc += n
+        return offsets
+    per_stage = layers // stages if stages and layers else 0
+    return {(p, v): (v * pp + p) * per_stage for p in range(pp) for v in range(vpp)}
+
+
+def globalise_name(name: str, layer_offset: int, expert_offset: int) -> str:
+    """Rename pipeline-local layer and EP-local expert numbers to global ones."""
+    if layer_offset:
+        name = LAYER_RE.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", name, count=1)
+    if expert_offset:
+        name = LOCAL_EXPERT_RE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + expert_offset}{m.group(3)}", name)
+        name = GROUPED_EXPERT_RE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + expert_offset}", name)
+    return name
+
+
+ARCH_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
+    "num_query_groups", "kv_channels", "seq_length", "max_position_embeddings", "padded_vocab_size",
+    "vocab_size", "make_vocab_size_divisible_by", "normalization", "norm_epsilon", "swiglu",
+    "apply_layernorm_1p", "add_bias_linear", "add_qkv_bias", "qk_layernorm",
+    "untie_embeddings_and_output_weights", "position_embedding_type", "rotary_base", "rotary_percent",
+    "rotary_interleaved", "use_rope_scaling", "rope_scaling_factor", "num_experts", "moe_router_topk",
+    "moe_ffn_hidden_size", "moe_grouped_gemm", "params_dtype", "bf16", "fp16",
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
+    "virtual_pipeline_model_parallel_size", "transformer_impl", "tokenizer_type", "ckpt_format",
+)

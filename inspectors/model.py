@@ -1,0 +1,281 @@
+"""The index a reader builds: files, rank coordinates, tensors as stored, metadata.
+
+Readers fill these dataclasses from headers and pickles only. Tensor bytes are read later,
+one tensor at a time, through each `TensorInfo.source`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+KINDS = ("hf", "megatron-torch", "megatron-dist", "nxd", "deepspeed")
+
+RANK_AXES = ("tp", "pp", "ep", "vpp", "dp")
+
+
+@dataclass(frozen=True, order=True)
+class Ranks:
+    """Rank coordinates of a shard; None means the axis does not apply to it."""
+
+    tp: int | None = None
+    pp: int | None = None
+    ep: int | None = None
+    vpp: int | None = None
+    dp: int | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        return {axis: getattr(self, axis) for axis in RANK_AXES if getattr(self, axis) is not None}
+
+    def matches(self, want: Ranks | Mapping[str, int] | None) -> bool:
+        """True when every axis given in `want` equals ours (axes we lack count as rank 0)."""
+        if want is None:
+            return True
+        items = want.as_dict().items() if isinstance(want, Ranks) else want.items()
+        return all((getattr(self, axis) or 0) == value for axis, value in items)
+
+    def label(self) -> str:
+        return " ".join(f"{k}{v}" for k, v in self.as_dict().items()) or "-"
+
+
+NO_RANKS = Ranks()
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Parallel degrees as found on disk (or in the saved args where the disk cannot tell)."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    vpp: int = 1
+    dp: int = 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {axis: getattr(self, axis) for axis in RANK_AXES}
+
+    def label(self) -> str:
+        parts = [f"TP{self.tp}", f"PP{self.pp}"]
+        if self.ep > 1:
+            parts.append(f"EP{self.ep}")
+        if self.vpp > 1:
+            parts.append(f"VPP{self.vpp}")
+        if self.dp > 1:
+            parts.append(f"DP{self.dp}")
+        return "×".join(parts)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One file of the checkpoint, with what it holds and which ranks wrote it."""
+
+    path: Path
+    rel: str
+    size: int
+    ranks: Ranks = NO_RANKS
+    role: str = "model"  # model | optimizer | index | config | metadata | common | tokenizer | tensors | marker | other
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a globally-shaped tensor (torch_dist): offsets and sizes in the global shape."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str
+
+
+class TensorSource(Protocol):
+    """Knows how to materialise exactly one stored tensor."""
+
+    def load(self) -> torch.Tensor: ...
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return value
+
+
+def itemsize(dtype: str) -> float:
+    """Bytes per element (fractional for sub-byte dtypes)."""
+    return dtype_from_name(dtype).itemsize if dtype != "bool" else 1
+
+
+@dataclass
+class TensorInfo:
+    """A tensor exactly as stored: its name in the file, shape, dtype and where it lives.
+
+    `global_name` renumbers pipeline-local layers and EP-local experts to their global index
+    (Megatron) so the same logical tensor can be grouped across rank files; it equals `name`
+    for formats that store global names.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+    ranks: Ranks = NO_RANKS
+    global_name: str = ""
+    group: str = "model"  # model | optimizer | other
+    chunks: tuple[Chunk, ...] = ()
+    stacked: tuple[str, ...] = ()  # leading axes that stack layers / experts (torch_dist)
+    source: TensorSource | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.global_name:
+            self.global_name = self.name
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.numel * itemsize(self.dtype))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "global_name": self.global_name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "nbytes": self.nbytes,
+            "file": self.file,
+            "ranks": self.ranks.as_dict(),
+            "group": self.group,
+        }
+        if self.chunks:
+            out["chunks"] = [
+                {"offsets": list(c.offsets), "sizes": list(c.sizes), "file": c.file} for c in self.chunks
+            ]
+        if self.stacked:
+            out["stacked"] = list(self.stacked)
+        return out
+
+
+@dataclass
+class ObjectInfo:
+    """A stored non-tensor entry worth showing: TE `_extra_state`, placeholders, byte blobs."""
+
+    name: str
+    kind: str
+    file: str
+    ranks: Ranks = NO_RANKS
+    detail: str = ""
+
+
+@dataclass
+class Checkpoint:
+    """What `detect()` returns: a lazily indexed checkpoint of one known kind."""
+
+    kind: str
+    path: Path
+    root: Path | None = None
+    iteration: int | str | None = None
+    iterations: list[int | str] = field(default_factory=list)
+    parallel: ParallelLayout = field(default_factory=ParallelLayout)
+    files: list[ShardFile] = field(default_factory=list)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    objects: list[ObjectInfo] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
+    complete: bool = True
+    format_detail: str = ""  # e.g. "safetensors, 4 shards" or "xser"
+
+    # ----- lookups -------------------------------------------------------------------------
+    def model_tensors(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.group == "model"]
+
+    def find(self, name: str, ranks: Ranks | Mapping[str, int] | None = None) -> list[TensorInfo]:
+        """Stored tensors called `name` (stored or global name) on the given ranks."""
+        return [
+            t for t in self.tensors if (t.name == name or t.global_name == name) and t.ranks.matches(ranks)
+        ]
+
+    def tensor(self, name: str, ranks: Ranks | Mapping[str, int] | None = None) -> TensorInfo:
+        found = self.find(name, ranks)
+        if not found:
+            raise KeyError(f"no tensor {name!r}" + (f" on ranks {dict(ranks) if isinstance(ranks, Mapping) else ranks}" if ranks else ""))
+        if len(found) > 1:
+            where = ", ".join(t.ranks.label() for t in found[:8])
+            raise KeyError(f"{name!r} is stored on several ranks ({where}); pass ranks=")
+        return found[0]
+
+    def load(self, name: str | TensorInfo, ranks: Ranks | Mapping[str, int] | None = None) -> torch.Tensor:
+        """Materialise one stored tensor (reads only its bytes)."""
+        info = name if isinstance(name, TensorInfo) else self.tensor(name, ranks)
+        if info.source is None:
+            raise KeyError(f"{info.name!r} has no data on disk (placeholder only)")
+        return info.source.load()
+
+    # ----- summaries -----------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def param_count(self) -> int:
+        """Parameters of the model tensors, counting each logical tensor once per shard slice."""
+        return sum(t.numel for t in self.model_tensors())
+
+    def bytes_by_dtype(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.model_tensors():
+            out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def to_json(self) -> dict[str, Any]:
+        from .jsonable import jsonable
+
+        return {
+            "format": self.kind,
+            "format_detail": self.format_detail,
+            "path": str(self.path),
+            "root": str(self.root) if self.root else None,
+            "iteration": self.iteration,
+            "iterations": list(self.iterations),
+            "complete": self.complete,
+            "parallel": self.parallel.as_dict(),
+            "files": [
+                {"path": f.rel, "size": f.size, "ranks": f.ranks.as_dict(), "role": f.role} for f in self.files
+            ],
+            "tensors": [t.to_json() for t in self.tensors],
+            "objects": [
+                {"name": o.name, "kind": o.kind, "file": o.file, "ranks": o.ranks.as_dict(), "detail": o.detail}
+                for o in self.objects
+            ],
+            "totals": {
+                "parameters": self.param_count(),
+                "tensor_bytes": sum(t.nbytes for t in self.model_tensors()),
+                "file_bytes": self.total_bytes,
+                "bytes_by_dtype": self.bytes_by_dtype(),
+            },
+            "metadata": jsonable(self.metadata),
+            "placeholders": sorted(set(self.placeholders)),
+            "warnings": list(self.warnings),
+        }
+
+
+def relpath(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def unique(items: Iterable[Any]) -> list[Any]:
+    seen: dict[Any, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)

@@ -1,0 +1,263 @@
+"""A restricted unpickler: an allowlist of harmless classes, inert placeholders for the rest.
+
+Checkpoints from the wild are untrusted. `pickle` can call any importable callable, so the
+only safe reader is one that decides what every GLOBAL resolves to. Here:
+
+- a small allowlist maps to real objects that cannot run code (containers, `argparse.Namespace`,
+  torch dtypes and `torch.Size`, numpy arrays/scalars/dtypes, DCP metadata dataclasses);
+- tensor rebuild functions map to hooks the caller provides (lazy tensors: no bytes read);
+- everything else (`megatron.*` enums, Transformer Engine recipes, `os.system`, `builtins.eval`,
+  `builtins.getattr`, ...) becomes a `Placeholder` subclass that records its qualified name and
+  the arguments/state it was given, and does nothing else.
+
+Nothing a checkpoint names is ever imported or called unless it is on the allowlist.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import collections
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import torch
+
+
+class Placeholder:
+    """Inert stand-in for a class or callable the allowlist does not know.
+
+    Calling the stand-in class (REDUCE) or constructing it (NEWOBJ) only records arguments;
+    BUILD only records state. `qualname` says what the checkpoint asked for.
+    """
+
+    qualname: str = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        inst = object.__new__(cls)
+        object.__setattr__(inst, "args", args)
+        object.__setattr__(inst, "kwargs", kwargs)
+        object.__setattr__(inst, "state", None)
+        return inst
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D107 - accept anything
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "state", state)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
+        """Calling a placeholder (a `getattr(...)(...)` chain) yields another inert placeholder."""
+        return type(self)(self, *args, **kwargs)
+
+    def __reduce__(self) -> Any:  # never re-pickle a placeholder as the original class
+        raise pickle.PicklingError(f"placeholder for {self.qualname} cannot be pickled")
+
+    # Containers sometimes get filled through APPEND/SETITEM on reconstructed objects.
+    def append(self, item: Any) -> None:
+        object.__setattr__(self, "state", (self.state or []) + [item])
+
+    def extend(self, items: Any) -> None:
+        for item in items:
+            self.append(item)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        state = self.state if isinstance(self.state, dict) else {}
+        state[key] = value
+        object.__setattr__(self, "state", state)
+
+    def describe(self) -> str:
+        parts = [repr(a) for a in self.args[:4]]
+        if isinstance(self.state, dict):
+            parts += [f"{k}={v!r}" for k, v in list(self.state.items())[:4]]
+        text = ", ".join(parts)
+        if len(text) > 120:
+            text = text[:117] + "..."
+        return f"{self.qualname}({text})"
+
+    def __repr__(self) -> str:
+        return f"<placeholder {self.describe()}>"
+
+
+_placeholder_classes: dict[str, type[Placeholder]] = {}
+
+
+def placeholder_class(module: str, name: str) -> type[Placeholder]:
+    """One inert subclass per qualified name, so repeated objects share a type."""
+    qualname = f"{module}.{name}"
+    cls = _placeholder_classes.get(qualname)
+    if cls is None:
+        cls = type(f"Placeholder[{qualname}]", (Placeholder,), {"qualname": qualname})
+        _placeholder_classes[qualname] = cls
+    return cls
+
+
+def is_placeholder(obj: Any) -> bool:
+    return isinstance(obj, Placeholder)
+
+
+class XserTensorRef:
+    """torch_xla's `TensorReference`: only a tensor id pointing at `<file>.tensors/tensor_<tid>.pt`."""
+
+    def __init__(self, tid: int | None = None) -> None:
+        self.tid = tid
+
+    def __repr__(self) -> str:
+        return f"<xser tensor ref {self.tid}>"
+
+
+def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """copyreg._reconstructor without calling arbitrary __init__s (protocol 0/1 objects)."""
+    if isinstance(cls, type) and issubclass(cls, Placeholder):
+        inst = cls()
+        inst.__setstate__(state)
+        return inst
+    if cls in (collections.OrderedDict, dict, list, set, argparse.Namespace):
+        return cls() if state is None else cls(state)
+    return placeholder_class("copyreg", "_reconstructor")(cls, base, state)
+
+
+def _build_allowlist() -> dict[tuple[str, str], Any]:
+    allow: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("collections", "defaultdict"): lambda *a: collections.defaultdict(None),
+        ("collections", "Counter"): collections.Counter,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): bytearray,
+        ("builtins", "complex"): complex,
+        ("builtins", "slice"): slice,
+        ("builtins", "range"): range,
+        ("builtins", "object"): object,
+        ("builtins", "bytes"): bytes,
+        ("__builtin__", "bytes"): bytes,
+        ("__builtin__", "set"): set,
+        ("__builtin__", "frozenset"): frozenset,
+        ("_codecs", "encode"): _codecs_encode,
+        ("copyreg", "_reconstructor"): _safe_reconstructor,
+        ("copy_reg", "_reconstructor"): _safe_reconstructor,
+        ("argparse", "Namespace"): argparse.Namespace,
+        ("_io", "BytesIO"): io.BytesIO,  # TE `_extra_state` blobs; state is just bytes
+        ("io", "BytesIO"): io.BytesIO,
+        ("types", "SimpleNamespace"): argparse.Namespace,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch.serialization", "_get_layout"): _get_layout,
+        ("torch_xla.utils.serialization", "TensorReference"): XserTensorRef,
+    }
+    for name in dir(torch):
+        value = getattr(torch, name, None)
+        if isinstance(value, torch.dtype):
+            allow[("torch", name)] = value
+    for attr in ("strided", "sparse_coo", "sparse_csr", "_mkldnn"):
+        value = getattr(torch, attr, None)
+        if value is not None:
+            allow[("torch", attr)] = value
+    _add_numpy(allow)
+    _add_dcp(allow)
+    return allow
+
+
+def _codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # protocol-2 pickles of `bytes` go through _codecs.encode(text, 'latin1')
+    return obj.encode(encoding, errors)
+
+
+def _get_layout(name: str) -> Any:
+    layout = getattr(torch, str(name).removeprefix("torch."), None)
+    return layout if isinstance(layout, torch.layout) else name
+
+
+def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
+    try:
+        import numpy as np
+    except Exception:  # noqa: BLE001
+        return
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
+    scalar = np.float32(0).__reduce__()[0]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allow[(mod, "_reconstruct")] = reconstruct
+        allow[(mod, "scalar")] = scalar
+    allow[("numpy", "ndarray")] = np.ndarray
+    allow[("numpy", "dtype")] = np.dtype
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                 "uint32", "uint64", "bool_"):
+        allow[("numpy", name)] = getattr(np, name)
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        for name in dir(dtypes):
+            if name.endswith("DType"):
+                allow[("numpy.dtypes", name)] = getattr(dtypes, name)
+
+
+def _add_dcp(allow: dict[tuple[str, str], Any]) -> None:
+    """torch.distributed.checkpoint metadata classes: plain dataclasses and enums."""
+    try:
+        from torch.distributed.checkpoint import filesystem, metadata, planner
+    except Exception:  # noqa: BLE001
+        return
+    for mod, names in (
+        (metadata, ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                    "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+        (planner, ("SavePlan", "WriteItem", "WriteItemType", "TensorWriteData", "LoadPlan", "ReadItem",
+                   "LoadItemType")),
+        (filesystem, ("_StorageInfo", "_StoragePrefix")),
+    ):
+        for name in names:
+            if hasattr(mod, name):
+                allow[(mod.__name__, name)] = getattr(mod, name)
+    # Megatron-Core >= 0.15 pickles a Metadata subclass; its extra field lands in __dict__.
+    allow[("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata")] = metadata.Metadata
+
+
+ALLOWLIST: dict[tuple[str, str], Any] = _build_allowlist()
+
+RebuildHook = Callable[..., Any]
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Allowlist unpickler. `hooks` add callables for (module, name) pairs, e.g. tensor rebuilds.
+
+    `persistent_load` is routed to `persistent` (a callable) when given; otherwise persistent
+    ids become placeholders.
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        hooks: dict[tuple[str, str], Any] | None = None,
+        persistent: Callable[[Any], Any] | None = None,
+        seen: set[str] | None = None,
+    ) -> None:
+        super().__init__(file, encoding="latin1")
+        self._hooks = hooks or {}
+        self._persistent = persistent
+        self.placeholders: set[str] = seen if seen is not None else set()
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        # Python 2 era names (protocol < 3 pickles say `__builtin__`): normalise like pickle does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        key = (module, name)
+        if key in self._hooks:
+            return self._hooks[key]
+        if key in ALLOWLIST:
+            return ALLOWLIST[key]
+        self.placeholders.add(f"{module}.{name}")
+        return placeholder_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is not None:
+            return self._persistent(pid)
+        self.placeholders.add("<persistent id>")
+        return placeholder_class("<persistent>", "id")(pid)
+
+
+def safe_loads(data: bytes, **kwargs: Any) -> Any:
+    """Unpickle bytes with the allowlist (no tensors expected)."""
+    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()

@@ -1,0 +1,146 @@
+"""Headless views of a Checkpoint shared by the CLI and the TUI.
+
+- `natural_key`: `layers.10` sorts after `layers.9`;
+- `collapse`: repeated layers fold into one row (`decoder.layers.{0..31}.mlp.linear_fc1.weight`),
+  with shard count, shapes, dtypes and totals;
+- `arch_fields`: the architecture fields of args / config worth showing first;
+- `printable`: names and strings from a checkpoint are untrusted; escape control characters
+  before they reach a terminal.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .megatron_common import ARCH_FIELDS
+from .model import Checkpoint, TensorInfo
+
+_NUM_RE = re.compile(r"(\d+)")
+_INDEX_RE = re.compile(r"(?<=\.)(\d+)(?=\.)")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in _NUM_RE.split(text))
+
+
+def printable(text: Any, limit: int = 500) -> str:
+    """Escape terminal control characters (and bidi overrides) in untrusted text."""
+    s = str(text)
+    if len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return _CONTROL_RE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
+
+
+def select(tensors: Iterable[TensorInfo], pattern: str | None) -> list[TensorInfo]:
+    """Glob filter on stored or global names (`*` spans dots)."""
+    tensors = list(tensors)
+    if not pattern:
+        return tensors
+    return [t for t in tensors if fnmatch.fnmatchcase(t.name, pattern) or fnmatch.fnmatchcase(t.global_name, pattern)]
+
+
+@dataclass
+class Row:
+    """One collapsed group of tensors that differ only by layer (and expert) numbers."""
+
+    pattern: str
+    indices: list[tuple[int, ...]] = field(default_factory=list)
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    dtypes: set[str] = field(default_factory=set)
+    shards: int = 0
+    numel: int = 0
+    nbytes: int = 0
+    group: str = "model"
+
+    @property
+    def name(self) -> str:
+        """Pattern with `{}` slots filled by index ranges, e.g. `layers.{0..31}`."""
+        if not self.indices:
+            return self.pattern
+        slots = len(self.indices[0])
+        ranges = [_range_label(sorted({ix[s] for ix in self.indices})) for s in range(slots)]
+        out = self.pattern
+        for label in ranges:
+            out = out.replace("{}", "{" + label + "}", 1)
+        return out
+
+    @property
+    def shape_label(self) -> str:
+        if len(self.shapes) == 1:
+            return "[" + ", ".join(str(d) for d in next(iter(self.shapes))) + "]"
+        return " | ".join("[" + ", ".join(str(d) for d in s) + "]" for s in sorted(self.shapes)[:3]) + (" ..." if len(self.shapes) > 3 else "")
+
+
+def _range_label(values: list[int]) -> str:
+    if not values:
+        return ""
+    if values == list(range(values[0], values[-1] + 1)):
+        return str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
+    return ",".join(str(v) for v in values[:6]) + (",..." if len(values) > 6 else "")
+
+
+def collapse(tensors: Iterable[TensorInfo], by_global: bool = True) -> list[Row]:
+    """Fold tensors whose names differ only in numeric path components into rows."""
+    rows: dict[tuple[str, str], Row] = {}
+    for t in tensors:
+        name = t.global_name if by_global else t.name
+        numbers = tuple(int(n) for n in _INDEX_RE.findall(name))
+        pattern = _INDEX_RE.sub("{}", name)
+        row = rows.get((t.group, pattern))
+        if row is None:
+            row = rows[(t.group, pattern)] = Row(pattern, group=t.group)
+        if numbers:
+            row.indices.append(numbers)
+        row.shapes.add(t.shape)
+        row.dtypes.add(t.dtype)
+        row.shards += 1
+        row.numel += t.numel
+        row.nbytes += t.nbytes
+    return sorted(rows.values(), key=lambda r: (r.group != "model", natural_key(r.pattern)))
+
+
+def arch_fields(ckpt: Checkpoint) -> dict[str, Any]:
+    """Architecture fields from Megatron args or an HF config, in a stable order."""
+    args = ckpt.metadata.get("args")
+    if isinstance(args, dict) and args:
+        return {k: args[k] for k in ARCH_FIELDS if k in args}
+    config = ckpt.metadata.get("config")
+    if isinstance(config, dict):
+        from .formats.hf import config_summary
+
+        return config_summary(config)
+    return {}
+
+
+def shard_files_label(ckpt: Checkpoint) -> str:
+    roles: dict[str, int] = {}
+    for f in ckpt.files:
+        roles[f.role] = roles.get(f.role, 0) + 1
+    return ", ".join(f"{n} {role}" for role, n in roles.items())
+
+
+# Tensors every tensor-parallel rank stores whole (reference §4.2): norms, routers, row-parallel
+# biases, position embeddings. Everything else is split, so its shards add up.
+REPLICATED_RE = re.compile(
+    r"(norm|layernorm|layer_norm_(weight|bias)|router|expert_bias|position_embeddings|"
+    r"(linear_proj|linear_fc2|dense|dense_4h_to_h|o_proj|down_proj)\.bias)"
+)
+
+
+def logical_param_count(ckpt: Checkpoint) -> int:
+    """Parameters of the model, counting replicated shards once and split shards in full."""
+    by_name: dict[str, list[TensorInfo]] = {}
+    for t in ckpt.model_tensors():
+        by_name.setdefault(t.global_name, []).append(t)
+    total = 0
+    for name, shards in by_name.items():
+        if len(shards) > 1 and REPLICATED_RE.search(name):
+            total += shards[0].numel
+        else:
+            total += sum(t.numel for t in shards)
+    return total

@@ -1,0 +1,354 @@
+"""Lazy reading of `torch.save` files without executing them and without reading tensor bytes.
+
+Zip format (torch >= 1.6): `<prefix>/data.pkl` is unpickled with the restricted unpickler; every
+storage becomes a `StorageRef` (zip member, dtype, element count) and every tensor a
+`LazyTensor` (storage, offset, size, stride). Bytes are read only in `LazyTensor.load()`, with
+one positioned read from the stored (uncompressed) zip member.
+
+Legacy format (torch < 1.6, `_use_new_zipfile_serialization=False`): a run of pickles followed
+by raw storages; we walk the storage headers (8-byte counts) with seeks to learn the offsets.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, reading
+from .safe_pickle import RestrictedUnpickler
+
+# Storage class names (as pickled in the persistent id) -> dtype
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+    "UntypedStorage": torch.uint8,
+}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if hasattr(torch, _name):
+        _STORAGE_DTYPES["".join(p.capitalize() for p in _name.split("_")) + "Storage"] = getattr(torch, _name)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_MAX_PICKLE_BYTES = 1 << 30
+
+
+class StorageType:
+    """What `torch.FloatStorage` & co. resolve to: just a dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<storage type {self.dtype}>"
+
+
+@dataclass
+class StorageRef:
+    """Where one storage's bytes live: absolute byte offset in the file and element count."""
+
+    file: Path
+    key: str
+    dtype: torch.dtype
+    numel: int
+    offset: int = -1  # absolute file offset of element 0, resolved lazily for zip members
+    archive: _ZipIndex | None = field(default=None, repr=False)
+
+    def data_offset(self) -> int:
+        if self.offset < 0:
+            assert self.archive is not None
+            self.offset = self.archive.member_offset(self.key)
+        return self.offset
+
+
+@dataclass
+class LazyTensor:
+    """A tensor whose bytes stay on disk until `load()`."""
+
+    storage: StorageRef | None
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def load(self) -> torch.Tensor:
+        """Read exactly the byte range this view covers and return a contiguous CPU tensor."""
+        if self.storage is None:
+            raise CheckpointError("<meta>", "tensor was saved without data (meta tensor)")
+        ref = self.storage
+        if self.numel == 0:
+            return torch.empty(self.shape, dtype=self.dtype)
+        extent = 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride) if s > 0)
+        if self.storage_offset + extent > ref.numel:
+            raise CheckpointError(ref.file, f"tensor view exceeds storage {ref.key} ({ref.numel} elements)")
+        size = self.dtype.itemsize
+        with reading(ref.file, "cannot read tensor data"):
+            start = ref.data_offset() + self.storage_offset * size
+            buf = bytearray(extent * size)
+            with open(ref.file, "rb") as fh:
+                fh.seek(start)
+                got = fh.readinto(buf)
+            if got != len(buf):
+                raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {len(buf)} bytes at {start}, file has {got}")
+            flat = torch.frombuffer(buf, dtype=self.dtype) if buf else torch.empty(0, dtype=self.dtype)
+            return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
+
+
+class _ZipIndex:
+    """Zip central directory of a torch file: member -> absolute data offset (stored members)."""
+
+    def __init__(self, path: Path, zf: zipfile.ZipFile) -> None:
+        self.path = path
+        self.infos = {info.filename: info for info in zf.infolist()}
+        pkl = [n for n in self.infos if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not pkl:
+            raise CheckpointError(path, "not a torch checkpoint: zip archive has no data.pkl")
+        self.pkl = sorted(pkl, key=len)[0]
+        self.prefix = self.pkl[: -len("data.pkl")]
+        self._lock = threading.Lock()
+
+    def member_offset(self, key: str) -> int:
+        name = f"{self.prefix}data/{key}"
+        info = self.infos.get(name)
+        if info is None:
+            raise CheckpointError(self.path, f"zip archive is missing member {name!r}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(self.path, f"member {name!r} is compressed; torch files are stored uncompressed")
+        with self._lock, open(self.path, "rb") as fh:
+            fh.seek(info.header_offset)
+            header = fh.read(30)
+            if len(header) != 30 or header[:4] != _ZIP_MAGIC:
+                raise CheckpointError(self.path, f"corrupt zip local header for {name!r}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+        return info.header_offset + 30 + name_len + extra_len
+
+    def member_size(self, key: str) -> int:
+        info = self.infos.get(f"{self.prefix}data/{key}")
+        return -1 if info is None else info.file_size
+
+
+def _rebuild_hooks(make: Any) -> dict[tuple[str, str], Any]:
+    """Map torch's tensor-rebuild functions to constructors of LazyTensor."""
+
+    def v2(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> Any:
+        return make(storage, offset, size, stride, None)
+
+    def v3(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any) -> Any:
+        return make(storage, offset, size, stride, dtype)
+
+    def parameter(data: Any, *_: Any) -> Any:
+        return data
+
+    def from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        return func(*args) if callable(func) else None
+
+    def meta(dtype: Any, size: Any, stride: Any, *_: Any) -> Any:
+        return make(None, 0, size, stride, dtype)
+
+    hooks: dict[tuple[str, str], Any] = {
+        ("torch._utils", "_rebuild_tensor"): lambda storage, offset, size, stride: make(storage, offset, size, stride, None),
+        ("torch._utils", "_rebuild_tensor_v2"): v2,
+        ("torch._utils", "_rebuild_tensor_v3"): v3,
+        ("torch._utils", "_rebuild_parameter"): parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): parameter,
+        ("torch._utils", "_rebuild_meta_tensor_no_storage"): meta,
+        ("torch._tensor", "_rebuild_from_type_v2"): from_type_v2,
+        ("torch.nn.parameter", "Parameter"): lambda data=None, *a: data,
+    }
+    for name, dtype in _STORAGE_DTYPES.items():
+        hooks[("torch", name)] = StorageType(dtype)
+    return hooks
+
+
+@dataclass
+class TorchFile:
+    """A lazily opened torch file: the unpickled object tree with LazyTensor leaves."""
+
+    path: Path
+    obj: Any
+    placeholders: set[str]
+    legacy: bool = False
+
+
+def _make_lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) -> LazyTensor:
+    shape = tuple(int(s) for s in size)
+    if stride is None or len(stride) != len(shape):
+        stride = tuple(int(math.prod(shape[i + 1 :])) for i in range(len(shape)))
+    ref = storage if isinstance(storage, StorageRef) else None
+    if not isinstance(dtype, torch.dtype):
+        dtype = ref.dtype if ref is not None else torch.uint8
+    return LazyTensor(ref, int(offset), shape, tuple(int(s) for s in stride), dtype)
+
+
+def open_torch_file(path: str | Path) -> TorchFile:
+    """Unpickle a torch file lazily and safely. Raises CheckpointError on anything malformed."""
+    path = Path(path)
+    with reading(path, "cannot read torch file"):
+        size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(path, "file is empty")
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic == _ZIP_MAGIC:
+            return _open_zip(path)
+        return _open_legacy(path)
+
+
+def _open_zip(path: Path) -> TorchFile:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(path, f"corrupt or truncated zip archive ({exc})") from None
+    with zf:
+        index = _ZipIndex(path, zf)
+        info = index.infos[index.pkl]
+        if info.file_size > _MAX_PICKLE_BYTES:
+            raise CheckpointError(path, f"data.pkl claims {info.file_size} bytes; refusing")
+        data = zf.read(index.pkl)
+        byteorder = index.prefix + "byteorder"
+        if byteorder in index.infos and zf.read(byteorder).strip() not in (b"little", b""):
+            raise CheckpointError(path, "big-endian torch files are not supported")
+    storages: dict[str, StorageRef] = {}
+
+    def persistent(pid: Any) -> StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
+        _, stype, key, _location, numel = pid[:5]
+        key = str(key)
+        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        ref = storages.get(key)
+        if ref is None:
+            member = index.member_size(key)
+            if member < 0:
+                raise CheckpointError(path, f"zip archive is missing member {index.prefix}data/{key}")
+            ref = StorageRef(path, key, dtype, int(numel), archive=index)
+            if member < int(numel) * dtype.itemsize:
+                raise CheckpointError(path, f"storage {key} holds {member} bytes, needs {int(numel) * dtype.itemsize}")
+            storages[key] = ref
+        return ref
+
+    seen: set[str] = set()
+    unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(_make_lazy), persistent=persistent, seen=seen)
+    obj = unpickler.load()
+    return TorchFile(path, obj, seen)
+
+
+def _open_legacy(path: Path) -> TorchFile:
+    hooks = _rebuild_hooks(_make_lazy)
+    seen: set[str] = set()
+    storages: dict[str, StorageRef] = {}
+    with open(path, "rb") as fh:
+
+        def load_one(**kw: Any) -> Any:
+            return RestrictedUnpickler(fh, hooks=hooks, seen=seen, **kw).load()
+
+        try:
+            magic = load_one()
+        except Exception:  # noqa: BLE001
+            raise CheckpointError(path, "not a torch checkpoint (neither zip nor legacy pickle format)") from None
+        if magic != _LEGACY_MAGIC:
+            raise CheckpointError(path, "not a torch checkpoint (no torch magic number)")
+        protocol = load_one()
+        if protocol != 1001:
+            raise CheckpointError(path, f"unsupported legacy torch protocol {protocol!r}")
+        sys_info = load_one()
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise CheckpointError(path, "big-endian torch files are not supported")
+
+        def persistent(pid: Any) -> Any:
+            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
+            _, stype, key, _location, numel = pid[:5]
+            dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+            key = str(key)
+            ref = storages.setdefault(key, StorageRef(path, key, dtype, int(numel)))
+            view = pid[5] if len(pid) > 5 else None
+            if view:  # (view_key, offset, numel): a slice of the storage
+                _vkey, voffset, vnumel = view
+                return StorageRef(path, key, dtype, int(vnumel), offset=-2 - int(voffset))
+            return ref
+
+        obj = load_one(persistent=persistent)
+        keys = load_one()
+        end = os.fstat(fh.fileno()).st_size
+        offsets: dict[str, int] = {}
+        for key in keys:
+            header = fh.read(8)
+            if len(header) != 8:
+                raise CheckpointError(path, f"truncated: storage {key} header missing")
+            (count,) = struct.unpack("<q", header)
+            ref = storages.get(str(key))
+            itemsize = ref.dtype.itemsize if ref else 1
+            offsets[str(key)] = fh.tell()
+            fh.seek(count * itemsize, io.SEEK_CUR)
+            if fh.tell() > end:
+                raise CheckpointError(path, f"truncated: storage {key} runs past end of file")
+    for ref in storages.values():
+        ref.offset = offsets.get(ref.key, -1)
+        if ref.offset < 0:
+            raise CheckpointError(path, f"storage {ref.key} has no data")
+    _fix_legacy_views(obj, offsets)
+    return TorchFile(path, obj, seen, legacy=True)
+
+
+def _fix_legacy_views(obj: Any, offsets: dict[str, int]) -> None:
+    """Legacy storage views were recorded with offset = -2 - element offset; resolve them."""
+    for tensor in iter_lazy_tensors(obj):
+        ref = tensor.storage
+        if ref is not None and ref.offset <= -2:
+            element_offset = -2 - ref.offset
+            tensor.storage = StorageRef(ref.file, ref.key, ref.dtype, ref.numel + element_offset, offset=offsets[ref.key])
+            tensor.storage_offset += element_offset
+
+
+def iter_lazy_tensors(obj: Any, _depth: int = 0) -> Any:
+    if _depth > 64:
+        return
+    if isinstance(obj, LazyTensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from iter_lazy_tensors(value, _depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from iter_lazy_tensors(value, _depth + 1)
+
+
+def flatten(obj: Any, prefix: str = "", _depth: int = 0) -> list[tuple[str, Any]]:
+    """Flatten nested dicts/lists into dotted names (legacy Megatron nests `language_model`)."""
+    out: list[tuple[str, Any]] = []
+    if _depth > 64:
+        return [(prefix, obj)]
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(flatten(value, name, _depth + 1))
+    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple, LazyTensor)) for v in obj):
+        for i, value in enumerate(obj):
+            name = f"{prefix}.{i}" if prefix else str(i)
+            out.extend(flatten(value, name, _depth + 1))
+    else:
+        out.append((prefix, obj))
+    return out
