@@ -18,6 +18,7 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
+import functools
 import io
 import pickle
 from collections.abc import Callable
@@ -156,7 +157,6 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
         if value is not None:
             allow[("torch", attr)] = value
     _add_numpy(allow)
-    _add_dcp(allow)
     return allow
 
 
@@ -192,12 +192,20 @@ def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
                 allow[("numpy.dtypes", name)] = getattr(dtypes, name)
 
 
-def _add_dcp(allow: dict[tuple[str, str], Any]) -> None:
-    """torch.distributed.checkpoint metadata classes: plain dataclasses and enums."""
+_DCP_MODULES = ("torch.distributed.checkpoint.", "megatron.core.dist_checkpointing.")
+
+
+@functools.cache
+def _dcp_allowlist() -> dict[tuple[str, str], Any]:
+    """torch.distributed.checkpoint metadata classes (plain dataclasses and enums).
+
+    Built on first use: importing torch.distributed.checkpoint costs most of a second.
+    """
+    allow: dict[tuple[str, str], Any] = {}
     try:
         from torch.distributed.checkpoint import filesystem, metadata, planner
     except Exception:  # noqa: BLE001
-        return
+        return allow
     for mod, names in (
         (metadata, ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
@@ -210,6 +218,7 @@ def _add_dcp(allow: dict[tuple[str, str], Any]) -> None:
                 allow[(mod.__name__, name)] = getattr(mod, name)
     # Megatron-Core >= 0.15 pickles a Metadata subclass; its extra field lands in __dict__.
     allow[("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata")] = metadata.Metadata
+    return allow
 
 
 ALLOWLIST: dict[tuple[str, str], Any] = _build_allowlist()
@@ -248,6 +257,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self._hooks[key]
         if key in ALLOWLIST:
             return ALLOWLIST[key]
+        if module.startswith(_DCP_MODULES) and key in _dcp_allowlist():
+            return _dcp_allowlist()[key]
         self.placeholders.add(f"{module}.{name}")
         return placeholder_class(module, name)
 
