@@ -1,0 +1,408 @@
+"""Safe, lazy reading of torch.distributed.checkpoint (DCP) folders: `.metadata` + `*.distcp`.
+
+`FileSystemReader.read_metadata` unpickles `.metadata` with plain `pickle`, which runs whatever
+the file names. Here `.metadata` goes through `RestrictedUnpickler` (DCP dataclasses are on its
+allowlist; Megatron's `MCoreMetadata` maps to plain `Metadata`), and tensor bytes are read
+chunk by chunk: every chunk is a byte range in a `.distcp` file holding either a `torch.save`
+zip (decoded with `torch.load(weights_only=True)`) or raw little-endian bytes (DCP's
+safetensors serialization). A sub-box read touches only the chunks that overlap the box and
+copies each one straight into a preallocated destination, so a converter can pull one layer
+(or one expert of one layer) of a layer-stacked Megatron tensor without reading the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, reading
+from .safe_pickle import RestrictedUnpickler
+from .safetensors_header import StEntry, StHeader, read_header
+from .torchfile import StorageType, _rebuild_hooks
+
+METADATA_FILE = ".metadata"
+_ZIP_MAGIC = b"PK"
+_MAX_METADATA_BYTES = 4 << 30
+_MAX_OBJECT_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class DcpChunk:
+    """One stored piece of a global tensor: its box in the global shape and its byte range."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str  # relative to the checkpoint folder; "" when `.metadata` has no storage entry
+    byte_offset: int
+    length: int
+    transforms: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.sizes)
+
+
+@dataclass(frozen=True)
+class DcpTensor:
+    """A tensor key of the checkpoint with its global shape, dtype and chunks."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    chunks: tuple[DcpChunk, ...]
+
+
+@dataclass(frozen=True)
+class DcpBytes:
+    """A bytes entry (BytesStorageMetadata): ShardedObjects, `_extra_state`, `common_state`, rng."""
+
+    key: str
+    file: str
+    byte_offset: int
+    length: int
+    transforms: tuple[str, ...] = ()
+
+
+def load_metadata(path: Path) -> tuple[Any, set[str]]:
+    """Unpickle a DCP `.metadata` file with the allowlist. Returns (Metadata, placeholder names)."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    if not path.is_file():
+        raise CheckpointError(path, "missing DCP metadata file (.metadata)")
+    with reading(path, "garbled DCP metadata"):
+        size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(path, "DCP metadata file is empty")
+        if size > _MAX_METADATA_BYTES:
+            raise CheckpointError(path, f"DCP metadata claims {size} bytes; refusing")
+        seen: set[str] = set()
+        with open(path, "rb") as fh:
+            meta = RestrictedUnpickler(fh, seen=seen).load()
+    if not isinstance(meta, Metadata) or not isinstance(getattr(meta, "state_dict_metadata", None), dict):
+        raise CheckpointError(path, f"garbled DCP metadata: expected a Metadata object, found {type(meta).__name__}")
+    return meta, seen
+
+
+class DcpReader:
+    """Index of one DCP folder; reads whole tensors, sub-boxes of them, and bytes entries."""
+
+    def __init__(self, folder: str | Path, metadata_name: str = METADATA_FILE) -> None:
+        self.folder = Path(folder)
+        self.metadata_path = self.folder / metadata_name
+        self.metadata, self.placeholders = load_metadata(self.metadata_path)
+        self.tensors: dict[str, DcpTensor] = {}
+        self.objects: dict[str, DcpBytes] = {}
+        self.problems: list[str] = []
+        self._st_headers: dict[str, StHeader | None] = {}
+        self._index()
+        self._check_files()
+
+    # ----- index -----------------------------------------------------------------------
+    def _index(self) -> None:
+        from torch.distributed.checkpoint.metadata import (
+            BytesStorageMetadata,
+            TensorStorageMetadata,
+        )
+
+        storage = self._storage_table()
+        with reading(self.metadata_path, "garbled DCP metadata"):
+            for key, entry in self.metadata.state_dict_metadata.items():
+                key = str(key)
+                if isinstance(entry, TensorStorageMetadata):
+                    self.tensors[key] = self._tensor_entry(key, entry, storage)
+                elif isinstance(entry, BytesStorageMetadata):
+                    where = storage.get((key, None))
+                    self.objects[key] = DcpBytes(key, *where) if where else DcpBytes(key, "", 0, 0)
+                    if where is None:
+                        self.problems.append(f"{key}: no storage entry in .metadata")
+                else:
+                    raise CheckpointError(self.metadata_path, f"garbled DCP metadata: {key!r} has entry type {type(entry).__name__}")
+
+    def _storage_table(self) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, tuple[str, ...]]]:
+        """storage_data as {(fqn, chunk offsets or None): (file, byte offset, length, transforms)}."""
+        table: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, tuple[str, ...]]] = {}
+        raw = getattr(self.metadata, "storage_data", None) or {}
+        if not isinstance(raw, dict):
+            raise CheckpointError(self.metadata_path, "garbled DCP metadata: storage_data is not a mapping")
+        with reading(self.metadata_path, "garbled DCP metadata"):
+            for index, info in raw.items():
+                offset = None if index.offset is None else tuple(int(o) for o in index.offset)
+                transforms = tuple(str(t) for t in (getattr(info, "transform_descriptors", None) or ()))
+                rel = str(info.relative_path)
+                if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                    raise CheckpointError(self.metadata_path, f"storage path {rel[:80]!r} points outside the checkpoint folder")
+                table[(str(index.fqn), offset)] = (rel, int(info.offset), int(info.length), transforms)
+        return table
+
+    def _tensor_entry(self, key: str, entry: Any, storage: dict[Any, Any]) -> DcpTensor:
+        shape = tuple(int(s) for s in entry.size)
+        dtype = entry.properties.dtype
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(self.metadata_path, f"garbled DCP metadata: {key!r} has dtype {dtype!r}")
+        chunks = []
+        for chunk in entry.chunks:
+            offsets = tuple(int(o) for o in chunk.offsets)
+            sizes = tuple(int(s) for s in chunk.sizes)
+            if len(offsets) != len(shape) or len(sizes) != len(shape) or any(
+                o < 0 or s < 0 or o + s > g for o, s, g in zip(offsets, sizes, shape)
+            ):
+                raise CheckpointError(self.metadata_path, f"garbled DCP metadata: chunk {offsets}+{sizes} of {key!r} is outside {shape}")
+            where = storage.get((key, offsets))
+            if where is None:
+                self.problems.append(f"{key}: chunk at {list(offsets)} has no storage entry in .metadata")
+                where = ("", 0, 0, ())
+            chunks.append(DcpChunk(offsets, sizes, *where))
+        return DcpTensor(key, shape, dtype, tuple(chunks))
+
+    def _check_files(self) -> None:
+        """Cheap stats: a chunk file that is missing or shorter than its ranges makes the folder incomplete."""
+        need: dict[str, int] = {}
+        for rel, end in self._ranges():
+            need[rel] = max(need.get(rel, 0), end)
+        for rel, end in sorted(need.items()):
+            path = self.folder / rel
+            if not path.is_file():
+                self.problems.append(f"data file {rel} is missing")
+            elif path.stat().st_size < end:
+                self.problems.append(f"data file {rel} is truncated: {path.stat().st_size} bytes, chunks need {end}")
+
+    def _ranges(self) -> Iterable[tuple[str, int]]:
+        for tensor in self.tensors.values():
+            for chunk in tensor.chunks:
+                if chunk.file:
+                    yield chunk.file, chunk.byte_offset + chunk.length
+        for obj in self.objects.values():
+            if obj.file:
+                yield obj.file, obj.byte_offset + obj.length
+
+    # ----- lookups ---------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self.metadata.state_dict_metadata)
+
+    def files(self) -> list[str]:
+        """Relative paths of every data file the metadata points at, in first-use order."""
+        seen: dict[str, None] = {}
+        for rel, _ in self._ranges():
+            seen.setdefault(rel, None)
+        return list(seen)
+
+    def tensor(self, key: str) -> DcpTensor:
+        found = self.tensors.get(key)
+        if found is None:
+            what = "a bytes entry, not a tensor" if key in self.objects else "not in the checkpoint"
+            raise CheckpointError(self.metadata_path, f"key {key!r} is {what}")
+        return found
+
+    def overlapping(self, key: str, offsets: Sequence[int], sizes: Sequence[int]) -> list[DcpChunk]:
+        """The chunks of `key` that intersect the box (offsets, sizes)."""
+        return [c for c in self.tensor(key).chunks if _intersect(c.offsets, c.sizes, offsets, sizes) is not None]
+
+    # ----- tensor reads ----------------------------------------------------------------
+    def read_tensor(self, key: str) -> torch.Tensor:
+        """The whole global tensor, assembled from all its chunks."""
+        info = self.tensor(key)
+        return self.read_box(key, (0,) * len(info.shape), info.shape)
+
+    def read_index(self, key: str, index: Sequence[int]) -> torch.Tensor:
+        """The sub-tensor at `index` along the leading axes: `[i]` = layer i, `[i, e]` = layer i expert e."""
+        info = self.tensor(key)
+        index = tuple(int(i) for i in index)
+        if len(index) > len(info.shape):
+            raise CheckpointError(self.metadata_path, f"{key!r} has {len(info.shape)} axes; index {list(index)} is too long")
+        for axis, (i, n) in enumerate(zip(index, info.shape)):
+            if not 0 <= i < n:
+                raise CheckpointError(self.metadata_path, f"index {i} on axis {axis} of {key!r} is outside 0..{n - 1}")
+        offsets = index + (0,) * (len(info.shape) - len(index))
+        sizes = (1,) * len(index) + info.shape[len(index):]
+        return self.read_box(key, offsets, sizes).reshape(info.shape[len(index):])
+
+    def read_box(self, key: str, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+        """Read the box (offsets, sizes) of the global tensor, touching only overlapping chunks."""
+        info = self.tensor(key)
+        offsets = tuple(int(o) for o in offsets)
+        sizes = tuple(int(s) for s in sizes)
+        if len(offsets) != len(info.shape) or len(sizes) != len(info.shape) or any(
+            o < 0 or s < 0 or o + s > g for o, s, g in zip(offsets, sizes, info.shape)
+        ):
+            raise CheckpointError(self.metadata_path, f"box {list(offsets)}+{list(sizes)} is outside {key!r} {list(info.shape)}")
+        out = torch.empty(sizes, dtype=info.dtype)
+        covered = 0
+        for chunk in info.chunks:
+            overlap = _intersect(chunk.offsets, chunk.sizes, offsets, sizes)
+            if overlap is None:
+                continue
+            start, stop = overlap
+            data = self.read_chunk(key, chunk, info.dtype)
+            src = tuple(slice(a - c, b - c) for a, b, c in zip(start, stop, chunk.offsets))
+            dst = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offsets))
+            out[dst].copy_(data[src])
+            covered += math.prod(b - a for a, b in zip(start, stop))
+        if covered != math.prod(sizes):
+            raise CheckpointError(
+                self.metadata_path, f"{key!r}: stored chunks cover {covered} of the {math.prod(sizes)} requested elements"
+            )
+        return out
+
+    def read_chunk(self, key: str, chunk: DcpChunk, dtype: torch.dtype) -> torch.Tensor:
+        """Decode one chunk: a `torch.save` zip (weights_only) or raw little-endian bytes.
+
+        Raw bytes come from DCP's safetensors serialization, where each .distcp is a safetensors
+        file and `.metadata` byte ranges are not usable: the chunk is found by key in its header.
+        """
+        path = self.folder / chunk.file
+        entry = self._safetensors_entry(key, chunk) if chunk.file else None
+        if entry is not None:
+            buf = self._read_range(key, chunk.file, entry.begin, entry.end - entry.begin, chunk.transforms)
+        else:
+            buf = self._read_range(key, chunk.file, chunk.byte_offset, chunk.length, chunk.transforms)
+        if buf[:2] == _ZIP_MAGIC and entry is None:
+            with reading(path, f"cannot decode chunk of {key!r}"):
+                data = torch.load(io.BytesIO(buf), weights_only=True, map_location="cpu")
+        elif len(buf) == chunk.numel * dtype.itemsize:
+            data = torch.frombuffer(bytearray(buf), dtype=dtype).reshape(chunk.sizes) if buf else torch.empty(chunk.sizes, dtype=dtype)
+        else:
+            raise CheckpointError(path, f"chunk of {key!r} at {list(chunk.offsets)} is neither a torch.save payload nor {chunk.numel} raw elements")
+        if not isinstance(data, torch.Tensor) or tuple(data.shape) != chunk.sizes or data.dtype != dtype:
+            got = f"{type(data).__name__} {tuple(data.shape)} {data.dtype}" if isinstance(data, torch.Tensor) else type(data).__name__
+            raise CheckpointError(path, f"chunk of {key!r} at {list(chunk.offsets)} holds {got}, expected {chunk.sizes} {dtype}")
+        return data
+
+    def _safetensors_entry(self, key: str, chunk: DcpChunk) -> StEntry | None:
+        """The header entry of `key` when the chunk's file is a safetensors container, else None."""
+        rel = chunk.file
+        if rel not in self._st_headers:
+            self._st_headers[rel] = _sniff_safetensors(self.folder / rel)
+        header = self._st_headers[rel]
+        if header is None:
+            return None
+        entry = header.entries.get(key)
+        if entry is None:
+            raise CheckpointError(header.path, f"safetensors-serialized DCP file has no entry {key!r}")
+        saved = _saved_offsets(header).get(key)
+        if tuple(entry.shape) != chunk.sizes or (saved is not None and tuple(saved) != chunk.offsets):
+            raise CheckpointError(header.path, f"entry {key!r} is {list(entry.shape)} at {saved}, .metadata expects {list(chunk.sizes)} at {list(chunk.offsets)}")
+        return entry
+
+    # ----- bytes entries ---------------------------------------------------------------
+    def read_bytes(self, key: str) -> bytes:
+        """The raw payload of a bytes entry (usually a torch.save of a one-element list)."""
+        obj = self.objects.get(key)
+        if obj is None:
+            what = "a tensor, not a bytes entry" if key in self.tensors else "not in the checkpoint"
+            raise CheckpointError(self.metadata_path, f"key {key!r} is {what}")
+        if obj.length > _MAX_OBJECT_BYTES:
+            raise CheckpointError(self.folder / obj.file, f"bytes entry {key!r} claims {obj.length} bytes; refusing")
+        return self._read_range(key, obj.file, obj.byte_offset, obj.length, obj.transforms)
+
+    def read_object(self, key: str, seen: set[str] | None = None) -> Any:
+        """A bytes entry decoded safely: torch.save payloads via the allowlist, other bytes as is."""
+        buf = self.read_bytes(key)
+        if buf[:2] != _ZIP_MAGIC:
+            return buf
+        obj = self.objects[key]
+        with reading(self.folder / obj.file, f"cannot decode bytes entry {key!r}"):
+            return safe_torch_loads(buf, seen)
+
+    # ----- raw IO ----------------------------------------------------------------------
+    def _read_range(self, key: str, rel: str, offset: int, length: int, transforms: tuple[str, ...]) -> bytes:
+        if not rel:
+            raise CheckpointError(self.metadata_path, f"{key!r}: no storage entry in .metadata")
+        path = self.folder / rel
+        if transforms:
+            raise CheckpointError(path, f"{key!r} is stored with transforms {list(transforms)} (e.g. compression), which are not supported")
+        if not path.is_file():
+            raise CheckpointError(path, f"data file for {key!r} is missing")
+        with reading(path, f"cannot read {key!r}"):
+            buf = bytearray(length)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                got = fh.readinto(buf)
+        if got != length:
+            raise CheckpointError(path, f"truncated: {key!r} needs bytes {offset}..{offset + length}, file ends at {offset + got}")
+        return bytes(buf)
+
+
+def _intersect(
+    c_off: Sequence[int], c_size: Sequence[int], b_off: Sequence[int], b_size: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Global [start, stop) of the overlap of two boxes, or None when they do not meet."""
+    if math.prod(b_size) == 0:
+        return None
+    start = tuple(max(a, b) for a, b in zip(c_off, b_off))
+    stop = tuple(min(a + s, b + t) for a, s, b, t in zip(c_off, c_size, b_off, b_size))
+    if any(lo >= hi for lo, hi in zip(start, stop)):
+        return None
+    return start, stop
+
+
+def _sniff_safetensors(path: Path) -> StHeader | None:
+    """Parse the file as safetensors when it starts like one (8-byte length, then a JSON object)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") + 8 > size:
+        return None
+    return read_header(path)
+
+
+def _saved_offsets(header: StHeader) -> dict[str, list[int]]:
+    """DCP records each chunk's global offsets in the safetensors metadata (DCP_SHARDING_INFO)."""
+    try:
+        info = json.loads(header.metadata.get("DCP_SHARDING_INFO", "{}"))
+        return {str(k): [int(o) for o in v["saved_offsets"]] for k, v in info.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
+    """Decode an in-memory `torch.save` zip with the allowlist unpickler (tensors materialised).
+
+    Used for DCP bytes entries (common_state with an `argparse.Namespace`, rng state, TE extra
+    state), where `weights_only=True` would reject Megatron's classes and plain pickle is unsafe.
+    Unknown classes become placeholders and are added to `seen`.
+    """
+    zf = zipfile.ZipFile(io.BytesIO(buf))
+    names = zf.namelist()
+    pkl = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
+    if not pkl:
+        raise CheckpointError("<bytes>", "torch payload has no data.pkl")
+    prefix = pkl[0][: -len("data.pkl")]
+    storages: dict[str, torch.Tensor] = {}
+
+    def persistent(pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise CheckpointError("<bytes>", f"unexpected persistent id {str(pid)[:80]!r}")
+        stype, key, numel = pid[1], str(pid[2]), int(pid[4])
+        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        if key not in storages:
+            raw = bytearray(zf.read(f"{prefix}data/{key}"))
+            if len(raw) < numel * dtype.itemsize:
+                raise CheckpointError("<bytes>", f"storage {key} holds {len(raw)} bytes, needs {numel * dtype.itemsize}")
+            flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+            storages[key] = flat[: numel * dtype.itemsize].view(dtype) if numel else torch.empty(0, dtype=dtype)
+        return storages[key]
+
+    def make(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) -> torch.Tensor:
+        shape = tuple(int(s) for s in size)
+        if not isinstance(storage, torch.Tensor):
+            return torch.empty(shape, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+        flat = storage if not isinstance(dtype, torch.dtype) or dtype == storage.dtype else storage.view(dtype)
+        if stride is None or len(stride) != len(shape):
+            stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
+        return flat.as_strided(shape, tuple(int(s) for s in stride), int(offset)).clone()
+
+    unpickler = RestrictedUnpickler(
+        io.BytesIO(zf.read(pkl[0])), hooks=_rebuild_hooks(make), persistent=persistent, seen=seen
+    )
+    return unpickler.load()
