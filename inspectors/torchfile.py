@@ -46,6 +46,11 @@ for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnu
     if hasattr(torch, _name):
         _STORAGE_DTYPES["".join(p.capitalize() for p in _name.split("_")) + "Storage"] = getattr(torch, _name)
 
+# dtype -> storage class name, as torch.save pickles it (first name wins for uint8)
+STORAGE_TYPE_NAMES: dict[torch.dtype, str] = {}
+for _name, _dtype in _STORAGE_DTYPES.items():
+    STORAGE_TYPE_NAMES.setdefault(_dtype, _name)
+
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _MAX_PICKLE_BYTES = 1 << 30

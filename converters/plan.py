@@ -1,0 +1,142 @@
+"""The plan: before a byte is written, account for every source tensor and every target file.
+
+A plan is refused (`errors`) when a stored tensor is neither mapped nor ignored by a rule or an
+`--ignore` glob, when an expected tensor is missing, or when the target layout cannot hold the
+model (heads, query groups, FFN and vocab split over TP, layers over PP, experts over EP).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptscope.inspectors import Checkpoint, detect
+from ckptscope.inspectors.errors import CheckpointError
+
+from .sources import Accounting, CanonicalSource, groups, open_source
+from .spec import SpecError
+from .writers import WRITERS, PlannedFile, TargetOptions, Writer
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Plan:
+    source_path: Path
+    ckpt: Checkpoint
+    source: CanonicalSource
+    target: TargetOptions
+    writer: Writer
+    accounting: Accounting
+    files: list[PlannedFile]
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def spec(self):  # type: ignore[no-untyped-def]
+        return self.source.spec
+
+    @property
+    def groups(self) -> list[int]:
+        return groups(self.spec)
+
+    @property
+    def total_bytes(self) -> int:
+        dtype = self.writer.dtype
+        return sum(int(_numel(s)) for s in self.spec.canonical_shapes().values()) * dtype.itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        acc = self.accounting
+        return {
+            "source": {"path": str(self.source_path), "format": self.ckpt.kind, "layout": self.ckpt.parallel.as_dict()},
+            "target": {"format": self.target.format, "tp": self.target.tp, "pp": self.target.pp, "ep": self.target.ep,
+                       "pp_layers": self.target.pp_layers, "dtype": str(self.writer.dtype).removeprefix("torch."),
+                       "megatron_spec": self.target.megatron_spec},
+            "spec": self.spec.summary(),
+            "tensors": {"mapped": len(acc.mapped), "ignored": len(acc.ignored), "unmatched": len(acc.unmatched),
+                        "missing": len(acc.missing)},
+            "mapped": acc.mapped,
+            "ignored": acc.ignored,
+            "unmatched": acc.unmatched,
+            "missing": acc.missing,
+            "files": [{"path": f.rel, "tensors": f.tensors, "bytes": f.nbytes} for f in self.files],
+            "total_bytes": self.total_bytes,
+            "warnings": self.warnings,
+            "errors": self.errors,
+        }
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _tokenizer_vocab(folder: Path) -> int:
+    from transformers import AutoTokenizer
+
+    try:
+        return len(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a bad input folder
+        raise CheckpointError(folder, f"cannot load tokenizer: {exc}") from None
+
+
+def make_plan(
+    src: str | Path,
+    target: TargetOptions,
+    *,
+    config: str | Path | None = None,
+    true_vocab: int | None = None,
+    ignore: tuple[str, ...] = (),
+) -> Plan:
+    """Inspect the source, derive the architecture and lay out the target; write nothing."""
+    src = Path(src)
+    ckpt = detect(src)
+    config_dict = None
+    if config is not None:
+        try:
+            config_dict = json.loads(Path(config).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(config, f"cannot read config: {exc}") from None
+    vocab_note = ""
+    if true_vocab is not None:
+        vocab_note = "--true-vocab-size"
+    elif target.tokenizer is not None and ckpt.kind != "hf":
+        true_vocab, vocab_note = _tokenizer_vocab(target.tokenizer), f"size of the tokenizer in {target.tokenizer}"
+    try:
+        source = open_source(ckpt, config=config_dict, true_vocab=true_vocab, vocab_note=vocab_note)
+    except SpecError as exc:
+        raise CheckpointError(src, str(exc)) from None
+    spec = source.spec
+    errors: list[str] = []
+    warnings: list[str] = list(ckpt.warnings) + source.notes()
+    if target.format not in WRITERS:
+        raise CheckpointError(src, f"unknown target format {target.format!r} (choose from {', '.join(WRITERS)})")
+    if target.format != "hf":
+        errors += [f"target layout: {p}" for p in spec.check_parallel(target.tp, target.pp, target.ep, target.pp_layers)]
+    elif (target.tp, target.pp, target.ep) != (1, 1, 1):
+        errors.append("an HF target holds the full model: --tp/--pp/--ep do not apply")
+    acc = source.account(ignore)
+    if acc.unmatched:
+        listed = [f"{name}" + (f" (nearest rule: {near})" if near else "") for name, near in list(acc.unmatched.items())[:MAX_LISTED]]
+        errors.append(f"{len(acc.unmatched)} stored tensor(s) match no rule (add --ignore GLOB to drop them): " + "; ".join(listed))
+    if acc.missing:
+        errors.append(f"{len(acc.missing)} expected tensor(s) missing from the source: " + ", ".join(acc.missing[:MAX_LISTED]))
+    if spec.padded_vocab and spec.vocab == spec.padded_vocab and "unknown" in spec.vocab_note:
+        warnings.append(f"true vocabulary size unknown: keeping all {spec.padded_vocab} padded rows (give --true-vocab-size or --tokenizer)")
+    if target.dtype is not None and target.dtype != spec.dtype:
+        warnings.append(f"casting {str(spec.dtype)[6:]} -> {str(target.dtype)[6:]}")
+    try:
+        writer = WRITERS[target.format](spec, target)
+        files = writer.files()
+    except SpecError as exc:
+        errors.append(str(exc))
+        writer, files = None, []  # type: ignore[assignment]
+    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors)  # type: ignore[arg-type]

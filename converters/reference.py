@@ -1,0 +1,186 @@
+"""Plain-PyTorch reference forward pass over canonical tensors.
+
+Formats that `transformers` cannot load (Megatron, NxD, DeepSpeed) are verified by converting them
+to canonical tensors and comparing the logits computed here with those of the source or target
+model. The maths follows Hugging Face's Llama / Mistral / Qwen2 / Qwen3 / Mixtral modelling code
+op for op, so fp32 results agree to round-off.
+
+Weights are fetched through `get(name)` only when needed and dropped right after use, so a caller
+can stream a checkpoint from disk layer by layer. Every name is requested at most once, in model
+order, except `embed` of a tied model, which is requested again for the output head instead of
+being held across all layers; an MoE expert that no token is routed to is never requested.
+
+Sliding-window attention is applied to every layer when `spec.sliding_window` is set (Qwen2's
+`max_window_layers` is not modelled). Supported RoPE scalings: default, linear, llama3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .spec import ModelSpec, SpecError
+
+Getter = Callable[[str], torch.Tensor]
+
+
+def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[batch, seq] int64 -> [batch, seq, vocab] logits computed in `dtype`.
+
+    `get(name)` returns one canonical tensor; it is called lazily, layer by layer, so a caller can
+    stream weights from disk and the function never holds more than one layer's weights plus
+    activations.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    w = _loader(get, dtype)
+    x = F.embedding(input_ids, w("embed"))
+    seq = input_ids.shape[1]
+    cos, sin = rope_cos_sin(spec, seq, dtype)
+    mask = causal_mask(seq, spec.sliding_window)
+    for i in range(spec.layers):
+        p = f"layers.{i}."
+        x = x + attention(spec, w, p, norm(spec, w, p + "input_norm", x), cos, sin, mask)
+        h = norm(spec, w, p + "post_attn_norm", x)
+        x = x + (moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
+    x = norm(spec, w, "final_norm", x)
+    return F.linear(x, w("embed" if spec.tied else "lm_head"))
+
+
+def _loader(get: Getter, dtype: torch.dtype) -> Getter:
+    """`get` with every tensor cast to the compute dtype."""
+    return lambda name: get(name).to(dtype)
+
+
+# ----- norms -------------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm: statistics in fp32, cast back, then scaled by gamma."""
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def norm(spec: ModelSpec, w: Getter, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The model's hidden-size norm (RMSNorm, or LayerNorm with `<name>.bias`)."""
+    if spec.norm == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], w(name), w(name + ".bias"), spec.norm_eps)
+    return rms_norm(x, w(name), spec.norm_eps)
+
+
+# ----- rotary embeddings -------------------------------------------------------------------------
+def rotary_dim(spec: ModelSpec) -> int:
+    return int(spec.head_dim * spec.rotary_percent)
+
+
+def inv_freq(spec: ModelSpec) -> torch.Tensor:
+    """Inverse frequencies as transformers' `modeling_rope_utils` computes them."""
+    dim = rotary_dim(spec)
+    freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = spec.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return freq
+    if kind == "linear":
+        return freq / scaling["factor"]
+    if kind == "llama3":
+        return _llama3(freq, scaling, spec.max_position_embeddings)
+    raise SpecError(f"RoPE scaling {kind!r} is not supported by the reference forward (default, linear, llama3)")
+
+
+def _llama3(freq: torch.Tensor, s: dict, max_pos: int) -> torch.Tensor:
+    """Llama 3.1 frequency smoothing: long wavelengths slowed by `factor`, a ramp in between."""
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s.get("original_max_position_embeddings", max_pos)
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / freq
+    scaled = torch.where(wavelen > low_wavelen, freq / factor, freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(spec: ModelSpec, seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [seq, rotary_dim], computed in fp32 then cast (as HF does)."""
+    freqs = torch.arange(seq).float()[:, None] * inv_freq(spec)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on the first `rotary_dim` dims of [b, heads, s, d]; the rest pass through."""
+    rot, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1]:]
+    half = rot.shape[-1] // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+
+# ----- attention ---------------------------------------------------------------------------------
+def causal_mask(seq: int, window: int | None) -> torch.Tensor:
+    """Boolean [seq, seq], True where query i may attend key j (j <= i, and within the window)."""
+    q, k = torch.arange(seq)[:, None], torch.arange(seq)[None, :]
+    allowed = k <= q
+    return allowed & (k > q - window) if window else allowed
+
+
+def _proj(w: Getter, name: str, x: torch.Tensor, bias: bool) -> torch.Tensor:
+    return F.linear(x, w(name), w(name + ".bias") if bias else None)
+
+
+def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+    """GQA self-attention, eager-style: fp32 softmax, scale 1/sqrt(head_dim), optional qk-norm."""
+    b, s, _ = x.shape
+    d = spec.head_dim
+    heads = {n: _proj(w, p + f"attn.{n}", x, spec.qkv_bias).view(b, s, -1, d) for n in "qkv"}
+    q, k, v = heads["q"], heads["k"], heads["v"]
+    if spec.qk_norm:  # per head, before RoPE (Qwen3 / Megatron qk_layernorm)
+        q, k = _head_norm(spec, w(p + "attn.q_norm"), q), _head_norm(spec, w(p + "attn.k_norm"), k)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    group = spec.heads // spec.kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * d ** -0.5
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
+    return _proj(w, p + "attn.o", out, spec.o_bias)
+
+
+def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """qk-norm over head_dim; the canonical vocabulary has no bias for it."""
+    if spec.norm == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], weight, None, spec.norm_eps)
+    return rms_norm(x, weight, spec.norm_eps)
+
+
+# ----- feed-forward ------------------------------------------------------------------------------
+def mlp(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, bias: bool | None = None) -> torch.Tensor:
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    bias = spec.mlp_bias if bias is None else bias
+    if spec.activation != "swiglu":
+        raise SpecError(f"activation {spec.activation!r} is not supported by the reference forward")
+    gate = F.silu(_proj(w, p + "gate", x, bias))
+    return _proj(w, p + "down", gate * _proj(w, p + "up", x, bias), bias)
+
+
+def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
+    """Mixtral MoE: softmax router, top-k, renormalised weights, weighted sum of expert SwiGLUs.
+
+    Experts are fetched one at a time and run only on the tokens routed to them."""
+    flat = x.reshape(-1, x.shape[-1])
+    probs = torch.softmax(F.linear(flat, w(p + "router")).float(), dim=-1)
+    top_w, top_i = torch.topk(probs, spec.topk, dim=-1)
+    top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(flat)
+    for e in range(spec.experts):
+        token, slot = torch.where(top_i == e)
+        if token.numel() == 0:
+            continue  # unused expert: its weights are never fetched
+        y = mlp(spec, w, p + f"experts.{e}.", flat[token], bias=False) * top_w[token, slot, None]
+        out.index_add_(0, token, y.to(out.dtype))
+    return out.view_as(x)

@@ -1,0 +1,94 @@
+"""Apply a Megatron rule row in both directions: gather TP shards into canonical tensors, and
+scatter canonical tensors into TP shards (or the TP-independent torch_dist global tensor).
+
+The `Pack` of a row decides how several canonical tensors share one stored tensor; its `Split`
+decides how TP cuts it. Everything layout-specific lives here and in `ops.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ops import fuse_qkv, pack_swiglu, pad_rows, split, split_qkv, unpack_swiglu
+from .rules.megatron import Pack, Param, Split
+from .spec import ModelSpec
+
+
+def _norm_in(t: torch.Tensor, param: Param, spec: ModelSpec) -> torch.Tensor:
+    """Stored -> true gamma (layernorm-1p stores gamma - 1)."""
+    return t + 1 if param.pack is Pack.NORM and spec.layernorm_1p else t
+
+
+def _norm_out(t: torch.Tensor, param: Param, spec: ModelSpec) -> torch.Tensor:
+    return t - 1 if param.pack is Pack.NORM and spec.layernorm_1p else t
+
+
+def gather(param: Param, shards: list[torch.Tensor], spec: ModelSpec) -> list[torch.Tensor]:
+    """TP shards of one stored tensor (rank order) -> its canonical tensors (param.canon order)."""
+    if param.pack is Pack.SWIGLU:
+        gate, up = unpack_swiglu(shards)
+        return [gate, up]
+    if param.split is Split.REPLICATED:
+        full = shards[0]
+    else:
+        full = torch.cat(shards, dim=1 if param.split is Split.ROW else 0) if len(shards) > 1 else shards[0]
+    return _unpack_full(param, full, spec)
+
+
+def from_global(param: Param, full: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
+    """A torch_dist global tensor (TP-independent) -> canonical tensors."""
+    if param.pack is Pack.SWIGLU:
+        gate, up = torch.chunk(full, 2, dim=0)
+        return [gate.contiguous(), up.contiguous()]
+    return _unpack_full(param, full, spec)
+
+
+def _unpack_full(param: Param, full: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
+    if param.pack is Pack.QKV:
+        return list(split_qkv(full, spec.heads, spec.kv_heads))
+    if param.split is Split.VOCAB and full.shape[0] > spec.vocab:
+        full = full[: spec.vocab]
+    return [_norm_in(full, param, spec).contiguous()]
+
+
+def to_global(param: Param, canon: list[torch.Tensor], spec: ModelSpec, padded_vocab: int) -> torch.Tensor:
+    """Canonical tensors -> the full stored tensor (what torch_dist keeps, and what TP cuts)."""
+    if param.pack is Pack.QKV:
+        return fuse_qkv(canon[0], canon[1], canon[2], spec.heads, spec.kv_heads)
+    if param.pack is Pack.SWIGLU:
+        return torch.cat(canon, dim=0)
+    full = _norm_out(canon[0], param, spec)
+    if param.split is Split.VOCAB:
+        full = pad_rows(full, padded_vocab)
+    return full
+
+
+def scatter(param: Param, canon: list[torch.Tensor], spec: ModelSpec, tp: int, padded_vocab: int) -> list[torch.Tensor]:
+    """Canonical tensors -> one stored shard per TP rank (the `torch` format layout)."""
+    if param.pack is Pack.SWIGLU:
+        return pack_swiglu(canon[0], canon[1], tp)
+    full = to_global(param, canon, spec, padded_vocab)
+    if param.split is Split.REPLICATED:
+        return [full] * tp
+    return split(full, 1 if param.split is Split.ROW else 0, tp)
+
+
+def tp_boxes(param: Param, shape: tuple[int, ...], tp: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(offsets, sizes) of each TP rank's piece of a global tensor, as Megatron chunks torch_dist.
+
+    SwiGLU fc1 is cut into 2·TP row blocks: rank r's gate half is block r, its up half TP + r.
+    """
+    if param.split is Split.REPLICATED or tp == 1:
+        return [((0,) * len(shape), shape)]
+    if param.pack is Pack.SWIGLU:
+        rows = shape[0] // (2 * tp)
+        return [((b * rows,) + (0,) * (len(shape) - 1), (rows,) + shape[1:]) for b in range(2 * tp)]
+    dim = 1 if param.split is Split.ROW else 0
+    size = shape[dim] // tp
+    boxes = []
+    for r in range(tp):
+        offsets = [0] * len(shape)
+        sizes = list(shape)
+        offsets[dim], sizes[dim] = r * size, size
+        boxes.append((tuple(offsets), tuple(sizes)))
+    return boxes

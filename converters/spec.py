@@ -1,0 +1,428 @@
+"""`ModelSpec`: the architecture in one dataclass, read from and written back to each format.
+
+Canonical tensors (full, unsharded, unfused) are named from this small vocabulary:
+
+    embed, final_norm, lm_head
+    layers.{i}.input_norm, layers.{i}.post_attn_norm
+    layers.{i}.attn.q | k | v | o, layers.{i}.attn.q_norm | k_norm
+    layers.{i}.mlp.gate | up | down
+    layers.{i}.router, layers.{i}.experts.{e}.gate | up | down
+
+A name names a weight; its bias (where the model has one) is the same name plus `.bias`.
+Norm weights are the true gamma (Megatron's layernorm-1p offset is undone on read).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
+
+# family -> (transformers config class, architecture)
+HF_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+}
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "mixtral": "mixtral", "codellama": "llama"}
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+class SpecError(ValueError):
+    """The architecture cannot be determined or is not supported for this conversion."""
+
+
+@dataclass
+class ModelSpec:
+    family: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int  # true vocabulary: rows kept in HF
+    padded_vocab: int | None = None  # rows as stored by a Megatron-style source
+    vocab_note: str = ""  # where `vocab` came from, shown in the plan
+    make_vocab_size_divisible_by: int = 128
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_eps: float = 1e-5
+    layernorm_1p: bool = False
+    activation: str = "swiglu"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF-style dict, e.g. llama3
+    rotary_percent: float = 1.0
+    max_position_embeddings: int = 4096
+    tied: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    experts: int = 0
+    topk: int = 2
+    expert_ffn: int = 0
+    sliding_window: int | None = None
+    dtype: torch.dtype = torch.float32
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # ----- derived -------------------------------------------------------------------------
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def norm_bias(self) -> bool:
+        return self.norm == "layernorm"
+
+    def padded_for(self, tp: int, divisible_by: int | None = None) -> int:
+        """Megatron's padded vocab for a target TP: ceil(vocab / (divisor × TP)) × divisor × TP."""
+        multiple = (divisible_by or self.make_vocab_size_divisible_by or 1) * tp
+        return int(math.ceil(self.vocab / multiple) * multiple)
+
+    def canonical_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every canonical tensor (weights and biases) with its full shape, in model order."""
+        h, d = self.hidden, self.head_dim
+        out: dict[str, tuple[int, ...]] = {"embed": (self.vocab, h)}
+        for i in range(self.layers):
+            out.update(self.layer_shapes(i))
+        out["final_norm"] = (h,)
+        if self.norm_bias:
+            out["final_norm.bias"] = (h,)
+        if not self.tied:
+            out["lm_head"] = (self.vocab, h)
+        return out
+
+    def layer_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        h, d = self.hidden, self.head_dim
+        p = f"layers.{i}."
+        out: dict[str, tuple[int, ...]] = {}
+
+        def norm(name: str) -> None:
+            out[p + name] = (h,)
+            if self.norm_bias:
+                out[p + name + ".bias"] = (h,)
+
+        norm("input_norm")
+        for name, rows in (("q", self.heads * d), ("k", self.kv_heads * d), ("v", self.kv_heads * d)):
+            out[p + f"attn.{name}"] = (rows, h)
+            if self.qkv_bias:
+                out[p + f"attn.{name}.bias"] = (rows,)
+        out[p + "attn.o"] = (h, self.heads * d)
+        if self.o_bias:
+            out[p + "attn.o.bias"] = (h,)
+        if self.qk_norm:
+            out[p + "attn.q_norm"] = (d,)
+            out[p + "attn.k_norm"] = (d,)
+        norm("post_attn_norm")
+        if self.moe:
+            f = self.expert_ffn or self.ffn
+            out[p + "router"] = (self.experts, h)
+            for e in range(self.experts):
+                out[p + f"experts.{e}.gate"] = (f, h)
+                out[p + f"experts.{e}.up"] = (f, h)
+                out[p + f"experts.{e}.down"] = (h, f)
+        else:
+            out[p + "mlp.gate"] = (self.ffn, h)
+            out[p + "mlp.up"] = (self.ffn, h)
+            out[p + "mlp.down"] = (h, self.ffn)
+            if self.mlp_bias:
+                out[p + "mlp.gate.bias"] = (self.ffn,)
+                out[p + "mlp.up.bias"] = (self.ffn,)
+                out[p + "mlp.down.bias"] = (h,)
+        return out
+
+    def with_(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        out.pop("notes")
+        return out
+
+    # ----- parallel checks -----------------------------------------------------------------
+    def check_parallel(self, tp: int = 1, pp: int = 1, ep: int = 1, pp_layers: list[int] | None = None) -> list[str]:
+        """Reasons a target layout cannot hold this model (empty when it can)."""
+        problems = []
+        d = self.head_dim
+        if self.heads % tp:
+            problems.append(f"{self.heads} attention heads do not split over TP={tp}")
+        if ((self.heads + 2 * self.kv_heads) * d) % tp:
+            problems.append(f"fused QKV rows ({(self.heads + 2 * self.kv_heads) * d}) do not split over TP={tp}")
+        if self.kv_heads % tp and tp % self.kv_heads:
+            problems.append(f"{self.kv_heads} query groups and TP={tp}: one must divide the other")
+        ffn = self.expert_ffn or self.ffn if self.moe else self.ffn
+        if ffn % tp:
+            problems.append(f"FFN size {ffn} does not split over TP={tp}")
+        if self.hidden % tp:
+            problems.append(f"hidden size {self.hidden} does not split over TP={tp}")
+        if pp_layers is not None:
+            if len(pp_layers) != pp:
+                problems.append(f"--pp-layers lists {len(pp_layers)} stages, PP={pp}")
+            elif sum(pp_layers) != self.layers or min(pp_layers) < 1:
+                problems.append(f"--pp-layers {','.join(map(str, pp_layers))} must be positive and sum to {self.layers} layers")
+        elif self.layers % pp:
+            problems.append(f"{self.layers} layers do not split evenly over PP={pp} (give --pp-layers)")
+        if ep > 1 and not self.moe:
+            problems.append(f"EP={ep} needs a mixture-of-experts model")
+        elif self.moe and self.experts % ep:
+            problems.append(f"{self.experts} experts do not split over EP={ep}")
+        return problems
+
+    def stage_layers(self, pp: int, pp_layers: list[int] | None = None) -> list[range]:
+        """Global layer ranges of each pipeline stage (even split unless given)."""
+        sizes = pp_layers or [self.layers // pp] * pp
+        out, start = [], 0
+        for n in sizes:
+            out.append(range(start, start + n))
+            start += n
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Megatron args <-> ModelSpec
+# ---------------------------------------------------------------------------------------------
+def _arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if args.get(name) is not None:
+            return args[name]
+    return default
+
+
+def _dtype_from_args(args: dict[str, Any]) -> torch.dtype:
+    params = str(args.get("params_dtype", ""))
+    if args.get("bf16") or "bfloat16" in params:
+        return torch.bfloat16
+    if args.get("fp16") or "float16" in params:
+        return torch.float16
+    return torch.float32
+
+
+def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = None, vocab_note: str = "") -> ModelSpec:
+    """Architecture from Megatron `args` (mind `group_query_attention` before `num_query_groups`)."""
+    if not args:
+        raise SpecError("checkpoint carries no Megatron args; pass --config with an HF config.json")
+    layers = int(_arg(args, "num_layers", "encoder_num_layers", default=0))
+    hidden = int(_arg(args, "hidden_size", default=0))
+    heads = int(_arg(args, "num_attention_heads", default=0))
+    if not (layers and hidden and heads):
+        raise SpecError("Megatron args lack num_layers / hidden_size / num_attention_heads")
+    kv = int(args["num_query_groups"]) if args.get("group_query_attention") and args.get("num_query_groups") else heads
+    head_dim = int(_arg(args, "kv_channels", default=hidden // heads))
+    swiglu = bool(args.get("swiglu"))
+    if not swiglu:
+        raise SpecError("only SwiGLU (Llama-family) Megatron models are supported by this converter so far")
+    ffn = int(_arg(args, "ffn_hidden_size", default=int(4 * hidden * 2 / 3 / 64) * 64))
+    padded = _arg(args, "padded_vocab_size")
+    if true_vocab is None:
+        stored = _arg(args, "orig_vocab_size", "true_vocab_size", "vocab_size")
+        if stored is not None:
+            true_vocab, vocab_note = int(stored), vocab_note or "from Megatron args"
+        elif padded is not None:
+            true_vocab, vocab_note = int(padded), "unknown true vocab: keeping all padded rows (give --true-vocab-size)"
+        else:
+            raise SpecError("Megatron args hold no vocab size; give --true-vocab-size")
+    normalization = str(args.get("normalization") or "LayerNorm")
+    experts = int(args.get("num_experts") or 0)
+    scaling = None
+    if args.get("use_rope_scaling"):
+        scaling = {"rope_type": "llama3", "factor": float(args.get("rope_scaling_factor") or 8.0), "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    linear_bias = bool(args.get("add_bias_linear", True))
+    family = "mixtral" if experts else ("qwen2" if args.get("add_qkv_bias") and not linear_bias else "llama")
+    return ModelSpec(
+        family=family,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        ffn=ffn,
+        vocab=int(true_vocab),
+        padded_vocab=int(padded) if padded is not None else None,
+        vocab_note=vocab_note,
+        make_vocab_size_divisible_by=int(args.get("make_vocab_size_divisible_by") or 128),
+        norm="rmsnorm" if normalization.lower() == "rmsnorm" else "layernorm",
+        norm_eps=float(_arg(args, "norm_epsilon", "layernorm_epsilon", default=1e-5)),
+        layernorm_1p=bool(args.get("apply_layernorm_1p")),
+        rope_theta=float(_arg(args, "rotary_base", default=10000)),
+        rope_scaling=scaling,
+        rotary_percent=float(_arg(args, "rotary_percent", default=1.0)),
+        max_position_embeddings=int(_arg(args, "max_position_embeddings", "seq_length", default=4096)),
+        tied=not bool(args.get("untie_embeddings_and_output_weights", False)),
+        qkv_bias=bool(args.get("add_qkv_bias")) or linear_bias,
+        o_bias=linear_bias,
+        mlp_bias=linear_bias,
+        qk_norm=bool(args.get("qk_layernorm")),
+        experts=experts,
+        topk=int(args.get("moe_router_topk") or 2),
+        expert_ffn=int(args.get("moe_ffn_hidden_size") or ffn) if experts else 0,
+        dtype=_dtype_from_args(args),
+    )
+
+
+def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, padded_vocab: int,
+                            pp_layers: list[int] | None = None, iteration: int = 1, ckpt_format: str = "torch",
+                            transformer_impl: str = "local") -> dict[str, Any]:
+    """Megatron's argument names for a target layout (a full Namespace's worth of fields)."""
+    if spec.o_bias != spec.mlp_bias or (spec.o_bias and not spec.qkv_bias):
+        raise SpecError("Megatron biases are all-or-nothing (add_bias_linear) plus add_qkv_bias; this model's biases do not fit")
+    args: dict[str, Any] = {
+        "num_layers": spec.layers,
+        "hidden_size": spec.hidden,
+        "ffn_hidden_size": spec.ffn,
+        "num_attention_heads": spec.heads,
+        "group_query_attention": spec.kv_heads != spec.heads,
+        "num_query_groups": spec.kv_heads,
+        "kv_channels": spec.head_dim,
+        "seq_length": min(spec.max_position_embeddings, 4096),
+        "max_position_embeddings": spec.max_position_embeddings,
+        "padded_vocab_size": padded_vocab,
+        "vocab_size": spec.vocab,
+        "make_vocab_size_divisible_by": spec.make_vocab_size_divisible_by,
+        "normalization": "RMSNorm" if spec.norm == "rmsnorm" else "LayerNorm",
+        "norm_epsilon": spec.norm_eps,
+        "apply_layernorm_1p": spec.layernorm_1p,
+        "swiglu": True,
+        "add_bias_linear": spec.o_bias,
+        "add_qkv_bias": spec.qkv_bias,
+        "qk_layernorm": spec.qk_norm,
+        "untie_embeddings_and_output_weights": not spec.tied,
+        "position_embedding_type": "rope",
+        "use_rotary_position_embeddings": True,
+        "rotary_base": int(spec.rope_theta) if float(spec.rope_theta).is_integer() else spec.rope_theta,
+        "rotary_percent": spec.rotary_percent,
+        "rotary_interleaved": False,
+        "use_rope_scaling": bool(spec.rope_scaling and spec.rope_scaling.get("rope_type") == "llama3"),
+        "rope_scaling_factor": float((spec.rope_scaling or {}).get("factor", 8.0)),
+        "num_experts": spec.experts or None,
+        "moe_router_topk": spec.topk,
+        "moe_ffn_hidden_size": (spec.expert_ffn or spec.ffn) if spec.moe else None,
+        "moe_grouped_gemm": False,
+        "params_dtype": spec.dtype,
+        "bf16": spec.dtype == torch.bfloat16,
+        "fp16": spec.dtype == torch.float16,
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "expert_model_parallel_size": ep,
+        "virtual_pipeline_model_parallel_size": None,
+        "transformer_impl": transformer_impl,
+        "ckpt_format": ckpt_format,
+        "use_dist_ckpt": ckpt_format == "torch_dist",
+        "iteration": iteration,
+        "consumed_train_samples": 0,
+        "consumed_valid_samples": 0,
+        "tokenizer_type": "HuggingFaceTokenizer",
+        "use_mcore_models": True,
+    }
+    if pp_layers and len(set(pp_layers)) > 1:
+        args["decoder_first_pipeline_num_layers"] = pp_layers[0]
+        args["decoder_last_pipeline_num_layers"] = pp_layers[-1]
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# HF config <-> ModelSpec
+# ---------------------------------------------------------------------------------------------
+def _rope_from_config(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    params = config.get("rope_parameters")
+    if isinstance(params, dict):  # transformers 5
+        theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        scaling = None if rope_type == "default" else {k: v for k, v in params.items() if k != "rope_theta"}
+        return theta, scaling
+    scaling = config.get("rope_scaling")
+    if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default":
+        scaling = None
+    return float(config.get("rope_theta", 10000.0)), scaling
+
+
+def spec_from_hf_config(config: dict[str, Any]) -> ModelSpec:
+    model_type = str(config.get("model_type", ""))
+    family = HF_MODEL_TYPES.get(model_type)
+    if family is None:
+        raise SpecError(f"HF model_type {model_type!r} is not supported yet (supported: {', '.join(FAMILIES)})")
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    theta, scaling = _rope_from_config(config)
+    dtype_name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    attention_bias = bool(config.get("attention_bias", False))
+    experts = int(config.get("num_local_experts") or 0) if family == "mixtral" else 0
+    return ModelSpec(
+        family=family,
+        layers=int(config["num_hidden_layers"]),
+        hidden=hidden,
+        heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or hidden // heads),
+        ffn=int(config["intermediate_size"]),
+        vocab=int(config["vocab_size"]),
+        vocab_note="from config.json",
+        norm="rmsnorm",
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        tied=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2" or attention_bias,
+        o_bias=attention_bias and family != "qwen2",
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        experts=experts,
+        topk=int(config.get("num_experts_per_tok") or 2),
+        expert_ffn=int(config["intermediate_size"]) if experts else 0,
+        sliding_window=config.get("sliding_window") if config.get("use_sliding_window", True) else None,
+        dtype=DTYPES.get(str(dtype_name).removeprefix("torch."), torch.float32),
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_id=config.get("eos_token_id"),
+    )
+
+
+def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
+    """config.json built by transformers' own config class for the family (loadable as is)."""
+    import transformers
+
+    class_name, arch = HF_CLASSES[spec.family]
+    if spec.family == "qwen2" and (spec.o_bias or spec.mlp_bias):
+        raise SpecError("Qwen2 has q/k/v biases only; this model also has output / MLP biases")
+    if spec.family in ("llama",) and spec.qkv_bias != spec.o_bias:
+        raise SpecError("HF Llama's attention_bias covers q/k/v and o together; use family qwen2 for q/k/v-only biases")
+    if spec.qk_norm:
+        raise SpecError("QK-norm models have no HF Llama-family equivalent here")
+    kwargs: dict[str, Any] = dict(
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=(spec.expert_ffn or spec.ffn) if spec.moe else spec.ffn,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=spec.norm_eps,
+        tie_word_embeddings=spec.tied,
+        rope_theta=spec.rope_theta,
+    )
+    if spec.rope_scaling:
+        kwargs["rope_scaling"] = dict(spec.rope_scaling)
+    if spec.family == "llama":
+        kwargs.update(attention_bias=spec.qkv_bias, mlp_bias=spec.mlp_bias)
+    if spec.family == "mixtral":
+        kwargs.update(num_local_experts=spec.experts, num_experts_per_tok=spec.topk)
+    if spec.family in ("mistral", "mixtral", "qwen2"):
+        kwargs["sliding_window"] = spec.sliding_window
+    if spec.bos_token_id is not None:
+        kwargs["bos_token_id"] = spec.bos_token_id
+    if spec.eos_token_id is not None:
+        kwargs["eos_token_id"] = spec.eos_token_id
+    config = getattr(transformers, class_name)(**kwargs)
+    config.architectures = [arch]
+    config.dtype = str(spec.dtype).removeprefix("torch.")
+    return config.to_dict()

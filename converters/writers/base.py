@@ -1,0 +1,64 @@
+"""What every target writer provides: a file plan up front, then streaming group writes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    rel: str
+    tensors: int
+    nbytes: int
+
+
+@dataclass
+class TargetOptions:
+    format: str  # hf | megatron | megatron-dist
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    pp_layers: list[int] | None = None
+    dtype: torch.dtype | None = None  # None: keep the source dtype
+    megatron_spec: str = "local"  # local | te
+    iteration: int = 1
+    max_shard_bytes: int = 5 * 10**9
+    tokenizer: Path | None = None
+    make_vocab_size_divisible_by: int | None = None
+    extra_args: dict = field(default_factory=dict)
+
+
+class Writer(ABC):
+    """Receives canonical tensors group by group (embeddings, layers in order, head)."""
+
+    def __init__(self, spec: ModelSpec, opts: TargetOptions) -> None:
+        self.spec = spec
+        self.opts = opts
+        self.dtype = opts.dtype or spec.dtype
+        self.folder: Path | None = None
+
+    @abstractmethod
+    def files(self) -> list[PlannedFile]:
+        """Every file the writer will produce, with tensor counts and sizes."""
+
+    def open(self, folder: Path) -> None:
+        self.folder = folder
+
+    @abstractmethod
+    def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish files; write the marker that declares the output complete last."""
+
+    def abort(self) -> None:
+        """Release open files after a failure (the folder itself is removed by the caller)."""
+
+    def notes(self) -> list[str]:
+        return []

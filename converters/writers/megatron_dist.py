@@ -1,0 +1,115 @@
+"""Megatron-Core `torch_dist` writer: stacked layer / expert keys, chunked per layer and TP rank.
+
+Keys and chunking follow megatron-core (checked against the real checkpoints in the corpus):
+layer tensors are stacked under `decoder.layers.<name>` with a leading layer axis (and an expert
+axis for `mlp.experts.experts.*`), each layer's slice cut into TP pieces (SwiGLU fc1 into 2·TP:
+gate pieces then up pieces), TE `_extra_state` byte entries, `common.pt` with `args`.
+`metadata.json`, which Megatron takes as "this checkpoint is complete", is written last, then
+the root tracker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
+
+from ..rules import megatron as mg
+from ..sharding import to_global, tp_boxes
+from ..sources import PRE
+from .base import PlannedFile, Writer
+from .dcp import DcpStreamWriter, torch_bytes
+from .megatron_common import target_args, target_padded_vocab
+
+METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
+                 "common_backend_version": 1}
+EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv")
+EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
+EXTRA_STATE_EXPERTS = ("mlp.experts.experts.linear_fc1", "mlp.experts.experts.linear_fc2")
+
+
+class MegatronDistWriter(Writer):
+    def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(spec, opts)
+        self.padded = target_padded_vocab(spec, opts)
+        self.args = argparse.Namespace(**target_args(spec, opts, "torch_dist"))
+        self.iter_dir = iteration_folder_name(opts.iteration)
+        self.dcp: DcpStreamWriter | None = None
+
+    def _layer_key(self, param: mg.Param) -> str:
+        return "decoder.layers." + param.name("dist", self.spec).replace("{e}", "")
+
+    def _layer_shape(self, param: mg.Param) -> tuple[int, ...]:
+        shapes = self.spec.layer_shapes(0)
+        parts = [shapes["layers.0." + c.format(e=0)] for c in param.canon]
+        if param.pack is mg.Pack.QKV or param.pack is mg.Pack.SWIGLU:
+            inner = (sum(p[0] for p in parts), *parts[0][1:])
+        else:
+            inner = parts[0]
+        lead = (self.spec.layers, self.spec.experts) if param.expert else (self.spec.layers,)
+        return (*lead, *inner)
+
+    def files(self) -> list[PlannedFile]:
+        numel = sum(torch.Size(s).numel() for s in self.spec.canonical_shapes().values())
+        ranks = self.opts.tp
+        return [PlannedFile(f"{self.iter_dir}/__{r}_0.distcp", 0, numel * self.dtype.itemsize // ranks) for r in range(ranks)] + [
+            PlannedFile(f"{self.iter_dir}/.metadata", 0, 0), PlannedFile(f"{self.iter_dir}/common.pt", 0, 0),
+            PlannedFile(f"{self.iter_dir}/metadata.json", 0, 0), PlannedFile(TRACKER, 0, 0)]
+
+    def open(self, folder) -> None:  # type: ignore[no-untyped-def]
+        super().open(folder)
+        (folder / self.iter_dir).mkdir(parents=True)
+        self.dcp = DcpStreamWriter(folder / self.iter_dir)
+        spec = self.spec
+        for param, _ in mg.global_params(spec):
+            shape = (self.padded, spec.hidden) if param.split is mg.Split.VOCAB else spec.canonical_shapes()[param.canon[0]]
+            self.dcp.declare(param.name("local", spec), self.dtype, shape)
+        for param in mg.layer_params(spec):
+            self.dcp.declare(self._layer_key(param), self.dtype, self._layer_shape(param))
+
+    def _chunks(self, key: str, param: mg.Param, full: torch.Tensor, lead: tuple[int, ...]) -> None:
+        assert self.dcp is not None
+        boxes = tp_boxes(param, tuple(full.shape), self.opts.tp)
+        for b, (offsets, sizes) in enumerate(boxes):
+            piece = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
+            piece = piece.reshape((1,) * len(lead) + tuple(piece.shape))
+            self.dcp.add_chunk(key, (*lead, *offsets), piece.to(self.dtype), rank=b % self.opts.tp)
+
+    def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
+        assert self.dcp is not None
+        spec = self.spec
+        if group == PRE or group == spec.layers:
+            stage = "first" if group == PRE else "last"
+            for param, where in mg.global_params(spec):
+                if where == stage:
+                    full = to_global(param, [tensors[c] for c in param.canon], spec, self.padded)
+                    self._chunks(param.name("local", spec), param, full, ())
+            return
+        i, L = group, spec.layers
+        for param in mg.layer_params(spec):
+            for e in range(spec.experts) if param.expert else [None]:
+                canon = [tensors[f"layers.{i}." + c.format(e=e)] for c in param.canon]
+                full = to_global(param, canon, spec, self.padded)
+                self._chunks(self._layer_key(param), param, full, (i,) if e is None else (i, e))
+        empty = torch_bytes([None])
+        for module in EXTRA_STATE_MODULES + (() if spec.moe else EXTRA_STATE_DENSE):
+            self.dcp.add_bytes(f"decoder.layers.{module}._extra_state/shard_{i}_{L}", empty)
+        if spec.moe:
+            for module in EXTRA_STATE_EXPERTS:
+                for e in range(spec.experts):
+                    self.dcp.add_bytes(f"decoder.layers.{module}._extra_state/shard_{i}.{e}_{L}.{spec.experts}", empty)
+
+    def close(self) -> None:
+        assert self.dcp is not None and self.folder is not None
+        self.dcp.finish()
+        folder = self.folder / self.iter_dir
+        torch.save({"args": self.args, "checkpoint_version": 3.0, "iteration": self.opts.iteration}, folder / "common.pt")
+        (folder / "metadata.json").write_text(json.dumps(METADATA_JSON))  # completion marker
+        (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")
+
+    def abort(self) -> None:
+        if self.dcp is not None:
+            self.dcp.close_files()

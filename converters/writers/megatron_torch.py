@@ -1,0 +1,135 @@
+"""Megatron-LM `torch` writer: `iter_XXXXXXX/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`.
+
+Each rank file holds `args` (argparse.Namespace with Megatron's names), `checkpoint_version`
+3.0, `iteration` and `model` in Megatron-Core names (local or Transformer-Engine spec). Rank
+files of one pipeline stage are open together and filled layer by layer (tensor bytes go to
+disk as they are made); the tracker `latest_checkpointed_iteration.txt` is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from collections import OrderedDict
+
+import torch
+
+from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
+
+from ..rules import megatron as mg
+from ..sharding import scatter
+from ..sources import PRE, group_canon
+from .base import PlannedFile, Writer
+from .megatron_common import stage_of, target_args, target_padded_vocab
+from .torchzip import TorchZipWriter
+
+TE_EXTRA_STATE = ("self_attention.linear_qkv", "self_attention.linear_proj", "self_attention.core_attention")
+TE_EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
+
+
+def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped-def]
+    name = f"mp_rank_{tp:02d}"
+    if opts.pp > 1:
+        name += f"_{pp:03d}"
+    if opts.ep > 1:
+        name += f"_{ep:03d}"
+    return name
+
+
+class MegatronTorchWriter(Writer):
+    def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(spec, opts)
+        self.variant = "te" if opts.megatron_spec == "te" else "local"
+        self.padded = target_padded_vocab(spec, opts)
+        self.args = argparse.Namespace(**target_args(spec, opts, "torch"))
+        self.stages = spec.stage_layers(opts.pp, opts.pp_layers)
+        self.iter_dir = iteration_folder_name(opts.iteration)
+        self._stage = -1
+        self._writers: dict[tuple[int, int], TorchZipWriter] = {}
+        self._models: dict[tuple[int, int], OrderedDict] = {}
+        self._tied_embed: list[torch.Tensor] | None = None
+
+    # ----- planning ------------------------------------------------------------------------
+    def _rank_file(self, tp: int, pp: int, ep: int) -> str:
+        return f"{self.iter_dir}/{rank_dir(tp, pp, ep, self.opts)}/model_optim_rng.pt"
+
+    def files(self) -> list[PlannedFile]:
+        spec, opts = self.spec, self.opts
+        out = []
+        shapes = spec.canonical_shapes()
+        for pp in range(opts.pp):
+            groups = ([PRE] if pp == 0 else []) + list(self.stages[pp]) + ([spec.layers] if pp == opts.pp - 1 else [])
+            for ep in range(opts.ep):
+                names = [c for g in groups for c in group_canon(spec, g)
+                         if ".experts." not in c or int(c.split(".")[3]) // (spec.experts // opts.ep) == ep]
+                numel = sum(math.prod(shapes[c]) for c in names)  # approximate: replicated norms counted once
+                for tp in range(opts.tp):
+                    out.append(PlannedFile(self._rank_file(tp, pp, ep), len(names), numel * self.dtype.itemsize // opts.tp))
+        out.append(PlannedFile(TRACKER, 0, 0))
+        return out
+
+    # ----- streaming -----------------------------------------------------------------------
+    def _enter_stage(self, stage: int) -> None:
+        if stage == self._stage:
+            return
+        self._finish_stage()
+        assert self.folder is not None
+        self._stage = stage
+        for tp in range(self.opts.tp):
+            for ep in range(self.opts.ep):
+                self._writers[(tp, ep)] = TorchZipWriter(self.folder / self._rank_file(tp, stage, ep))
+                self._models[(tp, ep)] = OrderedDict()
+
+    def _finish_stage(self) -> None:
+        for key, writer in self._writers.items():
+            state = {"args": self.args, "checkpoint_version": 3.0, "iteration": self.opts.iteration,
+                     "model": self._models[key], "num_floating_point_operations_so_far": 0}
+            writer.finish(state)
+        self._writers.clear()
+        self._models.clear()
+
+    def _put(self, name: str, shards: list[torch.Tensor], ep_ranks: range | list[int]) -> None:
+        for tp, shard in enumerate(shards):
+            for ep in ep_ranks:
+                self._models[(tp, ep)][name] = self._writers[(tp, ep)].add(shard.to(self.dtype))
+
+    def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
+        spec, opts = self.spec, self.opts
+        self._enter_stage(stage_of(spec, opts, group))
+        all_ep = range(opts.ep)
+        if group == PRE or group == spec.layers:
+            stage = "first" if group == PRE else "last"
+            for param, where in mg.global_params(spec):
+                if where == stage:
+                    shards = scatter(param, [tensors[c] for c in param.canon], spec, opts.tp, self.padded)
+                    self._put(param.name("local", spec), shards, all_ep)
+                    if param.canon == ("embed",) and spec.tied and opts.pp > 1:
+                        self._tied_embed = shards
+            if group == spec.layers and spec.tied and opts.pp > 1 and self._tied_embed is not None:
+                self._put(mg.TIED_HEAD_COPY["local"], self._tied_embed, all_ep)
+            return
+        local = group - self.stages[self._stage].start
+        prefix = f"decoder.layers.{local}."
+        e_local = spec.experts // opts.ep if spec.moe else 0
+        for param in mg.layer_params(spec):
+            if param.expert:
+                for e in range(spec.experts):
+                    canon = [tensors[f"layers.{group}." + c.format(e=e)] for c in param.canon]
+                    name = prefix + param.name(self.variant, spec).format(e=e % e_local)
+                    self._put(name, scatter(param, canon, spec, opts.tp, self.padded), [e // e_local])
+                continue
+            canon = [tensors[f"layers.{group}." + c] for c in param.canon]
+            self._put(prefix + param.name(self.variant, spec), scatter(param, canon, spec, opts.tp, self.padded), all_ep)
+        if self.variant == "te":
+            for module in TE_EXTRA_STATE + (() if spec.moe else TE_EXTRA_STATE_DENSE):
+                for model in self._models.values():
+                    model[f"{prefix}{module}._extra_state"] = io.BytesIO()
+
+    def close(self) -> None:
+        assert self.folder is not None
+        self._finish_stage()
+        (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")  # marker last
+
+    def abort(self) -> None:
+        self._writers.clear()
