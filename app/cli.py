@@ -126,6 +126,127 @@ def demo(
     console.print(Text(f"\nNext: ckptscope inspect {target}/megatron-torch-tp2pp2", style="bold"))
 
 
+def _parse_size(text: str) -> int:
+    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "b": 1}
+    low = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if low.endswith(unit):
+            return int(float(low[: -len(unit)]) * units[unit])
+    return int(low)
+
+
+@app.command()
+@guarded
+def convert(
+    src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
+    to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")] = "hf",
+    tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel size (Megatron targets).")] = 1,
+    pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel size.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", min=1, help="Target expert-parallel size (MoE).")] = 1,
+    pp_layers: Annotated[str | None, typer.Option("--pp-layers", help="Uneven pipeline split, e.g. 7,9.")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 | bf16 | fp16 (default: keep the source dtype).")] = None,
+    true_vocab_size: Annotated[int | None, typer.Option("--true-vocab-size", help="Vocabulary rows to keep (drops Megatron padding).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="HF tokenizer folder: copied into an HF output; its size trims the vocab.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
+    megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron layer-spec names to write: local | te.")] = "local",
+    iteration: Annotated[int, typer.Option("--iteration", min=0, help="Iteration number for Megatron targets.")] = 1,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="HF shard size limit, e.g. 5GB, 500MB.")] = "5GB",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    verify_after: Annotated[bool, typer.Option("--verify", help="Compare tensors and logits of the result with the source.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output (plan and summary as JSON).")] = False,
+) -> None:
+    """Convert a checkpoint to another format and parallel layout, streaming layer by layer."""
+    from ckptscope.converters.plan import make_plan
+    from ckptscope.converters.run import convert as run_convert
+    from ckptscope.converters.spec import DTYPES
+    from ckptscope.converters.writers import TargetOptions
+    from ckptscope.converters.writers.output import check_destination
+
+    if dtype is not None and dtype not in DTYPES:
+        fail(f"--dtype {dtype}: choose fp32, bf16 or fp16")
+    if megatron_spec not in ("local", "te"):
+        fail(f"--megatron-spec {megatron_spec}: choose local or te")
+    layers = None
+    if pp_layers:
+        try:
+            layers = [int(x) for x in pp_layers.split(",")]
+        except ValueError:
+            fail(f"--pp-layers {pp_layers}: expected comma-separated integers")
+    opts = TargetOptions(to, tp=tp, pp=pp, ep=ep, pp_layers=layers, dtype=DTYPES[dtype] if dtype else None,
+                         megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=_parse_size(max_shard_size),
+                         tokenizer=tokenizer)
+    plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()))
+    console = render.make_console()
+    if as_json and (plan_only or not plan.ok):
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+    elif not as_json:
+        render.render_plan(console, plan)
+    if not plan.ok:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if plan_only:
+        return
+    check_destination(dst.expanduser().resolve(), force)
+    final = _run_with_progress(console, run_convert(plan, dst, force=force), quiet=as_json)
+    summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
+               "files": len(plan.files), "format": to}
+    if verify_after:
+        from ckptscope.converters.verify import verify as run_verify
+
+        report = run_verify(src, dst, config=json.loads(config.read_text()) if config else None)
+        summary["verify"] = report.to_json()
+        if not as_json:
+            render.render_verify(console, report)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        console.print(Text(f"wrote {final.output}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
+    if verify_after and summary["verify"]["logits"]["ok"] is False:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
+    """Drive the run generator under a rich progress bar (overall bytes, ETA, current layer)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    final = None
+    with Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False) as bar:
+        task = None
+        for event in events:
+            if task is None:
+                task = bar.add_task(event.label, total=event.bytes_total)
+            bar.update(task, completed=event.bytes_done, description=event.label)
+            final = event
+    return final
+
+
+@app.command()
+@guarded
+def verify(
+    a: Annotated[Path, typer.Argument(help="First checkpoint (any format).")],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).")],
+    logits: Annotated[bool, typer.Option("--logits/--no-logits", help="Also compare logits on a fixed token batch.")] = True,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="Sequence length of the token batch.")] = 16,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
+    config: Annotated[Path | None, typer.Option("--config", help="HF config.json for sources that lack the architecture.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare two checkpoints through the canonical model: tensors and logits."""
+    from ckptscope.converters.verify import verify as run_verify
+
+    report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
+                        config=json.loads(config.read_text()) if config else None)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        render.render_verify(render.make_console(), report)
+    if report.logits_ok is False or (not logits and not report.identical):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -163,3 +163,66 @@ def stats_table(stats: list[TensorStats]) -> Table:
 
 def _g(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+# ----- conversion ------------------------------------------------------------------------------
+def render_plan(console: Console, plan: Any) -> None:
+    """The plan before a run: what maps where, what is dropped, what will be written."""
+    spec = plan.spec
+    acc = plan.accounting
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan", no_wrap=True)
+    grid.add_column()
+    grid.add_row("source", Text(f"{printable(plan.source_path)}  ({plan.ckpt.kind}, {plan.ckpt.parallel.label()})"))
+    t = plan.target
+    layout = "" if t.format == "hf" else f", TP{t.tp}×PP{t.pp}" + (f"×EP{t.ep}" if t.ep > 1 else "") + (
+        f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
+    grid.add_row("target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
+    grid.add_row("model", Text(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
+                               f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
+                               + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
+                               + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else "")))
+    grid.add_row("tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "
+                                 f"{len(acc.missing)} missing"))
+    grid.add_row("output", Text(f"{len(plan.files)} files, {size(plan.total_bytes)} of tensors"))
+    console.print(grid)
+    if acc.ignored:
+        rules: dict[str, int] = {}
+        for rule in acc.ignored.values():
+            rules[rule] = rules.get(rule, 0) + 1
+        console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in rules.items()), style="dim"))
+    files = Table(title="Output files", title_justify="left", show_edge=False)
+    files.add_column("file", overflow="fold")
+    files.add_column("tensors", justify="right")
+    files.add_column("≈ size", justify="right")
+    for f in plan.files[:MAX_FILE_ROWS]:
+        files.add_row(Text(f.rel), str(f.tensors or ""), size(f.nbytes) if f.nbytes else "")
+    if len(plan.files) > MAX_FILE_ROWS:
+        files.add_row(Text(f"... {len(plan.files) - MAX_FILE_ROWS} more", style="dim"), "", "")
+    console.print(files)
+    for note in plan.notes:
+        console.print(Text("note: " + printable(note), style="dim"))
+    for w in plan.warnings:
+        console.print(Text("warning: " + printable(w), style="yellow"))
+    for e in plan.errors:
+        console.print(Text("error: " + printable(e, 4000), style="bold red"))
+
+
+def render_verify(console: Console, report: Any) -> None:
+    differing = [t for t in report.tensors if not t.equal]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan")
+    grid.add_column()
+    grid.add_row("tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
+                                 f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
+                                 style="green" if report.identical else "yellow"))
+    if differing:
+        worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
+        grid.add_row("largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
+    if report.logits_max_abs is not None:
+        ok = report.logits_ok
+        grid.add_row("logits", Text(f"max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}; "
+                                    f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
+    for note in report.notes:
+        grid.add_row("note", Text(printable(note)))
+    console.print(grid)

@@ -33,6 +33,7 @@ class Plan:
     files: list[PlannedFile]
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +68,7 @@ class Plan:
             "missing": acc.missing,
             "files": [{"path": f.rel, "tensors": f.tensors, "bytes": f.nbytes} for f in self.files],
             "total_bytes": self.total_bytes,
+            "notes": self.notes,
             "warnings": self.warnings,
             "errors": self.errors,
         }
@@ -116,7 +118,7 @@ def make_plan(
         raise CheckpointError(src, str(exc)) from None
     spec = source.spec
     errors: list[str] = []
-    warnings: list[str] = list(ckpt.warnings) + source.notes()
+    warnings: list[str] = list(ckpt.warnings)
     if target.format not in WRITERS:
         raise CheckpointError(src, f"unknown target format {target.format!r} (choose from {', '.join(WRITERS)})")
     if target.format != "hf":
@@ -139,4 +141,4 @@ def make_plan(
     except SpecError as exc:
         errors.append(str(exc))
         writer, files = None, []  # type: ignore[assignment]
-    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors)  # type: ignore[arg-type]
+    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, source.notes())  # type: ignore[arg-type]

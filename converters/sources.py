@@ -90,9 +90,12 @@ class CanonicalSource(ABC):
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting: ...
 
     def get(self, name: str) -> torch.Tensor:
-        """One canonical tensor (reads its whole group; fine for verification)."""
+        """One canonical tensor; the last group read is kept, so walking a layer reads it once."""
         group = PRE if name == "embed" else int(name.split(".")[1]) if name.startswith("layers.") else self.spec.layers
-        return self.read(group)[name]
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] != group:
+            cached = self._cache = (group, self.read(group))
+        return cached[1][name]
 
     def notes(self) -> list[str]:
         return []

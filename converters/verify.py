@@ -1,0 +1,133 @@
+"""Compare two checkpoints of any formats through the canonical model.
+
+Tensor report: every canonical tensor present in both, equal or not (max abs difference), and
+those present in only one. Logits: a fixed token batch through `transformers` for HF folders and
+through the plain-torch reference forward (`reference.py`) for every other format and layout,
+one group of weights at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckptscope.inspectors import detect
+from ckptscope.inspectors.errors import CheckpointError
+
+from .reference import reference_logits
+from .sources import CanonicalSource, groups, open_source
+from .spec import SpecError
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    max_abs: float | None  # None when shapes differ
+
+    @property
+    def equal(self) -> bool:
+        return self.max_abs == 0.0 and self.dtype_a == self.dtype_b
+
+
+@dataclass
+class VerifyReport:
+    a: str
+    b: str
+    tensors: list[TensorDiff] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    logits_max_abs: float | None = None
+    logits_how: tuple[str, str] = ("", "")
+    tolerance: float = 1e-5
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.only_a and not self.only_b and all(t.equal for t in self.tensors)
+
+    @property
+    def logits_ok(self) -> bool | None:
+        return None if self.logits_max_abs is None else self.logits_max_abs <= self.tolerance
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a, "b": self.b, "identical": self.identical,
+            "tensors_compared": len(self.tensors),
+            "tensors_different": [{"name": t.name, "max_abs": t.max_abs, "shape_a": list(t.shape_a), "shape_b": list(t.shape_b),
+                                   "dtype_a": t.dtype_a, "dtype_b": t.dtype_b} for t in self.tensors if not t.equal],
+            "max_abs_tensor_diff": max((t.max_abs for t in self.tensors if t.max_abs is not None), default=0.0),
+            "only_in_a": self.only_a, "only_in_b": self.only_b,
+            "logits": {"max_abs_diff": self.logits_max_abs, "a": self.logits_how[0], "b": self.logits_how[1],
+                       "tolerance": self.tolerance, "ok": self.logits_ok},
+            "notes": self.notes,
+        }
+
+
+def _source(path: str | Path, config: dict | None = None) -> CanonicalSource:
+    ckpt = detect(path)
+    try:
+        return open_source(ckpt, config=config)
+    except SpecError as exc:
+        raise CheckpointError(path, str(exc)) from None
+
+
+def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport) -> None:
+    if a.spec.layers != b.spec.layers:
+        report.notes.append(f"layer counts differ: {a.spec.layers} vs {b.spec.layers}; comparing common layers")
+    for group in groups(a.spec):
+        if group >= b.spec.layers and group < a.spec.layers:
+            continue
+        ga = a.read(group)
+        gb = b.read(group if group < a.spec.layers else b.spec.layers)
+        for name in ga:
+            if name not in gb:
+                report.only_a.append(name)
+                continue
+            ta, tb = ga[name], gb[name]
+            diff = None
+            if ta.shape == tb.shape:
+                diff = float((ta.to(torch.float64) - tb.to(torch.float64)).abs().max()) if ta.numel() else 0.0
+            report.tensors.append(TensorDiff(name, tuple(ta.shape), tuple(tb.shape), str(ta.dtype)[6:], str(tb.dtype)[6:], diff))
+        report.only_b.extend(n for n in gb if n not in ga)
+
+
+def logits_of(source: CanonicalSource, input_ids: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """fp32 logits: transformers for HF folders, the reference forward otherwise."""
+    if source.kind == "hf":
+        from transformers import AutoModelForCausalLM
+
+        folder = source.ckpt.path if source.ckpt.path.is_dir() else source.ckpt.path.parent
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+        with torch.no_grad():
+            out = model(input_ids).logits
+        del model
+        return out, "transformers"
+    with torch.no_grad():
+        return reference_logits(source.spec, source.get, input_ids), "reference forward"
+
+
+def fixed_tokens(vocab: int, batch: int = 2, length: int = 16, seed: int = 1234) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=gen)
+
+
+def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 16, tolerance: float = 1e-5,
+           config: dict | None = None) -> VerifyReport:
+    sa, sb = _source(a, config), _source(b, config)
+    report = VerifyReport(str(a), str(b), tolerance=tolerance)
+    compare_tensors(sa, sb, report)
+    if logits:
+        vocab = min(sa.spec.vocab, sb.spec.vocab)
+        ids = fixed_tokens(vocab, length=tokens)
+        la, how_a = logits_of(sa, ids)
+        lb, how_b = logits_of(sb, ids)
+        report.logits_max_abs = float((la[..., :vocab].float() - lb[..., :vocab].float()).abs().max())
+        report.logits_how = (how_a, how_b)
+    return report
