@@ -76,13 +76,14 @@ def scatter(param: Param, canon: list[torch.Tensor], spec: ModelSpec, tp: int, p
 def tp_boxes(param: Param, shape: tuple[int, ...], tp: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(offsets, sizes) of each TP rank's piece of a global tensor, as Megatron chunks torch_dist.
 
-    SwiGLU fc1 is cut into 2·TP row blocks: rank r's gate half is block r, its up half TP + r.
+    SwiGLU fc1 is cut into 2·TP row blocks, even at TP=1 (megatron-core's swiglu factory always
+    separates the halves): rank r's gate half is block r, its up half TP + r.
     """
-    if param.split is Split.REPLICATED or tp == 1:
-        return [((0,) * len(shape), shape)]
     if param.pack is Pack.SWIGLU:
         rows = shape[0] // (2 * tp)
         return [((b * rows,) + (0,) * (len(shape) - 1), (rows,) + shape[1:]) for b in range(2 * tp)]
+    if param.split is Split.REPLICATED or tp == 1:
+        return [((0,) * len(shape), shape)]
     dim = 1 if param.split is Split.ROW else 0
     size = shape[dim] // tp
     boxes = []

@@ -90,7 +90,7 @@ class ModelSpec:
 
     def canonical_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every canonical tensor (weights and biases) with its full shape, in model order."""
-        h, d = self.hidden, self.head_dim
+        h = self.hidden
         out: dict[str, tuple[int, ...]] = {"embed": (self.vocab, h)}
         for i in range(self.layers):
             out.update(self.layer_shapes(i))
@@ -425,4 +425,11 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     config = getattr(transformers, class_name)(**kwargs)
     config.architectures = [arch]
     config.dtype = str(spec.dtype).removeprefix("torch.")
-    return config.to_dict()
+    out = config.to_dict()
+    # transformers 4.x reads the top-level RoPE keys; 5.x reads `rope_parameters` (and the old keys)
+    if out.get("rope_theta") is None:
+        out["rope_theta"] = spec.rope_theta
+    if spec.rope_scaling and out.get("rope_scaling") is None:
+        out["rope_scaling"] = dict(spec.rope_scaling)
+    out.setdefault("torch_dtype", out.get("dtype"))
+    return out

@@ -237,3 +237,92 @@ def test_real_megatron_corpus_to_hf_logits(corpus: Path, tmp_path: Path, item: s
     model = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     with torch.no_grad():
         assert (model(ids).logits - ref).abs().max().item() <= 1e-4
+
+
+def test_layernorm_1p_offset_is_undone(models, tmp_path: Path) -> None:
+    """A run with --apply-layernorm-1p stores gamma - 1; the HF side must see gamma."""
+    import argparse
+
+    src, model = models["llama-gqa"]
+    mt = _convert(src, tmp_path / "mt", "megatron", tp=1)
+    for rank_file in mt.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)  # our own fixture
+        state["args"] = argparse.Namespace(**{**vars(state["args"]), "apply_layernorm_1p": True})
+        for name in state["model"]:
+            if name.endswith("layernorm.weight"):
+                state["model"][name] = state["model"][name] - 1
+        torch.save(state, rank_file)
+    back = _convert(mt, tmp_path / "hf", "hf")
+    a, b = _state(src), _state(back)
+    assert torch.allclose(a["model.norm.weight"], b["model.norm.weight"], atol=1e-6)
+    _assert_hf_logits(back, model, tol=1e-4)
+    again = _convert(back, tmp_path / "mt2", "megatron", tp=1)
+    assert detect(again).metadata["args"]["apply_layernorm_1p"] is False
+
+
+def test_virtual_pipeline_source(tmp_path: Path) -> None:
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    spec = SampleSpec(layers=4, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
+    write_megatron_torch(spec, tmp_path / "vpp", tp=2, pp=2, vpp=2)
+    back = _convert(tmp_path / "vpp", tmp_path / "hf", "hf")
+    state = _state(back)
+    for i in range(4):
+        assert torch.equal(state[f"model.layers.{i}.self_attn.q_proj.weight"], spec.tensor(f"layers.{i}.attn.q"))
+        assert torch.equal(state[f"model.layers.{i}.mlp.up_proj.weight"], spec.tensor(f"layers.{i}.mlp.up"))
+
+
+@pytest.mark.parametrize("item", ["gpt_tp2pp1", "moe_ep2"])
+def test_torch_dist_output_matches_megatron_core_layout(corpus: Path, tmp_path: Path, item: str) -> None:
+    """Our torch_dist writer produces the keys, global shapes and chunk boxes megatron-core wrote."""
+    from ckptscope.inspectors.dcp import DcpReader
+
+    real = corpus / "megatron" / item / "dist"
+    hp = __import__("json").loads((corpus / "megatron" / item / "hparams.json").read_text())
+    ours = _convert(corpus / "megatron" / item / "legacy", tmp_path / "dist", "megatron-dist",
+                    tp=hp["tensor_model_parallel_size"], ep=1, iteration=10)
+    a = DcpReader(real / "iter_0000010")
+    b = DcpReader(ours / "iter_0000010")
+    assert a.tensors.keys() == b.tensors.keys()
+    for key, t in a.tensors.items():
+        assert tuple(t.shape) == tuple(b.tensors[key].shape) and t.dtype == b.tensors[key].dtype, key
+        assert sorted((c.offsets, c.sizes) for c in t.chunks) == sorted((c.offsets, c.sizes) for c in b.tensors[key].chunks), key
+        assert torch.equal(a.read_tensor(key), b.read_tensor(key)), key
+    assert {k.split("/")[0] for k in a.objects} == {k.split("/")[0] for k in b.objects}
+
+
+def test_tokenizer_is_copied_and_sizes_the_vocab(models, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(300)}
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok_dir = tmp_path / "tok"
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0").save_pretrained(tok_dir)
+    src, model = models["llama-gqa"]
+    mt = _convert(src, tmp_path / "mt", "megatron", tp=2)
+    plan = make_plan(mt, TargetOptions("hf", tokenizer=tok_dir))
+    plan_vocab = plan.spec.vocab
+    run_to_end(plan, tmp_path / "hf")
+    assert plan_vocab == 300
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert loaded("w5 w7")["input_ids"] == [5, 7]
+
+
+def test_llama3_rope_scaling_survives_megatron(tmp_path: Path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(intermediate_size=96, num_key_value_heads=2, rope_theta=500000.0,
+                                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                                      **COMMON)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "src")
+    mt = _convert(tmp_path / "src", tmp_path / "mt", "megatron", tp=2)
+    args = detect(mt).metadata["args"]
+    assert args["use_rope_scaling"] is True and args["rope_scaling_factor"] == 8.0 and args["rotary_base"] == 500000
+    back = _convert(mt, tmp_path / "hf", "hf")
+    _assert_hf_logits(back, model)

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from ckptscope.converters.samples.hf import write_hf
 from ckptscope.converters.samples.megatron_torch import write_megatron_torch

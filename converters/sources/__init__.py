@@ -1,0 +1,45 @@
+"""Readers from inspected checkpoints to canonical tensors, one group at a time.
+
+A group is the unit of streaming: `PRE` (embedding), each layer `0..L-1`, then the final norm
+and LM head (numbered L). `read(group)` gathers exactly that group's tensors from every shard
+that holds them. `account()` explains every stored tensor: mapped, ignored by rule, or unmatched.
+A new source format is one module here plus a line in `SOURCES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckptscope.inspectors.model import Checkpoint
+
+from ..spec import SpecError, spec_from_hf_config
+from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
+from .hf import HfSource
+from .megatron_dist import MegatronDistSource
+from .megatron_torch import MegatronTorchSource
+
+SOURCES: dict[str, type[CanonicalSource]] = {
+    "hf": HfSource,
+    "megatron-torch": MegatronTorchSource,
+    "megatron-dist": MegatronDistSource,
+}
+
+
+def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_vocab: int | None = None,
+                vocab_note: str = "") -> CanonicalSource:
+    """The canonical view of an inspected checkpoint (`config` overrides the architecture)."""
+    cls = SOURCES.get(ckpt.kind)
+    if cls is None:
+        raise SpecError(f"converting from {ckpt.kind} is not supported yet (supported: {', '.join(SOURCES)})")
+    spec = spec_from_hf_config(config) if config else None
+    if cls is HfSource:
+        source = HfSource(ckpt, spec)
+        if true_vocab is not None and true_vocab != source.spec.vocab:
+            raise SpecError(f"--true-vocab-size {true_vocab} disagrees with config.json vocab_size {source.spec.vocab}")
+        return source
+    if spec is not None and true_vocab is not None:
+        spec = spec.with_(vocab=true_vocab, vocab_note=vocab_note or "--true-vocab-size")
+    return cls(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note)  # type: ignore[call-arg]
+
+
+__all__ = ["PRE", "SOURCES", "Accounting", "CanonicalSource", "group_canon", "group_label", "groups", "open_source"]

@@ -1,0 +1,99 @@
+"""Megatron torch_dist as canonical tensors: stacked keys sliced per layer and expert."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+
+from ckptscope.inspectors.model import Checkpoint
+
+from ..rules import megatron as mg
+from ..sharding import from_global
+from ..spec import ModelSpec, SpecError, spec_from_megatron_args
+from .base import PRE, Accounting, CanonicalSource, groups
+
+
+class MegatronDistSource(CanonicalSource):
+    """torch_dist: global (TP-independent) tensors; stacked keys are sliced per layer/expert."""
+
+    kind = "megatron-dist"
+
+    def __init__(self, ckpt: Checkpoint, spec: ModelSpec | None = None, *, true_vocab: int | None = None,
+                 vocab_note: str = "") -> None:
+        from ckptscope.inspectors.formats.megatron_dist import load_stacked_slice
+
+        self._slice = load_stacked_slice
+        self.ckpt = ckpt
+        self.spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
+        self.index = {t.name: t for t in ckpt.model_tensors()}
+
+    def _locate(self, param: mg.Param, layer: int | None, expert: int | None) -> list[tuple[str, tuple[int, ...]]]:
+        """Stored keys and index prefixes holding this param (two keys for split swiglu)."""
+        if layer is None:
+            names = [param.name("local", self.spec), *param.read_names()]
+            for name in names:
+                if name in self.index:
+                    return [(name, ())]
+            return []
+        rels = [param.name("dist", self.spec), *param.read_names()]
+        for rel in dict.fromkeys(rels):
+            rel = rel.replace("{e}", "")
+            stacked = f"decoder.layers.{rel}"
+            per_layer = f"decoder.layers.{layer}.{rel}"
+            idx_e = (expert,) if param.expert else ()
+            if stacked in self.index:
+                return [(stacked, (layer, *idx_e))]
+            if per_layer in self.index:
+                return [(per_layer, idx_e)]
+            if param.pack is mg.Pack.SWIGLU and per_layer + "_w" in self.index:
+                return [(per_layer + "_w", idx_e), (per_layer + "_v", idx_e)]
+        return []
+
+    def _expected(self, group: int) -> list[tuple[mg.Param, list[tuple[str, tuple[int, ...]]], list[str]]]:
+        spec, out = self.spec, []
+        if group in (PRE, spec.layers):
+            stage = "first" if group == PRE else "last"
+            for param, where in mg.global_params(spec):
+                if where == stage:
+                    out.append((param, self._locate(param, None, None), list(param.canon)))
+            return out
+        for param in mg.layer_params(spec):
+            for e in range(spec.experts) if param.expert else [None]:
+                canon = [f"layers.{group}." + c.format(e=e) for c in param.canon]
+                out.append((param, self._locate(param, group, e), canon))
+        return out
+
+    def read(self, group: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for param, where, canon in self._expected(group):
+            if not where:
+                raise SpecError(f"{self.ckpt.path}: no torch_dist key for {canon[0]}")
+            parts = [self._slice(self.index[key], *index) for key, index in where]
+            full = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            out.update(zip(canon, from_global(param, full, self.spec)))
+        return out
+
+    def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
+        expected: dict[str, list[str]] = {}
+        for g in groups(self.spec):
+            for param, where, canon in self._expected(g):
+                keys = [k for k, _ in where] or [f"decoder.layers.{param.name('dist', self.spec)}"]
+                for key in keys:
+                    expected.setdefault(key, []).extend(canon)
+        rules = list(mg.IGNORED_PATTERNS)
+        if self.spec.tied:
+            rules.append(r"^output_layer\.weight$")
+        acc = Accounting()
+        acc.settle(self.index, {k: _collapse(v) for k, v in expected.items()}, rules, user_ignores)
+        return acc
+
+    def notes(self) -> list[str]:
+        return [f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})"]
+
+
+def _collapse(names: list[str]) -> list[str]:
+    """Stacked keys map to every layer: show `layers.*.x` once instead of L names."""
+    out = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", n) for n in names))
+    return out
