@@ -26,7 +26,8 @@ from . import render
 app = typer.Typer(
     name="ckptscope",
     help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).",
-    no_args_is_help=True,
+    no_args_is_help=False,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -41,6 +42,14 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """One line on stderr, then exit."""
     typer.echo(f"ckptscope: error: {printable(message, 1000)}", err=True)
     raise typer.Exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so cleanup (`finally`, generator close) runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def guarded(func: F) -> F:
@@ -59,10 +68,17 @@ def guarded(func: F) -> F:
         except KeyboardInterrupt:
             typer.echo("ckptscope: interrupted", err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            typer.echo("ckptscope: terminated", err=True)
+            raise typer.Exit(143) from None
         except (FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             if _state["debug"]:
                 raise
             fail(f"{getattr(exc, 'filename', '') or ''}{': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}")
+        except OSError as exc:  # disk full, I/O error while writing: the environment, not the input
+            if _state["debug"]:
+                raise
+            fail(f"{getattr(exc, 'filename', '') or ''}{': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}", 1)
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, never a traceback
             if _state["debug"]:
                 raise
@@ -72,8 +88,31 @@ def guarded(func: F) -> F:
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False) -> None:
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    """Without a command, open the terminal app in the current folder (`ckptscope PATH` opens PATH)."""
     _state["debug"] = debug
+    if ctx.invoked_subcommand is None:
+        open_app(Path.cwd())
+
+
+def open_app(path: Path) -> None:
+    """Run the Textual app at a folder or checkpoint."""
+    from ckptscope.app.tui.app import CkptscopeApp
+
+    if not path.exists():
+        fail(f"{path}: no such file or directory")
+    CkptscopeApp(path).run()
+
+
+def _path_shortcut(argv: list[str]) -> Path | None:
+    """`ckptscope PATH` (an existing path, not a command name) opens the app there."""
+    args = [a for a in argv if a != "--debug"]
+    if len(args) == 1 and not args[0].startswith("-") and args[0] not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        return Path(args[0])
+    return None
 
 
 @app.command()
@@ -108,8 +147,9 @@ def inspect(
 def demo(
     target: Annotated[Path, typer.Argument(help="Folder to write the demo workspace into.")] = Path("ckptscope-demo"),
     force: Annotated[bool, typer.Option("--force", help="Replace the folder if it is not empty.")] = False,
+    open_tui: Annotated[bool, typer.Option("--open/--no-open", help="Open the app on the demo (when run in a terminal).")] = True,
 ) -> None:
-    """Write a demo workspace with one small checkpoint of every supported format, then list it."""
+    """Write a demo workspace with one small checkpoint of every supported format, then open the app on it."""
     from ckptscope.converters.samples.demo import write_demo
 
     console = render.make_console()
@@ -123,7 +163,10 @@ def demo(
         table.add_row(name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
                       str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
     console.print(table)
-    console.print(Text(f"\nNext: ckptscope inspect {target}/megatron-torch-tp2pp2", style="bold"))
+    if open_tui and sys.stdin.isatty() and sys.stdout.isatty():
+        open_app(Path(target))
+        return
+    console.print(Text(f"\nNext: ckptscope {target}   (the app)   or   ckptscope inspect {target}/megatron-torch-tp2pp2", style="bold"))
 
 
 def _parse_size(text: str) -> int:
@@ -140,7 +183,7 @@ def _parse_size(text: str) -> int:
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
-    to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")] = "hf",
+    to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist | nxd.")] = "hf",
     tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel size (Megatron targets).")] = 1,
     pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel size.")] = 1,
     ep: Annotated[int, typer.Option("--ep", min=1, help="Target expert-parallel size (MoE).")] = 1,
@@ -151,10 +194,17 @@ def convert(
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron layer-spec names to write: local | te.")] = "local",
     iteration: Annotated[int, typer.Option("--iteration", min=0, help="Iteration number for Megatron targets.")] = 1,
+    nxd_style: Annotated[str, typer.Option("--nxd-style", help="NxD target names: hf | megatron.")] = "hf",
+    fuse_qkv: Annotated[bool, typer.Option("--fuse-qkv/--no-fuse-qkv", help="NxD target: one fused qkv_proj.weight_qkv per rank.")] = False,
+    kv_size_multiplier: Annotated[int, typer.Option("--kv-size-multiplier", min=1, help="NxD target: replicate KV heads N times (TP > KV heads).")] = 1,
+    xser: Annotated[bool, typer.Option("--xser/--no-xser", help="NxD target: torch_xla xser layout (tensor files + references).")] = False,
+    from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help="DeepSpeed source: rebuild fp32 weights from the ZeRO optimizer partitions (needed for ZeRO-3).")] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="HF shard size limit, e.g. 5GB, 500MB.")] = "5GB",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to convert when a source tensor holds NaN or Inf (default: warn).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted conversion from its last complete HF shard / Megatron stage; keep the partial folder if this run stops too.")] = False,
     verify_after: Annotated[bool, typer.Option("--verify", help="Compare tensors and logits of the result with the source.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output (plan and summary as JSON).")] = False,
 ) -> None:
@@ -169,6 +219,8 @@ def convert(
         fail(f"--dtype {dtype}: choose fp32, bf16 or fp16")
     if megatron_spec not in ("local", "te"):
         fail(f"--megatron-spec {megatron_spec}: choose local or te")
+    if nxd_style not in ("hf", "megatron"):
+        fail(f"--nxd-style {nxd_style}: choose hf or megatron")
     layers = None
     if pp_layers:
         try:
@@ -177,8 +229,10 @@ def convert(
             fail(f"--pp-layers {pp_layers}: expected comma-separated integers")
     opts = TargetOptions(to, tp=tp, pp=pp, ep=ep, pp_layers=layers, dtype=DTYPES[dtype] if dtype else None,
                          megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=_parse_size(max_shard_size),
-                         tokenizer=tokenizer)
-    plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()))
+                         tokenizer=tokenizer, nxd_style=nxd_style, fuse_qkv=fuse_qkv,
+                         kv_size_multiplier=kv_size_multiplier, xser=xser)
+    plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()),
+                     from_optimizer_fp32=from_optimizer_fp32)
     console = render.make_console()
     if as_json and (plan_only or not plan.ok):
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
@@ -189,9 +243,11 @@ def convert(
     if plan_only:
         return
     check_destination(dst.expanduser().resolve(), force)
-    final = _run_with_progress(console, run_convert(plan, dst, force=force), quiet=as_json)
+    final = _run_with_progress(console, run_convert(plan, dst, force=force, strict=strict, resume=resume), quiet=as_json)
+    for warning in final.warnings:
+        typer.echo(f"ckptscope: warning: {printable(warning, 1000)}", err=True)
     summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
-               "files": len(plan.files), "format": to}
+               "files": len(plan.files), "format": to, "resumed_groups": final.skipped, "warnings": list(final.warnings)}
     if verify_after:
         from ckptscope.converters.verify import verify as run_verify
 
@@ -215,11 +271,14 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
     with Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False) as bar:
         task = None
-        for event in events:
-            if task is None:
-                task = bar.add_task(event.label, total=event.bytes_total)
-            bar.update(task, completed=event.bytes_done, description=event.label)
-            final = event
+        try:
+            for event in events:
+                if task is None:
+                    task = bar.add_task(event.label, total=event.bytes_total)
+                bar.update(task, completed=event.bytes_done, description=event.label)
+                final = event
+        finally:
+            events.close()  # an interrupt here, outside the generator, must still run its cleanup now
     return final
 
 
@@ -247,8 +306,61 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+@guarded
+def diff(
+    a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.")],
+    b: Annotated[Path, typer.Argument(help="Checkpoint B (any format).")],
+    numeric: Annotated[bool, typer.Option("--numeric", help="Also read the tensors (one layer at a time) and report the max abs difference of each.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
+) -> None:
+    """Debug mismatched tensor names: missing, unexpected, shape- and dtype-mismatched tensors, with suggestions."""
+    from ckptscope.converters.diff import diff_checkpoints
+
+    report = diff_checkpoints(a, b, numeric=numeric, config=config)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(only_problems), indent=2) + "\n")
+    else:
+        render.render_diff(render.make_console(), report, only_problems)
+    if not report.identical:
+        raise typer.Exit(1)
+
+
+@app.command()
+@guarded
+def check(
+    path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
+    to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")],
+    tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel size (Megatron targets).")] = 1,
+    pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel size.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", min=1, help="Target expert-parallel size (MoE).")] = 1,
+    config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """What converting PATH --to a format and layout would do (mapped, ignored, unplaceable, missing, layout errors); writes nothing."""
+    from ckptscope.converters.diff import check_target
+
+    report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()))
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        render.render_check(render.make_console(), report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    shortcut = _path_shortcut(sys.argv[1:])
+    if shortcut is not None:
+        open_app(shortcut)
+        return
     app()
 
 

@@ -42,7 +42,7 @@ def overview(ckpt: Checkpoint) -> Table:
     if ckpt.iteration is not None:
         others = [str(i) for i in ckpt.iterations]
         extra = f"  (available: {', '.join(others)})" if len(others) > 1 else ""
-        grid.add_row("iteration", Text(f"{ckpt.iteration}{extra}"))
+        grid.add_row("iteration", Text(printable(f"{ckpt.iteration}{extra}")))  # NxD tags are folder names
     grid.add_row("layout", Text(ckpt.parallel.label()))
     grid.add_row("files", Text(f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {size(ckpt.total_bytes)}"))
     grid.add_row("complete", Text("yes" if ckpt.complete else "NO", style="green" if ckpt.complete else "bold red"))
@@ -75,7 +75,7 @@ def tensors_table(tensors: list[TensorInfo], title: str) -> Table:
         table.add_row(
             Text(printable(row.name)),
             Text(row.shape_label),
-            ",".join(sorted(row.dtypes)),
+            Text(printable(",".join(sorted(row.dtypes)))),  # xser info files store dtype names as strings
             str(row.shards),
             count(row.numel),
             size(row.nbytes),
@@ -89,7 +89,7 @@ def totals(ckpt: Checkpoint) -> Table:
     grid.add_column()
     grid.add_row("parameters", f"{count(logical_param_count(ckpt))} (stored elements across shards: {count(ckpt.param_count())})")
     for dtype, n in ckpt.bytes_by_dtype().items():
-        grid.add_row(f"  {dtype}", size(n))
+        grid.add_row(Text(printable(f"  {dtype}")), size(n))
     other = [t for t in ckpt.tensors if t.group != "model"]
     if other:
         grid.add_row("non-model tensors", f"{len(other)} (optimizer/rng), {size(sum(t.nbytes for t in other))}")
@@ -178,10 +178,10 @@ def render_plan(console: Console, plan: Any) -> None:
     layout = "" if t.format == "hf" else f", TP{t.tp}×PP{t.pp}" + (f"×EP{t.ep}" if t.ep > 1 else "") + (
         f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
     grid.add_row("target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
-    grid.add_row("model", Text(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
+    grid.add_row("model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
                                f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
                                + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
-                               + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else "")))
+                               + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
     grid.add_row("tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "
                                  f"{len(acc.missing)} missing"))
     grid.add_row("output", Text(f"{len(plan.files)} files, {size(plan.total_bytes)} of tensors"))
@@ -226,3 +226,127 @@ def render_verify(console: Console, report: Any) -> None:
     for note in report.notes:
         grid.add_row("note", Text(printable(note)))
     console.print(grid)
+
+
+# ----- diff / check ----------------------------------------------------------------------------
+DIFF_STYLES = {"same": "green", "missing": "bold red", "unexpected": "bold red", "shape": "yellow", "dtype": "yellow",
+               "values": "magenta"}
+
+
+def _shape_text(shape: tuple[int, ...] | None, shards: int = 0) -> str:
+    """`[4096, 64]`, `-` when absent; `×N` shards only in stored-name mode (shapes are per shard)."""
+    if shape is None:
+        return "-"
+    return "[" + ", ".join(str(d) for d in shape) + "]" + (f" ×{shards}" if shards > 1 else "")
+
+
+def diff_summary(report: Any) -> Text:
+    """One line: verdict, then counts per status and unplaced tensors per side."""
+    c = report.counts
+    parts = [f"{c[s]} {s}" for s in ("same", "missing", "unexpected", "shape", "dtype", "values") if c[s] or s == "same"]
+    parts += [f"{c[k]} unplaced in {side}" for k, side in (("unplaced_a", "A"), ("unplaced_b", "B")) if c[k]]
+    verdict, style = ("IDENTICAL", "bold green") if report.identical else ("DIFFERENT", "bold red")
+    worst = f"; max abs diff {report.max_abs:.3g}" if report.numeric and report.max_abs is not None else ""
+    return Text(f"{verdict} ({report.mode} names): " + ", ".join(parts) + worst, style=style)
+
+
+def diff_table(report: Any, rows: list[Any]) -> Table:
+    """status, name, shapes, dtypes (max abs diff when numeric; suggestion when any) per folded row."""
+    stored = report.mode == "stored"
+    table = Table(title=f"Tensors ({'stored names' if stored else 'canonical names'}, layers collapsed)", title_justify="left",
+                  show_edge=False)
+    table.add_column("status")
+    table.add_column("tensor", overflow="fold", ratio=3)
+    for col in ("shape A", "shape B", "dtype A", "dtype B"):
+        table.add_column(col)
+    if report.numeric:
+        table.add_column("max abs diff", justify="right")
+    suggest = any(r.suggestion for r in rows)
+    if suggest:
+        table.add_column("suggestion (unplaced / nearest name)", overflow="fold", ratio=2)
+    for r in rows:
+        cells = [Text(r.status, style=DIFF_STYLES.get(r.status, "")), Text(printable(r.name)),
+                 _shape_text(r.shape_a, r.shards_a if stored else 0), _shape_text(r.shape_b, r.shards_b if stored else 0),
+                 r.dtype_a or "-", r.dtype_b or "-"]
+        if report.numeric:
+            cells.append("-" if r.max_abs is None else f"{r.max_abs:.3g}")
+        if suggest:
+            cells.append(Text(printable(r.suggestion)))
+        table.add_row(*cells)
+    return table
+
+
+def unplaced_table(title: str, unplaced: list[Any], side_label: str | None = None) -> Table:
+    """Stored tensors a canonical view cannot place, with the nearest expected name (the rule)."""
+    table = Table(title=title, title_justify="left", show_edge=False)
+    if side_label is not None:
+        table.add_column("side")
+    table.add_column("stored tensor", overflow="fold", ratio=2)
+    table.add_column("shape")
+    table.add_column("dtype")
+    table.add_column("nearest rule (expected name)", overflow="fold", ratio=2)
+    table.add_column("would fill", overflow="fold")
+    for u in unplaced:
+        side = [side_label] if side_label is not None else []
+        table.add_row(*side, Text(printable(u.name)), _shape_text(u.shape), u.dtype, Text(printable(u.nearest or "-")),
+                      Text(printable(", ".join(u.canonical) or "-")))
+    return table
+
+
+def render_diff(console: Console, report: Any, only_problems: bool = False) -> None:
+    console.print(diff_summary(report))
+    for label, side in (("A", report.a), ("B", report.b)):
+        model = f"; {side.model}" if side.model else ""
+        console.print(Text(f"{label}: {printable(side.path)}  ({side.format}, {side.layout}, {side.tensors} stored tensors{printable(model)})",
+                           style="dim"))
+    rows = report.rows(only_problems)
+    if rows:
+        console.print(diff_table(report, rows))
+    for label, side in (("A", report.a), ("B", report.b)):
+        if side.unplaced:
+            console.print(unplaced_table(f"Stored tensors {label} cannot place ({len(side.unplaced)})", side.unplaced, label))
+        if side.ignored:
+            console.print(Text(f"{label} ignored by rule: " + "; ".join(f"{n} × {printable(r)}" for r, n in side.ignored.items()),
+                               style="dim"))
+    for note in report.notes:
+        console.print(Text("note: " + printable(note, 2000), style="dim"))
+
+
+def render_check(console: Console, report: Any) -> None:
+    c = report.counts
+    t = report.target
+    layout = "" if t["format"] == "hf" else f" TP{t['tp']}×PP{t['pp']}" + (f"×EP{t['ep']}" if t["ep"] > 1 else "")
+    verdict, style = ("COMPATIBLE", "bold green") if report.ok else ("NOT CONVERTIBLE", "bold red")
+    console.print(Text(f"{verdict}: {report.source_format} {report.source_layout} -> {t['format']}{layout}: "
+                       f"{c['mapped']} mapped, {c['ignored']} ignored by rule, {c['unplaced']} unplaced, {c['missing']} missing, "
+                       f"{c['layout_errors']} layout error(s), {c['files']} files", style=style))
+    console.print(Text(f"source: {printable(report.source)}; model {printable(report.model)}; dtype {t['dtype'] or '?'}", style="dim"))
+    mapped = Table(title="Mapped tensors (layers collapsed)", title_justify="left", show_edge=False)
+    mapped.add_column("stored", overflow="fold", ratio=2)
+    mapped.add_column("canonical", overflow="fold", ratio=2)
+    mapped.add_column("count", justify="right")
+    for rule in report.mapped:
+        mapped.add_row(Text(printable(rule.stored)), Text(printable(rule.canonical)), str(rule.count))
+    console.print(mapped)
+    if report.ignored:
+        console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in report.ignored.items()), style="dim"))
+    if report.unplaced:
+        console.print(unplaced_table(f"Stored tensors the converter cannot place ({len(report.unplaced)})", report.unplaced))
+    if report.missing:
+        console.print(Text(f"missing ({len(report.missing)}): " + ", ".join(printable(n) for n in report.missing[:MAX_FILE_ROWS])
+                           + (" ..." if len(report.missing) > MAX_FILE_ROWS else ""), style="bold red"))
+    files = Table(title="Target files", title_justify="left", show_edge=False)
+    files.add_column("file", overflow="fold")
+    files.add_column("tensors", justify="right")
+    files.add_column("≈ size", justify="right")
+    for f in report.files[:MAX_FILE_ROWS]:
+        files.add_row(Text(printable(f["path"])), str(f["tensors"] or ""), size(f["bytes"]) if f["bytes"] else "")
+    if len(report.files) > MAX_FILE_ROWS:
+        files.add_row(Text(f"... {len(report.files) - MAX_FILE_ROWS} more", style="dim"), "", "")
+    console.print(files)
+    for note in report.notes:
+        console.print(Text("note: " + printable(note), style="dim"))
+    for w in report.warnings:
+        console.print(Text("warning: " + printable(w), style="yellow"))
+    for e in report.layout_errors:
+        console.print(Text("layout error: " + printable(e, 2000), style="bold red"))

@@ -97,6 +97,7 @@ def make_plan(
     config: str | Path | None = None,
     true_vocab: int | None = None,
     ignore: tuple[str, ...] = (),
+    from_optimizer_fp32: bool = False,
 ) -> Plan:
     """Inspect the source, derive the architecture and lay out the target; write nothing."""
     src = Path(src)
@@ -113,7 +114,8 @@ def make_plan(
     elif target.tokenizer is not None and ckpt.kind != "hf":
         true_vocab, vocab_note = _tokenizer_vocab(target.tokenizer), f"size of the tokenizer in {target.tokenizer}"
     try:
-        source = open_source(ckpt, config=config_dict, true_vocab=true_vocab, vocab_note=vocab_note)
+        source = open_source(ckpt, config=config_dict, true_vocab=true_vocab, vocab_note=vocab_note,
+                             from_optimizer_fp32=from_optimizer_fp32)
     except SpecError as exc:
         raise CheckpointError(src, str(exc)) from None
     spec = source.spec
@@ -141,4 +143,5 @@ def make_plan(
     except SpecError as exc:
         errors.append(str(exc))
         writer, files = None, []  # type: ignore[assignment]
-    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, source.notes())  # type: ignore[arg-type]
+    notes = source.notes() + (writer.notes() if writer is not None else [])
+    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes)  # type: ignore[arg-type]

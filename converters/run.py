@@ -3,23 +3,54 @@
 `convert(plan, dst)` is a generator of `Progress` events; the CLI and the TUI render the same
 stream. Peak memory is one group (a layer, or the embeddings) plus what the writers buffer,
 never the whole model. Output is built in a temporary sibling folder and renamed into place at
-the end; stopping the generator early (Ctrl-C, cancel) removes the temporary folder.
+the end; stopping the generator early (Ctrl-C, SIGTERM, cancel, an error) removes the temporary
+folder, unless `resume=True` asked to keep it for a later `--resume`.
+
+Safety checks on the way: a source the inspector found incomplete (torn save) is refused; each
+group's tensors are checked for NaN/Inf (a warning, or a refusal with `strict=True`); a failed
+write (disk full) becomes one `OutputError` line.
+
+Resume (`resume=True`): the partial folder of an interrupted run (`.<dst>.ckptscope-partial-*`,
+left behind by SIGKILL, OOM-kill or a crash) carries a journal with a fingerprint of the plan.
+Output files are grouped into units that are complete or not as a whole - an HF shard, or all
+rank files of one Megatron pipeline stage - and a unit counts as done only if its files validate
+(`_unit_complete`). Groups whose every unit is done are skipped; the rest are written again.
+Other targets have no units: `--resume` restarts them from scratch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
+import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from ckptscope.inspectors.errors import CheckpointError
+
 from .plan import Plan
-from .sources import group_label
-from .writers.output import AtomicFolder
+from .sources import PRE, group_canon, group_label
+from .writers.output import PARTIAL_TAG, AtomicFolder
+
+JOURNAL = ".ckptscope-resume.json"
+JOURNAL_VERSION = 1
 
 
 class PlanRefused(RuntimeError):
     pass
+
+
+class OutputError(OSError):
+    """Writing the output failed (disk full, read-only, I/O error); str() is one line."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}" if self.filename else str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -33,47 +64,214 @@ class Progress:
     bytes_total: int
     elapsed: float
     output: str = ""
+    skipped: int = 0  # groups not rewritten because a resumed run found them complete
+    warnings: tuple[str, ...] = ()  # e.g. NaN/Inf found in source tensors
 
     @property
     def fraction(self) -> float:
         return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
 
 
-def convert(plan: Plan, dst: str | Path, *, force: bool = False) -> Iterator[Progress]:
+# ----- resume units -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """Output files that are complete together, and the groups that feed them."""
+
+    kind: str  # "safetensors" | "torch"
+    files: tuple[str, ...]
+    groups: frozenset[int]
+
+
+def _group_of(spec, canon: str) -> int:  # type: ignore[no-untyped-def]
+    if canon == "embed":
+        return PRE
+    if canon.startswith("layers."):
+        return int(canon.split(".")[1])
+    return spec.layers
+
+
+def resume_units(plan: Plan) -> list[Unit]:
+    """The resumable units of the plan's writer (empty: this target restarts from scratch)."""
+    from .writers.hf import HfWriter
+    from .writers.megatron_common import stage_of
+    from .writers.megatron_torch import MegatronTorchWriter
+
+    writer, spec = plan.writer, plan.spec
+    if type(writer) is HfWriter:
+        return [Unit("safetensors", (name,), frozenset(_group_of(spec, c) for c in canons))
+                for name, canons in zip(writer.shard_files, writer.shards)]
+    if type(writer) is MegatronTorchWriter:
+        opts = writer.opts
+        units = []
+        for stage in range(opts.pp):
+            if stage == 0 and spec.tied and opts.pp > 1:
+                continue  # the last stage needs stage 0's embedding shards in memory: always redo stage 0
+            groups = frozenset(g for g in plan.groups if stage_of(spec, opts, g) == stage)
+            files = tuple(writer._rank_file(tp, stage, ep) for tp in range(opts.tp) for ep in range(opts.ep))
+            units.append(Unit("torch", files, groups))
+        return units
+    return []
+
+
+def _unit_complete(folder: Path, unit: Unit) -> bool:
+    """Every file of the unit exists and validates (size and structure), so it was fully written."""
+    from ckptscope.inspectors.safetensors_header import read_header
+    from ckptscope.inspectors.torchfile import open_torch_file
+
+    for rel in unit.files:
+        path = folder / rel
+        if not path.is_file():
+            return False
+        try:
+            if unit.kind == "safetensors":
+                read_header(path)  # the data section must end exactly at end of file
+            else:
+                open_torch_file(path)  # central directory, data.pkl and every storage member present
+        except CheckpointError:
+            return False
+    return True
+
+
+def fingerprint(plan: Plan) -> str:
+    """Same source files (size, mtime), same target options, same planned files -> same value."""
+    files = []
+    for f in plan.ckpt.files:
+        try:
+            st = f.path.stat()
+            files.append([f.rel, st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([f.rel, -1, -1])
+    target = {k: str(v) for k, v in dataclasses.asdict(plan.target).items()}
+    doc = {"version": JOURNAL_VERSION, "source": str(Path(plan.source_path).resolve()), "files": files, "target": target,
+           "planned": [[f.rel, f.tensors, f.nbytes] for f in plan.files], "total": plan.total_bytes}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def find_partial(dst: Path, key: str) -> Path | None:
+    """The newest partial folder of `dst` whose journal has this plan's fingerprint."""
+    dst = Path(dst).expanduser().resolve()
+    found = []
+    for child in dst.parent.glob(f".{dst.name}{PARTIAL_TAG}*"):
+        try:
+            journal = json.loads((child / JOURNAL).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(journal, dict) and journal.get("fingerprint") == key:
+            found.append((child.stat().st_mtime, child))
+    return max(found)[1] if found else None
+
+
+def _write_journal(folder: Path, key: str, plan: Plan, done: list[str]) -> None:
+    doc = {"version": JOURNAL_VERSION, "fingerprint": key, "source": str(plan.source_path), "target": plan.target.format,
+           "completed_files": sorted(done), "updated": time.time()}
+    tmp = folder / (JOURNAL + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(folder / JOURNAL)  # atomic: a kill leaves the old or the new journal, never half of one
+
+
+# ----- checks -------------------------------------------------------------------------------
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """`name: N NaN, M Inf` for every floating tensor that is not all finite (cheap when clean)."""
+    bad = []
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad.append(f"{name}: {int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} Inf")
+    return bad
+
+
+def _output_error(exc: BaseException, where: Path, kept: bool) -> OutputError:
+    code = getattr(exc, "errno", None) or errno.EIO
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    what = f"kept for --resume in {where}" if kept else "partial output removed"
+    return OutputError(code, f"cannot write output: {reason} ({what})", str(getattr(exc, "filename", None) or where))
+
+
+# ----- the run ------------------------------------------------------------------------------
+def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = False,
+            resume: bool = False) -> Iterator[Progress]:
     if not plan.ok:
         raise PlanRefused("; ".join(plan.errors))
+    if not plan.ckpt.complete:
+        why = next((w for w in plan.ckpt.warnings if "done" in w or "metadata.json" in w or "missing" in w or "truncated" in w),
+                   plan.ckpt.warnings[0] if plan.ckpt.warnings else "")
+        raise CheckpointError(plan.source_path, f"source checkpoint is incomplete ({why}); refusing to convert a torn save")
     spec, writer, source = plan.spec, plan.writer, plan.source
     groups = plan.groups
     total_bytes = plan.total_bytes
     itemsize = writer.dtype.itemsize
     start = time.perf_counter()
     done_bytes = 0
-    atomic = AtomicFolder(dst, force)
+    warnings: list[str] = []
+    key = fingerprint(plan)
+    units = resume_units(plan)
+    partial = find_partial(Path(dst), key) if resume else None
+    if partial is not None and not units:
+        shutil.rmtree(partial, ignore_errors=True)  # our own partial of the same plan, but not resumable
+        warnings.append(f"--resume: a {plan.target.format} output cannot be resumed; started again")
+        partial = None
+    atomic = AtomicFolder(dst, force, reuse=partial, keep_on_error=resume)
     with atomic as tmp:
+        done_units = [u for u in units if _unit_complete(tmp, u)] if partial is not None else []
+        done_files = {f for u in done_units for f in u.files}
+        writer.done_files = {f for u in done_units if u.kind == "safetensors" for f in u.files}
+        pending = [u for u in units if u not in done_units]
+        skip = {g for g in groups if any(g in u.groups for u in done_units) and not any(g in u.groups for u in pending)}
+        _write_journal(tmp, key, plan, sorted(done_files))
         writer.open(tmp)
         try:
-            yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0)
+            yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
             for n, group in enumerate(groups):
+                if group in skip:
+                    done_bytes += sum(_numel(s) for c, s in spec.canonical_shapes().items() if c in set(group_canon(spec, group))) * itemsize
+                    continue
                 tensors = source.read(group)
+                bad = non_finite(tensors)
+                if bad:
+                    where = f"{group_label(spec, group)}: {'; '.join(bad[:3])}" + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+                    if strict:
+                        raise CheckpointError(plan.source_path, f"non-finite values in {where}; --strict refuses to convert")
+                    warnings.append(f"non-finite values in {where}")
                 writer.write(group, tensors)
                 done_bytes += sum(t.numel() for t in tensors.values()) * itemsize
                 last = next(reversed(tensors)) if tensors else ""
                 del tensors
+                newly = [u for u in pending if max(u.groups) <= group and _unit_complete(tmp, u)]
+                if newly:
+                    done_files |= {f for u in newly for f in u.files}
+                    pending = [u for u in pending if u not in newly]
+                    _write_journal(tmp, key, plan, sorted(done_files))
                 yield Progress("layer", n + 1, len(groups), group_label(spec, group), last, done_bytes, total_bytes,
-                               time.perf_counter() - start)
+                               time.perf_counter() - start, skipped=len(skip), warnings=tuple(warnings))
             writer.close()
+            (tmp / JOURNAL).unlink(missing_ok=True)  # the finished output carries no resume state
+        except OSError as exc:
+            writer.abort()
+            raise _output_error(exc, tmp, resume) from exc
+        except RuntimeError as exc:
+            writer.abort()
+            if "PytorchStreamWriter" in str(exc):  # torch's zip writer reports ENOSPC this way
+                raise _output_error(exc, tmp, resume) from exc
+            raise
         except BaseException:
             writer.abort()
             raise
-        yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start)
+        yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start,
+                       skipped=len(skip), warnings=tuple(warnings))
     yield Progress("done", len(groups), len(groups), "done", "", done_bytes, total_bytes, time.perf_counter() - start,
-                   str(atomic.dst))
+                   str(atomic.dst), skipped=len(skip), warnings=tuple(warnings))
 
 
-def run_to_end(plan: Plan, dst: str | Path, *, force: bool = False) -> Progress:
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def run_to_end(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = False, resume: bool = False) -> Progress:
     """Convenience for tests and scripts: run the generator and return the final event."""
     last = None
-    for event in convert(plan, dst, force=force):
+    for event in convert(plan, dst, force=force, strict=strict, resume=resume):
         last = event
     assert last is not None
     return last

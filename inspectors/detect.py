@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .errors import CheckpointError, NotACheckpoint
+from .errors import CheckpointError, NotACheckpoint, reading
 from .model import Checkpoint
 
 
@@ -81,7 +81,10 @@ def detect(path: str | Path) -> Checkpoint:
     for reader in _readers():
         found = reader.probe(path)
         if found is not None:
-            ckpt = reader.open(found)
+            # Readers check what they know; anything else a hostile file provokes (a TypeError
+            # deep in an index walk) still becomes one line naming the checkpoint.
+            with reading(found.path, f"malformed {reader.kind} checkpoint"):
+                ckpt = reader.open(found)
             if found.problems:
                 ckpt.warnings[:0] = found.problems
             return ckpt

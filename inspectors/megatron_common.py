@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .safe_pickle import Placeholder
+from .safe_pickle import Placeholder, short_repr
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITER_RE = re.compile(r"^iter_(\d{7,})$")
@@ -90,15 +90,37 @@ def args_to_dict(args: Any) -> dict[str, Any]:
         raw = args.state
     else:
         return {}
-    return {str(k): plain_value(v) for k, v in raw.items()}
+    budget = [MAX_PLAIN_ITEMS]
+    return {_plain_key(k): plain_value(v, 0, budget) for k, v in list(raw.items())[:MAX_PLAIN_ITEMS]}
 
 
-def plain_value(value: Any, depth: int = 0) -> Any:
-    """Make a pickled value printable/JSON-able without losing what it was."""
+MAX_PLAIN_ITEMS = 10_000
+
+
+def _plain_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (float, bool)) or key is None or (isinstance(key, int) and key.bit_length() <= 63):
+        return str(key)
+    return short_repr(key, 1)
+
+
+def plain_value(value: Any, depth: int = 0, _budget: list[int] | None = None) -> Any:
+    """Make a pickled value printable/JSON-able without losing what it was.
+
+    Bounded: shared containers (pickle memo) could otherwise expand exponentially, a huge int
+    cannot be printed (`sys.get_int_max_str_digits`), a deep structure cannot be repr'd.
+    """
     import torch
 
+    budget = [MAX_PLAIN_ITEMS] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        return "<...>"
     if depth > 8:
-        return repr(value)[:200]
+        return short_repr(value, 2)[:200]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
+        return short_repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, torch.dtype):
@@ -106,14 +128,15 @@ def plain_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, Placeholder):
         return f"<{value.describe()}>"
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain_value(v, depth + 1) for v in value]
+        return [plain_value(v, depth + 1, budget) for v in list(value)[: max(budget[0], 0)]]
     if isinstance(value, dict):
-        return {str(k): plain_value(v, depth + 1) for k, v in value.items()}
+        return {_plain_key(k): plain_value(v, depth + 1, budget)
+                for k, v in list(value.items())[: max(budget[0], 0)]}
     if isinstance(value, argparse.Namespace):
-        return {str(k): plain_value(v, depth + 1) for k, v in vars(value).items()}
-    if isinstance(value, bytes):
+        return plain_value(vars(value), depth, budget)
+    if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
-    return repr(value)[:200]
+    return short_repr(value, 2)[:200]
 
 
 def get_arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:

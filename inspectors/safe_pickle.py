@@ -21,6 +21,8 @@ import collections
 import functools
 import io
 import pickle
+import reprlib
+import types
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -58,7 +60,10 @@ class Placeholder:
 
     # Containers sometimes get filled through APPEND/SETITEM on reconstructed objects.
     def append(self, item: Any) -> None:
-        object.__setattr__(self, "state", (self.state or []) + [item])
+        # In place: a pickle can APPEND millions of items; copying each time would be quadratic.
+        if not isinstance(self.state, list):
+            object.__setattr__(self, "state", [] if self.state is None else [self.state])
+        self.state.append(item)
 
     def extend(self, items: Any) -> None:
         for item in items:
@@ -69,10 +74,13 @@ class Placeholder:
         state[key] = value
         object.__setattr__(self, "state", state)
 
-    def describe(self) -> str:
-        parts = [repr(a) for a in self.args[:4]]
+    def describe(self, level: int = 3) -> str:
+        """`qualname(args...)`, bounded in depth and length: the arguments are untrusted too."""
+        if level <= 0:
+            return f"{self.qualname}(...)"
+        parts = [short_repr(a, level - 1) for a in self.args[:4]]
         if isinstance(self.state, dict):
-            parts += [f"{k}={v!r}" for k, v in list(self.state.items())[:4]]
+            parts += [f"{short_repr(k, 1)}={short_repr(v, level - 1)}" for k, v in list(self.state.items())[:4]]
         text = ", ".join(parts)
         if len(text) > 120:
             text = text[:117] + "..."
@@ -83,6 +91,38 @@ class Placeholder:
 
 
 _placeholder_classes: dict[str, type[Placeholder]] = {}
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+
+
+def short_repr(value: Any, level: int = 3) -> str:
+    """A bounded repr for untrusted values: no deep recursion, no huge-int conversion, no crash.
+
+    `repr()` of a pickled structure can recurse without bound (deep nesting, placeholder chains)
+    or raise (ints past `sys.get_int_max_str_digits`); this never does.
+    """
+    if isinstance(value, Placeholder):
+        return value.describe(level)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 128 else f"<int of {value.bit_length()} bits>"
+    if level <= 0:
+        return "..."
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [short_repr(v, level - 1) for v in list(value)[:4]] if len(value) <= 10_000 else ["..."]
+        more = ", ..." if len(value) > 4 else ""
+        return f"{type(value).__name__}[{', '.join(items)}{more}]"
+    if isinstance(value, dict):
+        items = [f"{short_repr(k, 1)}: {short_repr(v, level - 1)}" for k, v in list(value.items())[:4]]
+        return "{" + ", ".join(items) + (", ..." if len(value) > 4 else "") + "}"
+    if isinstance(value, argparse.Namespace):
+        return "Namespace" + short_repr(vars(value), level)
+    try:
+        return _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails is still just a name
+        return f"<{type(value).__name__}>"
 
 
 def placeholder_class(module: str, name: str) -> type[Placeholder]:
@@ -120,6 +160,31 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return placeholder_class("copyreg", "_reconstructor")(cls, base, state)
 
 
+# Limits on what an allowlisted constructor may be asked to build: a few pickle bytes must not
+# allocate gigabytes (`bytes(10**10)`) or loop for hours (`set(range(10**12))`).
+MAX_RANGE = 10_000_000
+MAX_ALLOC = 1 << 30
+
+
+def _safe_range(*args: Any) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise pickle.UnpicklingError(f"range of {len(r)} elements refused (limit {MAX_RANGE})")
+    return r
+
+
+def _sized(ctor: Callable[..., Any]) -> Callable[..., Any]:
+    """`bytes(n)` / `bytearray(n)` with an integer size are allocation bombs; bound them."""
+
+    def build(*args: Any) -> Any:
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and args[0] > MAX_ALLOC:
+            raise pickle.UnpicklingError(f"{ctor.__name__}({args[0]}) refused (limit {MAX_ALLOC} bytes)")
+        return ctor(*args)
+
+    build.__name__ = ctor.__name__
+    return build
+
+
 def _build_allowlist() -> dict[tuple[str, str], Any]:
     allow: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -127,13 +192,13 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
         ("collections", "Counter"): collections.Counter,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
-        ("builtins", "bytearray"): bytearray,
+        ("builtins", "bytearray"): _sized(bytearray),
         ("builtins", "complex"): complex,
         ("builtins", "slice"): slice,
-        ("builtins", "range"): range,
+        ("builtins", "range"): _safe_range,
         ("builtins", "object"): object,
-        ("builtins", "bytes"): bytes,
-        ("__builtin__", "bytes"): bytes,
+        ("builtins", "bytes"): _sized(bytes),
+        ("__builtin__", "bytes"): _sized(bytes),
         ("__builtin__", "set"): set,
         ("__builtin__", "frozenset"): frozenset,
         ("_codecs", "encode"): _codecs_encode,
@@ -160,8 +225,14 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
     return allow
 
 
+_TEXT_CODECS = frozenset({"latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"})
+
+
 def _codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    # protocol-2 pickles of `bytes` go through _codecs.encode(text, 'latin1')
+    # protocol-2 pickles of `bytes` go through _codecs.encode(text, 'latin1'); no other codec
+    # lookup (which imports modules by name) is ever needed.
+    if not isinstance(obj, str) or str(encoding).lower() not in _TEXT_CODECS or errors not in ("strict", "ignore", "replace"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {str(encoding)[:20]!r} refused")
     return obj.encode(encoding, errors)
 
 
@@ -225,6 +296,74 @@ ALLOWLIST: dict[tuple[str, str], Any] = _build_allowlist()
 
 RebuildHook = Callable[..., Any]
 
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: static and extension types refuse setattr
+_PLACEHOLDER_KEYS = frozenset(vars(placeholder_class("ckptscope", "probe")))
+
+
+def _snapshot(objs: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """Attributes of the Python-level classes and functions a pickle can name.
+
+    BUILD with a slot state does `setattr(obj, key, value)` on whatever is on the stack, and a
+    GLOBAL can put an allowlisted class itself there: without this check a checkpoint could
+    rewrite `argparse.Namespace` (or our own hooks) for the rest of the process.
+    """
+    out: list[tuple[Any, dict[str, Any]]] = []
+    seen: set[int] = set()
+    for obj in objs:
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            if not obj.__flags__ & _IMMUTABLE_TYPE:
+                out.append((obj, dict(vars(obj))))
+        elif isinstance(obj, types.FunctionType):
+            out.append((obj, {"__defaults__": obj.__defaults__, "__kwdefaults__": obj.__kwdefaults__,
+                              "__dict__": dict(obj.__dict__)}))
+    return out
+
+
+def _restore(snap: list[tuple[Any, dict[str, Any]]]) -> list[str]:
+    """Undo any change to the snapshotted objects; return what had been changed."""
+    changed: list[str] = []
+    for obj, before in snap:
+        name = getattr(obj, "__qualname__", type(obj).__name__)
+        if isinstance(obj, type):
+            now = dict(vars(obj))
+            for key in now.keys() - before.keys():
+                changed.append(f"{name}.{key}")
+                type.__delattr__(obj, key)
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    changed.append(f"{name}.{key}")
+                    type.__setattr__(obj, key, value)
+        else:
+            if obj.__defaults__ is not before["__defaults__"] or obj.__kwdefaults__ is not before["__kwdefaults__"]:
+                changed.append(f"{name}.__defaults__")
+                obj.__defaults__, obj.__kwdefaults__ = before["__defaults__"], before["__kwdefaults__"]
+            if obj.__dict__ != before["__dict__"]:
+                changed.append(f"{name}.__dict__")
+                obj.__dict__.clear()
+                obj.__dict__.update(before["__dict__"])
+    return changed
+
+
+def _fresh_placeholders(known: set[str]) -> list[str]:
+    """Placeholder classes created during one load must still hold only what `type()` gave them."""
+    changed = []
+    for qualname, cls in list(_placeholder_classes.items()):
+        if qualname in known:
+            continue
+        extra = set(vars(cls)) - _PLACEHOLDER_KEYS
+        for key in extra:
+            type.__delattr__(cls, key)
+        if extra or vars(cls).get("qualname") != qualname:
+            type.__setattr__(cls, "qualname", qualname)
+            changed.append(f"placeholder {qualname}")
+    return changed
+
+
+_MISSING = object()
+
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Allowlist unpickler. `hooks` add callables for (module, name) pairs, e.g. tensor rebuilds.
@@ -261,6 +400,20 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _dcp_allowlist()[key]
         self.placeholders.add(f"{module}.{name}")
         return placeholder_class(module, name)
+
+    def load(self) -> Any:
+        """Unpickle; refuse (and undo) any attempt to modify an allowlisted class or function."""
+        targets: list[Any] = [*ALLOWLIST.values(), *self._hooks.values(), *_placeholder_classes.values(), Placeholder]
+        if _dcp_allowlist.cache_info().currsize:
+            targets += _dcp_allowlist().values()
+        snap = _snapshot(targets)
+        known = set(_placeholder_classes)
+        try:
+            return super().load()
+        finally:
+            changed = _restore(snap) + _fresh_placeholders(known)
+            if changed:
+                raise pickle.UnpicklingError(f"pickle tried to modify {', '.join(sorted(changed)[:3])}; refused")
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is not None:

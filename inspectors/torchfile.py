@@ -17,6 +17,7 @@ import os
 import struct
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class LazyTensor:
                 got = fh.readinto(buf)
             if got != len(buf):
                 raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {len(buf)} bytes at {start}, file has {got}")
+            if ref.archive is not None and self.storage_offset == 0:
+                ref.archive.check_crc(ref.key, buf)
             flat = torch.frombuffer(buf, dtype=self.dtype) if buf else torch.empty(0, dtype=self.dtype)
             return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
 
@@ -148,6 +151,12 @@ class _ZipIndex:
                 raise CheckpointError(self.path, f"corrupt zip local header for {name!r}")
             name_len, extra_len = struct.unpack("<HH", header[26:30])
         return info.header_offset + 30 + name_len + extra_len
+
+    def check_crc(self, key: str, data: bytes | bytearray) -> None:
+        """A read that covers a whole member is checked against the zip's CRC-32 (catches bit flips)."""
+        info = self.infos.get(f"{self.prefix}data/{key}")
+        if info is not None and len(data) == info.file_size and zlib.crc32(data) != info.CRC:
+            raise CheckpointError(self.path, f"CRC-32 mismatch in member {info.filename!r}: tensor bytes are corrupt")
 
     def member_size(self, key: str) -> int:
         info = self.infos.get(f"{self.prefix}data/{key}")
@@ -328,32 +337,43 @@ def _fix_legacy_views(obj: Any, offsets: dict[str, int]) -> None:
             tensor.storage_offset += element_offset
 
 
-def iter_lazy_tensors(obj: Any, _depth: int = 0) -> Any:
+def iter_lazy_tensors(obj: Any, _depth: int = 0, _seen: set[int] | None = None) -> Any:
+    """Every LazyTensor in a tree; a container reached twice (pickle memo: shared or cyclic) is walked once."""
     if _depth > 64:
         return
     if isinstance(obj, LazyTensor):
         yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from iter_lazy_tensors(value, _depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from iter_lazy_tensors(value, _depth + 1)
+    elif isinstance(obj, (dict, list, tuple)):
+        seen = set() if _seen is None else _seen
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            yield from iter_lazy_tensors(value, _depth + 1, seen)
 
 
-def flatten(obj: Any, prefix: str = "", _depth: int = 0) -> list[tuple[str, Any]]:
-    """Flatten nested dicts/lists into dotted names (legacy Megatron nests `language_model`)."""
+def flatten(obj: Any, prefix: str = "", _depth: int = 0, _seen: set[int] | None = None) -> list[tuple[str, Any]]:
+    """Flatten nested dicts/lists into dotted names (legacy Megatron nests `language_model`).
+
+    A pickle can share one container many times (memo references), so a few kilobytes could
+    describe 2**60 paths; each container is expanded once, later references stay leaves.
+    """
     out: list[tuple[str, Any]] = []
     if _depth > 64:
         return [(prefix, obj)]
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, (dict, list, tuple)):
+        if id(obj) in seen:
+            return [(prefix, obj)]
+        seen.add(id(obj))
     if isinstance(obj, dict):
         for key, value in obj.items():
             name = f"{prefix}.{key}" if prefix else str(key)
-            out.extend(flatten(value, name, _depth + 1))
+            out.extend(flatten(value, name, _depth + 1, seen))
     elif isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple, LazyTensor)) for v in obj):
         for i, value in enumerate(obj):
             name = f"{prefix}.{i}" if prefix else str(i)
-            out.extend(flatten(value, name, _depth + 1))
+            out.extend(flatten(value, name, _depth + 1, seen))
     else:
         out.append((prefix, obj))
     return out

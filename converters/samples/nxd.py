@@ -22,81 +22,19 @@ structure holds objects that pickle as `torch_xla.utils.serialization.TensorRefe
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import types
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ..nxd_sharding import HeadMap
+from ..rules.nxd import MEGATRON_RENAMES, layer_stages, megatron_name, shard_file_name
+from ..writers.xser import TensorReference, pickled_as, save_xser, stub_class
 from .spec import SampleSpec
 
 STYLES = ("hf", "megatron")
-_MISSING = object()
-
-
-# ----- pickling stub classes under foreign names ---------------------------------------------
-def stub_class(module: str, qualname: str, namespace: dict[str, Any] | None = None) -> type:
-    """A class that pickles as GLOBAL `module qualname` (use inside `pickled_as`)."""
-    attrs = {"__module__": module, "__qualname__": qualname, **(namespace or {})}
-    return type(qualname, (object,), attrs)
-
-
-def _ensure_module(dotted: str, added: list[str]) -> types.ModuleType:
-    parts = dotted.split(".")
-    for i in range(1, len(parts) + 1):
-        name = ".".join(parts[:i])
-        if name not in sys.modules:
-            sys.modules[name] = types.ModuleType(name)
-            added.append(name)
-            if i > 1:
-                setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], sys.modules[name])
-    return sys.modules[dotted]
-
-
-@contextlib.contextmanager
-def pickled_as(*classes: type) -> Iterator[None]:
-    """Temporarily make each stub resolvable at `__module__.__qualname__`, so pickle can
-    write its GLOBAL (pickle checks that the name imports back to the same object)."""
-    added: list[str] = []
-    patched: list[tuple[types.ModuleType, str, Any]] = []
-    try:
-        for cls in classes:
-            module = _ensure_module(cls.__module__, added)
-            patched.append((module, cls.__qualname__, getattr(module, cls.__qualname__, _MISSING)))
-            setattr(module, cls.__qualname__, cls)
-        yield
-    finally:
-        for module, name, old in reversed(patched):
-            if old is _MISSING:
-                delattr(module, name)
-            else:
-                setattr(module, name, old)
-        for name in reversed(added):
-            sys.modules.pop(name, None)
-
-
-def _ref_init(self: Any, tid: int) -> None:
-    self.tid = tid
-
-
-TensorReference = stub_class("torch_xla.utils.serialization", "TensorReference", {"__init__": _ref_init})
-
-
-# ----- layout ---------------------------------------------------------------------------------
-def layer_stages(layers: int, pp: int) -> list[int]:
-    """PP rank of every layer: even split, remainder to the last stages (NxD create_partitions)."""
-    base, extra = divmod(layers, pp)
-    sizes = [base + (1 if stage >= pp - extra else 0) for stage in range(pp)]
-    return [stage for stage, size in enumerate(sizes) for _ in range(size)]
-
-
-def shard_file_name(tp_rank: int, pp_rank: int, ep_rank: int | None = None) -> str:
-    ep = f"ep_rank_{ep_rank:02d}_" if ep_rank is not None else ""
-    return f"dp_rank_00_{ep}tp_rank_{tp_rank:02d}_pp_rank_{pp_rank:02d}.pt"
+__all__ = ["MEGATRON_RENAMES", "TensorReference", "layer_stages", "megatron_name", "pickled_as", "save_xser",
+           "shard_file_name", "stub_class", "write_nxd"]
 
 
 @dataclass(frozen=True)
@@ -125,24 +63,9 @@ def _chunk(tensor: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tens
 
 
 def qkv_heads_for_rank(spec: SampleSpec, tp: int, kv_mult: int, rank: int) -> tuple[list[int], list[int]]:
-    """(Q heads, KV heads) held by TP rank `rank` after NxD's KV tiling and Q reordering.
-
-    The tiled KV list is `[K0..K{kv-1}] * kv_mult`, split contiguously; tiled slot t holds KV
-    head `t % kv` (replica `t // kv`), and gets the replica-th sub-chunk of that head's Q group.
-    With kv_mult == 1 this is the plain contiguous split.
-    """
-    kv = spec.kv_heads
-    replicated = kv * kv_mult
-    if replicated % tp or spec.heads % replicated:
-        raise ValueError(f"tp={tp} must divide kv_heads*kv_size_multiplier={replicated}, which must divide heads={spec.heads}")
-    group, chunk, per_rank = spec.heads // kv, spec.heads // replicated, replicated // tp
-    q_heads: list[int] = []
-    kv_heads: list[int] = []
-    for slot in range(rank * per_rank, (rank + 1) * per_rank):
-        head, replica = slot % kv, slot // kv
-        kv_heads.append(head)
-        q_heads.extend(range(head * group + replica * chunk, head * group + (replica + 1) * chunk))
-    return q_heads, kv_heads
+    """(Q heads, KV heads) held by TP rank `rank` after NxD's KV tiling and Q reordering."""
+    heads = HeadMap.build(spec.heads, spec.kv_heads, tp, kv_mult)
+    return list(heads.q[rank]), list(heads.kv[rank])
 
 
 def _head_rows(tensor: torch.Tensor, heads: list[int], d: int, dim: int = 0) -> torch.Tensor:
@@ -231,26 +154,6 @@ def rank_state(spec: SampleSpec, lay: NxdLayout, r: Rank) -> dict[str, Entry]:
     return out
 
 
-MEGATRON_RENAMES: tuple[tuple[str, str], ...] = (
-    ("model.embed_tokens.weight", "language_model.embedding.word_embeddings.weight"),
-    ("model.norm.weight", "language_model.encoder.final_layernorm.weight"),
-    ("lm_head.weight", "language_model.output_layer.weight"),
-    ("self_attn.", "self_attention."),
-    ("o_proj.weight", "dense.weight"),
-    ("gate_up_proj.weight", "dense_h_to_4h.weight"),
-    ("down_proj.weight", "dense_4h_to_h.weight"),
-)
-
-
-def megatron_name(name: str) -> str:
-    """NxD `rename_keys_for_megatron`: substring renames, then the `model.` prefix."""
-    for old, new in MEGATRON_RENAMES:
-        name = name.replace(old, new)
-    if name.startswith("model."):
-        name = "language_model.encoder." + name.removeprefix("model.")
-    return name
-
-
 # ----- saving ---------------------------------------------------------------------------------
 def _owned(tensor: torch.Tensor) -> torch.Tensor:
     """A compact copy, so torch.save does not write the whole storage behind a view."""
@@ -259,22 +162,6 @@ def _owned(tensor: torch.Tensor) -> torch.Tensor:
 
 def save_plain(state: dict[str, Entry], path: Path) -> None:
     torch.save({name: _owned(t) for name, (t, _) in state.items()}, path)
-
-
-def save_xser(state: dict[str, Entry], path: Path, *, with_info: bool = True) -> None:
-    """torch_xla xser layout: refs in `path`, tensors in `path.tensors/`, NxD's `path.info.pt`."""
-    folder = path.with_name(path.name + ".tensors")
-    folder.mkdir(parents=True, exist_ok=True)
-    refs: dict[str, Any] = {}
-    info: dict[int, dict[str, Any]] = {}
-    for tid, (name, (tensor, expert)) in enumerate(state.items()):
-        torch.save(_owned(tensor), folder / f"tensor_{tid}.pt")
-        refs[name] = TensorReference(tid)
-        info[tid] = {"dtype": tensor.dtype, "shape": tensor.shape, "expert_model_parallel": expert}
-    with pickled_as(TensorReference):
-        torch.save(refs, path)
-    if with_info:
-        torch.save(info, path.with_name(path.name + ".info.pt"))
 
 
 def write_nxd(

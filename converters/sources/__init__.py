@@ -14,23 +14,30 @@ from ckptscope.inspectors.model import Checkpoint
 
 from ..spec import SpecError, spec_from_hf_config
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
+from .deepspeed import DeepSpeedSource
 from .hf import HfSource
 from .megatron_dist import MegatronDistSource
 from .megatron_torch import MegatronTorchSource
+from .nxd import NxdSource
 
 SOURCES: dict[str, type[CanonicalSource]] = {
     "hf": HfSource,
     "megatron-torch": MegatronTorchSource,
     "megatron-dist": MegatronDistSource,
+    "nxd": NxdSource,
+    "deepspeed": DeepSpeedSource,
 }
 
 
 def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_vocab: int | None = None,
-                vocab_note: str = "") -> CanonicalSource:
-    """The canonical view of an inspected checkpoint (`config` overrides the architecture)."""
+                vocab_note: str = "", from_optimizer_fp32: bool = False) -> CanonicalSource:
+    """The canonical view of an inspected checkpoint (`config` overrides the architecture;
+    `from_optimizer_fp32` rebuilds DeepSpeed weights from the ZeRO optimizer partitions)."""
     cls = SOURCES.get(ckpt.kind)
     if cls is None:
         raise SpecError(f"converting from {ckpt.kind} is not supported yet (supported: {', '.join(SOURCES)})")
+    if from_optimizer_fp32 and cls is not DeepSpeedSource:
+        raise SpecError(f"--from-optimizer-fp32 applies to DeepSpeed checkpoints, not {ckpt.kind}")
     spec = spec_from_hf_config(config) if config else None
     if cls is HfSource:
         source = HfSource(ckpt, spec)
@@ -39,6 +46,8 @@ def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_
         return source
     if spec is not None and true_vocab is not None:
         spec = spec.with_(vocab=true_vocab, vocab_note=vocab_note or "--true-vocab-size")
+    if cls is DeepSpeedSource:
+        return DeepSpeedSource(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note, from_optimizer_fp32=from_optimizer_fp32)
     return cls(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note)  # type: ignore[call-arg]
 
 

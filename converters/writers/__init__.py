@@ -6,11 +6,13 @@ from .base import PlannedFile, TargetOptions, Writer
 from .hf import HfWriter
 from .megatron_dist import MegatronDistWriter
 from .megatron_torch import MegatronTorchWriter
+from .nxd import NxdWriter
 
 WRITERS: dict[str, type[Writer]] = {
     "hf": HfWriter,
     "megatron": MegatronTorchWriter,
     "megatron-dist": MegatronDistWriter,
+    "nxd": NxdWriter,
 }
 
 __all__ = ["WRITERS", "PlannedFile", "TargetOptions", "Writer"]

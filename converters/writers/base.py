@@ -20,7 +20,7 @@ class PlannedFile:
 
 @dataclass
 class TargetOptions:
-    format: str  # hf | megatron | megatron-dist
+    format: str  # hf | megatron | megatron-dist | nxd
     tp: int = 1
     pp: int = 1
     ep: int = 1
@@ -32,6 +32,12 @@ class TargetOptions:
     tokenizer: Path | None = None
     make_vocab_size_divisible_by: int | None = None
     extra_args: dict = field(default_factory=dict)
+    # NxD target (`--to nxd`)
+    nxd_style: str = "hf"  # hf | megatron naming inside the shards
+    fuse_qkv: bool = False  # hf style: one `qkv_proj.weight_qkv` instead of weight_q/k/v
+    kv_size_multiplier: int = 1  # KV heads replicated this many times (TP > KV heads)
+    xser: bool = False  # torch_xla xser layout (tensor files + references)
+    nxd_tag: str = ""  # tag folder name; default step_<iteration>
 
 
 class Writer(ABC):
@@ -42,6 +48,7 @@ class Writer(ABC):
         self.opts = opts
         self.dtype = opts.dtype or spec.dtype
         self.folder: Path | None = None
+        self.done_files: set[str] = set()  # --resume: complete files already on disk (writers that support it skip them)
 
     @abstractmethod
     def files(self) -> list[PlannedFile]:

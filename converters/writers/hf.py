@@ -55,6 +55,8 @@ class HfWriter(Writer):
         assert self.folder is not None
         for canon in group_canon(self.spec, group):
             k = self.shard_of[canon]
+            if self.shard_files[k] in self.done_files:  # --resume: this shard is already complete
+                continue
             writer = self._open.get(k)
             if writer is None:
                 entries = [(self.names[c], self.dtype, self.shapes[c]) for c in self.shards[k]]

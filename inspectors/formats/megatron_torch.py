@@ -130,8 +130,26 @@ class MegatronTorchReader:
                     ckpt.files.append(ShardFile(extra, relpath(extra, folder), extra.stat().st_size, ranks, role=role))
         if args and "checkpoint_version" not in ckpt.metadata:
             ckpt.warnings.append("no checkpoint_version: treated as 0 (old QKV ordering)")
+        self._check_consistent(folder, ckpt)
         ckpt.format_detail = self._describe(ckpt, args)
         return ckpt
+
+    @staticmethod
+    def _check_consistent(folder: Path, ckpt: Checkpoint) -> None:
+        """Rank files must agree: one global name has one shape and dtype on every TP/EP rank.
+
+        Megatron splits evenly (vocab is padded for it) and replicates the rest, so any
+        difference means rank files from different runs or layouts were mixed.
+        """
+        first: dict[str, TensorInfo] = {}
+        for t in ckpt.model_tensors():
+            seen = first.setdefault(t.global_name, t)
+            if seen is not t and (seen.shape != t.shape or seen.dtype != t.dtype):
+                raise CheckpointError(
+                    folder / t.file,
+                    f"rank files disagree on {t.global_name!r}: {list(t.shape)} {t.dtype} here, "
+                    f"{list(seen.shape)} {seen.dtype} in {seen.file}",
+                )
 
     @staticmethod
     def _layout_from_args(args: dict[str, Any], dirs: list[Path]) -> ParallelLayout:

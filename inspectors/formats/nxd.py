@@ -274,12 +274,16 @@ def info_file(shard: Path) -> Path | None:
     return None
 
 
-def read_info(path: Path) -> dict[int, dict[str, Any]]:
-    """{tid: {"dtype", "shape", "expert_model_parallel"}} from an xser info file."""
-    raw = open_torch_file(path).obj
+def read_info(path: Path, seen: set[str] | None = None) -> dict[int, dict[str, Any]]:
+    """{tid: {"dtype", "shape", "expert_model_parallel"}} from an xser info file (placeholders into `seen`)."""
+    info_file = open_torch_file(path)
+    if seen is not None:
+        seen |= info_file.placeholders
+    raw = info_file.obj
     if not isinstance(raw, dict):
         raise CheckpointError(path, f"xser info file holds {type(raw).__name__}, expected a dict by tensor id")
-    return {int(tid): meta for tid, meta in raw.items() if isinstance(meta, dict)}
+    return {int(tid): meta for tid, meta in raw.items()
+            if isinstance(meta, dict) and (isinstance(tid, int) or (isinstance(tid, str) and tid.isdigit()))}
 
 
 def tensors_dir(shard: Path) -> Path:
@@ -304,7 +308,7 @@ def _index_shard(ckpt: Checkpoint, shard: Path, base: Path, state: _IndexState) 
     state.placeholders |= {p for p in torch_file.placeholders if p != "torch_xla.utils.serialization.TensorReference"}
     ckpt.files.append(ShardFile(shard, rel, shard.stat().st_size, ranks, "model"))
     info_path = info_file(shard)
-    info = read_info(info_path) if info_path else {}
+    info = read_info(info_path, state.placeholders) if info_path else {}
     if info_path:
         state.info_files += 1
         ckpt.files.append(ShardFile(info_path, relpath(info_path, base), info_path.stat().st_size, ranks, "metadata"))

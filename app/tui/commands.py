@@ -1,0 +1,43 @@
+"""Command palette providers: jump to any tensor by name; open screens."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+class TensorJumpProvider(Provider):
+    """Fuzzy search over the tensor names of the checkpoint open in the inspect screen."""
+
+    MAX_HITS = 40
+
+    def _names(self) -> list[str]:
+        from .inspect import InspectScreen
+
+        screen = self.app.screen
+        if not isinstance(screen, InspectScreen):
+            return []
+        return sorted({t.global_name for t in screen.ckpt.tensors})
+
+    async def discover(self) -> Hits:
+        for name in self._names()[:10]:
+            yield DiscoveryHit(f"tensor: {name}", partial(self._jump, name), help="jump to this tensor")
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        found = 0
+        for name in self._names():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), partial(self._jump, name), help="jump to tensor")
+                found += 1
+                if found >= self.MAX_HITS * 5:
+                    break
+
+    def _jump(self, name: str) -> None:
+        from .inspect import InspectScreen
+
+        screen = self.app.screen
+        if isinstance(screen, InspectScreen):
+            screen.jump_to_tensor(name)

@@ -1,0 +1,381 @@
+"""Convert wizard: source → target → layout → dtype & tokenizer → output → plan → run → verify.
+
+The wizard only collects options and renders events: planning is `converters.plan.make_plan`,
+the run is the `converters.run.convert` generator driven from a thread worker (progress
+messages coalesce), verification is `converters.verify.verify`. Cancel stops the generator,
+whose clean-up removes the temporary output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import humanize
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    ContentSwitcher,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    Log,
+    ProgressBar,
+    Select,
+    Static,
+)
+from textual.worker import get_current_worker
+
+from ckptscope.inspectors.summary import printable
+
+from .capture import capture
+from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
+
+STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
+         ("step-output", "Output"), ("step-plan", "Plan"), ("step-run", "Run"))
+FORMATS = (("Hugging Face (safetensors)", "hf"), ("Megatron-LM torch", "megatron"), ("Megatron-Core torch_dist", "megatron-dist"))
+DTYPES = (("keep source dtype", ""), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
+
+
+def _row(label: str, widget: Any) -> Horizontal:
+    return Horizontal(Label(label), widget, classes="form-row")
+
+
+class ConvertScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.back", "Back", id="convert-back"),
+        Binding("ctrl+n", "next", "Next", id="wizard-next"),
+        Binding("ctrl+r", "run", "Run", id="wizard-run"),
+        Binding("ctrl+c", "cancel_run", "Cancel run", id="wizard-cancel", show=False),
+    ]
+
+    def __init__(self, source: Path | None = None) -> None:
+        super().__init__()
+        self.source_path = source
+        self.spec: Any = None
+        self.plan: Any = None
+        self.step = 0
+        self.output: Path | None = None
+        self.running = False
+
+    # ----- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="wizard-steps")
+        with ContentSwitcher(initial="step-source", id="wizard-body"):
+            with Vertical(id="step-source"):
+                yield _row("Source", Input(str(self.source_path or ""), placeholder="checkpoint path", id="src"))
+                yield Static("", id="src-status", classes="validation", markup=False)
+            with Vertical(id="step-target"):
+                yield _row("Target format", Select(FORMATS, value="hf", allow_blank=False, id="fmt"))
+                yield _row("Megatron spec", Select((("local", "local"), ("transformer-engine", "te")), value="local", allow_blank=False, id="mspec"))
+            with Vertical(id="step-layout"):
+                yield _row("Tensor parallel", Input("1", id="tp", type="integer"))
+                yield _row("Pipeline parallel", Input("1", id="pp", type="integer"))
+                yield _row("Expert parallel", Input("1", id="ep", type="integer"))
+                yield _row("Layers per stage", Input("", placeholder="optional, e.g. 7,9", id="pp-layers"))
+                yield Static("", id="layout-status", classes="validation", markup=False)
+            with Vertical(id="step-dtype"):
+                yield _row("Dtype", Select(DTYPES, value="", allow_blank=False, id="dtype"))
+                yield _row("Tokenizer folder", Input("", placeholder="optional HF tokenizer folder", id="tokenizer"))
+                yield _row("True vocab size", Input("", placeholder="optional, drops Megatron padding", id="true-vocab", type="integer"))
+            with Vertical(id="step-output"):
+                yield _row("Output folder", Input("", placeholder="where to write", id="out"))
+                yield Checkbox("Replace the folder if it is not empty", id="force")
+                yield Static("", id="out-status", classes="validation", markup=False)
+            with Vertical(id="step-plan"):
+                with VerticalScroll(id="plan-view"):
+                    yield Static("planning…", id="plan-text", markup=False)
+            with Vertical(id="step-run"):
+                with Vertical(id="run-top"):
+                    yield ProgressBar(total=100, show_eta=True, id="run-bar")
+                    yield Static("", id="run-status", markup=False)
+                with Horizontal(id="run-body"):
+                    yield DataTable(id="layer-list", cursor_type="row")
+                    yield Log(id="run-log", highlight=False)
+        with Horizontal(id="wizard-buttons"):
+            yield Button("Back", id="back")
+            yield Button("Next", variant="primary", id="next")
+            yield Button("Run", variant="success", id="run", disabled=True)
+            yield Button("Cancel run", variant="error", id="cancel", disabled=True)
+            yield Button("Verify", id="verify", disabled=True)
+            yield Button("Open output", id="open", disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_step(0)
+        if self.source_path:
+            self.load_spec(str(self.source_path))
+            self.query_one("#out", Input).value = str(Path(self.source_path).parent / (Path(self.source_path).name + "-converted"))
+        table = self.query_one("#layer-list", DataTable)
+        table.add_columns("", "group", "seconds")
+
+    def _show_step(self, index: int) -> None:
+        self.step = index
+        self.query_one(ContentSwitcher).current = STEPS[index][0]
+        text = Text(" ")
+        for i, (_, title) in enumerate(STEPS):
+            style = "bold reverse" if i == index else ("bold" if i < index else "dim")
+            text.append(f" {i + 1} {title} ", style=style)
+            if i < len(STEPS) - 1:
+                text.append("›", style="dim")
+        self.query_one("#wizard-steps", Static).update(text)
+        self.query_one("#back", Button).disabled = index == 0 or self.running
+        self.query_one("#next", Button).disabled = index >= STEPS.index(("step-plan", "Plan"))
+        self.query_one("#run", Button).disabled = not (STEPS[index][0] == "step-plan" and self.plan is not None and self.plan.ok)
+
+    # ----- step 1: source ----------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="spec", exit_on_error=False, description="read architecture")
+    def load_spec(self, path: str) -> None:
+        from ckptscope.converters.canonical_view import canonical_view
+        from ckptscope.inspectors import detect
+
+        view = canonical_view(detect(path))
+        self.post_message(SpecReady(view.spec, view.problem))
+
+    @on(SpecReady)
+    def _spec_ready(self, message: SpecReady) -> None:
+        self.spec = message.spec
+        status = self.query_one("#src-status", Static)
+        if self.spec is None:
+            status.set_class(False, "ok")
+            status.update(f"cannot convert this checkpoint: {printable(message.problem)}")
+            return
+        s = self.spec
+        status.set_class(True, "ok")
+        status.update(f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} query groups, "
+                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else ""))
+        self._validate_layout()
+
+    @on(Input.Submitted, "#src")
+    def _src_submitted(self, event: Input.Submitted) -> None:
+        self.spec = None
+        self.query_one("#src-status", Static).update("reading…")
+        self.load_spec(event.value)
+
+    # ----- step 3: layout validation -----------------------------------------------------------
+    def _layout(self) -> tuple[int, int, int, list[int] | None]:
+        def num(widget_id: str) -> int:
+            try:
+                return max(1, int(self.query_one(f"#{widget_id}", Input).value or 1))
+            except ValueError:
+                return 1
+
+        raw = self.query_one("#pp-layers", Input).value.strip()
+        layers = [int(x) for x in raw.split(",") if x.strip().isdigit()] if raw else None
+        return num("tp"), num("pp"), num("ep"), layers
+
+    @on(Input.Changed, "#tp, #pp, #ep, #pp-layers")
+    @on(Select.Changed, "#fmt")
+    def _validate_layout(self, _event: object = None) -> list[str]:
+        status = self.query_one("#layout-status", Static)
+        if self.spec is None:
+            status.update("waiting for the source architecture…")
+            return ["source not read yet"]
+        tp, pp, ep, layers = self._layout()
+        if self.query_one("#fmt", Select).value == "hf":
+            problems = [] if (tp, pp, ep) == (1, 1, 1) else ["an HF target holds the full model: TP, PP and EP must be 1"]
+        else:
+            problems = self.spec.check_parallel(tp, pp, ep, layers)
+        status.set_class(not problems, "ok")
+        status.update("\n".join(f"✗ {p}" for p in problems) if problems else f"✓ TP{tp} × PP{pp} × EP{ep} fits the model")
+        return problems
+
+    def _validate_output(self) -> bool:
+        status = self.query_one("#out-status", Static)
+        raw = self.query_one("#out", Input).value.strip()
+        if not raw:
+            status.set_class(False, "ok")
+            status.update("choose an output folder")
+            return False
+        out = Path(raw).expanduser()
+        non_empty = out.exists() and (not out.is_dir() or any(out.iterdir()))
+        if non_empty and not self.query_one("#force", Checkbox).value:
+            status.set_class(False, "ok")
+            status.update(f"{printable(out)} exists and is not empty: tick the box to replace it")
+            return False
+        status.set_class(True, "ok")
+        status.update(f"will write {printable(out)}" + (" (replacing it)" if non_empty else ""))
+        self.output = out
+        return True
+
+    # ----- navigation --------------------------------------------------------------------------
+    @on(Button.Pressed, "#next")
+    def action_next(self) -> None:
+        step = STEPS[self.step][0]
+        if step == "step-source" and self.spec is None:
+            self.load_spec(self.query_one("#src", Input).value)
+            self.notify("reading the source; press Next again when it is shown", severity="information")
+            return
+        if step == "step-layout" and self._validate_layout():
+            self.notify("fix the layout first", severity="warning")
+            return
+        if step == "step-output" and not self._validate_output():
+            return
+        if self.step + 1 < len(STEPS):
+            self._show_step(self.step + 1)
+        if STEPS[self.step][0] == "step-plan":
+            self.plan = None
+            self.query_one("#plan-text", Static).update("planning…")
+            self.make_plan()
+
+    @on(Button.Pressed, "#back")
+    def _back(self) -> None:
+        if self.step > 0 and not self.running:
+            self._show_step(min(self.step - 1, STEPS.index(("step-output", "Output"))))
+
+    # ----- plan --------------------------------------------------------------------------------
+    def _options(self) -> Any:
+        from ckptscope.converters.spec import DTYPES as DTYPE_MAP
+        from ckptscope.converters.writers import TargetOptions
+
+        tp, pp, ep, layers = self._layout()
+        dtype = self.query_one("#dtype", Select).value
+        tokenizer = self.query_one("#tokenizer", Input).value.strip()
+        return TargetOptions(str(self.query_one("#fmt", Select).value), tp=tp, pp=pp, ep=ep, pp_layers=layers,
+                             dtype=DTYPE_MAP[dtype] if dtype else None, megatron_spec=str(self.query_one("#mspec", Select).value),
+                             tokenizer=Path(tokenizer).expanduser() if tokenizer else None)
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False, description="plan conversion")
+    def make_plan(self) -> None:
+        from ckptscope.converters.plan import make_plan
+
+        raw_vocab = self.query_one("#true-vocab", Input).value.strip()
+        plan = make_plan(self.query_one("#src", Input).value, self._options(), true_vocab=int(raw_vocab) if raw_vocab else None)
+        self.post_message(PlanReady(plan))
+
+    @on(PlanReady)
+    def _plan_ready(self, message: PlanReady) -> None:
+        from ckptscope.app.render import render_plan
+
+        self.plan = message.plan
+        self.query_one("#plan-text", Static).update(capture(render_plan, self.plan))
+        self._show_step(self.step)
+
+    # ----- run ---------------------------------------------------------------------------------
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        if self.plan is None or not self.plan.ok or self.running or self.output is None:
+            return
+        self._show_step(len(STEPS) - 1)
+        table = self.query_one("#layer-list", DataTable)
+        table.clear()
+        from ckptscope.converters.sources import group_label
+
+        for group in self.plan.groups:
+            table.add_row("·", group_label(self.plan.spec, group), "", key=group_label(self.plan.spec, group))
+        bar = self.query_one("#run-bar", ProgressBar)
+        bar.update(total=self.plan.total_bytes, progress=0)
+        self.running = self.app.converting = True  # type: ignore[attr-defined]
+        for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
+            self.query_one(button, Button).disabled = disabled
+        self.query_one("#run-log", Log).write_line(f"converting to {self.output}")
+        self.run_conversion(self.plan, self.output, self.query_one("#force", Checkbox).value)
+
+    @work(thread=True, exclusive=True, group="convert", exit_on_error=False, description="conversion")
+    def run_conversion(self, plan: Any, output: Path, force: bool) -> None:
+        from ckptscope.converters.run import convert
+
+        worker = get_current_worker()
+        events = convert(plan, output, force=force)
+        last = None
+        previous = 0.0
+        try:
+            for event in events:
+                last = event
+                self.post_message(ConvertProgress(event))
+                if event.stage == "layer":
+                    self.post_message(LayerDone(event.index, event.label, event.elapsed - previous))
+                    previous = event.elapsed
+                if worker.is_cancelled:
+                    events.close()  # the generator's clean-up removes the temporary folder
+                    self.post_message(ConvertFinished(str(output), event.elapsed, event.bytes_done, cancelled=True))
+                    return
+        except BaseException:
+            events.close()
+            raise
+        finally:
+            self.app.converting = False  # type: ignore[attr-defined]
+        assert last is not None
+        self.post_message(ConvertFinished(last.output, last.elapsed, last.bytes_done))
+
+    @on(ConvertProgress)
+    def _progress(self, message: ConvertProgress) -> None:
+        event = message.event
+        self.query_one("#run-bar", ProgressBar).update(total=event.bytes_total, progress=event.bytes_done)
+        speed = event.bytes_done / event.elapsed if event.elapsed > 0 else 0
+        self.query_one("#run-status", Static).update(
+            f"{event.label}  ·  {event.index}/{event.total} groups  ·  {humanize.naturalsize(event.bytes_done, binary=True)} of "
+            f"{humanize.naturalsize(event.bytes_total, binary=True)}  ·  {humanize.naturalsize(speed, binary=True)}/s"
+            + (f"  ·  last tensor {printable(event.tensor)}" if event.tensor else ""))
+
+    @on(LayerDone)
+    def _layer_done(self, message: LayerDone) -> None:
+        table = self.query_one("#layer-list", DataTable)
+        try:
+            table.update_cell(message.label, table.ordered_columns[0].key, "✓")
+            table.update_cell(message.label, table.ordered_columns[2].key, f"{message.seconds:.2f}")
+            table.move_cursor(row=table.get_row_index(message.label))
+        except Exception:  # noqa: BLE001 - a label missing from the table is only cosmetic
+            pass
+        self.query_one("#run-log", Log).write_line(f"✓ {message.label} ({message.seconds:.2f}s)")
+
+    @on(ConvertFinished)
+    def _finished(self, message: ConvertFinished) -> None:
+        self.running = False
+        log = self.query_one("#run-log", Log)
+        self.query_one("#cancel", Button).disabled = True
+        if message.cancelled:
+            log.write_line("cancelled: the partial output was removed")
+            self.query_one("#run-status", Static).update("cancelled")
+            self.notify("conversion cancelled", severity="warning")
+            return
+        log.write_line(f"wrote {message.output} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
+        self.query_one("#run-status", Static).update(f"done: {printable(message.output)}")
+        self.query_one("#verify", Button).disabled = False
+        self.query_one("#open", Button).disabled = False
+        self.notify("conversion finished")
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel_run(self) -> None:
+        if self.running:
+            self.workers.cancel_group(self, "convert")
+            self.query_one("#run-log", Log).write_line("cancelling after the current layer…")
+
+    # ----- after the run -----------------------------------------------------------------------
+    @on(Button.Pressed, "#verify")
+    def _verify(self) -> None:
+        self.query_one("#run-log", Log).write_line("verifying tensors and logits…")
+        self.verify_output()
+
+    @work(thread=True, exclusive=True, group="verify", exit_on_error=False, description="verification")
+    def verify_output(self) -> None:
+        from ckptscope.converters.verify import verify
+
+        assert self.output is not None
+        self.post_message(VerifyDone(verify(self.query_one("#src", Input).value, self.output)))
+
+    @on(VerifyDone)
+    def _verified(self, message: VerifyDone) -> None:
+        report = message.report
+        log = self.query_one("#run-log", Log)
+        differing = sum(not t.equal for t in report.tensors)
+        log.write_line(f"tensors: {len(report.tensors)} compared, {differing} differ")
+        if report.logits_max_abs is not None:
+            verdict = "OK" if report.logits_ok else "MISMATCH"
+            log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}) {verdict}")
+        self.notify("verification " + ("passed" if report.logits_ok else "found differences"),
+                    severity="information" if report.logits_ok else "error")
+
+    @on(Button.Pressed, "#open")
+    def _open(self) -> None:
+        if self.output is not None:
+            self.app.open_checkpoint(self.output.expanduser().resolve())  # type: ignore[attr-defined]

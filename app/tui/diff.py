@@ -1,0 +1,158 @@
+"""Diff screen: compare two checkpoints through canonical names, or check one against a format.
+
+Both actions run `converters.diff` in a thread worker; the table shows the folded rows
+(`DiffReport.rows`), problems first when asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Select, Static
+
+from ckptscope.inspectors.summary import printable
+
+from .capture import capture
+from .messages import DiffDone
+
+STATUS_STYLE = {"same": "green", "missing": "bold red", "unexpected": "bold yellow", "shape": "bold red",
+                "dtype": "yellow", "values": "bold magenta"}
+TARGETS = (("Hugging Face", "hf"), ("Megatron torch", "megatron"), ("Megatron torch_dist", "megatron-dist"))
+
+
+def _shape(shape: Any) -> str:
+    return "—" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
+
+
+class DiffScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.back", "Back", id="diff-back"),
+        Binding("ctrl+r", "compare", "Compare", id="diff-compare"),
+        Binding("p", "toggle_problems", "Problems only", id="diff-problems"),
+    ]
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.report: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(" Diff two checkpoints (any formats) through canonical names, or check one against a target format",
+                     classes="title-bar", markup=False)
+        with Vertical(id="diff-form"):
+            with Horizontal(classes="form-row"):
+                yield Label("A")
+                yield Input(str(self.path or ""), placeholder="first checkpoint", id="diff-a")
+            with Horizontal(classes="form-row"):
+                yield Label("B")
+                yield Input("", placeholder="second checkpoint (e.g. the HF folder it was converted to)", id="diff-b")
+            with Horizontal(classes="form-row"):
+                yield Checkbox("compare values (max abs diff)", id="numeric")
+                yield Checkbox("problems only", id="only-problems")
+                yield Button("Compare", variant="primary", id="compare")
+            with Horizontal(classes="form-row"):
+                yield Label("or check A as")
+                yield Select(TARGETS, value="megatron", allow_blank=False, id="check-target")
+                yield Label("TP", classes="short")
+                yield Input("1", id="check-tp", type="integer", placeholder="TP")
+                yield Label("PP", classes="short")
+                yield Input("1", id="check-pp", type="integer", placeholder="PP")
+                yield Button("Check", id="check")
+        yield Static("", id="diff-summary", markup=False)
+        yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
+        with VerticalScroll(id="diff-details"):
+            yield Static("", id="diff-extra", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#diff-table", DataTable).add_columns("status", "tensor", "shape A", "shape B", "dtype A", "dtype B",
+                                                             "max |Δ|", "suggestion")
+        self.query_one("#diff-b" if self.path else "#diff-a", Input).focus()
+
+    # ----- actions -----------------------------------------------------------------------------
+    @on(Button.Pressed, "#compare")
+    @on(Input.Submitted, "#diff-b")
+    def action_compare(self) -> None:
+        a, b = self.query_one("#diff-a", Input).value.strip(), self.query_one("#diff-b", Input).value.strip()
+        if not a or not b:
+            self.notify("give two checkpoints", severity="warning")
+            return
+        self.query_one("#diff-summary", Static).update("comparing…")
+        self.run_diff(a, b, self.query_one("#numeric", Checkbox).value)
+
+    @on(Button.Pressed, "#check")
+    def _check(self) -> None:
+        a = self.query_one("#diff-a", Input).value.strip()
+        if not a:
+            self.notify("give a checkpoint in A", severity="warning")
+            return
+        def num(wid: str) -> int:
+            try:
+                return max(1, int(self.query_one(wid, Input).value or 1))
+            except ValueError:
+                return 1
+        self.query_one("#diff-summary", Static).update("checking…")
+        self.run_check(a, str(self.query_one("#check-target", Select).value), num("#check-tp"), num("#check-pp"))
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="diff")
+    def run_diff(self, a: str, b: str, numeric: bool) -> None:
+        from ckptscope.converters.diff import diff_checkpoints
+
+        self.post_message(DiffDone(diff_checkpoints(a, b, numeric=numeric), "diff"))
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="check")
+    def run_check(self, path: str, target: str, tp: int, pp: int) -> None:
+        from ckptscope.converters.diff import check_target
+
+        layout = {} if target == "hf" else {"tp": tp, "pp": pp}
+        self.post_message(DiffDone(check_target(path, target, **layout), "check"))
+
+    @on(Checkbox.Changed, "#only-problems")
+    def _problems_changed(self) -> None:
+        if self.report is not None and hasattr(self.report, "rows"):
+            self._fill(self.report)
+
+    def action_toggle_problems(self) -> None:
+        box = self.query_one("#only-problems", Checkbox)
+        box.value = not box.value
+
+    # ----- results -----------------------------------------------------------------------------
+    @on(DiffDone)
+    def _done(self, message: DiffDone) -> None:
+        from ckptscope.app import render
+
+        self.report = message.report
+        table = self.query_one("#diff-table", DataTable)
+        table.clear()
+        if message.kind == "check":
+            self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if message.report.ok else "problems found"),
+                                                                style="green" if message.report.ok else "bold red"))
+            self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
+            for u in message.report.unplaced:
+                table.add_row(Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
+                              printable(u.nearest or ""))
+            for name in message.report.missing:
+                table.add_row(Text("missing", style="bold red"), printable(name), "", "", "", "", "", "")
+            return
+        self._fill(message.report)
+        self.query_one("#diff-extra", Static).update(capture(render.render_diff, message.report, only_problems=True))
+
+    def _fill(self, report: Any) -> None:
+        from ckptscope.app import render
+
+        table = self.query_one("#diff-table", DataTable)
+        table.clear()
+        only = self.query_one("#only-problems", Checkbox).value
+        for row in report.rows(only_problems=only):
+            table.add_row(Text(row.status, style=STATUS_STYLE.get(row.status, "")), printable(row.name), _shape(row.shape_a),
+                          _shape(row.shape_b), row.dtype_a or "—", row.dtype_b or "—",
+                          "" if row.max_abs is None else f"{row.max_abs:.3g}", printable(row.suggestion or ""))
+        self.query_one("#diff-summary", Static).update(render.diff_summary(report))

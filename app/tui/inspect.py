@@ -1,0 +1,384 @@
+"""Inspect screen: tensor tree (lazy), tensor details with on-demand statistics, metadata,
+summary and files. Everything shown comes from the headless inspectors/converters modules.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import humanize
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static, TabbedContent, TabPane, Tree
+from textual.widgets._tree import TreeNode
+
+from ckptscope.inspectors.jsonable import jsonable
+from ckptscope.inspectors.megatron_common import ARCH_FIELDS
+from ckptscope.inspectors.stats import tensor_stats
+from ckptscope.inspectors.summary import arch_fields, logical_param_count, printable, shard_files_label
+from ckptscope.inspectors.tree import ModuleNode, build_tree
+
+NON_MODEL = "(optimizer, rng, other)"
+
+
+def tensor_tree(tensors: list[Any]) -> ModuleNode:
+    """Model tensors by module path; optimizer/rng tensors under one separate top node."""
+    model = [t for t in tensors if t.group == "model"]
+    root = build_tree(model)
+    other = [t for t in tensors if t.group != "model"]
+    if other:
+        extra = build_tree(other)
+        extra.name = extra.path = NON_MODEL
+        root.children[NON_MODEL] = extra
+    return root
+from ckptscope.themes import dtype_variable
+
+from .messages import StatsReady
+from .opening import Opened
+
+MAX_FILTER_EXPAND = 200
+
+
+def _size(n: int) -> str:
+    return humanize.naturalsize(n, binary=True)
+
+
+def _count(n: int) -> str:
+    return humanize.intword(n, "%.1f") if n >= 1_000_000 else humanize.intcomma(n)
+
+
+class TensorTree(Tree[ModuleNode]):
+    """Module tree; children are created only when a node is expanded."""
+
+    BINDINGS = [
+        Binding("s", "stats", "Stats", id="tensor-stats"),
+        Binding("e", "expand_all_below", "Expand", id="tensor-expand", show=False),
+    ]
+
+    def __init__(self, root: ModuleNode, colours: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(Text("model"), data=root, **kwargs)
+        self.colours = colours
+        self.show_root = False
+        self.guide_depth = 3
+
+    def on_mount(self) -> None:
+        self.populate(self.root)
+        self.root.expand()
+
+    def label_for(self, node: ModuleNode) -> Text:
+        text = Text(printable(node.name), style="bold" if not node.shards else "")
+        parts: list[tuple[str, str]] = []
+        if node.shards:
+            first = node.shards[0]
+            shapes = {t.shape for t in node.shards}
+            parts.append(("[" + ", ".join(map(str, first.shape)) + "]" if len(shapes) == 1 else "mixed shapes", "dim"))
+            parts.append((first.dtype, self.colours.get(first.dtype, "")))
+            if len(node.shards) > 1:
+                parts.append((f"×{len(node.shards)} shards", "italic"))
+            parts.append((_size(node.nbytes), "dim"))
+        else:
+            parts.append((f"{node.tensors} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
+        for part, style in parts:
+            text.append("  ")  # separators stay unstyled: styled leading spaces are dropped when rendered
+            text.append(part, style=style)
+        return text
+
+    def populate(self, tree_node: TreeNode[ModuleNode]) -> None:
+        """Create the children of one node (once)."""
+        module = tree_node.data
+        if module is None or tree_node.children:
+            return
+        for child in module.sorted_children():
+            if child.children:
+                tree_node.add(self.label_for(child), data=child, allow_expand=True)
+            else:
+                tree_node.add_leaf(self.label_for(child), data=child)
+
+    @on(Tree.NodeExpanded)
+    def _expanded(self, event: Tree.NodeExpanded[ModuleNode]) -> None:
+        self.populate(event.node)
+
+    def action_stats(self) -> None:
+        self.screen.action_stats()  # type: ignore[attr-defined]
+
+    def action_expand_all_below(self) -> None:
+        node = self.cursor_node
+        if node is not None and node.data is not None and node.data.tensors <= MAX_FILTER_EXPAND:
+            self._expand_recursive(node)
+
+    def _expand_recursive(self, node: TreeNode[ModuleNode]) -> None:
+        self.populate(node)
+        node.expand()
+        for child in node.children:
+            if child.allow_expand:
+                self._expand_recursive(child)
+
+    def jump_to(self, path: str) -> bool:
+        """Expand along `path` and move the cursor to it (used by the command palette)."""
+        node = self.root
+        for part in path.split("."):
+            self.populate(node)
+            node.expand()
+            match = next((c for c in node.children if c.data is not None and c.data.name == part), None)
+            if match is None:
+                return False
+            node = match
+        self.call_after_refresh(self._land, node)
+        return True
+
+    def _land(self, node: TreeNode[ModuleNode]) -> None:
+        self.move_cursor(node)
+        self.scroll_to_node(node)
+
+
+class InspectScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.back", "Back", id="inspect-back"),
+        Binding("slash", "focus_filter", "Filter", id="inspect-filter", key_display="/"),
+        Binding("s", "stats", "Stats", id="inspect-stats"),
+        Binding("x", "convert", "Convert", id="inspect-convert"),
+        Binding("D", "diff", "Diff / check", id="inspect-diff"),
+        Binding("1", "tab('tab-tensors')", "Tensors", id="tab-tensors", show=False),
+        Binding("2", "tab('tab-metadata')", "Metadata", id="tab-metadata", show=False),
+        Binding("3", "tab('tab-summary')", "Summary", id="tab-summary", show=False),
+        Binding("4", "tab('tab-files')", "Files", id="tab-files", show=False),
+    ]
+
+    def __init__(self, opened: Opened) -> None:
+        super().__init__()
+        self.opened = opened
+        self.ckpt = opened.ckpt
+        self.selected: ModuleNode | None = None
+
+    # ----- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        ckpt = self.ckpt
+        head = f" {ckpt.kind} · " + (f"iter {ckpt.iteration} · " if ckpt.iteration is not None else "") + \
+            f"{ckpt.parallel.label()} · {len(ckpt.model_tensors())} tensors · {_size(ckpt.total_bytes)} · {printable(ckpt.path)}"
+        yield Header()
+        yield Static(head, classes="title-bar", markup=False, id="inspect-title")
+        with TabbedContent(initial="tab-tensors", id="inspect-tabs"):
+            with TabPane("Tensors", id="tab-tensors"):
+                with Horizontal():
+                    with Vertical(id="tensor-pane"):
+                        yield Input(placeholder="filter tensors: substring or glob (e.g. *layers.3.*qkv*)", id="tensor-filter")
+                        yield TensorTree(self.opened.tree, self._dtype_colours(), id="tensor-tree")
+                    with VerticalScroll(id="details"):
+                        yield Static("Select a tensor.", id="details-info", markup=False)
+                        yield Static("", id="details-stats", markup=False)
+                        yield Sparkline([], id="histogram", summary_function=max)
+            with TabPane("Metadata", id="tab-metadata"):
+                yield Input(placeholder="search training args / config", id="meta-filter")
+                yield DataTable(id="meta-table", zebra_stripes=True, cursor_type="row")
+            with TabPane("Summary", id="tab-summary"):
+                with VerticalScroll(id="summary-scroll"):
+                    yield Static(self._summary(), id="summary")
+            with TabPane("Files", id="tab-files"):
+                with VerticalScroll(id="files-scroll"):
+                    yield Static(self._files(), id="files")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#meta-table", DataTable)
+        table.add_columns("key", "value")
+        self._fill_metadata("")
+        self.query_one(TensorTree).focus()
+
+    def _dtype_colours(self) -> dict[str, str]:
+        variables = self.app.theme_variables
+        return {t.dtype: variables.get(dtype_variable(t.dtype), "") for t in self.ckpt.tensors[:1] + self.ckpt.model_tensors()[:200]}
+
+    # ----- summary and files ---------------------------------------------------------------------
+    def _summary(self) -> Table:
+        ckpt, view = self.ckpt, self.opened.view
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("format", f"{ckpt.kind} ({printable(ckpt.format_detail)})")
+        table.add_row("path", printable(ckpt.path))
+        if ckpt.iteration is not None:
+            table.add_row("iteration", f"{ckpt.iteration}" + (f" (available: {', '.join(map(str, ckpt.iterations))})" if len(ckpt.iterations) > 1 else ""))
+        table.add_row("layout", ckpt.parallel.label())
+        table.add_row("files", f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {_size(ckpt.total_bytes)}")
+        table.add_row("complete", "yes" if ckpt.complete else "NO")
+        table.add_row("parameters", _count(logical_param_count(ckpt)))
+        for dtype, n in ckpt.bytes_by_dtype().items():
+            table.add_row(f"  {dtype}", _size(n))
+        if view.spec is not None:
+            s = view.spec
+            table.add_row("model", f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} kv, "
+                                   f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
+                                   + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
+                                   + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
+            quirks = [q for q, on_ in (("tied head", s.tied), ("layernorm-1p", s.layernorm_1p), ("qk-norm", s.qk_norm),
+                                       ("padded vocab", bool(s.padded_vocab and s.padded_vocab != s.vocab)),
+                                       ("rope scaling: " + str((s.rope_scaling or {}).get("rope_type")), bool(s.rope_scaling))) if on_]
+            if quirks:
+                table.add_row("quirks", ", ".join(quirks))
+            table.add_row("mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
+                                     f"{len(view.unmatched)} unmatched")
+        elif view.problem:
+            table.add_row("model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
+        for warning in ckpt.warnings:
+            table.add_row("warning", Text(printable(warning), style="yellow"))
+        if ckpt.placeholders:
+            table.add_row("placeholders", Text(", ".join(printable(p) for p in sorted(set(ckpt.placeholders))[:8]), style="yellow"))
+        return table
+
+    def _files(self) -> Table:
+        table = Table(expand=True, box=None)
+        for col in ("file", "role", "ranks", "size"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        for f in self.ckpt.files:
+            table.add_row(printable(f.rel), f.role, f.ranks.label(), _size(f.size))
+        return table
+
+    # ----- metadata ----------------------------------------------------------------------------
+    def _rows(self) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
+
+        def walk(prefix: str, value: Any, depth: int = 0) -> None:
+            if isinstance(value, dict) and depth < 3:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
+            else:
+                rows.append((prefix, printable(value, 300)))
+
+        walk("", jsonable(self.ckpt.metadata))
+        return rows
+
+    def _fill_metadata(self, query: str) -> None:
+        table = self.query_one("#meta-table", DataTable)
+        table.clear()
+        arch = set(ARCH_FIELDS) | set(arch_fields(self.ckpt))
+        accent = self.app.theme_variables.get("arch-field", "bold")
+        q = query.lower()
+        for key, value in self._rows():
+            if q and q not in key.lower() and q not in value.lower():
+                continue
+            leaf = key.rsplit(".", 1)[-1]
+            style = f"bold {accent}" if leaf in arch else ""
+            table.add_row(Text(key, style=style), Text(value, style=style))
+
+    @on(Input.Changed, "#meta-filter")
+    def _meta_filter(self, event: Input.Changed) -> None:
+        self._fill_metadata(event.value)
+
+    # ----- tensor filter -----------------------------------------------------------------------
+    @on(Input.Changed, "#tensor-filter")
+    def _tensor_filter(self, event: Input.Changed) -> None:
+        query = event.value.strip()
+        tensors = self.ckpt.tensors
+        if query:
+            pattern = query if any(ch in query for ch in "*?[") else f"*{query}*"
+            tensors = [t for t in tensors if fnmatch.fnmatchcase(t.global_name, pattern) or fnmatch.fnmatchcase(t.name, pattern)]
+        tree = self.query_one(TensorTree)
+        root = tensor_tree(tensors)
+        tree.clear()
+        tree.root.data = root
+        tree.populate(tree.root)
+        tree.root.expand()
+        if query and root.tensors <= MAX_FILTER_EXPAND:
+            for child in list(tree.root.children):
+                if child.allow_expand:
+                    tree._expand_recursive(child)
+
+    def action_focus_filter(self) -> None:
+        self.query_one(TabbedContent).active = "tab-tensors"
+        self.query_one("#tensor-filter", Input).focus()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    # ----- details and stats -------------------------------------------------------------------
+    @on(Tree.NodeHighlighted, "#tensor-tree")
+    def _highlighted(self, event: Tree.NodeHighlighted[ModuleNode]) -> None:
+        node = event.node.data
+        self.selected = node
+        info = self.query_one("#details-info", Static)
+        self.query_one("#details-stats", Static).update("")
+        self.query_one("#histogram", Sparkline).data = []
+        if node is None:
+            return
+        if not node.shards:
+            info.update(Text(f"{printable(node.path)}\n\n{node.tensors} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}"))
+            return
+        first = node.shards[0]
+        text = Text()
+        text.append(printable(node.path) + "\n", style="bold")
+        if first.name != first.global_name:
+            text.append(f"stored as {printable(first.name)}\n", style="dim")
+        text.append(f"\ncanonical  {printable(self.opened.view.canonical_for(first.global_name))}\n")
+        text.append(f"dtype      {first.dtype}\n")
+        text.append(f"elements   {_count(node.numel)} in {len(node.shards)} shard(s), {_size(node.nbytes)}\n")
+        if first.stacked:
+            text.append(f"stacked    leading axes: {', '.join(first.stacked)}\n")
+        text.append("\nwhere it lives\n", style="bold")
+        shards = Table(box=None, padding=(0, 1))
+        for col in ("ranks", "shape", "file"):
+            shards.add_column(col)
+        for t in node.shards[:64]:
+            shards.add_row(t.ranks.label(), "[" + ", ".join(map(str, t.shape)) + "]", printable(t.file))
+            for c in t.chunks[:16]:
+                shards.add_row("", f"  chunk @{list(c.offsets)} {list(c.sizes)}", printable(c.file))
+        info.update(_stack(text, shards))
+        self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
+
+    def action_stats(self) -> None:
+        node = self.selected
+        if node is None or not node.shards:
+            self.notify("Select a tensor first.", severity="warning")
+            return
+        self.query_one("#details-stats", Static).update(Text("computing statistics…", style="italic"))
+        self.compute_stats(node)
+
+    @work(thread=True, exclusive=True, group="stats", exit_on_error=False, description="tensor statistics")
+    def compute_stats(self, node: ModuleNode) -> None:
+        results = []
+        for info in node.shards:
+            if info.source is None:
+                continue
+            results.append(tensor_stats(self.ckpt.load(info), info.name, info.file))
+        self.post_message(StatsReady(node.path, results))
+
+    @on(StatsReady)
+    def _stats_ready(self, message: StatsReady) -> None:
+        if self.selected is None or self.selected.path != message.name:
+            return
+        table = Table(box=None, padding=(0, 1), title="statistics", title_justify="left", title_style="bold")
+        for col in ("shard", "min", "max", "mean", "std", "NaN/Inf"):
+            table.add_column(col, justify="right", no_wrap=True)
+        hist: list[float] = []
+        ranks = {t.file: t.ranks.label() for t in (self.selected.shards if self.selected else [])}
+        for s in message.stats:
+            bad = "bold red" if s.nan or s.inf else ""
+            table.add_row(ranks.get(s.file, "-"), f"{s.min:.3g}", f"{s.max:.3g}", f"{s.mean:.2g}", f"{s.std:.3g}",
+                          Text(f"{s.nan}/{s.inf}", style=bad))
+            hist = [a + b for a, b in zip(hist, s.histogram)] if hist else list(map(float, s.histogram))
+        self.query_one("#details-stats", Static).update(table)
+        self.query_one("#histogram", Sparkline).data = hist
+
+    # ----- other screens -----------------------------------------------------------------------
+    def action_convert(self) -> None:
+        self.app.open_convert(self.ckpt.root or self.ckpt.path)  # type: ignore[attr-defined]
+
+    def action_diff(self) -> None:
+        self.app.open_diff(self.ckpt.root or self.ckpt.path)  # type: ignore[attr-defined]
+
+    def jump_to_tensor(self, path: str) -> None:
+        self.query_one(TabbedContent).active = "tab-tensors"
+        tree = self.query_one(TensorTree)
+        if tree.jump_to(path):
+            tree.focus()
+
+
+def _stack(*parts: Any) -> Any:
+    from rich.console import Group
+
+    return Group(*parts)

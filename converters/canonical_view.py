@@ -1,0 +1,43 @@
+"""Which canonical tensor each stored tensor maps to, for views that explain a checkpoint.
+
+Never raises for unsupported checkpoints: the problem is returned instead, so an inspector can
+still show the stored tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.model import Checkpoint
+
+from .sources import open_source
+from .spec import ModelSpec, SpecError
+
+
+@dataclass
+class CanonicalView:
+    spec: ModelSpec | None
+    mapped: dict[str, list[str]] = field(default_factory=dict)  # stored (global) name -> canonical names
+    ignored: dict[str, str] = field(default_factory=dict)
+    unmatched: dict[str, str] = field(default_factory=dict)
+    problem: str = ""
+
+    def canonical_for(self, stored: str) -> str:
+        if stored in self.mapped:
+            return ", ".join(self.mapped[stored])
+        if stored in self.ignored:
+            return f"ignored ({self.ignored[stored]})"
+        if stored in self.unmatched:
+            near = self.unmatched[stored]
+            return "unmatched" + (f" (nearest rule: {near})" if near else "")
+        return "—"
+
+
+def canonical_view(ckpt: Checkpoint) -> CanonicalView:
+    try:
+        source = open_source(ckpt)
+        acc = source.account()
+    except (SpecError, CheckpointError, KeyError, ValueError) as exc:
+        return CanonicalView(None, problem=str(exc))
+    return CanonicalView(source.spec, acc.mapped, acc.ignored, acc.unmatched)

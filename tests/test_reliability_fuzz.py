@@ -1,0 +1,199 @@
+"""Property-based fuzzing of the two parsers that see untrusted bytes first.
+
+- `read_header` (safetensors): random files, mutated valid files, random JSON headers. It may
+  accept or refuse, but refuses only with `CheckpointError`, and what it accepts is consistent
+  (entries tile the data section, which ends at end of file).
+- The restricted unpickler: random bytes and mutated valid pickles (with exploit payloads in the
+  seeds). `safe_loads` may raise any `Exception` (it is the raw parser; callers wrap it in
+  `reading()`), never a `BaseException` like SystemExit, never runs code (canary), never hangs
+  (hypothesis deadline). Through `open_torch_file` (zip container) only `CheckpointError` escapes.
+
+Examples are derandomized and bounded so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckptscope.inspectors import CheckpointError
+from ckptscope.inspectors.safetensors_header import ST_DTYPES, read_header
+from ckptscope.inspectors.safe_pickle import safe_loads
+from ckptscope.inspectors.torchfile import open_torch_file
+
+CANARY = Path(os.environ.get("TMPDIR", "/tmp")) / f"ckptscope-fuzz-canary-{os.getpid()}"
+FUZZ = settings(max_examples=250, deadline=2000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _valid_safetensors() -> bytes:
+    from safetensors.torch import save
+
+    return save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16),
+                 "c": torch.zeros(0, dtype=torch.int64)}, metadata={"format": "pt"})
+
+
+VALID_ST = _valid_safetensors()
+
+
+def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    buf = bytearray(data)
+    for pos, value in edits:
+        buf[pos % len(buf)] = value
+    return bytes(buf[:cut] if cut is not None else buf)
+
+
+def check_header(path: Path) -> None:
+    try:
+        header = read_header(path)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+        return
+    size = path.stat().st_size
+    end = header.data_start
+    for entry in sorted(header.entries.values(), key=lambda e: e.begin):
+        assert entry.begin == end and entry.end >= entry.begin
+        end = entry.end
+    assert end == size
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_safetensors_random_bytes(work: Path, data: bytes) -> None:
+    path = work / "random.safetensors"
+    path.write_bytes(data)
+    check_header(path)
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, len(VALID_ST) - 1), st.integers(0, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, len(VALID_ST))))
+def test_safetensors_mutated(work: Path, edits: list[tuple[int, int]], cut: int | None) -> None:
+    path = work / "mutated.safetensors"
+    path.write_bytes(mutate(VALID_ST, edits, cut))
+    check_header(path)
+
+
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=8))
+entry = st.fixed_dictionaries({
+    "dtype": st.one_of(st.sampled_from(sorted(ST_DTYPES)), json_scalar),
+    "shape": st.one_of(st.lists(st.integers(-2, 2**63), max_size=4), json_scalar),
+    "data_offsets": st.one_of(st.lists(st.integers(-2, 64), min_size=2, max_size=2), st.lists(json_scalar, max_size=3)),
+})
+
+
+@FUZZ
+@given(header=st.dictionaries(st.text(max_size=12), st.one_of(entry, json_scalar), max_size=5),
+       data=st.binary(max_size=64), declared=st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+def test_safetensors_random_headers(work: Path, header: dict, data: bytes, declared: int | None) -> None:
+    raw = json.dumps(header).encode()
+    path = work / "header.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw) if declared is None else declared) + raw + data)
+    check_header(path)
+
+
+# ----- restricted unpickler ---------------------------------------------------------------------
+class _Shell:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {CANARY}",))
+
+
+SEEDS = [
+    pickle.dumps({"args": argparse.Namespace(num_layers=2, dtype=torch.bfloat16, evil=_Shell()),
+                  "od": collections.OrderedDict(a=[1, 2.5, "x"]), "size": torch.Size([2, 3]),
+                  "np": np.arange(3, dtype=np.int16), "b": b"\x00\xff", "set": {1, 2}}, protocol=p)
+    for p in (0, 2, 4, 5)
+]
+
+
+def assert_inert() -> None:
+    assert not CANARY.exists(), "a fuzzed pickle ran code"
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_unpickler_random_bytes(data: bytes) -> None:
+    try:
+        safe_loads(data)
+    except Exception:  # noqa: BLE001 - any ordinary exception is an acceptable refusal
+        pass
+    assert_inert()
+
+
+@FUZZ
+@given(seed=st.sampled_from(range(len(SEEDS))),
+       edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_unpickler_mutated(seed: int, edits: list[tuple[int, int]], cut: int | None) -> None:
+    data = mutate(SEEDS[seed], edits, None if cut is None else cut % (len(SEEDS[seed]) + 1))
+    try:
+        safe_loads(data)
+    except Exception:  # noqa: BLE001
+        pass
+    assert_inert()
+
+
+def _torch_zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(4.0), "args": argparse.Namespace(x=1), "evil": _Shell()}, buf)
+    return buf.getvalue()
+
+
+TORCH_ZIP = _torch_zip_bytes()
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+def test_torch_file_mutated_pickle(work: Path, edits: list[tuple[int, int]]) -> None:
+    """Mutate data.pkl inside an otherwise valid torch zip: only CheckpointError may escape."""
+    with zipfile.ZipFile(io.BytesIO(TORCH_ZIP)) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    path = work / "mutated.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, raw in members.items():
+            zf.writestr(name, mutate(raw, edits, None) if name.endswith("data.pkl") else raw)
+    try:
+        tf = open_torch_file(path)
+        from ckptscope.inspectors.torchfile import iter_lazy_tensors
+
+        for tensor in iter_lazy_tensors(tf.obj):
+            tensor.load()
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+    assert_inert()
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_torch_file_mutated_container(work: Path, edits: list[tuple[int, int]], cut: int | None) -> None:
+    """Mutate or cut the zip container itself (headers, directory): only CheckpointError may escape."""
+    path = work / "container.pt"
+    path.write_bytes(mutate(TORCH_ZIP, edits, None if cut is None else cut % (len(TORCH_ZIP) + 1)))
+    try:
+        tf = open_torch_file(path)
+        from ckptscope.inspectors.torchfile import iter_lazy_tensors
+
+        for tensor in iter_lazy_tensors(tf.obj):
+            tensor.load()
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+    assert_inert()
