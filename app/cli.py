@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -190,7 +191,11 @@ def convert(
     pp_layers: Annotated[str | None, typer.Option("--pp-layers", help="Uneven pipeline split, e.g. 7,9.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 | bf16 | fp16 (default: keep the source dtype).")] = None,
     true_vocab_size: Annotated[int | None, typer.Option("--true-vocab-size", help="Vocabulary rows to keep (drops Megatron padding).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="HF tokenizer folder: copied into an HF output; its size trims the vocab.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="HF tokenizer folder, sentencepiece tokenizer.model, or GPT-2 vocab.json (+ merges.txt): written into an HF output as a complete HF tokenizer; its size trims or pads the vocab.")] = None,
+    tokenizer_root: Annotated[Path | None, typer.Option("--tokenizer-root", help="Folder holding the tokenizer files the Megatron args name (tokenizer_model / vocab_file / merge_file), used when --tokenizer is not given.")] = None,
+    vocab_extra_ids: Annotated[int, typer.Option("--vocab-extra-ids", min=0, help="Append <extra_id_0..N-1> special tokens to the tokenizer (as Megatron's --vocab-extra-ids).")] = 0,
+    override_special_tokens: Annotated[list[str] | None, typer.Option("--override-special-tokens", help="Set special tokens, e.g. eos=<|im_end|> (repeatable, or space-separated).")] = None,
+    rotary_layout: Annotated[str, typer.Option("--rotary-layout", help="How the source stores q/k for RoPE: auto (detect) | half (rotate-half, HF / Megatron-Core) | interleaved (Meta consolidated.*.pth, --rotary-interleaved runs, Megatron-LLM).")] = "auto",
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron layer-spec names to write: local | te.")] = "local",
     iteration: Annotated[int, typer.Option("--iteration", min=0, help="Iteration number for Megatron targets.")] = 1,
@@ -205,6 +210,8 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to convert when a source tensor holds NaN or Inf (default: warn).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted conversion from its last complete HF shard / Megatron stage; keep the partial folder if this run stops too.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading and gathering layers ahead of the writer (each holds about one layer).")] = 2,
+    distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: each rank writes its share of the output files, rank 0 finishes the output (gloo; see docs/performance.md).")] = False,
     verify_after: Annotated[bool, typer.Option("--verify", help="Compare tensors and logits of the result with the source.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output (plan and summary as JSON).")] = False,
 ) -> None:
@@ -221,6 +228,14 @@ def convert(
         fail(f"--megatron-spec {megatron_spec}: choose local or te")
     if nxd_style not in ("hf", "megatron"):
         fail(f"--nxd-style {nxd_style}: choose hf or megatron")
+    if rotary_layout not in ("auto", "half", "interleaved"):
+        fail(f"--rotary-layout {rotary_layout}: choose auto, half or interleaved")
+    from ckptscope.converters.tokenizers import parse_overrides
+
+    try:
+        special_tokens = parse_overrides([item for value in override_special_tokens or () for item in value.split()])
+    except ValueError as exc:
+        fail(str(exc))
     layers = None
     if pp_layers:
         try:
@@ -229,21 +244,33 @@ def convert(
             fail(f"--pp-layers {pp_layers}: expected comma-separated integers")
     opts = TargetOptions(to, tp=tp, pp=pp, ep=ep, pp_layers=layers, dtype=DTYPES[dtype] if dtype else None,
                          megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=_parse_size(max_shard_size),
-                         tokenizer=tokenizer, nxd_style=nxd_style, fuse_qkv=fuse_qkv,
-                         kv_size_multiplier=kv_size_multiplier, xser=xser)
+                         tokenizer=tokenizer, tokenizer_root=tokenizer_root, vocab_extra_ids=vocab_extra_ids,
+                         special_tokens=special_tokens, nxd_style=nxd_style, fuse_qkv=fuse_qkv,
+                         kv_size_multiplier=kv_size_multiplier, xser=xser, workers=workers)
+    if distributed and resume:
+        fail("--resume and --distributed do not combine")
+    follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
     plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()),
-                     from_optimizer_fp32=from_optimizer_fp32)
+                     from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
     console = render.make_console()
     if as_json and (plan_only or not plan.ok):
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
-    elif not as_json:
+    elif not as_json and not follower:
         render.render_plan(console, plan)
     if not plan.ok:
         raise typer.Exit(EXIT_BAD_INPUT)
     if plan_only:
         return
     check_destination(dst.expanduser().resolve(), force)
-    final = _run_with_progress(console, run_convert(plan, dst, force=force, strict=strict, resume=resume), quiet=as_json)
+    if distributed:
+        from ckptscope.converters.distributed import convert_distributed
+
+        events = convert_distributed(plan, dst, force=force, strict=strict)
+    else:
+        events = run_convert(plan, dst, force=force, strict=strict, resume=resume)
+    final = _run_with_progress(console, events, quiet=as_json or follower)
+    if follower:
+        return
     for warning in final.warnings:
         typer.echo(f"ckptscope: warning: {printable(warning, 1000)}", err=True)
     summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
@@ -251,7 +278,10 @@ def convert(
     if verify_after:
         from ckptscope.converters.verify import verify as run_verify
 
-        report = run_verify(src, dst, config=json.loads(config.read_text()) if config else None)
+        report = run_verify(src, dst, config=json.loads(config.read_text()) if config else None,
+                            from_optimizer_fp32=from_optimizer_fp32, true_vocab=true_vocab_size if true_vocab_size is not None else (
+                                plan.spec.vocab if opts.tokenizer_source is not None and plan.ckpt.kind != "hf" else None),
+                            rotary_layout=rotary_layout)
         summary["verify"] = report.to_json()
         if not as_json:
             render.render_verify(console, report)

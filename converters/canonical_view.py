@@ -23,6 +23,16 @@ class CanonicalView:
     unmatched: dict[str, str] = field(default_factory=dict)
     problem: str = ""
 
+    @property
+    def family(self) -> str:
+        """The detected model family (gpt2, bloom, falcon, apertus, llama, ...), "" when unknown."""
+        return self.spec.family if self.spec else ""
+
+    @property
+    def quirks(self) -> list[str]:
+        """Layout quirks to flag: interleaved rotary, padded vocab, layernorm-1p, tied head, ..."""
+        return self.spec.quirks() if self.spec else []
+
     def canonical_for(self, stored: str) -> str:
         if stored in self.mapped:
             return ", ".join(self.mapped[stored])

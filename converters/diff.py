@@ -287,11 +287,12 @@ def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _
     held = _holders(acc, order)
     infos = {c: [t for s in names for t in index.get(s, [])] for c, names in held.items()}
     view = _View(source, order,
-                 shapes={c: _canonical_shape(source.kind, acc, c, held[c], infos[c], spec_shapes[c]) for c in held},
+                 shapes={c: _canonical_shape(source.kind, acc, c, held[c], infos[c], spec_shapes[c], source) for c in held},
                  dtypes={c: _dtype_label(infos[c]) for c in held},
                  shards={c: len(infos[c]) for c in held})
     side.model = (f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
-                  f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else ""))
+                  f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else "")
+                  + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
     side.ignored = dict(Counter(acc.ignored.values()))
     side.missing_stored = list(acc.missing)
     side.unplaced = _unplaced(source, acc, index)
@@ -330,9 +331,12 @@ def _holders(acc: Accounting, canonical: Iterable[str]) -> dict[str, list[str]]:
 
 
 def _canonical_shape(kind: str, acc: Accounting, name: str, held: list[str], infos: list[TensorInfo],
-                     spec_shape: Shape) -> Shape:
-    """The full shape `read()` returns: the spec's, or the stored one where the reader is 1:1."""
+                     spec_shape: Shape, source: CanonicalSource | None = None) -> Shape:
+    """The full shape `read()` returns: the spec's, or the stored one where the reader is 1:1
+    (and stores the tensor as is: GPT-2's Conv1D weights are stored transposed)."""
     one_to_one = len(held) == 1 and len(infos) == 1 and acc.mapped[held[0]] == [name]
+    as_is = getattr(source, "stored_as_canonical", None)
+    one_to_one = one_to_one and (as_is is None or as_is(held[0]))
     return tuple(infos[0].shape) if kind in AS_STORED_KINDS and one_to_one else tuple(spec_shape)
 
 
@@ -543,7 +547,8 @@ def check_target(path: str | Path, target_format: str, *, config: str | Path | N
         source=str(path), source_format=plan.ckpt.kind, source_layout=plan.ckpt.parallel.label(),
         target={"format": t.format, "tp": t.tp, "pp": t.pp, "ep": t.ep, "pp_layers": t.pp_layers,
                 "dtype": str(plan.writer.dtype).removeprefix("torch.") if plan.writer else None},
-        model=f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, vocab {spec.vocab}",
+        model=f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, vocab {spec.vocab}"
+              + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""),
         mapped=_mapped_rules(acc),
         ignored=dict(Counter(acc.ignored.values())),
         unplaced=_unplaced(plan.source, acc, _index(plan.ckpt)),

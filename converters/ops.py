@@ -57,3 +57,51 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
         return t[:rows].contiguous()
     pad = t[-1:].expand(rows - t.shape[0], *t.shape[1:])
     return torch.cat([t, pad], dim=0)
+
+
+# ----- rotary layouts -------------------------------------------------------------------------
+def _per_head(t: torch.Tensor, heads: int) -> tuple[torch.Tensor, int]:
+    d = t.shape[0] // heads
+    return t.reshape(heads, d, *t.shape[1:]), d
+
+
+def rotary_to_half(t: torch.Tensor, heads: int, rotary_dim: int | None = None) -> torch.Tensor:
+    """q or k rows (`[heads*d, ...]`): Meta's interleaved pairs `(x0, x1), (x2, x3)..` -> the
+    rotate-half order `x0, x2, .. | x1, x3, ..` HF and Megatron-Core use (per head; only the
+    first `rotary_dim` channels rotate, the rest stay)."""
+    h, d = _per_head(t, heads)
+    r = rotary_dim or d
+    rot = h[:, :r].reshape(heads, r // 2, 2, *t.shape[1:]).transpose(1, 2).reshape(heads, r, *t.shape[1:])
+    return torch.cat([rot, h[:, r:]], dim=1).reshape(t.shape).contiguous()
+
+
+def rotary_to_interleaved(t: torch.Tensor, heads: int, rotary_dim: int | None = None) -> torch.Tensor:
+    """Inverse of `rotary_to_half`."""
+    h, d = _per_head(t, heads)
+    r = rotary_dim or d
+    rot = h[:, :r].reshape(heads, 2, r // 2, *t.shape[1:]).transpose(1, 2).reshape(heads, r, *t.shape[1:])
+    return torch.cat([rot, h[:, r:]], dim=1).reshape(t.shape).contiguous()
+
+
+# ----- legacy Megatron QKV orderings (checkpoint_version < 2, multi-head attention) ----------
+def qkv_from_version(t: torch.Tensor, version: int, heads: int) -> torch.Tensor:
+    """One TP rank's fused QKV in a pre-2 ordering -> the current per-head `[heads, 3, d]`.
+    Version 0 stores `[3, heads, d]` (all q, all k, all v); version 1 `[heads, d, 3]`."""
+    if version >= 2:
+        return t
+    d = t.shape[0] // (3 * heads)
+    rest = t.shape[1:]
+    if version == 0:
+        return t.reshape(3, heads, d, *rest).transpose(0, 1).reshape(t.shape).contiguous()
+    return t.reshape(heads, d, 3, *rest).transpose(1, 2).reshape(t.shape).contiguous()
+
+
+def qkv_to_version(t: torch.Tensor, version: int, heads: int) -> torch.Tensor:
+    """Inverse of `qkv_from_version`."""
+    if version >= 2:
+        return t
+    d = t.shape[0] // (3 * heads)
+    rest = t.shape[1:]
+    if version == 0:
+        return t.reshape(heads, 3, d, *rest).transpose(0, 1).reshape(t.shape).contiguous()
+    return t.reshape(heads, 3, d, *rest).transpose(1, 2).reshape(t.shape).contiguous()

@@ -16,6 +16,8 @@ from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 
 from .sources import Accounting, CanonicalSource, groups, open_source
+from .tokenizers import TokenizerSource, classify, from_megatron_args, vocab_action
+from .tokenizers import size as tokenizer_size
 from .spec import SpecError
 from .writers import WRITERS, PlannedFile, TargetOptions, Writer
 
@@ -81,13 +83,24 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _tokenizer_vocab(folder: Path) -> int:
-    from transformers import AutoTokenizer
-
-    try:
-        return len(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a bad input folder
-        raise CheckpointError(folder, f"cannot load tokenizer: {exc}") from None
+def _tokenizer_source(target: TargetOptions, ckpt: Checkpoint) -> TokenizerSource | None:
+    """The tokenizer to carry into the output: `--tokenizer`, or the one Megatron args name,
+    found inside `--tokenizer-root`."""
+    merges = None
+    if target.tokenizer is not None:
+        path, kind = classify(target.tokenizer)
+        origin = "--tokenizer"
+    elif target.tokenizer_root is not None:
+        found = from_megatron_args(ckpt.metadata.get("args") or {}, Path(target.tokenizer_root))
+        if found is None:
+            raise CheckpointError(ckpt.path, "--tokenizer-root given but the checkpoint's args name no tokenizer (give --tokenizer)")
+        path, kind, merges = found
+        origin = "Megatron args"
+    else:
+        if target.vocab_extra_ids or target.special_tokens:
+            raise CheckpointError(ckpt.path, "--vocab-extra-ids / --override-special-tokens need a tokenizer (--tokenizer or --tokenizer-root)")
+        return None
+    return TokenizerSource(path, kind, target.vocab_extra_ids, dict(target.special_tokens), origin, merges)
 
 
 def make_plan(
@@ -98,6 +111,7 @@ def make_plan(
     true_vocab: int | None = None,
     ignore: tuple[str, ...] = (),
     from_optimizer_fp32: bool = False,
+    rotary_layout: str = "auto",
 ) -> Plan:
     """Inspect the source, derive the architecture and lay out the target; write nothing."""
     src = Path(src)
@@ -109,13 +123,16 @@ def make_plan(
         except (OSError, ValueError) as exc:
             raise CheckpointError(config, f"cannot read config: {exc}") from None
     vocab_note = ""
+    tokenizer = _tokenizer_source(target, ckpt)
+    target.tokenizer_source = tokenizer
+    tok_size = tokenizer_size(tokenizer) if tokenizer is not None else None
     if true_vocab is not None:
         vocab_note = "--true-vocab-size"
-    elif target.tokenizer is not None and ckpt.kind != "hf":
-        true_vocab, vocab_note = _tokenizer_vocab(target.tokenizer), f"size of the tokenizer in {target.tokenizer}"
+    elif tok_size is not None and ckpt.kind != "hf":
+        true_vocab, vocab_note = tok_size, f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"  # type: ignore[union-attr]
     try:
         source = open_source(ckpt, config=config_dict, true_vocab=true_vocab, vocab_note=vocab_note,
-                             from_optimizer_fp32=from_optimizer_fp32)
+                             from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
     except SpecError as exc:
         raise CheckpointError(src, str(exc)) from None
     spec = source.spec
@@ -144,4 +161,14 @@ def make_plan(
         errors.append(str(exc))
         writer, files = None, []  # type: ignore[assignment]
     notes = source.notes() + (writer.notes() if writer is not None else [])
+    notes.append(f"model family: {spec.family}" + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
+    if tokenizer is not None and tok_size is not None:
+        stored = spec.padded_vocab or spec.vocab
+        if ckpt.kind == "hf" and tok_size != spec.vocab:
+            warnings.append(f"tokenizer has {tok_size} tokens, the HF model {spec.vocab} rows: rows kept as they are")
+        else:
+            notes.append(vocab_action(stored, tok_size))
+        notes.append(f"tokenizer: {tokenizer.kind} from {tokenizer.path}"
+                     + (f", +{tokenizer.extra_ids} extra ids" if tokenizer.extra_ids else "")
+                     + (f", special tokens {tokenizer.overrides}" if tokenizer.overrides else ""))
     return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes)  # type: ignore[arg-type]

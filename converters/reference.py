@@ -12,6 +12,11 @@ being held across all layers; an MoE expert that no token is routed to is never 
 
 Sliding-window attention is applied to every layer when `spec.sliding_window` is set (Qwen2's
 `max_window_layers` is not modelled). Supported RoPE scalings: default, linear, llama3.
+
+Other families (issue 6) follow their HF modelling code: GPT-2 (learned positions, LayerNorm,
+GELU-tanh MLP with biases, tied head), BLOOM (embedding LayerNorm, ALiBi), Falcon (parallel
+attention with one or two norms, multi-query / grouped KV, exact GELU) and Apertus (xIELU MLP
+without gate, QK-norm).
 """
 
 from __future__ import annotations
@@ -40,11 +45,21 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
     w = _loader(get, dtype)
     x = F.embedding(input_ids, w("embed"))
     seq = input_ids.shape[1]
-    cos, sin = rope_cos_sin(spec, seq, dtype)
+    if spec.position == "learned":
+        x = x + w("pos_embed")[:seq]
+    if spec.embed_norm:
+        x = norm(spec, w, "embed_norm", x)
+    cos, sin = rope_cos_sin(spec, seq, dtype) if spec.position == "rope" else (None, None)
     mask = causal_mask(seq, spec.sliding_window)
     for i in range(spec.layers):
         p = f"layers.{i}."
-        x = x + attention(spec, w, p, norm(spec, w, p + "input_norm", x), cos, sin, mask)
+        h = norm(spec, w, p + "input_norm", x)
+        a = attention(spec, w, p, h, cos, sin, mask)
+        if spec.parallel_attn:  # Falcon: both branches read the layer input
+            m_in = norm(spec, w, p + "post_attn_norm", x) if spec.parallel_norms == 2 else h
+            x = x + (mlp(spec, w, p + "mlp.", m_in) + a)
+            continue
+        x = x + a
         h = norm(spec, w, p + "post_attn_norm", x)
         x = x + (moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
     x = norm(spec, w, "final_norm", x)
@@ -131,7 +146,19 @@ def _proj(w: Getter, name: str, x: torch.Tensor, bias: bool) -> torch.Tensor:
     return F.linear(x, w(name), w(name + ".bias") if bias else None)
 
 
-def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi head slopes as BLOOM computes them (geometric; extra odd powers for non-powers of 2)."""
+    closest = 2 ** math.floor(math.log2(heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
+    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
+    if closest != heads:
+        extra = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
+        remaining = min(closest, heads - closest)
+        slopes = torch.cat([slopes, torch.pow(extra, torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.int32))])
+    return slopes
+
+
+def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
               mask: torch.Tensor) -> torch.Tensor:
     """GQA self-attention, eager-style: fp32 softmax, scale 1/sqrt(head_dim), optional qk-norm."""
     b, s, _ = x.shape
@@ -141,10 +168,13 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     if spec.qk_norm:  # per head, before RoPE (Qwen3 / Megatron qk_layernorm)
         q, k = _head_norm(spec, w(p + "attn.q_norm"), q), _head_norm(spec, w(p + "attn.k_norm"), k)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cos is not None and sin is not None:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     group = spec.heads // spec.kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = torch.matmul(q, k.transpose(2, 3)) * d ** -0.5
+    if spec.position == "alibi":  # bias by key position (softmax is shift-invariant per query)
+        scores = scores + (alibi_slopes(spec.heads)[:, None] * torch.arange(s)[None, :]).to(scores.dtype)[None, :, None, :]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
@@ -160,12 +190,29 @@ def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.
 
 # ----- feed-forward ------------------------------------------------------------------------------
 def mlp(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, bias: bool | None = None) -> torch.Tensor:
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); otherwise down(act(up(x)))."""
     bias = spec.mlp_bias if bias is None else bias
-    if spec.activation != "swiglu":
+    if spec.activation == "swiglu":
+        gate = F.silu(_proj(w, p + "gate", x, bias))
+        return _proj(w, p + "down", gate * _proj(w, p + "up", x, bias), bias)
+    up = _proj(w, p + "up", x, bias)
+    if spec.activation == "gelu":
+        act = F.gelu(up)
+    elif spec.activation == "gelu_tanh":
+        act = F.gelu(up, approximate="tanh")
+    elif spec.activation == "xielu":
+        act = xielu(up, w(p + "act.alpha_p"), w(p + "act.alpha_n"))
+    else:
         raise SpecError(f"activation {spec.activation!r} is not supported by the reference forward")
-    gate = F.silu(_proj(w, p + "gate", x, bias))
-    return _proj(w, p + "down", gate * _proj(w, p + "up", x, bias), bias)
+    return _proj(w, p + "down", act, bias)
+
+
+def xielu(x: torch.Tensor, alpha_p: torch.Tensor, alpha_n: torch.Tensor, beta: float = 0.5, eps: float = -1e-6) -> torch.Tensor:
+    """xIELU (Apertus): stored alphas are softplus-inverse; quadratic for x > 0, ELU-like below."""
+    ap = F.softplus(alpha_p)
+    an = beta + F.softplus(alpha_n)
+    eps_t = torch.tensor(eps, dtype=x.dtype)
+    return torch.where(x > 0, ap * x * x + beta * x, (torch.expm1(torch.min(x, eps_t)) - x) * an + beta * x)
 
 
 def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,10 @@ import torch
 
 from ckptscope.inspectors.errors import CheckpointError
 
+from .distributed import DistContext, share
+from .pipeline import Prefetcher
 from .plan import Plan
-from .sources import PRE, group_canon, group_label
+from .sources import group_canon, group_label
 from .writers.output import PARTIAL_TAG, AtomicFolder
 
 JOURNAL = ".ckptscope-resume.json"
@@ -83,11 +85,9 @@ class Unit:
 
 
 def _group_of(spec, canon: str) -> int:  # type: ignore[no-untyped-def]
-    if canon == "embed":
-        return PRE
-    if canon.startswith("layers."):
-        return int(canon.split(".")[1])
-    return spec.layers
+    from .sources.base import group_of
+
+    return group_of(spec, canon)  # embedding-group names include pos_embed / embed_norm (issue 6)
 
 
 def resume_units(plan: Plan) -> list[Unit]:
@@ -141,7 +141,7 @@ def fingerprint(plan: Plan) -> str:
             files.append([f.rel, st.st_size, st.st_mtime_ns])
         except OSError:
             files.append([f.rel, -1, -1])
-    target = {k: str(v) for k, v in dataclasses.asdict(plan.target).items()}
+    target = {k: str(v) for k, v in dataclasses.asdict(plan.target).items() if k != "workers"}  # threads do not change the output
     doc = {"version": JOURNAL_VERSION, "source": str(Path(plan.source_path).resolve()), "files": files, "target": target,
            "planned": [[f.rel, f.tensors, f.nbytes] for f in plan.files], "total": plan.total_bytes}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -174,9 +174,21 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """`name: N NaN, M Inf` for every floating tensor that is not all finite (cheap when clean)."""
     bad = []
     for name, t in tensors.items():
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+        if (t.is_floating_point() or t.is_complex()) and not _all_finite(t):
             bad.append(f"{name}: {int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} Inf")
     return bad
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """NaN and Inf propagate through a sum, so a finite sum proves every element finite; the sum
+    runs ~20x faster than `isfinite` on bf16. Only a sum that overflowed needs the exact check."""
+    return t.numel() == 0 or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _read_checked(source, group: int) -> tuple[dict[str, torch.Tensor], list[str]]:  # type: ignore[no-untyped-def]
+    """One group's tensors and its NaN/Inf findings (runs on a prefetch thread)."""
+    tensors = source.read(group)
+    return tensors, non_finite(tensors)
 
 
 def _output_error(exc: BaseException, where: Path, kept: bool) -> OutputError:
@@ -188,7 +200,8 @@ def _output_error(exc: BaseException, where: Path, kept: bool) -> OutputError:
 
 # ----- the run ------------------------------------------------------------------------------
 def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = False,
-            resume: bool = False) -> Iterator[Progress]:
+            resume: bool = False, dist: DistContext | None = None) -> Iterator[Progress]:
+    """Stream the plan into `dst`; with `dist` (torchrun, see distributed.py) only this rank's share."""
     if not plan.ok:
         raise PlanRefused("; ".join(plan.errors))
     if not plan.ckpt.complete:
@@ -203,29 +216,43 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
     done_bytes = 0
     warnings: list[str] = []
     key = fingerprint(plan)
-    units = resume_units(plan)
+    if dist is not None and resume:
+        raise CheckpointError(plan.source_path, "--resume and --distributed do not combine")
+    units = resume_units(plan) if dist is None else []  # ranks write concurrently: no resume journal
+    mine, foreign = share(plan, dist) if dist is not None else (set(groups), set())
     partial = find_partial(Path(dst), key) if resume else None
     if partial is not None and not units:
         shutil.rmtree(partial, ignore_errors=True)  # our own partial of the same plan, but not resumable
         warnings.append(f"--resume: a {plan.target.format} output cannot be resumed; started again")
         partial = None
-    atomic = AtomicFolder(dst, force, reuse=partial, keep_on_error=resume)
+    atomic = AtomicFolder(dst, force, reuse=partial, keep_on_error=resume) if dist is None or dist.rank == 0 else _Joined(dst)
     with atomic as tmp:
+        if dist is not None:  # rank 0 made the temporary folder; every rank writes into it
+            tmp = Path(dist.broadcast(str(tmp) if dist.rank == 0 else None))
         done_units = [u for u in units if _unit_complete(tmp, u)] if partial is not None else []
         done_files = {f for u in done_units for f in u.files}
         writer.done_files = {f for u in done_units if u.kind == "safetensors" for f in u.files}
         pending = [u for u in units if u not in done_units]
         skip = {g for g in groups if any(g in u.groups for u in done_units) and not any(g in u.groups for u in pending)}
-        _write_journal(tmp, key, plan, sorted(done_files))
-        writer.open(tmp)
+        writer.done_files |= foreign  # files another rank owns
+        writer.finalize = dist is None or dist.rank == 0  # index / config / markers: rank 0, after every rank
+        opened = dist is None or dist.rank == 0 or bool(mine)
+        if dist is None:
+            _write_journal(tmp, key, plan, sorted(done_files))
+        if opened:
+            writer.open(tmp)
+        # read (and NaN-check) the next groups on worker threads while this thread writes (pipeline.py)
+        reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
+                           workers=max(1, getattr(plan.target, "workers", 1)))
         try:
             yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
             for n, group in enumerate(groups):
+                if group not in mine:
+                    continue
                 if group in skip:
                     done_bytes += sum(_numel(s) for c, s in spec.canonical_shapes().items() if c in set(group_canon(spec, group))) * itemsize
                     continue
-                tensors = source.read(group)
-                bad = non_finite(tensors)
+                tensors, bad = reads.take(group)
                 if bad:
                     where = f"{group_label(spec, group)}: {'; '.join(bad[:3])}" + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
                     if strict:
@@ -242,7 +269,14 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
                     _write_journal(tmp, key, plan, sorted(done_files))
                 yield Progress("layer", n + 1, len(groups), group_label(spec, group), last, done_bytes, total_bytes,
                                time.perf_counter() - start, skipped=len(skip), warnings=tuple(warnings))
-            writer.close()
+            if dist is not None:
+                if dist.rank != 0 and opened:
+                    writer.close()  # this rank's files only
+                failed = [r for r, ok in enumerate(dist.vote(True)) if not ok]
+                if failed:
+                    raise RuntimeError(f"rank(s) {', '.join(map(str, failed))} failed (see their errors); output not written")
+            if dist is None or dist.rank == 0:
+                writer.close()
             (tmp / JOURNAL).unlink(missing_ok=True)  # the finished output carries no resume state
         except OSError as exc:
             writer.abort()
@@ -255,10 +289,25 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         except BaseException:
             writer.abort()
             raise
+        finally:
+            reads.close()
         yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start,
                        skipped=len(skip), warnings=tuple(warnings))
     yield Progress("done", len(groups), len(groups), "done", "", done_bytes, total_bytes, time.perf_counter() - start,
                    str(atomic.dst), skipped=len(skip), warnings=tuple(warnings))
+
+
+class _Joined:
+    """A non-zero rank's view of the output folder: rank 0 creates, commits or removes it."""
+
+    def __init__(self, dst: str | Path) -> None:
+        self.dst = Path(dst).expanduser().resolve()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _numel(shape: tuple[int, ...]) -> int:

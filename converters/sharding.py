@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .ops import fuse_qkv, pack_swiglu, pad_rows, split, split_qkv, unpack_swiglu
+from .ops import (fuse_qkv, pack_swiglu, pad_rows, qkv_from_version, rotary_to_half, rotary_to_interleaved, split,
+                  split_qkv, unpack_swiglu)
 from .rules.megatron import Pack, Param, Split
 from .spec import ModelSpec
 
@@ -23,8 +24,18 @@ def _norm_out(t: torch.Tensor, param: Param, spec: ModelSpec) -> torch.Tensor:
     return t - 1 if param.pack is Pack.NORM and spec.layernorm_1p else t
 
 
+def _rotary_dim(spec: ModelSpec) -> int:
+    return int(spec.head_dim * spec.rotary_percent)
+
+
 def gather(param: Param, shards: list[torch.Tensor], spec: ModelSpec) -> list[torch.Tensor]:
-    """TP shards of one stored tensor (rank order) -> its canonical tensors (param.canon order)."""
+    """TP shards of one stored tensor (rank order) -> its canonical tensors (param.canon order).
+
+    A legacy source's pre-2 QKV ordering is undone per rank (each rank holds its own heads);
+    writers always write the current ordering."""
+    if param.pack is Pack.QKV and spec.qkv_version < 2:
+        local = spec.heads // len(shards)
+        shards = [qkv_from_version(s, spec.qkv_version, local) for s in shards]
     if param.pack is Pack.SWIGLU:
         gate, up = unpack_swiglu(shards)
         return [gate, up]
@@ -45,16 +56,22 @@ def from_global(param: Param, full: torch.Tensor, spec: ModelSpec) -> list[torch
 
 def _unpack_full(param: Param, full: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
     if param.pack is Pack.QKV:
-        return list(split_qkv(full, spec.heads, spec.kv_heads))
-    if param.split is Split.VOCAB and full.shape[0] > spec.vocab:
-        full = full[: spec.vocab]
+        q, k, v = split_qkv(full, spec.heads, spec.kv_heads)
+        if spec.rotary_interleaved:  # canonical q/k are rotate-half
+            q, k = rotary_to_half(q, spec.heads, _rotary_dim(spec)), rotary_to_half(k, spec.kv_heads, _rotary_dim(spec))
+        return [q, k, v]
+    if param.split is Split.VOCAB and full.shape[0] != spec.vocab:
+        full = pad_rows(full, spec.vocab)  # trim Megatron's padding, or pad up to a larger tokenizer
     return [_norm_in(full, param, spec).contiguous()]
 
 
 def to_global(param: Param, canon: list[torch.Tensor], spec: ModelSpec, padded_vocab: int) -> torch.Tensor:
     """Canonical tensors -> the full stored tensor (what torch_dist keeps, and what TP cuts)."""
     if param.pack is Pack.QKV:
-        return fuse_qkv(canon[0], canon[1], canon[2], spec.heads, spec.kv_heads)
+        q, k = canon[0], canon[1]
+        if spec.rotary_interleaved:  # a Megatron target of an interleaved spec keeps its layout
+            q, k = rotary_to_interleaved(q, spec.heads, _rotary_dim(spec)), rotary_to_interleaved(k, spec.kv_heads, _rotary_dim(spec))
+        return fuse_qkv(q, k, canon[2], spec.heads, spec.kv_heads)
     if param.pack is Pack.SWIGLU:
         return torch.cat(canon, dim=0)
     full = _norm_out(canon[0], param, spec)

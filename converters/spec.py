@@ -2,14 +2,27 @@
 
 Canonical tensors (full, unsharded, unfused) are named from this small vocabulary:
 
-    embed, final_norm, lm_head
+    embed, pos_embed, embed_norm, final_norm, lm_head
     layers.{i}.input_norm, layers.{i}.post_attn_norm
     layers.{i}.attn.q | k | v | o, layers.{i}.attn.q_norm | k_norm
-    layers.{i}.mlp.gate | up | down
+    layers.{i}.mlp.gate | up | down, layers.{i}.mlp.act.alpha_p | alpha_n
     layers.{i}.router, layers.{i}.experts.{e}.gate | up | down
 
 A name names a weight; its bias (where the model has one) is the same name plus `.bias`.
 Norm weights are the true gamma (Megatron's layernorm-1p offset is undone on read).
+
+Family features (see docs/families.md):
+- `pos_embed` [max_positions, hidden]: learned absolute positions (`position == "learned"`, GPT-2).
+- `embed_norm` (+ `.bias`): LayerNorm right after the word embedding (BLOOM).
+- An MLP without a gate (`activation` gelu / gelu_tanh / xielu) has only `mlp.up` (fc1) and
+  `mlp.down` (fc2); `mlp.gate` exists only for SwiGLU.
+- `mlp.act.alpha_p` / `alpha_n` [1]: xIELU's learned per-layer parameters (Apertus), stored
+  softplus-inverse as HF and the swiss-ai Megatron fork keep them.
+- Parallel attention (Falcon): `input_norm` feeds attention; `post_attn_norm` is the MLP's own
+  norm (`ln_mlp`) when `parallel_norms == 2` and absent when one norm feeds both branches.
+- q/k rows are always in the rotate-half ("HF") order; a source that stores them interleaved
+  (Meta, `--rotary-interleaved`, Megatron-LLM) says so in `rotary_interleaved` and is permuted
+  on read (and on write, for Megatron targets of such a spec).
 """
 
 from __future__ import annotations
@@ -20,7 +33,9 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
+FAMILIES = ("llama", "mistral", "qwen2", "mixtral")  # Llama-style families handled here; others: rules/families
+ACTIVATIONS = ("swiglu", "gelu", "gelu_tanh", "xielu")
+POSITIONS = ("rope", "learned", "alibi")
 
 # family -> (transformers config class, architecture)
 HF_CLASSES = {
@@ -55,7 +70,13 @@ class ModelSpec:
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     norm_eps: float = 1e-5
     layernorm_1p: bool = False
-    activation: str = "swiglu"
+    activation: str = "swiglu"  # swiglu | gelu (exact erf) | gelu_tanh (GPT-2 "gelu_new", BLOOM) | xielu (Apertus)
+    position: str = "rope"  # rope | learned (pos_embed table) | alibi (no position tensor)
+    embed_norm: bool = False  # LayerNorm after the word embedding (BLOOM `word_embeddings_layernorm`)
+    parallel_attn: bool = False  # attention and MLP read the same residual, outputs summed (Falcon)
+    parallel_norms: int = 2  # parallel_attn only: 1 = one norm feeds both branches, 2 = ln_attn + ln_mlp
+    rotary_interleaved: bool = False  # storage quirk: q/k rows stored in interleaved pairs (Meta, Megatron-LLM)
+    qkv_version: int = 2  # storage quirk of legacy Megatron sources: checkpoint_version 0 / 1 QKV orderings
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # HF-style dict, e.g. llama3
     rotary_percent: float = 1.0
@@ -83,6 +104,36 @@ class ModelSpec:
     def norm_bias(self) -> bool:
         return self.norm == "layernorm"
 
+    @property
+    def gated(self) -> bool:
+        """SwiGLU: fc1 holds gate and up; every other activation has fc1 = up only."""
+        return self.activation == "swiglu"
+
+    @property
+    def has_post_attn_norm(self) -> bool:
+        return not (self.parallel_attn and self.parallel_norms == 1)
+
+    def quirks(self) -> list[str]:
+        """Layout quirks worth flagging in inspect / diff views."""
+        out = []
+        if self.rotary_interleaved:
+            out.append("interleaved rotary q/k (permuted to rotate-half on read)")
+        if self.qkv_version < 2:
+            out.append(f"checkpoint_version {self.qkv_version} QKV ordering")
+        if self.padded_vocab and self.padded_vocab != self.vocab:
+            out.append(f"padded vocab: {self.padded_vocab} rows stored, {self.vocab} real")
+        if self.layernorm_1p:
+            out.append("layernorm-1p (stored gamma - 1)")
+        if self.tied:
+            out.append("tied embedding and LM head")
+        if self.parallel_attn:
+            out.append(f"parallel attention ({self.parallel_norms} norm{'s' if self.parallel_norms > 1 else ''})")
+        if self.position != "rope":
+            out.append(f"{self.position} positions")
+        if self.embed_norm:
+            out.append("embedding layernorm")
+        return out
+
     def padded_for(self, tp: int, divisible_by: int | None = None) -> int:
         """Megatron's padded vocab for a target TP: ceil(vocab / (divisor × TP)) × divisor × TP."""
         multiple = (divisible_by or self.make_vocab_size_divisible_by or 1) * tp
@@ -92,6 +143,12 @@ class ModelSpec:
         """Every canonical tensor (weights and biases) with its full shape, in model order."""
         h = self.hidden
         out: dict[str, tuple[int, ...]] = {"embed": (self.vocab, h)}
+        if self.position == "learned":
+            out["pos_embed"] = (self.max_position_embeddings, h)
+        if self.embed_norm:
+            out["embed_norm"] = (h,)
+            if self.norm_bias:
+                out["embed_norm.bias"] = (h,)
         for i in range(self.layers):
             out.update(self.layer_shapes(i))
         out["final_norm"] = (h,)
@@ -122,7 +179,8 @@ class ModelSpec:
         if self.qk_norm:
             out[p + "attn.q_norm"] = (d,)
             out[p + "attn.k_norm"] = (d,)
-        norm("post_attn_norm")
+        if self.has_post_attn_norm:
+            norm("post_attn_norm")
         if self.moe:
             f = self.expert_ffn or self.ffn
             out[p + "router"] = (self.experts, h)
@@ -131,13 +189,18 @@ class ModelSpec:
                 out[p + f"experts.{e}.up"] = (f, h)
                 out[p + f"experts.{e}.down"] = (h, f)
         else:
-            out[p + "mlp.gate"] = (self.ffn, h)
+            if self.gated:
+                out[p + "mlp.gate"] = (self.ffn, h)
             out[p + "mlp.up"] = (self.ffn, h)
             out[p + "mlp.down"] = (h, self.ffn)
             if self.mlp_bias:
-                out[p + "mlp.gate.bias"] = (self.ffn,)
+                if self.gated:
+                    out[p + "mlp.gate.bias"] = (self.ffn,)
                 out[p + "mlp.up.bias"] = (self.ffn,)
                 out[p + "mlp.down.bias"] = (h,)
+            if self.activation == "xielu":
+                out[p + "mlp.act.alpha_p"] = (1,)
+                out[p + "mlp.act.alpha_n"] = (1,)
         return out
 
     def with_(self, **changes: Any) -> ModelSpec:
@@ -207,6 +270,44 @@ def _dtype_from_args(args: dict[str, Any]) -> torch.dtype:
     return torch.float32
 
 
+def is_megatron_llm(args: dict[str, Any]) -> bool:
+    """epfLLM/Megatron-LLM runs: their own arg names, and q/k stored in interleaved rotary order."""
+    return any(k in args for k in ("glu_activation", "use_rms_norm", "num_attention_heads_kv", "tie_embed_logits"))
+
+
+def _activation_from_args(args: dict[str, Any]) -> str:
+    """Megatron's MLP activation. Plain GELU runs use the fused bias-GeLU kernel (tanh
+    approximation) unless fusion was switched off; `openai_gelu` is the tanh form too."""
+    if args.get("xielu"):
+        return "xielu"
+    if args.get("swiglu") or str(args.get("glu_activation") or "").lower() == "swiglu":
+        return "swiglu"
+    for unsupported in ("squared_relu", "xiprelu", "xiprelup", "onnx_safe"):
+        if args.get(unsupported):
+            raise SpecError(f"Megatron activation {unsupported} has no HF equivalent here")
+    if args.get("glu_activation"):
+        raise SpecError(f"Megatron-LLM glu_activation {args['glu_activation']!r} is not supported (swiglu only)")
+    if args.get("openai_gelu"):
+        return "gelu_tanh"
+    if args.get("bias_gelu_fusion") is False or args.get("bias_activation_fusion") is False:
+        return "gelu"
+    return "gelu_tanh"
+
+
+def _position_from_args(args: dict[str, Any], activation: str) -> str:
+    kind = str(args.get("position_embedding_type") or "").lower()
+    if "alibi" in kind:
+        return "alibi"
+    if "learned" in kind or "absolute" in kind:
+        return "learned"
+    if "rope" in kind or "rotary" in kind or args.get("use_rotary_position_embeddings"):
+        return "rope"
+    if kind:
+        raise SpecError(f"position_embedding_type {kind!r} is not supported (rope, learned_absolute, alibi)")
+    # old checkpoints: learned positions were the default, SwiGLU runs are Llama-style (RoPE)
+    return "rope" if activation == "swiglu" else "learned"
+
+
 def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = None, vocab_note: str = "") -> ModelSpec:
     """Architecture from Megatron `args` (mind `group_query_attention` before `num_query_groups`)."""
     if not args:
@@ -217,11 +318,14 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
     if not (layers and hidden and heads):
         raise SpecError("Megatron args lack num_layers / hidden_size / num_attention_heads")
     kv = int(args["num_query_groups"]) if args.get("group_query_attention") and args.get("num_query_groups") else heads
+    mllm = is_megatron_llm(args)
+    if mllm and args.get("num_attention_heads_kv"):
+        kv = int(args["num_attention_heads_kv"])
     head_dim = int(_arg(args, "kv_channels", default=hidden // heads))
-    swiglu = bool(args.get("swiglu"))
-    if not swiglu:
-        raise SpecError("only SwiGLU (Llama-family) Megatron models are supported by this converter so far")
-    ffn = int(_arg(args, "ffn_hidden_size", default=int(4 * hidden * 2 / 3 / 64) * 64))
+    activation = _activation_from_args(args)
+    position = _position_from_args(args, activation)
+    default_ffn = int(4 * hidden * 2 / 3 / 64) * 64 if activation == "swiglu" else 4 * hidden
+    ffn = int(_arg(args, "ffn_hidden_size", default=default_ffn))
     padded = _arg(args, "padded_vocab_size")
     if true_vocab is None:
         stored = _arg(args, "orig_vocab_size", "true_vocab_size", "vocab_size")
@@ -231,14 +335,33 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
             true_vocab, vocab_note = int(padded), "unknown true vocab: keeping all padded rows (give --true-vocab-size)"
         else:
             raise SpecError("Megatron args hold no vocab size; give --true-vocab-size")
-    normalization = str(args.get("normalization") or "LayerNorm")
+    normalization = str(args.get("normalization") or ("RMSNorm" if args.get("use_rms_norm") else "LayerNorm"))
     experts = int(args.get("num_experts") or 0)
     scaling = None
     if args.get("use_rope_scaling"):
         scaling = {"rope_type": "llama3", "factor": float(args.get("rope_scaling_factor") or 8.0), "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    linear_bias = bool(args.get("add_bias_linear", True))
-    family = "mixtral" if experts else ("qwen2" if args.get("add_qkv_bias") and not linear_bias else "llama")
+    linear_bias = bool(args.get("add_bias_linear", args.get("use_bias", True)))
+    if "disable_bias_linear" in args and "add_bias_linear" not in args:
+        linear_bias = not bool(args["disable_bias_linear"])
+    parallel = bool(args.get("parallel_attn"))
+    if experts:
+        family = "mixtral"
+    elif activation == "xielu":
+        family = "apertus"
+    elif parallel or (activation != "swiglu" and position == "rope"):
+        family = "falcon"
+    elif position == "alibi":
+        family = "bloom"
+    elif position == "learned":
+        family = "gpt2"
+    else:
+        family = "qwen2" if args.get("add_qkv_bias") and not linear_bias else "llama"
+    tied = not bool(args.get("untie_embeddings_and_output_weights", False))
+    if mllm and "tie_embed_logits" in args:
+        tied = bool(args["tie_embed_logits"])
+    interleaved = args.get("rotary_interleaved")
+    interleaved = bool(interleaved) if interleaved is not None else (mllm and position == "rope")
     return ModelSpec(
         family=family,
         layers=layers,
@@ -254,11 +377,17 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         norm="rmsnorm" if normalization.lower() == "rmsnorm" else "layernorm",
         norm_eps=float(_arg(args, "norm_epsilon", "layernorm_epsilon", default=1e-5)),
         layernorm_1p=bool(args.get("apply_layernorm_1p")),
-        rope_theta=float(_arg(args, "rotary_base", default=10000)),
+        activation=activation,
+        position=position,
+        embed_norm=bool(args.get("embed_layernorm")),
+        parallel_attn=parallel,
+        parallel_norms=2 if args.get("parallel_layernorm") or not parallel else 1,
+        rotary_interleaved=interleaved,
+        rope_theta=float(_arg(args, "rotary_base", "rope_theta", default=10000)),
         rope_scaling=scaling,
         rotary_percent=float(_arg(args, "rotary_percent", default=1.0)),
         max_position_embeddings=int(_arg(args, "max_position_embeddings", "seq_length", default=4096)),
-        tied=not bool(args.get("untie_embeddings_and_output_weights", False)),
+        tied=tied,
         qkv_bias=bool(args.get("add_qkv_bias")) or linear_bias,
         o_bias=linear_bias,
         mlp_bias=linear_bias,
@@ -292,16 +421,24 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "normalization": "RMSNorm" if spec.norm == "rmsnorm" else "LayerNorm",
         "norm_epsilon": spec.norm_eps,
         "apply_layernorm_1p": spec.layernorm_1p,
-        "swiglu": True,
+        "swiglu": spec.gated,
+        "openai_gelu": spec.activation == "gelu_tanh",
+        "bias_gelu_fusion": spec.activation != "gelu",
+        "bias_activation_fusion": spec.activation != "gelu",
+        "xielu": spec.activation == "xielu",
+        "embed_layernorm": spec.embed_norm,
+        "parallel_attn": spec.parallel_attn,
+        "parallel_layernorm": spec.parallel_attn and spec.parallel_norms == 2,
         "add_bias_linear": spec.o_bias,
         "add_qkv_bias": spec.qkv_bias,
         "qk_layernorm": spec.qk_norm,
         "untie_embeddings_and_output_weights": not spec.tied,
-        "position_embedding_type": "rope",
-        "use_rotary_position_embeddings": True,
+        "position_embedding_type": {"rope": "rope", "learned": "learned_absolute", "alibi": "alibi"}[spec.position],
+        "use_rotary_position_embeddings": spec.position == "rope",
+        "add_position_embedding": spec.position == "learned",
         "rotary_base": int(spec.rope_theta) if float(spec.rope_theta).is_integer() else spec.rope_theta,
         "rotary_percent": spec.rotary_percent,
-        "rotary_interleaved": False,
+        "rotary_interleaved": spec.rotary_interleaved,
         "use_rope_scaling": bool(spec.rope_scaling and spec.rope_scaling.get("rope_type") == "llama3"),
         "rope_scaling_factor": float((spec.rope_scaling or {}).get("factor", 8.0)),
         "num_experts": spec.experts or None,
@@ -346,11 +483,25 @@ def _rope_from_config(config: dict[str, Any]) -> tuple[float, dict[str, Any] | N
     return float(config.get("rope_theta", 10000.0)), scaling
 
 
+def hf_dtype(config: dict[str, Any]) -> torch.dtype:
+    dtype_name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return DTYPES.get(str(dtype_name).removeprefix("torch."), torch.float32)
+
+
 def spec_from_hf_config(config: dict[str, Any]) -> ModelSpec:
+    """Architecture from an HF config.json: Llama-style families here, others by their rules module."""
+    from .rules.families import family_for_model_type
+
     model_type = str(config.get("model_type", ""))
+    other = family_for_model_type(model_type)
+    if other is not None:
+        return other.spec_from_config(config)
     family = HF_MODEL_TYPES.get(model_type)
     if family is None:
-        raise SpecError(f"HF model_type {model_type!r} is not supported yet (supported: {', '.join(FAMILIES)})")
+        from .rules.families import HF_FAMILIES
+
+        supported = ", ".join([*FAMILIES, *HF_FAMILIES])
+        raise SpecError(f"HF model_type {model_type!r} is not supported yet (supported: {supported})")
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     theta, scaling = _rope_from_config(config)
@@ -390,6 +541,13 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     """config.json built by transformers' own config class for the family (loadable as is)."""
     import transformers
 
+    from .rules.families import HF_FAMILIES
+
+    if spec.family in HF_FAMILIES:
+        out = finish_hf_config(HF_FAMILIES[spec.family].config_from_spec(spec), spec)
+        out.setdefault("torch_dtype", out.get("dtype"))
+        return out
+
     class_name, arch = HF_CLASSES[spec.family]
     if spec.family == "qwen2" and (spec.o_bias or spec.mlp_bias):
         raise SpecError("Qwen2 has q/k/v biases only; this model also has output / MLP biases")
@@ -424,8 +582,7 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         kwargs["eos_token_id"] = spec.eos_token_id
     config = getattr(transformers, class_name)(**kwargs)
     config.architectures = [arch]
-    config.dtype = str(spec.dtype).removeprefix("torch.")
-    out = config.to_dict()
+    out = finish_hf_config(config, spec)
     # transformers 4.x reads the top-level RoPE keys; 5.x reads `rope_parameters` (and the old keys)
     if out.get("rope_theta") is None:
         out["rope_theta"] = spec.rope_theta
@@ -433,3 +590,15 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         out["rope_scaling"] = dict(spec.rope_scaling)
     out.setdefault("torch_dtype", out.get("dtype"))
     return out
+
+
+def finish_hf_config(config: Any, spec: ModelSpec) -> dict[str, Any]:
+    """A transformers config object -> config.json dict with the dtype and token ids of the spec."""
+    if isinstance(config, dict):
+        return config
+    config.dtype = str(spec.dtype).removeprefix("torch.")
+    for key in ("bos_token_id", "eos_token_id"):
+        value = getattr(spec, key)
+        if value is not None:
+            setattr(config, key, value)
+    return config.to_dict()

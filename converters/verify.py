@@ -70,10 +70,10 @@ class VerifyReport:
         }
 
 
-def _source(path: str | Path, config: dict | None = None) -> CanonicalSource:
+def _source(path: str | Path, config: dict | None = None, **options: object) -> CanonicalSource:
     ckpt = detect(path)
     try:
-        return open_source(ckpt, config=config)
+        return open_source(ckpt, config=config, **options)  # type: ignore[arg-type]
     except SpecError as exc:
         raise CheckpointError(path, str(exc)) from None
 
@@ -119,8 +119,16 @@ def fixed_tokens(vocab: int, batch: int = 2, length: int = 16, seed: int = 1234)
 
 
 def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 16, tolerance: float = 1e-5,
-           config: dict | None = None) -> VerifyReport:
-    sa, sb = _source(a, config), _source(b, config)
+           config: dict | None = None, from_optimizer_fp32: bool = False, true_vocab: int | None = None,
+           rotary_layout: str = "auto") -> VerifyReport:
+    """`config` applies to both sides; the source options (`from_optimizer_fp32`, `true_vocab`,
+    `rotary_layout`) to A only, so `convert --verify` reads the source exactly as the conversion did."""
+    options: dict[str, object] = {"from_optimizer_fp32": True} if from_optimizer_fp32 else {}
+    if rotary_layout != "auto":
+        options["rotary_layout"] = rotary_layout
+    if true_vocab is not None:
+        options["true_vocab"] = true_vocab
+    sa, sb = _source(a, config, **options), _source(b, config)
     report = VerifyReport(str(a), str(b), tolerance=tolerance)
     compare_tensors(sa, sb, report)
     if logits:

@@ -321,13 +321,13 @@ class DcpReader:
         if not path.is_file():
             raise CheckpointError(path, f"data file for {key!r} is missing")
         with reading(path, f"cannot read {key!r}"):
-            buf = bytearray(length)
             with open(path, "rb") as fh:
                 fh.seek(offset)
-                got = fh.readinto(buf)
+                buf = fh.read(length)  # straight into the bytes object returned (no second copy)
+            got = len(buf)
         if got != length:
             raise CheckpointError(path, f"truncated: {key!r} needs bytes {offset}..{offset + length}, file ends at {offset + got}")
-        return bytes(buf)
+        return buf
 
 
 def _intersect(

@@ -330,10 +330,12 @@ def _restore(snap: list[tuple[Any, dict[str, Any]]]) -> list[str]:
         if isinstance(obj, type):
             now = dict(vars(obj))
             for key in now.keys() - before.keys():
+                if _benign(obj, key, now[key]):
+                    continue
                 changed.append(f"{name}.{key}")
                 type.__delattr__(obj, key)
             for key, value in before.items():
-                if now.get(key, _MISSING) is not value:
+                if now.get(key, _MISSING) is not value and not _benign(obj, key, now.get(key, _MISSING)):
                     changed.append(f"{name}.{key}")
                     type.__setattr__(obj, key, value)
         else:
@@ -363,6 +365,15 @@ def _fresh_placeholders(known: set[str]) -> list[str]:
 
 
 _MISSING = object()
+
+
+def _benign(cls: type, key: str, value: Any) -> bool:
+    """copyreg caches `__slotnames__` on a class the first time one is pickled (possibly in another
+    thread during our load); that is the interpreter, not the checkpoint, if it holds the real slots."""
+    if key != "__slotnames__" or not isinstance(value, list):
+        return False
+    declared = {n for c in cls.__mro__ for n in (c.__dict__.get("__slots__") or ()) if isinstance(n, str)}
+    return all(isinstance(n, str) for n in value) and set(value) <= declared
 
 
 class RestrictedUnpickler(pickle.Unpickler):

@@ -112,15 +112,16 @@ class LazyTensor:
         size = self.dtype.itemsize
         with reading(ref.file, "cannot read tensor data"):
             start = ref.data_offset() + self.storage_offset * size
-            buf = bytearray(extent * size)
+            raw = torch.empty(extent * size, dtype=torch.uint8)  # read straight into a tensor: no bytearray copy
+            buf = memoryview(raw.numpy())
             with open(ref.file, "rb") as fh:
                 fh.seek(start)
                 got = fh.readinto(buf)
             if got != len(buf):
                 raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {len(buf)} bytes at {start}, file has {got}")
             if ref.archive is not None and self.storage_offset == 0:
-                ref.archive.check_crc(ref.key, buf)
-            flat = torch.frombuffer(buf, dtype=self.dtype) if buf else torch.empty(0, dtype=self.dtype)
+                ref.archive.check_crc(ref.key, buf)  # type: ignore[arg-type]
+            flat = raw.view(self.dtype)
             return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
 
 

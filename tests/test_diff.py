@@ -179,8 +179,9 @@ def gpt2(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gpt2")
+    # GPT-2 itself converts (issue 6); its inverse-layer-index attention scaling variant does not
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0)
+                                     bos_token_id=0, eos_token_id=0, scale_attn_by_inverse_layer_idx=True)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 

@@ -15,7 +15,7 @@ class TensorJumpProvider(Provider):
     def _names(self) -> list[str]:
         from .inspect import InspectScreen
 
-        screen = self.app.screen
+        screen = self.screen  # the screen the palette was opened on (app.screen is the palette)
         if not isinstance(screen, InspectScreen):
             return []
         return sorted({t.global_name for t in screen.ckpt.tensors})
@@ -38,6 +38,6 @@ class TensorJumpProvider(Provider):
     def _jump(self, name: str) -> None:
         from .inspect import InspectScreen
 
-        screen = self.app.screen
+        screen = self.screen
         if isinstance(screen, InspectScreen):
             screen.jump_to_tensor(name)

@@ -278,33 +278,34 @@ class ConvertScreen(Screen):
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
         self.query_one("#run-log", Log).write_line(f"converting to {self.output}")
-        self.run_conversion(self.plan, self.output, self.query_one("#force", Checkbox).value)
+        from ckptscope.converters.background import ConvertRequest
+
+        raw_vocab = self.query_one("#true-vocab", Input).value.strip()
+        self.run_conversion(ConvertRequest(str(self.plan.source_path), str(self.output), self.plan.target,
+                                           force=self.query_one("#force", Checkbox).value,
+                                           true_vocab=int(raw_vocab) if raw_vocab else None))
 
     @work(thread=True, exclusive=True, group="convert", exit_on_error=False, description="conversion")
-    def run_conversion(self, plan: Any, output: Path, force: bool) -> None:
-        from ckptscope.converters.run import convert
+    def run_conversion(self, request: Any) -> None:
+        """Relay events from a child process: the UI keeps the GIL, and cancel terminates the
+        child, which removes its temporary output folder."""
+        from ckptscope.converters.background import convert_in_subprocess
 
         worker = get_current_worker()
-        events = convert(plan, output, force=force)
         last = None
         previous = 0.0
         try:
-            for event in events:
+            for event in convert_in_subprocess(request, should_stop=lambda: worker.is_cancelled):
                 last = event
                 self.post_message(ConvertProgress(event))
                 if event.stage == "layer":
                     self.post_message(LayerDone(event.index, event.label, event.elapsed - previous))
                     previous = event.elapsed
-                if worker.is_cancelled:
-                    events.close()  # the generator's clean-up removes the temporary folder
-                    self.post_message(ConvertFinished(str(output), event.elapsed, event.bytes_done, cancelled=True))
-                    return
-        except BaseException:
-            events.close()
-            raise
         finally:
             self.app.converting = False  # type: ignore[attr-defined]
-        assert last is not None
+        if worker.is_cancelled or last is None or last.stage != "done":
+            self.post_message(ConvertFinished(request.dst, last.elapsed if last else 0.0, last.bytes_done if last else 0, cancelled=True))
+            return
         self.post_message(ConvertFinished(last.output, last.elapsed, last.bytes_done))
 
     @on(ConvertProgress)

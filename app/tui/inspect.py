@@ -139,7 +139,7 @@ class TensorTree(Tree[ModuleNode]):
 
 class InspectScreen(Screen):
     BINDINGS = [
-        Binding("escape", "app.back", "Back", id="inspect-back"),
+        Binding("escape", "back", "Back", id="inspect-back"),
         Binding("slash", "focus_filter", "Filter", id="inspect-filter", key_display="/"),
         Binding("s", "stats", "Stats", id="inspect-stats"),
         Binding("x", "convert", "Convert", id="inspect-convert"),
@@ -288,6 +288,13 @@ class InspectScreen(Screen):
             for child in list(tree.root.children):
                 if child.allow_expand:
                     tree._expand_recursive(child)
+
+    def action_back(self) -> None:
+        """Escape leaves a search box first, then the screen."""
+        if isinstance(self.focused, Input):
+            self.query_one(TensorTree if self.focused.id == "tensor-filter" else "#meta-table").focus()
+            return
+        self.app.action_back()  # type: ignore[attr-defined]
 
     def action_focus_filter(self) -> None:
         self.query_one(TabbedContent).active = "tab-tensors"

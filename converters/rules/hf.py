@@ -1,4 +1,9 @@
-"""Hugging Face names for the Llama family (Llama, Mistral, Qwen2, Mixtral), as data.
+"""Hugging Face names: the Llama family (Llama, Mistral, Qwen2, Mixtral) here, other families
+in `rules/families/` (one module each, registered in `HF_FAMILIES`), as data.
+
+Everything outside this module goes through `hf_entries(spec)`: one `HfEntry` per stored HF
+tensor, with the canonical tensors it holds and the typed `Layout` between them (for Llama all
+entries are 1:1 identities built from the tables below, so its behaviour is unchanged).
 
 `HF_LAYER` maps canonical layer tensors to HF names (1:1 renames); `HF_GLOBAL` the model-level
 ones. Mixtral experts have two spellings on disk: the classic per-expert `w1/w3/w2` (what hub
@@ -9,8 +14,11 @@ which readers accept too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from ..layouts import IDENTITY, Layout
 from ..spec import ModelSpec
 
 HF_GLOBAL: dict[str, str] = {
@@ -96,3 +104,83 @@ def hf_names(spec: ModelSpec) -> dict[str, str]:
         out.update(hf_layer_names(spec, i))
     out.update({k: v for k, v in hf_global_names(spec).items() if k != "embed"})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Family registry: a family is a table of `HfParam` rows plus its config <-> spec functions.
+# ---------------------------------------------------------------------------------------------
+def _always(spec: ModelSpec) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class HfParam:
+    """One stored HF tensor: its name (relative to the layer prefix for layer rows), the
+    canonical tensors it holds (relative to `layers.{i}.` for layer rows) and the layout."""
+
+    name: str
+    canon: tuple[str, ...]
+    layout: Layout = IDENTITY
+    when: Callable[[ModelSpec], bool] = _always
+
+
+@dataclass(frozen=True)
+class HfFamily:
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values read as this family
+    layer_prefix: str
+    pre: tuple[HfParam, ...]  # embedding group
+    layer: tuple[HfParam, ...]
+    post: tuple[HfParam, ...]  # final norm + head group
+    spec_from_config: Callable[[dict[str, Any]], ModelSpec]
+    config_from_spec: Callable[[ModelSpec], Any]  # a transformers config object
+    ignored: tuple[str, ...] = field(default=())  # stored non-weights (regexes)
+
+
+@dataclass(frozen=True)
+class HfEntry:
+    """A stored HF tensor of one model: full name, full canonical names, layout, streaming group."""
+
+    name: str
+    canon: tuple[str, ...]
+    layout: Layout
+    group: int
+
+
+HF_FAMILIES: dict[str, HfFamily] = {}
+
+
+def register(family: HfFamily) -> HfFamily:
+    HF_FAMILIES[family.name] = family
+    return family
+
+
+def _llama_entries(spec: ModelSpec) -> list[HfEntry]:
+    def group(canon: str) -> int:
+        return -1 if canon == "embed" else int(canon.split(".")[1]) if canon.startswith("layers.") else spec.layers
+
+    return [HfEntry(name, (canon,), IDENTITY, group(canon)) for canon, name in hf_names(spec).items()]
+
+
+def hf_entries(spec: ModelSpec) -> list[HfEntry]:
+    """Every stored HF tensor of the model, in model order."""
+    from . import families  # noqa: F401 - registers the family modules
+
+    family = HF_FAMILIES.get(spec.family)
+    if family is None:
+        return _llama_entries(spec)
+    out = [HfEntry(p.name, p.canon, p.layout, -1) for p in family.pre if p.when(spec)]
+    for i in range(spec.layers):
+        prefix = family.layer_prefix.format(i=i)
+        out += [HfEntry(prefix + p.name, tuple(f"layers.{i}.{c}" for c in p.canon), p.layout, i)
+                for p in family.layer if p.when(spec)]
+    out += [HfEntry(p.name, p.canon, p.layout, spec.layers) for p in family.post if p.when(spec)]
+    return out
+
+
+def hf_ignored(spec: ModelSpec) -> tuple[str, ...]:
+    """Regexes of stored entries that carry no weights for this model's family."""
+    from . import families  # noqa: F401
+
+    family = HF_FAMILIES.get(spec.family)
+    return HF_IGNORED + (family.ignored if family else ())

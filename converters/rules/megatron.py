@@ -62,6 +62,19 @@ def _norm_bias(spec: ModelSpec) -> bool:
     return spec.norm_bias
 
 
+def _gated(spec: ModelSpec) -> bool:
+    return not spec.moe and spec.gated
+
+
+def _ungated(spec: ModelSpec) -> bool:
+    """fc1 without a gate (GELU / xIELU MLPs): it holds `mlp.up` alone."""
+    return not spec.moe and not spec.gated
+
+
+def _post_norm(spec: ModelSpec) -> bool:
+    return spec.has_post_attn_norm
+
+
 LAYER_PARAMS: tuple[Param, ...] = (
     Param(("input_norm",), {"local": "input_layernorm.weight", "te": "self_attention.linear_qkv.layer_norm_weight",
                             "legacy": "input_norm.weight", "dist": "self_attention.linear_qkv.layer_norm_weight"},
@@ -84,15 +97,22 @@ LAYER_PARAMS: tuple[Param, ...] = (
     Param(("post_attn_norm",), {"local": "pre_mlp_layernorm.weight", "te": "mlp.linear_fc1.layer_norm_weight",
                                 "te_moe": "pre_mlp_layernorm.weight", "legacy": "post_attention_norm.weight",
                                 "dist": "mlp.linear_fc1.layer_norm_weight"},
-          Split.REPLICATED, Pack.NORM, aliases=("post_attention_layernorm.weight",)),
+          Split.REPLICATED, Pack.NORM, when=_post_norm, aliases=("post_attention_layernorm.weight", "mlp_layernorm.weight")),
     Param(("post_attn_norm.bias",), {"local": "pre_mlp_layernorm.bias", "te": "mlp.linear_fc1.layer_norm_bias",
                                      "te_moe": "pre_mlp_layernorm.bias", "legacy": "post_attention_norm.bias",
                                      "dist": "mlp.linear_fc1.layer_norm_bias"},
-          Split.REPLICATED, when=_norm_bias, aliases=("post_attention_layernorm.bias",)),
+          Split.REPLICATED, when=lambda s: _norm_bias(s) and _post_norm(s),
+          aliases=("post_attention_layernorm.bias", "mlp_layernorm.bias")),
     Param(("mlp.gate", "mlp.up"), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"},
-          Split.COLUMN, Pack.SWIGLU, when=_dense),
+          Split.COLUMN, Pack.SWIGLU, when=_gated),
     Param(("mlp.gate.bias", "mlp.up.bias"), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
-          Split.COLUMN, Pack.SWIGLU, when=lambda s: _dense(s) and s.mlp_bias),
+          Split.COLUMN, Pack.SWIGLU, when=lambda s: _gated(s) and s.mlp_bias),
+    Param(("mlp.up",), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"}, Split.COLUMN, when=_ungated),
+    Param(("mlp.up.bias",), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
+          Split.COLUMN, when=lambda s: _ungated(s) and s.mlp_bias),
+    # swiss-ai fork: xIELU is the MLP's `activation_func` module; its two scalars are replicated
+    Param(("mlp.act.alpha_p",), {"local": "mlp.activation_func.alpha_p"}, Split.REPLICATED, when=lambda s: s.activation == "xielu"),
+    Param(("mlp.act.alpha_n",), {"local": "mlp.activation_func.alpha_n"}, Split.REPLICATED, when=lambda s: s.activation == "xielu"),
     Param(("mlp.down",), {"local": "mlp.linear_fc2.weight", "legacy": "mlp.dense_4h_to_h.weight"}, Split.ROW, when=_dense),
     Param(("mlp.down.bias",), {"local": "mlp.linear_fc2.bias", "legacy": "mlp.dense_4h_to_h.bias"},
           Split.REPLICATED, when=lambda s: _dense(s) and s.mlp_bias),
@@ -108,9 +128,20 @@ LAYER_PARAMS: tuple[Param, ...] = (
 )
 
 # Model-level parameters; `stage` says which pipeline stage holds them.
+# Learned positions are replicated over TP (Megatron's `position_embeddings`); the embedding
+# LayerNorm uses bigscience Megatron-DeepSpeed's spelling (`word_embeddings.norm`) under each prefix.
 GLOBAL_PARAMS: tuple[tuple[Param, str], ...] = (
     (Param(("embed",), {"local": "embedding.word_embeddings.weight", "legacy": "language_model.embedding.word_embeddings.weight"},
            Split.VOCAB), "first"),
+    (Param(("pos_embed",), {"local": "embedding.position_embeddings.weight",
+                            "legacy": "language_model.embedding.position_embeddings.weight"},
+           Split.REPLICATED, when=lambda s: s.position == "learned"), "first"),
+    (Param(("embed_norm",), {"local": "embedding.word_embeddings.norm.weight",
+                             "legacy": "language_model.embedding.word_embeddings.norm.weight"},
+           Split.REPLICATED, Pack.NORM, when=lambda s: s.embed_norm), "first"),
+    (Param(("embed_norm.bias",), {"local": "embedding.word_embeddings.norm.bias",
+                                  "legacy": "language_model.embedding.word_embeddings.norm.bias"},
+           Split.REPLICATED, when=lambda s: s.embed_norm and s.norm_bias), "first"),
     (Param(("final_norm",), {"local": "decoder.final_layernorm.weight", "legacy": "language_model.encoder.final_norm.weight"},
            Split.REPLICATED, Pack.NORM, aliases=("language_model.encoder.final_layernorm.weight",)), "last"),
     (Param(("final_norm.bias",), {"local": "decoder.final_layernorm.bias", "legacy": "language_model.encoder.final_norm.bias"},

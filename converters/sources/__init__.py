@@ -18,6 +18,7 @@ from .deepspeed import DeepSpeedSource
 from .hf import HfSource
 from .megatron_dist import MegatronDistSource
 from .megatron_torch import MegatronTorchSource
+from .meta import MetaSource
 from .nxd import NxdSource
 
 SOURCES: dict[str, type[CanonicalSource]] = {
@@ -26,13 +27,36 @@ SOURCES: dict[str, type[CanonicalSource]] = {
     "megatron-dist": MegatronDistSource,
     "nxd": NxdSource,
     "deepspeed": DeepSpeedSource,
+    "meta": MetaSource,
 }
+
+ROTARY_LAYOUTS = ("auto", "half", "interleaved")
 
 
 def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_vocab: int | None = None,
-                vocab_note: str = "", from_optimizer_fp32: bool = False) -> CanonicalSource:
+                vocab_note: str = "", from_optimizer_fp32: bool = False, rotary_layout: str = "auto") -> CanonicalSource:
     """The canonical view of an inspected checkpoint (`config` overrides the architecture;
-    `from_optimizer_fp32` rebuilds DeepSpeed weights from the ZeRO optimizer partitions)."""
+    `from_optimizer_fp32` rebuilds DeepSpeed weights from the ZeRO optimizer partitions;
+    `rotary_layout` overrides how the source stores q/k: `half` (rotate-half, HF / Megatron-Core
+    default) or `interleaved` (Meta, `--rotary-interleaved`, Megatron-LLM); `auto` detects)."""
+    if rotary_layout not in ROTARY_LAYOUTS:
+        raise SpecError(f"--rotary-layout {rotary_layout}: choose {', '.join(ROTARY_LAYOUTS)}")
+    source = _open(ckpt, config, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
+    if rotary_layout == "auto" or isinstance(source, MetaSource):
+        return source
+    if isinstance(source, HfSource):
+        if rotary_layout == "interleaved":
+            raise SpecError("HF checkpoints store q/k in rotate-half order; --rotary-layout interleaved applies to Meta / Megatron sources")
+        return source
+    source.spec = source.spec.with_(rotary_interleaved=rotary_layout == "interleaved")
+    inner = getattr(source, "inner", None)  # DeepSpeed reading its module through another source
+    if inner is not None:
+        inner.spec = inner.spec.with_(rotary_interleaved=source.spec.rotary_interleaved)
+    return source
+
+
+def _open(ckpt: Checkpoint, config: dict[str, Any] | None, true_vocab: int | None, vocab_note: str,
+          from_optimizer_fp32: bool, rotary_layout: str) -> CanonicalSource:
     cls = SOURCES.get(ckpt.kind)
     if cls is None:
         raise SpecError(f"converting from {ckpt.kind} is not supported yet (supported: {', '.join(SOURCES)})")
@@ -48,6 +72,8 @@ def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_
         spec = spec.with_(vocab=true_vocab, vocab_note=vocab_note or "--true-vocab-size")
     if cls is DeepSpeedSource:
         return DeepSpeedSource(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note, from_optimizer_fp32=from_optimizer_fp32)
+    if cls is MetaSource:
+        return MetaSource(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note, interleaved=rotary_layout != "half")
     return cls(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note)  # type: ignore[call-arg]
 
 

@@ -22,10 +22,21 @@ from ..spec import ModelSpec
 PRE = -1
 
 
+PRE_CANON = ("embed", "pos_embed", "embed_norm", "embed_norm.bias")  # the embedding group, in model order
+
+
+def group_of(spec: ModelSpec, canon: str) -> int:
+    """The streaming group of a canonical name."""
+    if canon.startswith("layers."):
+        return int(canon.split(".")[1])
+    return PRE if canon in PRE_CANON else spec.layers
+
+
 def group_canon(spec: ModelSpec, group: int) -> list[str]:
     """Canonical names belonging to one streaming group."""
     if group == PRE:
-        return ["embed"]
+        shapes = spec.canonical_shapes() if spec.position == "learned" or spec.embed_norm else {"embed": ()}
+        return [c for c in PRE_CANON if c in shapes]
     if group < spec.layers:
         return list(spec.layer_shapes(group))
     names = ["final_norm"] + (["final_norm.bias"] if spec.norm_bias else [])
@@ -86,7 +97,7 @@ class CanonicalSource(ABC):
 
     def get(self, name: str) -> torch.Tensor:
         """One canonical tensor; the last group read is kept, so walking a layer reads it once."""
-        group = PRE if name == "embed" else int(name.split(".")[1]) if name.startswith("layers.") else self.spec.layers
+        group = group_of(self.spec, name)
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] != group:
             cached = self._cache = (group, self.read(group))

@@ -1,4 +1,5 @@
-"""Hugging Face folders as canonical tensors (classic and transformers-5 fused Mixtral experts)."""
+"""Hugging Face folders as canonical tensors (every family in `rules/hf.py`; classic and
+transformers-5 fused Mixtral experts)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import torch
 
 from ckptscope.inspectors.model import Checkpoint
 
+from ..layouts import Identity
 from ..rules import hf as hf_rules
 from ..spec import ModelSpec, SpecError, spec_from_hf_config
-from .base import PRE, Accounting, CanonicalSource, groups
+from .base import Accounting, CanonicalSource, groups
 
 
 class HfSource(CanonicalSource):
@@ -26,23 +28,22 @@ class HfSource(CanonicalSource):
         self.spec = spec
         self.index = {t.name: t for t in ckpt.model_tensors()}
         self.fused = any(f".{f.name}" in n for n in self.index for f in hf_rules.HF_FUSED_EXPERTS)
-
-    def _names(self, group: int) -> dict[str, str]:
-        spec = self.spec
-        if group == PRE:
-            return {"embed": hf_rules.HF_GLOBAL["embed"]}
-        if group < spec.layers:
-            names = hf_rules.hf_layer_names(spec, group)
-            if self.fused:
-                names = {c: n for c, n in names.items() if ".experts." not in c and not c.endswith(".router")}
-            return names
-        out = {c: n for c, n in hf_rules.hf_global_names(spec).items() if c != "embed"}
-        if spec.tied and "lm_head.weight" in self.index:
-            pass  # an extra tied copy is accounted as ignored below
-        return out
+        self.entries: dict[int, list[hf_rules.HfEntry]] = {g: [] for g in groups(spec)}
+        for entry in hf_rules.hf_entries(spec):
+            if not entry.canon:
+                continue  # a constant buffer (rebuilt on write), accounted as ignored
+            if self.fused and any(".experts." in c or c.endswith(".router") for c in entry.canon):
+                continue  # read from the fused tensors instead
+            self.entries[entry.group].append(entry)
+        self.shapes = spec.canonical_shapes()
+        self.layouts = {e.name: e.layout for entries in self.entries.values() for e in entries}
 
     def read(self, group: int) -> dict[str, torch.Tensor]:
-        out = {canon: self.ckpt.load(self.index[name]) for canon, name in self._names(group).items()}
+        out: dict[str, torch.Tensor] = {}
+        for entry in self.entries[group]:
+            stored = self.ckpt.load(self.index[entry.name])
+            parts = entry.layout.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
+            out.update(zip(entry.canon, parts))
         if self.fused and 0 <= group < self.spec.layers:
             out.update(self._read_fused(group))
         return out
@@ -61,17 +62,24 @@ class HfSource(CanonicalSource):
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected: dict[str, list[str]] = {}
         for group in groups(self.spec):
-            for canon, name in self._names(group).items():
-                expected.setdefault(name, []).append(canon)
+            for entry in self.entries[group]:
+                expected.setdefault(entry.name, []).extend(entry.canon)
         if self.fused:
             for i in range(self.spec.layers):
                 prefix = hf_rules.LAYER_PREFIX.format(i=i)
                 expected[prefix + hf_rules.HF_FUSED_ROUTER] = [f"layers.{i}.router"]
                 for fused in hf_rules.HF_FUSED_EXPERTS:
                     expected[prefix + fused.name] = [f"layers.{i}.{c.format(e='*')}" for c in fused.canon]
-        rules = list(hf_rules.HF_IGNORED)
+        rules = list(hf_rules.hf_ignored(self.spec))
         if self.spec.tied:
             rules.append(r"^lm_head\.weight$")  # tied: the head is the embedding
         acc = Accounting()
         acc.settle(self.index, expected, rules, user_ignores)
         return acc
+
+    def stored_as_canonical(self, name: str) -> bool:
+        """True when the stored tensor is its canonical tensor unchanged (an identity layout)."""
+        return isinstance(self.layouts.get(name), Identity)
+
+    def notes(self) -> list[str]:
+        return list(self.spec.notes)

@@ -23,7 +23,8 @@ class MegatronTorchSource(CanonicalSource):
     def __init__(self, ckpt: Checkpoint, spec: ModelSpec | None = None, *, true_vocab: int | None = None,
                  vocab_note: str = "") -> None:
         self.ckpt = ckpt
-        self.spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
+        spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
+        self.spec = spec.with_(qkv_version=legacy_qkv_version(ckpt, spec))
         self.index = by_global(ckpt)
         self.variant = mg.detect_variant(list(self.index))
 
@@ -74,4 +75,19 @@ class MegatronTorchSource(CanonicalSource):
         return acc
 
     def notes(self) -> list[str]:
-        return [f"Megatron naming: {self.variant}", f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})"]
+        return [f"Megatron naming: {self.variant}", f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})",
+                *(f"layout quirk: {q}" for q in self.spec.quirks() if "interleaved" in q or "checkpoint_version" in q)]
+
+
+def legacy_qkv_version(ckpt: Checkpoint, spec: ModelSpec) -> int:
+    """QKV ordering of a legacy rank file: `checkpoint_version` (missing with args present means
+    0, as Megatron itself assumed); only multi-head models ever used the pre-2 orderings."""
+    if spec.kv_heads != spec.heads:
+        return 2
+    version = ckpt.metadata.get("checkpoint_version")
+    if version is None:
+        return 0 if ckpt.metadata.get("args") else 2
+    try:
+        return min(int(float(version)), 2)
+    except (TypeError, ValueError):
+        return 2

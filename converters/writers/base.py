@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,11 @@ class TargetOptions:
     megatron_spec: str = "local"  # local | te
     iteration: int = 1
     max_shard_bytes: int = 5 * 10**9
-    tokenizer: Path | None = None
+    tokenizer: Path | None = None  # HF folder, tokenizer.model or vocab.json (see converters/tokenizers.py)
+    tokenizer_root: Path | None = None  # resolve the tokenizer named in Megatron args inside this folder
+    vocab_extra_ids: int = 0  # append <extra_id_0..N-1> to the tokenizer
+    special_tokens: dict[str, str] = field(default_factory=dict)  # e.g. {"eos": "<|im_end|>"}
+    tokenizer_source: Any = None  # tokenizers.TokenizerSource, resolved by make_plan
     make_vocab_size_divisible_by: int | None = None
     extra_args: dict = field(default_factory=dict)
     # NxD target (`--to nxd`)
@@ -38,6 +43,8 @@ class TargetOptions:
     kv_size_multiplier: int = 1  # KV heads replicated this many times (TP > KV heads)
     xser: bool = False  # torch_xla xser layout (tensor files + references)
     nxd_tag: str = ""  # tag folder name; default step_<iteration>
+    # engine (not part of the output): threads reading groups ahead of the writer (converters/pipeline.py)
+    workers: int = 1
 
 
 class Writer(ABC):
@@ -49,6 +56,9 @@ class Writer(ABC):
         self.dtype = opts.dtype or spec.dtype
         self.folder: Path | None = None
         self.done_files: set[str] = set()  # --resume: complete files already on disk (writers that support it skip them)
+        # False on torchrun ranks other than 0: close() finishes this rank's files but writes no
+        # index / config / completion marker (rank 0 does, once every rank is done)
+        self.finalize = True
 
     @abstractmethod
     def files(self) -> list[PlannedFile]:

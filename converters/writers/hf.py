@@ -12,9 +12,9 @@ import shutil
 
 import torch
 
-from ..rules.hf import hf_names
-from ..sources import group_canon
+from ..rules.hf import HfEntry, hf_entries
 from ..spec import hf_config_from_spec
+from .background import Background
 from .base import PlannedFile, Writer
 from .safetensors_stream import SafetensorsStreamWriter
 
@@ -27,41 +27,54 @@ class HfWriter(Writer):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
         super().__init__(spec, opts)
         shapes = spec.canonical_shapes()
-        self.names = hf_names(spec)  # canonical -> HF, model order
-        self.shards: list[list[str]] = [[]]
+        self.entries = hf_entries(spec)  # stored HF tensors, model order
+        self.stored_shape = {e.name: e.layout.shape([shapes[c] for c in e.canon], spec) for e in self.entries}
+        planned: list[list[HfEntry]] = [[]]
         size = 0
-        for canon in self.names:
-            nbytes = math.prod(shapes[canon]) * self.dtype.itemsize
-            if self.shards[-1] and size + nbytes > opts.max_shard_bytes:
-                self.shards.append([])
+        for entry in self.entries:
+            nbytes = math.prod(self.stored_shape[entry.name]) * self.dtype.itemsize
+            if planned[-1] and entry.canon and size + nbytes > opts.max_shard_bytes:  # constants stay with their layer
+                planned.append([])
                 size = 0
-            self.shards[-1].append(canon)
+            planned[-1].append(entry)
             size += nbytes
-        n = len(self.shards)
+        self.planned = planned
+        self.shards: list[list[str]] = [[c for e in entries for c in e.canon] for entries in planned]  # canonical, per shard
+        n = len(planned)
         self.shard_files = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
-        self.shard_of = {c: k for k, names in enumerate(self.shards) for c in names}
+        self.shard_of = {e.name: k for k, entries in enumerate(planned) for e in entries}
+        self.by_group: dict[int, list[HfEntry]] = {}
+        for entry in self.entries:
+            self.by_group.setdefault(entry.group, []).append(entry)
         self.shapes = shapes
         self._open: dict[int, SafetensorsStreamWriter] = {}
 
     def files(self) -> list[PlannedFile]:
-        out = [PlannedFile(f, len(names), sum(math.prod(self.shapes[c]) for c in names) * self.dtype.itemsize)
-               for f, names in zip(self.shard_files, self.shards)]
+        out = [PlannedFile(f, len(entries), sum(math.prod(self.stored_shape[e.name]) for e in entries) * self.dtype.itemsize)
+               for f, entries in zip(self.shard_files, self.planned)]
         out += [PlannedFile(n, 0, 0) for n in ("config.json", "generation_config.json")]
         if len(self.shards) > 1:
             out.append(PlannedFile(INDEX, 0, 0))
         return out
 
+    def open(self, folder) -> None:  # type: ignore[no-untyped-def]
+        super().open(folder)
+        # build config.json (imports transformers: seconds) while the tensors stream, not after them
+        if self.finalize:
+            self._config: Background[dict] = Background(lambda: hf_config_from_spec(self.spec.with_(dtype=self.dtype)))
+
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         assert self.folder is not None
-        for canon in group_canon(self.spec, group):
-            k = self.shard_of[canon]
+        for entry in self.by_group.get(group, []):
+            k = self.shard_of[entry.name]
             if self.shard_files[k] in self.done_files:  # --resume: this shard is already complete
                 continue
             writer = self._open.get(k)
             if writer is None:
-                entries = [(self.names[c], self.dtype, self.shapes[c]) for c in self.shards[k]]
-                writer = self._open[k] = SafetensorsStreamWriter(self.folder / self.shard_files[k], entries)
-            writer.write(self.names[canon], tensors[canon].to(self.dtype))
+                header = [(e.name, self.dtype, self.stored_shape[e.name]) for e in self.planned[k]]
+                writer = self._open[k] = SafetensorsStreamWriter(self.folder / self.shard_files[k], header)
+            stored = entry.layout.pack([tensors[c] for c in entry.canon], self.spec)
+            writer.write(entry.name, stored.to(self.dtype))
             if writer.done:
                 writer.close()
                 del self._open[k]
@@ -70,19 +83,27 @@ class HfWriter(Writer):
         assert self.folder is not None
         if self._open:
             raise RuntimeError(f"shards left incomplete: {sorted(self._open)}")
-        config = hf_config_from_spec(self.spec.with_(dtype=self.dtype))
+        if not self.finalize:
+            return
+        pending = getattr(self, "_config", None)
+        config = pending.result() if pending is not None else hf_config_from_spec(self.spec.with_(dtype=self.dtype))
         (self.folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         generation = {k: v for k, v in (("bos_token_id", self.spec.bos_token_id), ("eos_token_id", self.spec.eos_token_id)) if v is not None}
         generation["_from_model_config"] = True
         (self.folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        if self.opts.tokenizer:
+        if self.opts.tokenizer_source is not None:
+            from ..tokenizers import write as write_tokenizer
+
+            write_tokenizer(self.opts.tokenizer_source, self.folder)
+        elif self.opts.tokenizer:
             for name in TOKENIZER_FILES:
                 src = self.opts.tokenizer / name
                 if src.is_file():
                     shutil.copy2(src, self.folder / name)
         if len(self.shards) > 1:  # the index declares the sharded output complete: write it last
-            total = sum(math.prod(self.shapes[c]) for c in self.names) * self.dtype.itemsize
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted((self.names[c], self.shard_files[self.shard_of[c]]) for c in self.names))}
+            total = sum(math.prod(shape) for shape in self.stored_shape.values()) * self.dtype.itemsize
+            index = {"metadata": {"total_size": total},
+                     "weight_map": dict(sorted((e.name, self.shard_files[self.shard_of[e.name]]) for e in self.entries))}
             (self.folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def abort(self) -> None:

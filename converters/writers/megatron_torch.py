@@ -129,7 +129,8 @@ class MegatronTorchWriter(Writer):
     def close(self) -> None:
         assert self.folder is not None
         self._finish_stage()
-        (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")  # marker last
+        if self.finalize:
+            (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")  # marker last
 
     def abort(self) -> None:
         self._writers.clear()

@@ -148,7 +148,8 @@ class NxdWriter(Writer):
     def close(self) -> None:
         assert self.folder is not None
         self._finish_stage()
-        (self.folder / self.tag / DONE).write_text("1")  # marker last: the save completed
+        if self.finalize:
+            (self.folder / self.tag / DONE).write_text("1")  # marker last: the save completed
 
     def abort(self) -> None:
         self._sinks.clear()

@@ -10,7 +10,7 @@ from typing import Any
 
 # Megatron-DeepSpeed roots carry a Megatron tracker too, so DeepSpeed probes before Megatron;
 # torch_dist probes before torch because both live under the same tracker/iter_* roots.
-ORDER = ("hf", "deepspeed", "megatron_dist", "megatron_torch", "nxd")
+ORDER = ("hf", "deepspeed", "megatron_dist", "megatron_torch", "nxd", "meta")
 
 
 def __getattr__(name: str) -> Any:

@@ -303,7 +303,7 @@ def _entry(dtype: str, shape: list[int], begin: int, end: int) -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
-def truncate(path: Path, keep: float | int) -> None:
+def truncate(path: Path, keep: float) -> None:
     data = path.read_bytes()
     n = int(len(data) * keep) if isinstance(keep, float) else keep
     path.write_bytes(data[:n])

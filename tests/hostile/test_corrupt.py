@@ -16,7 +16,7 @@ import pytest
 
 from ckptscope.inspectors import CheckpointError, detect
 
-from .conftest import Outcome, assert_one_line_error, run_cli, spawn_cli
+from .conftest import assert_one_line_error, run_cli
 from .corpus import CORRUPT, Case, build, by_name
 
 

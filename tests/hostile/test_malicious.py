@@ -16,8 +16,8 @@ import pytest
 from ckptscope.inspectors import CheckpointError, detect
 from ckptscope.inspectors.safe_pickle import ALLOWLIST, Placeholder
 
-from .conftest import assert_one_line_error, run_cli, spawn_cli
-from .corpus import MALICIOUS, Case, build, by_name
+from .conftest import assert_one_line_error, run_cli
+from .corpus import MALICIOUS, Case, build
 
 NAMESPACE_BEFORE = dict(vars(argparse.Namespace))
 

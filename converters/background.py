@@ -1,0 +1,154 @@
+"""Run a conversion in a child process and relay its progress events.
+
+A conversion is CPU and memcpy heavy; run in a thread of an interactive app it competes with
+the UI for the GIL and the UI falls seconds behind. In a child process it does not. The child
+(`python -m ckptscope.converters.background`) receives the request as JSON on stdin, plans again
+from it (so what runs is exactly what was previewed) and writes one JSON line per `Progress`
+event on stdout. Stopping the parent iterator sends SIGTERM; the child turns that into an
+exception inside the run generator, whose clean-up removes the temporary output folder.
+
+A plain subprocess rather than multiprocessing: apps that replace `sys.stdout`/`sys.stderr`
+(Textual does) break multiprocessing's fd passing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .run import Progress
+from .writers.base import TargetOptions
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """Everything `make_plan` + `convert` need, as plain data."""
+
+    src: str
+    dst: str
+    target: TargetOptions
+    force: bool = False
+    config: str | None = None
+    true_vocab: int | None = None
+    ignore: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> str:
+        target = dataclasses.asdict(self.target)
+        target["dtype"] = str(self.target.dtype).removeprefix("torch.") if self.target.dtype is not None else None
+        target["tokenizer"] = str(self.target.tokenizer) if self.target.tokenizer is not None else None
+        return json.dumps({**dataclasses.asdict(self), "target": target}, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ConvertRequest:
+        import torch
+
+        data = json.loads(text)
+        target = data.pop("target")
+        if target.get("dtype"):
+            target["dtype"] = getattr(torch, target["dtype"])
+        if target.get("tokenizer"):
+            target["tokenizer"] = Path(target["tokenizer"])
+        names = {f.name for f in dataclasses.fields(TargetOptions)}
+        options = TargetOptions(**{k: v for k, v in target.items() if k in names})
+        data["ignore"] = tuple(data.get("ignore") or ())
+        return cls(target=options, **data)
+
+
+class ConversionFailed(RuntimeError):
+    pass
+
+
+def convert_in_subprocess(request: ConvertRequest, *, poll: float = 0.1,
+                          should_stop: Callable[[], bool] = lambda: False) -> Iterator[Progress]:
+    """Yield the child's progress events. When `should_stop()` turns true (checked every `poll`
+    seconds), or this generator is closed, the child is terminated and cleans up after itself."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptscope.converters.background"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(request.to_json())
+    proc.stdin.close()
+    try:
+        while not should_stop():
+            ready, _, _ = select.select([proc.stdout], [], [], poll)
+            if not ready:
+                if proc.poll() is not None:
+                    raise ConversionFailed(f"conversion process died (exit {proc.returncode})")
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(30)
+                raise ConversionFailed(f"conversion process ended unexpectedly (exit {proc.returncode})")
+            message = json.loads(line)
+            kind = message.pop("kind")
+            if kind == "event":
+                yield Progress(**message)
+            elif kind == "error":
+                proc.wait(30)
+                raise ConversionFailed(message["message"])
+            else:
+                proc.wait(30)
+                return
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+
+
+# ----- child side --------------------------------------------------------------------------------
+def _send(kind: str, **payload: Any) -> None:
+    sys.stdout.write(json.dumps({"kind": kind, **payload}) + "\n")
+    sys.stdout.flush()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def child_main() -> int:
+    from ckptscope.inspectors.errors import CheckpointError
+
+    from .plan import make_plan
+    from .run import convert
+
+    signal.signal(signal.SIGTERM, _terminate)
+    events = None
+    try:
+        request = ConvertRequest.from_json(sys.stdin.read())
+        plan = make_plan(request.src, request.target, config=request.config, true_vocab=request.true_vocab,
+                         ignore=request.ignore)
+        events = convert(plan, request.dst, force=request.force)
+        for event in events:
+            _send("event", **dataclasses.asdict(event))
+        _send("end")
+        return 0
+    except SystemExit:
+        if events is not None:
+            events.close()  # runs the run generator's clean-up: the temporary folder goes
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        if events is not None:
+            events.close()
+        text = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        _send("error", message=" ".join(text.split()))
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(child_main())

@@ -1,0 +1,115 @@
+"""Typed, reversible stored-tensor layouts for HF family tables.
+
+A layout says how the canonical tensors of one rule row (in `canon` order) become the one
+tensor stored under an HF name, and back. Every layout has `pack` and its inverse `unpack`,
+plus `shape` so writers can plan files before reading anything. GPT-2's `Conv1D` keeps weights
+as `[in, out]`, the transpose of `nn.Linear`: that is `Transposed(...)`, not a special case.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from .ops import fuse_qkv, split_qkv
+from .spec import ModelSpec
+
+Shape = tuple[int, ...]
+
+
+class Layout(ABC):
+    @abstractmethod
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        """Canonical tensors -> the stored tensor."""
+
+    @abstractmethod
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        """Inverse of `pack`; `shapes` are the canonical shapes (for splitting)."""
+
+    @abstractmethod
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        """Stored shape from the canonical shapes."""
+
+
+@dataclass(frozen=True)
+class Identity(Layout):
+    """One canonical tensor stored as is."""
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return parts[0]
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return [stored]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return shapes[0]
+
+
+@dataclass(frozen=True)
+class ConcatRows(Layout):
+    """Canonical tensors stacked along dim 0 (GPT-2 `c_attn` is `[Q | K | V]`)."""
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return torch.cat(parts, dim=0)
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return [p.contiguous() for p in torch.split(stored, [s[0] for s in shapes], dim=0)]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+@dataclass(frozen=True)
+class GroupedQKV(Layout):
+    """q, k, v fused per query group `[q.., k, v]` (Megatron's layout; BLOOM's per-head
+    `[heads, 3, d]` is the case groups == heads, Falcon multi-query the case groups == 1)."""
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return fuse_qkv(parts[0], parts[1], parts[2], spec.heads, spec.kv_heads)
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return list(split_qkv(stored, spec.heads, spec.kv_heads))
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+@dataclass(frozen=True)
+class Transposed(Layout):
+    """`Conv1D`: the inner layout's 2-D result stored as `[in, out]` (1-D biases are untouched)."""
+
+    inner: Layout = field(default_factory=Identity)
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        packed = self.inner.pack(parts, spec)
+        return packed.t().contiguous() if packed.dim() == 2 else packed
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return self.inner.unpack(stored.t().contiguous() if stored.dim() == 2 else stored, shapes, spec)
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        inner = self.inner.shape(shapes, spec)
+        return tuple(reversed(inner)) if len(inner) == 2 else inner
+
+
+@dataclass(frozen=True)
+class Constant(Layout):
+    """A stored buffer that carries no learned value (xIELU's `beta` / `eps`): no canonical
+    tensor; written from the spec so loaders find every key, ignored on read."""
+
+    value: float = 0.0
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return torch.tensor(self.value, dtype=torch.float32)
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return []
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return ()
+
+
+IDENTITY = Identity()
+CONV1D = Transposed()

@@ -1,0 +1,69 @@
+"""Overlap reading with writing: groups are read (and checked) on worker threads ahead of the writer.
+
+A conversion is I/O and memcpy bound, and both release the GIL (file reads, `torch.cat`, tensor
+reductions, file writes), so one thread reading layer i+1 while the main thread scatters and
+writes layer i keeps the disk and both cores busy. The look-ahead is bounded: at most `depth`
+groups are read but not yet handed to the writer, so peak memory stays a few layers whatever
+the model size. Exceptions raised by a read surface in the main thread, at `take`, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Every group allocates fresh multi-MB buffers (reads, gathers, splits): with transparent huge
+# pages for torch's large allocations there are 512x fewer page faults, and copies into new
+# tensors run ~1.8x faster. torch reads this once, at its first large allocation; set it to 0
+# to opt out.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+class Prefetcher(Generic[T]):
+    """`take(g)` returns `read(g)` for the groups in the given order, reading up to `depth` ahead.
+
+    `workers` threads read concurrently (parallel layer processing); `depth` defaults to
+    `workers`, so each worker holds at most one finished group the writer has not taken yet.
+    """
+
+    def __init__(self, read: Callable[[int], T], groups: Iterable[int], *, workers: int = 1, depth: int | None = None) -> None:
+        self._read = read
+        self._todo = iter(list(groups))
+        self._depth = max(1, depth if depth is not None else workers)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ckptscope-read")
+        self._pending: deque[tuple[int, Future[T]]] = deque()
+        for _ in range(self._depth):
+            self._submit()
+
+    def _submit(self) -> None:
+        group = next(self._todo, None)
+        if group is not None:
+            self._pending.append((group, self._pool.submit(self._read, group)))
+
+    def take(self, group: int) -> T:
+        """The next group's result (groups must be taken in the order given)."""
+        if not self._pending:
+            raise RuntimeError(f"group {group} was not scheduled for reading")
+        got, future = self._pending.popleft()
+        if got != group:
+            raise RuntimeError(f"read order mismatch: expected group {got}, asked for {group}")
+        self._submit()  # keep the look-ahead full while this group is written
+        return future.result()
+
+    def close(self) -> None:
+        """Cancel reads not started and wait for running ones (no thread touches files after this)."""
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
