@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch  # noqa: F401 - imported before the clock starts, like ckptscope itself
+import torch.distributed.checkpoint  # noqa: F401 - the torch_dist reader's (and the DCP baseline's) ~20 MB of modules
 
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import convert

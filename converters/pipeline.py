@@ -24,6 +24,22 @@ T = TypeVar("T")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+def _fixed_mmap_threshold(nbytes: int = 4 * 2**20) -> None:
+    """glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which
+    layer-sized tensors come from fragmented heaps that never shrink: peak RSS grew ~60 % and
+    runs slowed. A fixed threshold keeps every buffer >= 4 MB in its own mapping, returned to
+    the system when freed. No-op off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_fixed_mmap_threshold()
+
+
 class Prefetcher(Generic[T]):
     """`take(g)` returns `read(g)` for the groups in the given order, reading up to `depth` ahead.
 

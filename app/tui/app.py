@@ -91,6 +91,7 @@ class CkptscopeApp(App):
     def _opened(self, message: CheckpointOpened) -> None:
         from .inspect import InspectScreen
 
+        self.clear_notifications()  # the "opening…" toast has done its job
         self.push_screen(InspectScreen(message.opened))
 
     # ----- navigation --------------------------------------------------------------------------

@@ -73,8 +73,10 @@ class DiffScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#diff-table", DataTable).add_columns("status", "tensor", "shape A", "shape B", "dtype A", "dtype B",
-                                                             "max |Δ|", "suggestion")
+        table = self.query_one("#diff-table", DataTable)
+        for label, width in (("status", 10), ("tensor", 36), ("shape A", 14), ("shape B", 14), ("dtype A", 9),
+                             ("dtype B", 9), ("max |Δ|", 9), ("suggestion", 30)):
+            table.add_column(label, width=width)  # fixed widths: the table does not jump as results arrive
         self.query_one("#diff-b" if self.path else "#diff-a", Input).focus()
 
     # ----- actions -----------------------------------------------------------------------------

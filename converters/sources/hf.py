@@ -7,7 +7,12 @@ from collections.abc import Iterable
 
 import torch
 
-from ckptscope.inspectors.model import Checkpoint
+from pathlib import Path
+
+from ckptscope.inspectors.errors import CheckpointError, reading
+from ckptscope.inspectors.formats.hf import SafetensorsSource
+from ckptscope.inspectors.model import Checkpoint, TensorInfo, dtype_from_name
+from ckptscope.inspectors.safetensors_header import StHeader, read_header
 
 from ..layouts import Identity
 from ..rules import hf as hf_rules
@@ -41,18 +46,38 @@ class HfSource(CanonicalSource):
     def read(self, group: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for entry in self.entries[group]:
-            stored = self.ckpt.load(self.index[entry.name])
+            stored = self._load(self.index[entry.name])
             parts = entry.layout.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
         if self.fused and 0 <= group < self.spec.layers:
             out.update(self._read_fused(group))
         return out
 
+    def _load(self, info: TensorInfo) -> torch.Tensor:
+        """One positioned read of a safetensors tensor straight into a new tensor. `safe_open` per
+        tensor (header parse + mmap + copy) cost more than the data for MoE layers of many experts."""
+        src = info.source
+        if not isinstance(src, SafetensorsSource):
+            return self.ckpt.load(info)
+        headers: dict[Path, StHeader] = self.__dict__.setdefault("_headers", {})
+        if src.path not in headers:
+            headers[src.path] = read_header(src.path)  # validated: ranges tile the data section
+        entry = headers[src.path].entries.get(src.name)
+        if entry is None:
+            return self.ckpt.load(info)
+        raw = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
+        with reading(src.path, f"cannot read tensor {src.name!r}"), open(src.path, "rb") as fh:
+            fh.seek(entry.begin)
+            got = fh.readinto(memoryview(raw.numpy()))
+        if got != raw.numel():
+            raise CheckpointError(src.path, f"truncated: tensor {src.name!r} needs {raw.numel()} bytes at {entry.begin}, file has {got}")
+        return raw.view(dtype_from_name(entry.dtype)).reshape(entry.shape)
+
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
         prefix = hf_rules.LAYER_PREFIX.format(i=i)
-        out = {f"layers.{i}.router": self.ckpt.load(self.index[prefix + hf_rules.HF_FUSED_ROUTER])}
+        out = {f"layers.{i}.router": self._load(self.index[prefix + hf_rules.HF_FUSED_ROUTER])}
         for fused in hf_rules.HF_FUSED_EXPERTS:
-            stacked = self.ckpt.load(self.index[prefix + fused.name])
+            stacked = self._load(self.index[prefix + fused.name])
             for e in range(self.spec.experts):
                 parts = torch.chunk(stacked[e], len(fused.canon), dim=0)
                 for canon, part in zip(fused.canon, parts):
