@@ -270,7 +270,7 @@ def convert(
         events = run_convert(plan, dst, force=force, strict=strict, resume=resume)
     final = _run_with_progress(console, events, quiet=as_json or follower)
     if follower:
-        return
+        _exit_rank(0)
     for warning in final.warnings:
         typer.echo(f"ckptscope: warning: {printable(warning, 1000)}", err=True)
     summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
@@ -291,6 +291,17 @@ def convert(
         console.print(Text(f"wrote {final.output}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
     if verify_after and summary["verify"]["logits"]["ok"] is False:
         raise typer.Exit(1)
+    if distributed:
+        _exit_rank(0)
+
+
+def _exit_rank(code: int) -> None:
+    """End a torchrun rank without interpreter teardown: daemon threads still inside torch's C++
+    code (read-ahead, background config) can abort a normal exit ("terminate called without an
+    active exception"). Output is complete and flushed, and the process group is destroyed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
