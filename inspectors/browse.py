@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .detect import probe
+from .detect import label_text, probe
 from .errors import CheckpointError
 
 
@@ -29,14 +29,7 @@ class FolderLabel:
             return f"⚠ {self.problem}"
         if not self.kind:
             return ""
-        parts = [self.kind]
-        if self.iteration is not None:
-            parts.append(f"iter {self.iteration}")
-        if self.layout:
-            parts.append(self.layout)
-        if not self.complete:
-            parts.append("INCOMPLETE")
-        return " · ".join(parts)
+        return label_text(self.kind, self.iteration, self.layout, self.complete)
 
 
 def folder_size(path: Path, limit: int = 20000) -> int:

@@ -30,14 +30,19 @@ class Probe:
     problems: list[str] = field(default_factory=list)
 
     def label(self) -> str:
-        parts = [self.kind]
-        if self.iteration is not None:
-            parts.append(f"iter {self.iteration}")
-        if self.layout:
-            parts.append(self.layout)
-        if not self.complete:
-            parts.append("INCOMPLETE")
-        return " · ".join(parts)
+        return label_text(self.kind, self.iteration, self.layout, self.complete)
+
+
+def label_text(kind: str, iteration: int | str | None, layout: str, complete: bool) -> str:
+    """One-line description shared by probes and the browse view: `megatron-torch · iter 200 · TP2×PP2`."""
+    parts = [kind]
+    if iteration is not None:
+        parts.append(f"iter {iteration}")
+    if layout:
+        parts.append(layout)
+    if not complete:
+        parts.append("INCOMPLETE")
+    return " · ".join(parts)
 
 
 class FormatReader(Protocol):

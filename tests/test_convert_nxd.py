@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from .helpers import hf_state
 from ckptscope.app.cli import app
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import run_to_end
@@ -62,11 +63,7 @@ def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
     return out
 
 
-def _state(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
+_state = hf_state
 
 
 def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:

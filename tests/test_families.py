@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from .helpers import hf_state
 from ckptscope.converters.ops import (
     qkv_from_version,
     qkv_to_version,
@@ -27,7 +28,6 @@ from ckptscope.converters.run import run_to_end
 from ckptscope.converters.verify import fixed_tokens, verify
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
-from safetensors.torch import load_file
 
 VOCAB = 300
 
@@ -81,11 +81,7 @@ def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
     return out
 
 
-def _state(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
+_state = hf_state
 
 
 def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:

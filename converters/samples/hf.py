@@ -78,7 +78,7 @@ def hf_config(spec: SampleSpec) -> dict:
 
 
 def hf_state_dict(spec: SampleSpec) -> dict[str, torch.Tensor]:
-    return {hf_name(name): spec.tensor(name) for name in spec.canonical_shapes()}
+    return {hf_name(name): spec.tensor(name, shape) for name, shape in spec.canonical_shapes().items()}
 
 
 def write_hf(spec: SampleSpec, out_dir: str | Path, *, shards: int = 1, fmt: str = "safetensors") -> Path:

@@ -93,7 +93,7 @@ class HfReader:
         index_file = path if path.is_file() else next((folder / n for n in INDEX_NAMES if (folder / n).is_file()), None)
         if index_file is not None:
             weight_map = self._read_index(index_file, folder)
-            files = sorted({folder / f for f in weight_map.values()})
+            files = [folder / f for f in sorted(set(weight_map.values()))]  # dedupe names first: 100k Paths are slow
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(folder / missing[0], f"missing shard named in {index_file.name} ({len(missing)} of {len(files)} missing)")
