@@ -3,8 +3,8 @@ library's forward), Megatron-DeepSpeed pipeline fixtures with TP=2 (both layer-i
 Megatron-named modules, and fp32 rebuilds from ZeRO-1/2/3 optimizer partitions.
 
 The pipeline fixtures use Llama-style blocks (RMSNorm, SwiGLU, GQA) in Megatron-DeepSpeed
-names and GPT-2/BLOOM-style layer numbering; GPT-2/BLOOM blocks themselves (LayerNorm, GeLU,
-learned positions, embedding norm) are not a supported family of the converter.
+names and GPT-2/BLOOM-style layer numbering; pipelines with real GPT-2/BLOOM blocks (LayerNorm,
+GeLU, learned positions, embedding norm) are in `test_convert_deepspeed_families.py`.
 """
 
 from __future__ import annotations

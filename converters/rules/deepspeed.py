@@ -11,47 +11,64 @@ the Megatron `Param` (canonical tensors, TP split, packing), so gathering is `sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..spec import ModelSpec
+from . import megatron as mg
 from .megatron import Pack, Param, Split
 
 NAMINGS = ("megatron", "hf")
-
-
-def _norm_bias(spec: ModelSpec) -> bool:
-    return spec.norm_bias
-
-
-def _mlp_bias(spec: ModelSpec) -> bool:
-    return spec.mlp_bias
 
 
 def _p(canon: tuple[str, ...], name: str, split: Split, pack: Pack = Pack.NONE, *aliases: str, when=None) -> Param:  # type: ignore[no-untyped-def]
     return Param(canon, {"local": name}, split, pack, aliases=aliases, **({"when": when} if when else {}))
 
 
+# Megatron-DeepSpeed's per-layer names are Megatron's legacy names (reference 2.3), so its rows
+# are derived from the Megatron table (`rules/megatron.py`): same canonical tensors, TP split,
+# packing and conditions (gated / plain GELU MLP, biases, learned positions, embedding norm).
+# Only the spelling differs: layer-local names without the `language_model...` prefixes, and
+# Megatron-DeepSpeed's `input_layernorm` / `post_attention_layernorm`. `names["mcore"]` keeps the
+# Megatron-Core local name of each row (used by the fixture writer to re-pack Megatron output).
+MDS_SPELLING: dict[str, str] = {
+    "input_norm.weight": "input_layernorm.weight",
+    "input_norm.bias": "input_layernorm.bias",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_attention_norm.bias": "post_attention_layernorm.bias",
+}
+# Legacy global-name prefix -> what the pipeline layer file drops (its module's own state_dict).
+MDS_GLOBAL_PREFIXES: tuple[str, ...] = (
+    "language_model.embedding.", "language_model.encoder.final_norm.", "language_model.encoder.final_layernorm.",
+)
+
+
+def _strip(name: str) -> str:
+    for prefix in MDS_GLOBAL_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _from_megatron(param: Param) -> Param:
+    legacy = _strip(param.names["legacy"])
+    name = MDS_SPELLING.get(legacy, legacy)
+    aliases = tuple(dict.fromkeys(a for a in (legacy, *(_strip(a) for a in param.aliases)) if a != name))
+    return replace(param, names={"local": name, "mcore": param.names["local"]}, aliases=aliases)
+
+
+MEGATRON_BLOCK_ROWS: tuple[Param, ...] = tuple(
+    _from_megatron(p) for p in mg.LAYER_PARAMS if "legacy" in p.names and not p.expert)
+MEGATRON_EMBED_ROWS: tuple[Param, ...] = tuple(
+    _from_megatron(p) for p, stage in mg.GLOBAL_PARAMS if stage == "first")
+MEGATRON_FINAL_NORM_ROWS: tuple[Param, ...] = tuple(
+    _from_megatron(p) for p, stage in mg.GLOBAL_PARAMS if stage == "last" and p.canon[0].startswith("final_norm"))
+
 EMBED_ROWS: dict[str, tuple[Param, ...]] = {
-    "megatron": (_p(("embed",), "word_embeddings.weight", Split.VOCAB),),
+    "megatron": MEGATRON_EMBED_ROWS,
     "hf": (_p(("embed",), "embed_tokens.weight", Split.VOCAB, Pack.NONE, "model.embed_tokens.weight"),),
 }
 
 BLOCK_ROWS: dict[str, tuple[Param, ...]] = {
-    "megatron": (
-        _p(("input_norm",), "input_layernorm.weight", Split.REPLICATED),
-        _p(("input_norm.bias",), "input_layernorm.bias", Split.REPLICATED, when=_norm_bias),
-        _p(("attn.q", "attn.k", "attn.v"), "self_attention.query_key_value.weight", Split.COLUMN, Pack.QKV),
-        _p(("attn.q.bias", "attn.k.bias", "attn.v.bias"), "self_attention.query_key_value.bias", Split.COLUMN, Pack.QKV,
-           when=lambda s: s.qkv_bias),
-        _p(("attn.o",), "self_attention.dense.weight", Split.ROW),
-        _p(("attn.o.bias",), "self_attention.dense.bias", Split.REPLICATED, when=lambda s: s.o_bias),
-        _p(("post_attn_norm",), "post_attention_layernorm.weight", Split.REPLICATED),
-        _p(("post_attn_norm.bias",), "post_attention_layernorm.bias", Split.REPLICATED, when=_norm_bias),
-        _p(("mlp.gate", "mlp.up"), "mlp.dense_h_to_4h.weight", Split.COLUMN, Pack.SWIGLU),
-        _p(("mlp.gate.bias", "mlp.up.bias"), "mlp.dense_h_to_4h.bias", Split.COLUMN, Pack.SWIGLU, when=_mlp_bias),
-        _p(("mlp.down",), "mlp.dense_4h_to_h.weight", Split.ROW),
-        _p(("mlp.down.bias",), "mlp.dense_4h_to_h.bias", Split.REPLICATED, when=_mlp_bias),
-    ),
+    "megatron": MEGATRON_BLOCK_ROWS,
     "hf": (  # HF-style block modules: flat (`q_proj`) or nested as in LlamaDecoderLayer (`self_attn.q_proj`)
         _p(("input_norm",), "input_layernorm.weight", Split.REPLICATED),
         _p(("attn.q",), "q_proj.weight", Split.COLUMN, Pack.NONE, "self_attn.q_proj.weight"),
@@ -70,8 +87,7 @@ BLOCK_ROWS: dict[str, tuple[Param, ...]] = {
 }
 
 FINAL_NORM_ROWS: dict[str, tuple[Param, ...]] = {
-    "megatron": (_p(("final_norm",), "weight", Split.REPLICATED),
-                 _p(("final_norm.bias",), "bias", Split.REPLICATED, when=_norm_bias)),
+    "megatron": MEGATRON_FINAL_NORM_ROWS,
     "hf": (_p(("final_norm",), "norm.weight", Split.REPLICATED, Pack.NONE, "model.norm.weight"),),
 }
 

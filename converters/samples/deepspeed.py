@@ -183,16 +183,68 @@ def write_deepspeed_pipeline(
         for rank in range(tp):
             state = {k: _owned(v) for k, v in make(rank).items()}
             torch.save(state, tag / f"layer_{number:02d}-model_{rank:02d}-model_states.pt")
+    _pipeline_engine_files(tag, megatron_args(spec, tp, pp, step), tp=tp, pp=pp, step=step, bf16=spec.dtype == torch.bfloat16)
+    return root
+
+
+def _pipeline_engine_files(tag: Path, args: argparse.Namespace, *, tp: int, pp: int, step: int, bf16: bool) -> None:
     ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                 "zero_optimization": {"stage": 0}, "bf16": {"enabled": spec.dtype == torch.bfloat16}}
-    args = megatron_args(spec, tp, pp, step)
+                 "zero_optimization": {"stage": 0}, "bf16": {"enabled": bf16}}
     for p in range(pp):
         for t in range(tp):
             state = engine_state(step=step, dp=1, mp=tp * pp, tp=tp, pp=pp, ds_config=ds_config)
             state.update(args=args, checkpoint_version=3.0, iteration=step, tokens=step * 128)
             torch.save(state, tag / f"mp_rank_{p * tp + t:02d}_model_states.pt")
+    root = tag.parent
     (root / "latest").write_text(tag.name)
     (root / "latest_checkpointed_iteration.txt").write_text(str(step))
+
+
+def repack_megatron_as_pipeline(
+    megatron_root: str | Path, out_dir: str | Path, *, pp: int = 2, style: str = "bigscience", step: int = 2
+) -> Path:
+    """Re-pack a Megatron `torch` checkpoint (Megatron-Core local names, PP=1, any TP) into
+    Megatron-DeepSpeed pipeline files; returns the root.
+
+    Any family the Megatron writer handles (GPT-2 / BLOOM blocks: LayerNorm with bias, plain GELU
+    MLP, learned positions, embedding norm) comes out with real Megatron-DeepSpeed per-layer
+    names. The names come from the Megatron-DeepSpeed rows of `rules/deepspeed.py` (each keeps its
+    Megatron-Core name), so the tensors are the Megatron writer's TP shards, bit for bit. `pp` only
+    sets the engine files (layer files carry the TP rank alone) and the `args`.
+    """
+    from ..rules import deepspeed as ds
+
+    if style not in PIPE_INDEX_MAPS:
+        raise ValueError(f"style must be one of {PIPELINE_STYLES}, got {style!r}")
+    src = Path(megatron_root)
+    iter_dir = max(src.glob("iter_*"))
+    rank_dirs = sorted(iter_dir.glob("mp_rank_*"))
+    if any(len(d.name.split("_")) != 3 for d in rank_dirs):
+        raise ValueError("re-packing needs a Megatron checkpoint with PP=1 and no expert parallelism")
+    states = [torch.load(d / "model_optim_rng.pt", weights_only=False) for d in rank_dirs]
+    tp, args = len(states), argparse.Namespace(**vars(states[0]["args"]))
+    idx = PIPE_INDEX_MAPS[style]
+    layers = int(args.num_layers)
+
+    def pick(model: dict[str, Any], rows: tuple[Any, ...], prefix: str = "") -> dict[str, torch.Tensor]:
+        return {row.names["local"]: _owned(model[prefix + row.names["mcore"]])
+                for row in rows if prefix + row.names["mcore"] in model}
+
+    root = Path(out_dir)
+    tag = _tag(root, step)
+    for rank, state in enumerate(states):
+        model = state["model"]
+        files = {idx.embed: pick(model, ds.EMBED_ROWS["megatron"]),
+                 idx.final_norm(layers): pick(model, ds.FINAL_NORM_ROWS["megatron"])}
+        for layer, number in enumerate(idx.blocks(layers)):
+            files[number] = pick(model, ds.BLOCK_ROWS["megatron"], f"decoder.layers.{layer}.")
+        if "output_layer.weight" in model:  # untied head: LMHeadPipe's own file
+            files[idx.head(layers)] = {idx.head_key: _owned(model["output_layer.weight"])}
+        for number, tensors in sorted(files.items()):
+            torch.save(tensors, tag / f"layer_{number:02d}-model_{rank:02d}-model_states.pt")
+    args.pipeline_model_parallel_size, args.iteration, args.deepspeed = pp, step, True
+    dtype = next(iter(states[0]["model"].values())).dtype
+    _pipeline_engine_files(tag, args, tp=tp, pp=pp, step=step, bf16=dtype == torch.bfloat16)
     return root
 
 

@@ -134,7 +134,7 @@ class DeepSpeedSource(CanonicalSource):
     def _expected(self, group: int) -> list[Expected]:
         spec, naming = self.spec, self.naming
         if group == PRE:
-            return [(p, self.embed, self._stored(p, self.embed), list(p.canon)) for p in ds.EMBED_ROWS[naming]]
+            return [(p, self.embed, self._stored(p, self.embed), list(p.canon)) for p in ds.EMBED_ROWS[naming] if p.when(spec)]
         if group == spec.layers:
             rows = [(p, self.final_norm) for p in ds.FINAL_NORM_ROWS[naming] if p.when(spec)]
             rows += [(p, self.head) for p in ds.HEAD_ROWS[naming] if p.when(spec)]
