@@ -191,21 +191,28 @@ def render_plan(console: Console, plan: Any) -> None:
         for rule in acc.ignored.values():
             rules[rule] = rules.get(rule, 0) + 1
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in rules.items()), style="dim"))
-    files = Table(title="Output files", title_justify="left", show_edge=False)
-    files.add_column("file", overflow="fold")
-    files.add_column("tensors", justify="right")
-    files.add_column("≈ size", justify="right")
-    for f in plan.files[:MAX_FILE_ROWS]:
-        files.add_row(Text(f.rel), str(f.tensors or ""), size(f.nbytes) if f.nbytes else "")
-    if len(plan.files) > MAX_FILE_ROWS:
-        files.add_row(Text(f"... {len(plan.files) - MAX_FILE_ROWS} more", style="dim"), "", "")
-    console.print(files)
-    for note in plan.notes:
+    print_files_and_messages(console, "Output files", [(f.rel, f.tensors, f.nbytes) for f in plan.files],
+                             plan.notes, plan.warnings, [("error", e, 4000) for e in plan.errors])
+
+
+def print_files_and_messages(console: Console, title: str, files: list[tuple[str, int, int]], notes: list[str],
+                             warnings: list[str], errors: list[tuple[str, str, int]]) -> None:
+    """The planned-files table and the note / warning / error lines shared by `convert` plans and `check`."""
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("tensors", justify="right")
+    table.add_column("≈ size", justify="right")
+    for rel, tensors, nbytes in files[:MAX_FILE_ROWS]:
+        table.add_row(Text(printable(rel)), str(tensors or ""), size(nbytes) if nbytes else "")
+    if len(files) > MAX_FILE_ROWS:
+        table.add_row(Text(f"... {len(files) - MAX_FILE_ROWS} more", style="dim"), "", "")
+    console.print(table)
+    for note in notes:
         console.print(Text("note: " + printable(note), style="dim"))
-    for w in plan.warnings:
+    for w in warnings:
         console.print(Text("warning: " + printable(w), style="yellow"))
-    for e in plan.errors:
-        console.print(Text("error: " + printable(e, 4000), style="bold red"))
+    for label, e, limit in errors:
+        console.print(Text(f"{label}: " + printable(e, limit), style="bold red"))
 
 
 def render_verify(console: Console, report: Any) -> None:
@@ -335,18 +342,5 @@ def render_check(console: Console, report: Any) -> None:
     if report.missing:
         console.print(Text(f"missing ({len(report.missing)}): " + ", ".join(printable(n) for n in report.missing[:MAX_FILE_ROWS])
                            + (" ..." if len(report.missing) > MAX_FILE_ROWS else ""), style="bold red"))
-    files = Table(title="Target files", title_justify="left", show_edge=False)
-    files.add_column("file", overflow="fold")
-    files.add_column("tensors", justify="right")
-    files.add_column("≈ size", justify="right")
-    for f in report.files[:MAX_FILE_ROWS]:
-        files.add_row(Text(printable(f["path"])), str(f["tensors"] or ""), size(f["bytes"]) if f["bytes"] else "")
-    if len(report.files) > MAX_FILE_ROWS:
-        files.add_row(Text(f"... {len(report.files) - MAX_FILE_ROWS} more", style="dim"), "", "")
-    console.print(files)
-    for note in report.notes:
-        console.print(Text("note: " + printable(note), style="dim"))
-    for w in report.warnings:
-        console.print(Text("warning: " + printable(w), style="yellow"))
-    for e in report.layout_errors:
-        console.print(Text("layout error: " + printable(e, 2000), style="bold red"))
+    print_files_and_messages(console, "Target files", [(f["path"], f["tensors"], f["bytes"]) for f in report.files],
+                             report.notes, report.warnings, [("layout error", e, 2000) for e in report.layout_errors])
