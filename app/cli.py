@@ -131,8 +131,12 @@ def inspect(
     if filter_ and not tensors:
         typer.echo(f"ckptscope: warning: no tensor matches {printable(filter_)!s}", err=True)
     stat_rows = list(iter_stats(ckpt, [t for t in tensors if show_all or t.group == "model"])) if stats else None
+    family = render.family_and_quirks(ckpt)
     if as_json:
         doc = ckpt.to_json()
+        doc["family"], doc["quirks"] = family["family"], family["quirks"]
+        if family["problem"]:
+            doc["family_problem"] = family["problem"]
         if filter_:
             doc["tensors"] = [t.to_json() for t in tensors]
             doc["filter"] = filter_
@@ -140,7 +144,7 @@ def inspect(
             doc["stats"] = [s.to_json() for s in stat_rows]
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    render.render_inspect(render.make_console(), ckpt, tensors, stat_rows, show_all)
+    render.render_inspect(render.make_console(), ckpt, tensors, stat_rows, show_all, family)
 
 
 @app.command()
@@ -197,7 +201,7 @@ def convert(
     override_special_tokens: Annotated[list[str] | None, typer.Option("--override-special-tokens", help="Set special tokens, e.g. eos=<|im_end|> (repeatable, or space-separated).")] = None,
     rotary_layout: Annotated[str, typer.Option("--rotary-layout", help="How the source stores q/k for RoPE: auto (detect) | half (rotate-half, HF / Megatron-Core) | interleaved (Meta consolidated.*.pth, --rotary-interleaved runs, Megatron-LLM).")] = "auto",
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
-    megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron layer-spec names to write: local | te.")] = "local",
+    megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron names to write: local | te (Megatron-Core specs) | megatron-llm (epfLLM Megatron-LLM: nested names, interleaved q/k, [up; gate] SwiGLU; --to megatron).")] = "local",
     iteration: Annotated[int, typer.Option("--iteration", min=0, help="Iteration number for Megatron targets.")] = 1,
     nxd_style: Annotated[str, typer.Option("--nxd-style", help="NxD target names: hf | megatron.")] = "hf",
     fuse_qkv: Annotated[bool, typer.Option("--fuse-qkv/--no-fuse-qkv", help="NxD target: one fused qkv_proj.weight_qkv per rank.")] = False,
@@ -224,8 +228,10 @@ def convert(
 
     if dtype is not None and dtype not in DTYPES:
         fail(f"--dtype {dtype}: choose fp32, bf16 or fp16")
-    if megatron_spec not in ("local", "te"):
-        fail(f"--megatron-spec {megatron_spec}: choose local or te")
+    if megatron_spec not in ("local", "te", "megatron-llm"):
+        fail(f"--megatron-spec {megatron_spec}: choose local, te or megatron-llm")
+    if megatron_spec == "megatron-llm" and to != "megatron":
+        fail("--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron")
     if nxd_style not in ("hf", "megatron"):
         fail(f"--nxd-style {nxd_style}: choose hf or megatron")
     if rotary_layout not in ("auto", "half", "interleaved"):
@@ -278,9 +284,10 @@ def convert(
     if verify_after:
         from ckptscope.converters.verify import verify as run_verify
 
+        fit = plan.vocab_fit  # (stored, trained, tokenizer): read the source trimmed as far as the output is
         report = run_verify(src, dst, config=json.loads(config.read_text()) if config else None,
                             from_optimizer_fp32=from_optimizer_fp32, true_vocab=true_vocab_size if true_vocab_size is not None else (
-                                plan.spec.vocab if opts.tokenizer_source is not None and plan.ckpt.kind != "hf" else None),
+                                min(fit[1], fit[2]) if fit is not None and plan.ckpt.kind != "hf" else None),
                             rotary_layout=rotary_layout)
         summary["verify"] = report.to_json()
         if not as_json:

@@ -124,8 +124,32 @@ def warnings_panel(ckpt: Checkpoint) -> Panel | None:
     return Panel(Group(*(Text("• " + printable(n)) for n in notes)), title="warnings", border_style="yellow", expand=False)
 
 
-def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo], stats: list[TensorStats] | None, show_all: bool) -> None:
-    console.print(overview(ckpt))
+def family_and_quirks(ckpt: Checkpoint) -> dict[str, Any]:
+    """The model family and layout quirks the converters see in a checkpoint (interleaved rotary,
+    padded vocab, layernorm-1p, tied head, ...): `{"family", "quirks", "problem"}`. Never raises:
+    a checkpoint whose architecture cannot be read still inspects, with the reason in `problem`."""
+    try:
+        from ckptscope.converters.canonical_view import canonical_view
+
+        view = canonical_view(ckpt)
+    except Exception as exc:  # noqa: BLE001 - the family is extra information, never a failure of inspect
+        return {"family": None, "quirks": [], "problem": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    return {"family": view.family or None, "quirks": list(view.quirks), "problem": view.problem or None}
+
+
+def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
+    """`family` and `quirks` rows (from `family_and_quirks`) under an overview grid."""
+    if info["family"]:
+        grid.add_row("family", Text(printable(info["family"])))
+        grid.add_row("quirks", Text(printable("; ".join(info["quirks"]) or "none", 1000)))
+    else:
+        grid.add_row("family", Text(printable(f"unknown ({info['problem'] or 'no architecture'})", 300), style="dim"))
+    return grid
+
+
+def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo], stats: list[TensorStats] | None, show_all: bool,
+                   family: dict[str, Any] | None = None) -> None:
+    console.print(add_family_rows(overview(ckpt), family if family is not None else family_and_quirks(ckpt)))
     console.print()
     console.print(files_table(ckpt))
     console.print()

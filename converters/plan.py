@@ -3,6 +3,9 @@
 A plan is refused (`errors`) when a stored tensor is neither mapped nor ignored by a rule or an
 `--ignore` glob, when an expected tensor is missing, or when the target layout cannot hold the
 model (heads, query groups, FFN and vocab split over TP, layers over PP, experts over EP).
+
+With a tokenizer, the source is wrapped in `tokenizers.VocabFit` when its vocabulary differs
+from the tokenizer's size, whatever the source format: the plan notes say trimmed or padded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 
 from .sources import Accounting, CanonicalSource, groups, open_source
-from .tokenizers import TokenizerSource, classify, from_megatron_args, vocab_action
+from .tokenizers import TokenizerSource, VocabFit, classify, from_megatron_args, vocab_action
 from .tokenizers import size as tokenizer_size
 from .spec import SpecError
 from .writers import WRITERS, PlannedFile, TargetOptions, Writer
@@ -36,6 +39,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    vocab_fit: tuple[int, int, int] | None = None  # (stored rows, trained rows, tokenizer size) when a tokenizer decides
 
     @property
     def ok(self) -> bool:
@@ -122,19 +126,30 @@ def make_plan(
             config_dict = json.loads(Path(config).read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(config, f"cannot read config: {exc}") from None
-    vocab_note = ""
+    vocab_note = "--true-vocab-size" if true_vocab is not None else ""
     tokenizer = _tokenizer_source(target, ckpt)
     target.tokenizer_source = tokenizer
     tok_size = tokenizer_size(tokenizer) if tokenizer is not None else None
-    if true_vocab is not None:
-        vocab_note = "--true-vocab-size"
-    elif tok_size is not None and ckpt.kind != "hf":
-        true_vocab, vocab_note = tok_size, f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"  # type: ignore[union-attr]
+    options = {"config": config_dict, "from_optimizer_fp32": from_optimizer_fp32, "rotary_layout": rotary_layout}
     try:
-        source = open_source(ckpt, config=config_dict, true_vocab=true_vocab, vocab_note=vocab_note,
-                             from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
+        try:
+            source = open_source(ckpt, true_vocab=true_vocab, vocab_note=vocab_note, **options)  # type: ignore[arg-type]
+        except SpecError as exc:
+            if tok_size is None or true_vocab is not None or "vocab size" not in str(exc):
+                raise
+            # args say nothing about the vocabulary: the tokenizer's size is all there is
+            source = open_source(ckpt, true_vocab=tok_size, vocab_note="size of the tokenizer", **options)  # type: ignore[arg-type]
     except SpecError as exc:
         raise CheckpointError(src, str(exc)) from None
+    vocab_fit = None
+    if tokenizer is not None and tok_size is not None:
+        note = f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"
+        stored = max(source.spec.padded_vocab or source.spec.vocab, source.spec.vocab)
+        vocab_fit = (stored, source.spec.vocab, tok_size)
+        if source.spec.vocab != tok_size:
+            source = VocabFit(source, tok_size, note)
+        else:
+            source.spec = source.spec.with_(vocab_note=note)
     spec = source.spec
     errors: list[str] = []
     warnings: list[str] = list(ckpt.warnings)
@@ -144,6 +159,8 @@ def make_plan(
         errors += [f"target layout: {p}" for p in spec.check_parallel(target.tp, target.pp, target.ep, target.pp_layers)]
     elif (target.tp, target.pp, target.ep) != (1, 1, 1):
         errors.append("an HF target holds the full model: --tp/--pp/--ep do not apply")
+    if target.megatron_spec == "megatron-llm" and target.format != "megatron":
+        errors.append("--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron")
     acc = source.account(ignore)
     if acc.unmatched:
         listed = [f"{name}" + (f" (nearest rule: {near})" if near else "") for name, near in list(acc.unmatched.items())[:MAX_LISTED]]
@@ -162,13 +179,9 @@ def make_plan(
         writer, files = None, []  # type: ignore[assignment]
     notes = source.notes() + (writer.notes() if writer is not None else [])
     notes.append(f"model family: {spec.family}" + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
-    if tokenizer is not None and tok_size is not None:
-        stored = spec.padded_vocab or spec.vocab
-        if ckpt.kind == "hf" and tok_size != spec.vocab:
-            warnings.append(f"tokenizer has {tok_size} tokens, the HF model {spec.vocab} rows: rows kept as they are")
-        else:
-            notes.append(vocab_action(stored, tok_size))
+    if tokenizer is not None and tok_size is not None and vocab_fit is not None:
+        notes.append(vocab_action(vocab_fit[0], tok_size, vocab_fit[1]))
         notes.append(f"tokenizer: {tokenizer.kind} from {tokenizer.path}"
                      + (f", +{tokenizer.extra_ids} extra ids" if tokenizer.extra_ids else "")
                      + (f", special tokens {tokenizer.overrides}" if tokenizer.overrides else ""))
-    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes)  # type: ignore[arg-type]
+    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes, vocab_fit)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ Family features (see docs/families.md):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -77,6 +78,7 @@ class ModelSpec:
     parallel_norms: int = 2  # parallel_attn only: 1 = one norm feeds both branches, 2 = ln_attn + ln_mlp
     rotary_interleaved: bool = False  # storage quirk: q/k rows stored in interleaved pairs (Meta, Megatron-LLM)
     qkv_version: int = 2  # storage quirk of legacy Megatron sources: checkpoint_version 0 / 1 QKV orderings
+    megatron_llm: bool = False  # storage quirk: read from epfLLM Megatron-LLM names ([up; gate] SwiGLU); set by the source
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # HF-style dict, e.g. llama3
     rotary_percent: float = 1.0
@@ -120,6 +122,8 @@ class ModelSpec:
             out.append("interleaved rotary q/k (permuted to rotate-half on read)")
         if self.qkv_version < 2:
             out.append(f"checkpoint_version {self.qkv_version} QKV ordering")
+        if self.megatron_llm:
+            out.append("Megatron-LLM layout" + (" (SwiGLU fc1 packed [up; gate])" if self.gated else ""))
         if self.padded_vocab and self.padded_vocab != self.vocab:
             out.append(f"padded vocab: {self.padded_vocab} rows stored, {self.vocab} real")
         if self.layernorm_1p:
@@ -294,8 +298,17 @@ def _activation_from_args(args: dict[str, Any]) -> str:
     return "gelu_tanh"
 
 
+# Megatron-LLM and bigscience Megatron-DeepSpeed pickle `PositionEmbeddingType` enums; the safe
+# reader keeps them as placeholders, shown as `<...PositionEmbeddingType(1)>`.
+_POSITION_ENUM = re.compile(r"positionembeddingtype\((\d+)\)")
+_POSITION_ENUM_VALUES = {"1": "rotary", "2": "absolute", "3": "alibi"}
+
+
 def _position_from_args(args: dict[str, Any], activation: str) -> str:
     kind = str(args.get("position_embedding_type") or "").lower()
+    enum = _POSITION_ENUM.search(kind)
+    if enum:
+        kind = _POSITION_ENUM_VALUES.get(enum.group(1), kind)
     if "alibi" in kind:
         return "alibi"
     if "learned" in kind or "absolute" in kind:
@@ -308,8 +321,11 @@ def _position_from_args(args: dict[str, Any], activation: str) -> str:
     return "rope" if activation == "swiglu" else "learned"
 
 
-def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = None, vocab_note: str = "") -> ModelSpec:
-    """Architecture from Megatron `args` (mind `group_query_attention` before `num_query_groups`)."""
+def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = None, vocab_note: str = "",
+                            megatron_llm: bool | None = None) -> ModelSpec:
+    """Architecture from Megatron `args` (mind `group_query_attention` before `num_query_groups`).
+    `megatron_llm` says the checkpoint is epfLLM Megatron-LLM's (None: judge by its arg names);
+    its args default differently (no biases unless `use_bias`, q/k interleaved)."""
     if not args:
         raise SpecError("checkpoint carries no Megatron args; pass --config with an HF config.json")
     layers = int(_arg(args, "num_layers", "encoder_num_layers", default=0))
@@ -318,9 +334,9 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
     if not (layers and hidden and heads):
         raise SpecError("Megatron args lack num_layers / hidden_size / num_attention_heads")
     kv = int(args["num_query_groups"]) if args.get("group_query_attention") and args.get("num_query_groups") else heads
-    mllm = is_megatron_llm(args)
-    if mllm and args.get("num_attention_heads_kv"):
-        kv = int(args["num_attention_heads_kv"])
+    mllm = is_megatron_llm(args) if megatron_llm is None else megatron_llm
+    if mllm and args.get("num_attention_heads_kv") and args.get("use_multiquery_attn") is not False:
+        kv = int(args["num_attention_heads_kv"])  # older Megatron-LLM: only with use_multiquery_attn
     head_dim = int(_arg(args, "kv_channels", default=hidden // heads))
     activation = _activation_from_args(args)
     position = _position_from_args(args, activation)
@@ -341,7 +357,9 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
     if args.get("use_rope_scaling"):
         scaling = {"rope_type": "llama3", "factor": float(args.get("rope_scaling_factor") or 8.0), "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    linear_bias = bool(args.get("add_bias_linear", args.get("use_bias", True)))
+    elif mllm and float(args.get("rope_scaling_factor") or 1.0) != 1.0:  # positions / factor: HF linear scaling
+        scaling = {"rope_type": "linear", "factor": float(args["rope_scaling_factor"])}
+    linear_bias = bool(args.get("add_bias_linear", args.get("use_bias", not mllm)))
     if "disable_bias_linear" in args and "add_bias_linear" not in args:
         linear_bias = not bool(args["disable_bias_linear"])
     parallel = bool(args.get("parallel_attn"))

@@ -7,7 +7,17 @@ holding both). Without `--tokenizer`, Megatron `args` name the tokenizer (`token
 they are resolved inside a folder the user names (`--tokenizer-root`), by relative path first,
 then by file name. `--vocab-extra-ids N` appends `<extra_id_0..N-1>` and
 `--override-special-tokens eos=<|im_end|> ...` sets special tokens, as Megatron-LLM's
-converter does. The resulting size decides the HF vocabulary (see `vocab_action`).
+converter does.
+
+The resulting size decides the output vocabulary for every source (`VocabFit`): the stored
+rows of the embedding and the untied LM head are trimmed to it (dropping Megatron's
+`make_vocab_size_divisible_by` padding, or rows the tokenizer does not have), or padded up to
+it. New rows are the MEAN of the trained rows (per tensor, in fp32), not zeros and not a copy of
+the last row: a mean row gives a new token an average embedding and an average logit, so it
+neither dominates the softmax nor clones an arbitrary (often special) token; it is what
+transformers' `resize_token_embeddings(mean_resizing=True)` centres on, made deterministic so
+conversions stay reproducible. Megatron targets still pad to `make_vocab_size_divisible_by × TP`
+afterwards, repeating the last row as Megatron's saver does (those rows are never real tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from ckptscope.inspectors.errors import CheckpointError
+
+from .sources.base import PRE, Accounting, CanonicalSource
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
             "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
@@ -154,11 +167,78 @@ def write(source: TokenizerSource, folder: Path) -> None:
     load(source).save_pretrained(str(folder))
 
 
-def vocab_action(stored_rows: int, tokenizer_size: int) -> str:
-    """What fitting the model's vocabulary to the tokenizer does, in words for the plan."""
-    if tokenizer_size == stored_rows:
+def vocab_action(stored_rows: int, tokenizer_size: int, real_rows: int | None = None) -> str:
+    """What fitting the model's vocabulary to the tokenizer does, in words for the plan.
+    `stored_rows`: rows on disk (Megatron: padded); `real_rows`: rows the source calls trained."""
+    real = min(real_rows or stored_rows, stored_rows)
+    if tokenizer_size == stored_rows == real:
         return f"vocab: {stored_rows} rows, the tokenizer's size"
-    if tokenizer_size < stored_rows:
-        return f"vocab: trimmed from {stored_rows} stored rows to the tokenizer's {tokenizer_size}"
-    return (f"vocab: padded from {stored_rows} stored rows to the tokenizer's {tokenizer_size} "
-            "(new rows repeat the last row, as Megatron pads)")
+    if tokenizer_size <= real:
+        return (f"vocab: trimmed from {stored_rows} stored rows to the tokenizer's {tokenizer_size} "
+                f"(rows {tokenizer_size}..{stored_rows - 1} dropped)")
+    dropped = f", {stored_rows - real} padding rows dropped" if real < stored_rows else ""
+    base = f"{stored_rows} stored rows" if real == stored_rows else f"{real} trained rows ({stored_rows} stored)"
+    return (f"vocab: padded from {base} to the tokenizer's {tokenizer_size}{dropped} "
+            f"({tokenizer_size - real} new rows: mean of the {real} trained rows)")
+
+
+# ----- fitting a source's vocabulary to the tokenizer ------------------------------------------
+VOCAB_ROWS = ("embed", "lm_head")  # canonical tensors with one row per token
+
+
+def fit_rows(t: torch.Tensor, rows: int, mean_of: int | None = None) -> torch.Tensor:
+    """Trim `t` to its first `rows` rows, or pad it with rows equal to the mean of its first
+    `mean_of` rows (default: all), computed in fp32 and cast back (see the module docstring)."""
+    if t.shape[0] >= rows:
+        return t[:rows].contiguous()
+    base = t[: mean_of or t.shape[0]]
+    mean = base.to(torch.float32).mean(dim=0, keepdim=True).to(t.dtype)
+    return torch.cat([t, mean.expand(rows - t.shape[0], *t.shape[1:])], dim=0)
+
+
+class VocabFit(CanonicalSource):
+    """A source whose embedding / LM head rows are trimmed or padded to `size` as they stream.
+
+    Everything else (accounting, other groups, notes) is the wrapped source's; only the
+    embedding group and the head group change, one group at a time, so nothing extra is held."""
+
+    def __init__(self, base: CanonicalSource, size: int, note: str) -> None:
+        self.base = base
+        self.kind = base.kind
+        self.ckpt = base.ckpt
+        self.rows = base.spec.vocab  # rows the source yields (true vocab, or all stored rows when unknown)
+        self.stored = max(base.spec.padded_vocab or self.rows, self.rows)
+        self.size = size
+        self.spec = base.spec.with_(vocab=size, vocab_note=note,
+                                    padded_vocab=self.stored if self.stored > size else None)
+        self._resized: set[str] | None = None  # stored names whose rows change
+
+    def read(self, group: int) -> dict[str, torch.Tensor]:
+        tensors = self.base.read(group)
+        if group == PRE or group >= self.spec.layers:
+            for name in VOCAB_ROWS:
+                if name in tensors:
+                    tensors[name] = fit_rows(tensors[name], self.size, self.rows)
+        return tensors
+
+    def account(self, user_ignores=()) -> Accounting:  # type: ignore[no-untyped-def]
+        return self.base.account(user_ignores)
+
+    def notes(self) -> list[str]:
+        return self.base.notes()
+
+    def stored_as_canonical(self, name: str) -> bool:
+        """Resized rows are never stored as is."""
+        as_is = getattr(self.base, "stored_as_canonical", None)
+        if as_is is None or not as_is(name):
+            return False
+        if self._resized is None:  # accounted once: diff asks per tensor
+            self._resized = {n for n, canon in self.base.account().mapped.items() if any(c in VOCAB_ROWS for c in canon)}
+        return name not in self._resized
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        # other public source attributes (index, variant, inner...) are the wrapped source's;
+        # private ones (the `get` cache) stay this wrapper's own
+        if name == "base" or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.base, name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .bulk import paused_gc
 from .errors import CheckpointError, NotACheckpoint, reading
 from .model import Checkpoint
 
@@ -88,7 +89,7 @@ def detect(path: str | Path) -> Checkpoint:
         if found is not None:
             # Readers check what they know; anything else a hostile file provokes (a TypeError
             # deep in an index walk) still becomes one line naming the checkpoint.
-            with reading(found.path, f"malformed {reader.kind} checkpoint"):
+            with reading(found.path, f"malformed {reader.kind} checkpoint"), paused_gc():
                 ckpt = reader.open(found)
             if found.problems:
                 ckpt.warnings[:0] = found.problems

@@ -107,12 +107,18 @@ def dtype_from_name(name: str) -> torch.dtype:
     return value
 
 
+_ITEMSIZE: dict[str, float] = {}
+
+
 def itemsize(dtype: str) -> float:
-    """Bytes per element (fractional for sub-byte dtypes)."""
-    return dtype_from_name(dtype).itemsize if dtype != "bool" else 1
+    """Bytes per element (fractional for sub-byte dtypes); cached, as 100k-tensor indexes ask often."""
+    size = _ITEMSIZE.get(dtype)
+    if size is None:
+        size = _ITEMSIZE[dtype] = dtype_from_name(dtype).itemsize if dtype != "bool" else 1
+    return size
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorInfo:
     """A tensor exactly as stored: its name in the file, shape, dtype and where it lives.
 

@@ -1,33 +1,85 @@
-"""A module tree over tensor names, with per-subtree totals, for lazy tree views.
+"""A module tree over tensor names, with per-subtree totals, built lazily for tree views.
 
-`build_tree` groups tensors by the dotted path of their global name (shards of one tensor on
-several ranks form one leaf) and sums elements and bytes bottom-up. Children are sorted
-naturally (`layers.10` after `layers.9`) only when a view asks for them, so building the tree
-for 100k tensors costs one pass over the names.
+`build_tree` splits every global name once and sums the totals of the whole model; a node
+groups its tensors into children only when a view first asks for them, so opening a 100k-tensor
+MoE costs one pass over the names and expanding a node costs one pass over what is below it.
+Shards of one tensor on several ranks form one leaf. Children sort naturally (`layers.10` after
+`layers.9`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable, Iterator
 
-from .model import TensorInfo
+from .bulk import paused_gc
+from .model import TensorInfo, itemsize
 from .summary import natural_key
 
+# One tensor below a node: its full dotted name, the tensor, its element and byte counts, whether
+# it is the first shard of its logical tensor (shards count as one tensor) and whether it goes
+# under the NON_MODEL node. Names are never split: a node slices the next component on demand.
+_Item = tuple[str, TensorInfo, int, int, bool, bool]
 
-@dataclass
+NON_MODEL = "(optimizer, rng, other)"
+
+
 class ModuleNode:
-    name: str  # this path component
-    path: str  # full dotted path
-    children: dict[str, ModuleNode] = field(default_factory=dict)
-    shards: list[TensorInfo] = field(default_factory=list)  # non-empty for a tensor leaf
-    numel: int = 0
-    nbytes: int = 0
-    tensors: int = 0  # logical tensors below
+    """One module path: totals are known at creation; children are grouped on first access."""
+
+    __slots__ = ("name", "path", "shards", "numel", "nbytes", "tensors", "has_children", "_items", "_children", "_start")
+
+    def __init__(self, name: str, path: str, start: int, items: list[_Item]) -> None:
+        self.name = name  # this path component
+        self.path = path  # full dotted path
+        self._start = start  # where the next name component starts in the items' names
+        self._items = items
+        self._children: dict[str, ModuleNode] | None = None
+        self.shards: list[TensorInfo] = []  # non-empty for a tensor leaf
+        numel = nbytes = tensors = 0
+        has_children = False
+        end = start - 1  # a name that ends here is this node's own tensor
+        for full, info, n, b, first, _ in items:
+            numel += n
+            nbytes += b
+            tensors += first
+            if len(full) == end:
+                self.shards.append(info)
+            else:
+                has_children = True
+        self.numel, self.nbytes, self.tensors, self.has_children = numel, nbytes, tensors, has_children
+
+    @property
+    def children(self) -> dict[str, ModuleNode]:
+        if self._children is None:
+            with paused_gc():
+                self._children = self._group()
+        return self._children
+
+    def _group(self) -> dict[str, ModuleNode]:
+        groups: dict[str, list[_Item]] = {}
+        start = self._start
+        at_root = not self.path
+        for item in self._items:
+            full = item[0]
+            if at_root and item[5]:
+                key = NON_MODEL
+            elif len(full) < start:
+                continue  # this node's own tensor
+            else:
+                dot = full.find(".", start)
+                key = full[start:dot] if dot >= 0 else full[start:]
+            groups.setdefault(key, []).append(item)
+        prefix = f"{self.path}." if self.path and self.name != NON_MODEL else ""
+        return {
+            key: ModuleNode(key, key if key == NON_MODEL and at_root else prefix + key,
+                            0 if key == NON_MODEL and at_root else start + len(key) + 1, group)
+            for key, group in groups.items()
+        }
 
     @property
     def is_leaf(self) -> bool:
-        return bool(self.shards) and not self.children
+        return bool(self.shards) and not self.has_children
 
     def sorted_children(self) -> list[ModuleNode]:
         return sorted(self.children.values(), key=lambda n: (n.name.startswith("("), natural_key(n.name)))
@@ -38,41 +90,50 @@ class ModuleNode:
             node = node.children.get(part) if node else None
         return node
 
-    def iter_leaves(self) -> Iterable[ModuleNode]:
+    def iter_leaves(self) -> Iterator[ModuleNode]:
         stack = [self]
         while stack:
             node = stack.pop()
             if node.shards:
                 yield node
-            stack.extend(node.children.values())
+            if node.has_children:
+                stack.extend(node.children.values())
+
+    def __repr__(self) -> str:
+        return f"ModuleNode({self.path!r}, tensors={self.tensors}, numel={self.numel})"
 
 
-def build_tree(tensors: Iterable[TensorInfo], *, by_global: bool = True) -> ModuleNode:
-    root = ModuleNode("", "")
+def build_tree(tensors: Iterable[TensorInfo], *, by_global: bool = True, separate_non_model: bool = False) -> ModuleNode:
+    """The root of the module tree. With `separate_non_model`, optimizer/rng tensors go under one
+    top node named NON_MODEL (their paths below it stay their own names) and the root's totals
+    count the model alone."""
+    with paused_gc():
+        items = _items(tensors, by_global, separate_non_model)
+        root = ModuleNode("", "", 0, items)
+        if separate_non_model and any(item[5] for item in items):
+            other = root.children[NON_MODEL]
+            root.numel -= other.numel
+            root.nbytes -= other.nbytes
+            root.tensors -= other.tensors
+        return root
+
+
+def _items(tensors: Iterable[TensorInfo], by_global: bool, separate_non_model: bool) -> list[_Item]:
+    items: list[_Item] = []
+    seen: tuple[set[str], set[str]] = (set(), set())  # model, other
+    sizes: dict[str, float] = {}
+    prod = math.prod
+    append = items.append
     for t in tensors:
         name = t.global_name if by_global else t.name
-        node = root
-        path = ""
-        for part in name.split("."):
-            path = f"{path}.{part}" if path else part
-            child = node.children.get(part)
-            if child is None:
-                child = node.children[part] = ModuleNode(part, path)
-            node = child
-        node.shards.append(t)
-    _total(root)
-    return root
-
-
-def _total(root: ModuleNode) -> None:
-    """Bottom-up sums without recursion (deep names must not hit the recursion limit)."""
-    order: list[ModuleNode] = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        stack.extend(node.children.values())
-    for node in reversed(order):
-        node.numel = sum(t.numel for t in node.shards) + sum(c.numel for c in node.children.values())
-        node.nbytes = sum(t.nbytes for t in node.shards) + sum(c.nbytes for c in node.children.values())
-        node.tensors = (1 if node.shards else 0) + sum(c.tensors for c in node.children.values())
+        other = separate_non_model and t.group != "model"
+        size = sizes.get(t.dtype)
+        if size is None:
+            size = sizes[t.dtype] = itemsize(t.dtype)
+        numel = prod(t.shape)
+        names = seen[other]
+        first = name not in names  # shards of one logical tensor count once
+        if first:
+            names.add(name)
+        append((name, t, numel, int(numel * size), first, other))
+    return items

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from .helpers import hf_state
 from ckptscope.converters.ops import (
     qkv_from_version,
     qkv_to_version,
@@ -25,9 +24,11 @@ from ckptscope.converters.ops import (
 )
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import run_to_end
-from ckptscope.converters.verify import fixed_tokens, verify
+from ckptscope.converters.verify import verify
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
+
+from .helpers import assert_same_hf_state, convert_to, hf_state, logits_diff
 
 VOCAB = 300
 
@@ -84,28 +85,12 @@ def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
 _state = hf_state
 
 
-def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:
-    plan_kw = {k: kw.pop(k) for k in ("rotary_layout", "true_vocab") if k in kw}
-    plan = make_plan(src, TargetOptions(fmt, **kw), **plan_kw)
-    assert plan.ok, plan.errors
-    run_to_end(plan, dst)
-    return dst
+_convert = convert_to
+_assert_same_state = assert_same_hf_state
 
 
 def _logits_diff(folder: Path, model: torch.nn.Module) -> float:
-    from transformers import AutoModelForCausalLM
-
-    ids = fixed_tokens(VOCAB)
-    converted = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    with torch.no_grad():
-        return (converted(ids).logits - model(ids).logits).abs().max().item()
-
-
-def _assert_same_state(a: Path, b: Path) -> None:
-    sa, sb = _state(a), _state(b)
-    assert sa.keys() == sb.keys(), set(sa) ^ set(sb)
-    for name in sa:
-        assert sa[name].dtype == sb[name].dtype and torch.equal(sa[name], sb[name]), name
+    return logits_diff(folder, model, VOCAB)
 
 
 @pytest.mark.parametrize("kind", FAMILIES)

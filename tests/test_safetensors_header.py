@@ -75,3 +75,31 @@ def test_header_length_beyond_file_and_bad_json(tmp_path: Path) -> None:
     path.write_bytes(b"\x01\x02")
     with pytest.raises(CheckpointError, match="at least 8"):
         read_header(path)
+
+
+def test_typed_fast_path_and_careful_validator_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid file takes the typed decode (no Python validation) and gives what the validator gives."""
+    import ckptscope.inspectors.safetensors_header as sh
+
+    tensors = {f"layers.{i}.w": torch.randn(i + 1, 3).to(torch.bfloat16 if i % 2 else torch.float32) for i in range(12)}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt", "note": "x"})
+    fast = read_header(path)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    careful = sh._validate(path, json.loads(raw[8:8 + n]), 8 + n, len(raw))
+    assert fast.metadata == careful.metadata == {"format": "pt", "note": "x"}
+    assert {k: (e.dtype, e.shape, e.begin, e.end) for k, e in fast.entries.items()} == \
+        {k: (e.dtype, e.shape, e.begin, e.end) for k, e in careful.entries.items()}
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("valid header fell back to the slow validator")
+
+    monkeypatch.setattr(sh, "_validate", refuse)
+    read_header(path)
+
+
+def test_names_colliding_with_internal_fields_are_ignored(tmp_path: Path) -> None:
+    header = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "ckptscope:name": "evil", "ckptscope:begin": 999}}
+    entry = read_header(_write_raw(tmp_path / "c.safetensors", header, b"\0" * 8)).entries["x"]
+    assert (entry.name, entry.begin, entry.end) == ("x", entry.end - 8, entry.end)

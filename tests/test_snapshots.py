@@ -15,7 +15,7 @@ from ckptscope.converters.samples.demo import write_demo
 
 DEMO = Path("/tmp/ckptscope-snapshot-demo")
 SIZE = (120, 36)
-GROUPS = ("open", "probe", "stats", "spec", "plan", "diff")
+GROUPS = ("open", "explain", "filter", "probe", "stats", "spec", "plan", "diff")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,7 +13,7 @@ from ckptscope.converters.samples.demo import write_demo
 from ckptscope.converters.samples.megatron_torch import write_megatron_torch
 from ckptscope.converters.samples.spec import SampleSpec
 
-GROUPS = ("open", "probe", "stats", "spec", "plan", "convert", "verify", "diff")
+GROUPS = ("open", "explain", "filter", "probe", "stats", "spec", "plan", "convert", "verify", "diff")
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +80,42 @@ async def test_browse_labels_checkpoints(demo: Path) -> None:
         await settle(app, pilot)
         assert type(app.screen).__name__ == "InspectScreen"
         assert app.screen.ckpt.iteration == 200
+
+
+async def test_open_path_directly_then_back_to_the_browser(demo: Path) -> None:
+    """`ckptscope PATH` on a checkpoint shows it first; the browser is built only when asked for."""
+    from ckptscope.app.tui.browse import BrowseScreen
+    from ckptscope.app.tui.inspect import InspectScreen
+
+    app = CkptscopeApp(demo / "hf-mixtral")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen))
+        assert not any(isinstance(s, BrowseScreen) for s in app.screen_stack)
+        await settle(app, pilot)
+        assert app.screen.shown_at is not None and app.screen.explained is not None
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, BrowseScreen))
+        assert app.screen.root_path == demo  # the browser opens on the checkpoint's folder
+        await pilot.press("escape")  # back on the browser stays there
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, BrowseScreen) and len(app.screen_stack) == 2
+
+
+async def test_opening_a_bad_start_path_lands_on_the_browser(tmp_path: Path) -> None:
+    from ckptscope.app.tui.browse import BrowseScreen
+
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    (bad / "model.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    app = CkptscopeApp(bad)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(app, pilot)
+        assert type(app.screen).__name__ == "ErrorDialog"
+        assert "model.safetensors" in str(app.screen.query_one("#error-message").render())
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, BrowseScreen)
 
 
 async def test_inspect_tree_filter_stats_and_metadata(demo: Path) -> None:

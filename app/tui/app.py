@@ -51,6 +51,7 @@ class CkptscopeApp(App):
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()
         self.start_path = Path(path or Path.cwd()).expanduser().resolve()
+        self.start_is_checkpoint = False
         self.converting = False
 
     # ----- start-up and themes -----------------------------------------------------------------
@@ -60,12 +61,29 @@ class CkptscopeApp(App):
         saved = config.load().get("theme")
         self.theme = saved if saved in self.available_themes else DEFAULT_THEME
         self.theme_changed_signal.subscribe(self, lambda theme: config.save(theme=theme.name))
-        browse_root = self.start_path if self.start_path.is_dir() else self.start_path.parent
-        self.push_screen(BrowseScreen(browse_root))
         from ckptscope.inspectors.browse import label_path
 
-        if label_path(self.start_path).kind:
+        self.start_is_checkpoint = bool(label_path(self.start_path).kind)
+        if self.start_is_checkpoint:
+            # Straight to the checkpoint: the browser is built only when asked for (it costs a
+            # tenth of a second and competes with opening a 100k-tensor index).
             self.open_checkpoint(self.start_path)
+        else:
+            self.show_browser()
+
+    def show_browser(self) -> None:
+        """Go to the folder browser, building it the first time; it stays at the stack's bottom."""
+        browsers = [s for s in self.screen_stack if isinstance(s, BrowseScreen)]
+        if browsers:
+            while self.screen is not browsers[0]:
+                self.pop_screen()
+            return
+        # a checkpoint is shown among its siblings; a plain folder is browsed itself
+        opened_on_folder = self.start_path.is_dir() and not self.start_is_checkpoint
+        root = self.start_path if opened_on_folder else self.start_path.parent
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.push_screen(BrowseScreen(root))
 
     def action_toggle_theme(self) -> None:
         self.theme = "ckptscope-light" if self.theme == "ckptscope-dark" else "ckptscope-dark"
@@ -80,7 +98,7 @@ class CkptscopeApp(App):
 
     # ----- opening checkpoints -----------------------------------------------------------------
     def open_checkpoint(self, path: Path) -> None:
-        self.notify(f"opening {printable(path.name)}…", timeout=2)
+        self.notify(f"opening {printable(path.name)}…", timeout=60)  # cleared when the screen opens
         self._open_worker(path)
 
     @work(thread=True, exclusive=True, group="open", exit_on_error=False, description="open checkpoint")
@@ -98,10 +116,11 @@ class CkptscopeApp(App):
     def action_back(self) -> None:
         if len(self.screen_stack) > 2:
             self.pop_screen()
+        elif not isinstance(self.screen, BrowseScreen):
+            self.show_browser()
 
     def action_browse(self) -> None:
-        while len(self.screen_stack) > 2:
-            self.pop_screen()
+        self.show_browser()
 
     def open_diff(self, path: Path | None = None) -> None:
         from .diff import DiffScreen
@@ -148,5 +167,7 @@ class CkptscopeApp(App):
     # ----- errors ------------------------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
+            if len(self.screen_stack) == 1:
+                self.show_browser()  # opening the start path failed: land somewhere useful
             title = f"{event.worker.description or event.worker.name} failed"
             self.push_screen(ErrorDialog(title, one_line(event.worker.error)))

@@ -5,6 +5,8 @@ summary and files. Everything shown comes from the headless inspectors/converter
 from __future__ import annotations
 
 import fnmatch
+import re
+import time
 from typing import Any
 
 import humanize
@@ -14,35 +16,38 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static, TabbedContent, TabPane, Tree
 from textual.widgets._tree import TreeNode
+from textual.worker import get_current_worker
 
 from ckptscope.inspectors.jsonable import jsonable
 from ckptscope.inspectors.megatron_common import ARCH_FIELDS
 from ckptscope.inspectors.stats import tensor_stats
-from ckptscope.inspectors.summary import arch_fields, logical_param_count, printable, shard_files_label
-from ckptscope.inspectors.tree import ModuleNode, build_tree
+from ckptscope.inspectors.summary import arch_fields, printable, shard_files_label
+from ckptscope.inspectors.tree import NON_MODEL, ModuleNode, build_tree
 
-NON_MODEL = "(optimizer, rng, other)"
+from ckptscope.themes import dtype_variable
+
+from .messages import CheckpointExplained, StatsReady, TreeFiltered
+from .opening import Explained, Opened, explain
+
+MAX_FILTER_EXPAND = 200
+TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-summary": "#summary-scroll",
+             "tab-files": "#files-scroll"}
+FILTER_DEBOUNCE = 0.12  # seconds of quiet typing before a 100k-name filter runs
 
 
 def tensor_tree(tensors: list[Any]) -> ModuleNode:
     """Model tensors by module path; optimizer/rng tensors under one separate top node."""
-    model = [t for t in tensors if t.group == "model"]
-    root = build_tree(model)
-    other = [t for t in tensors if t.group != "model"]
-    if other:
-        extra = build_tree(other)
-        extra.name = extra.path = NON_MODEL
-        root.children[NON_MODEL] = extra
-    return root
-from ckptscope.themes import dtype_variable
+    return build_tree(tensors, separate_non_model=True)
 
-from .messages import StatsReady
-from .opening import Opened
 
-MAX_FILTER_EXPAND = 200
+def name_filter(query: str) -> re.Pattern[str]:
+    """A substring, or a glob when the query has glob characters, as one compiled pattern."""
+    pattern = query if any(ch in query for ch in "*?[") else f"*{query}*"
+    return re.compile(fnmatch.translate(pattern))
 
 
 def _size(n: int) -> str:
@@ -95,7 +100,7 @@ class TensorTree(Tree[ModuleNode]):
         if module is None or tree_node.children:
             return
         for child in module.sorted_children():
-            if child.children:
+            if child.has_children:
                 tree_node.add(self.label_for(child), data=child, allow_expand=True)
             else:
                 tree_node.add_leaf(self.label_for(child), data=child)
@@ -121,8 +126,12 @@ class TensorTree(Tree[ModuleNode]):
 
     def jump_to(self, path: str) -> bool:
         """Expand along `path` and move the cursor to it (used by the command palette)."""
+        parts = path.split(".")
+        module = self.root.data
+        if module is not None and parts[0] not in module.children and NON_MODEL in module.children:
+            parts.insert(0, NON_MODEL)  # optimizer / rng tensors live under their own top node
         node = self.root
-        for part in path.split("."):
+        for part in parts:
             self.populate(node)
             node.expand()
             match = next((c for c in node.children if c.data is not None and c.data.name == part), None)
@@ -154,13 +163,16 @@ class InspectScreen(Screen):
         super().__init__()
         self.opened = opened
         self.ckpt = opened.ckpt
+        self.explained: Explained | None = None  # canonical view and totals, from a second worker
         self.selected: ModuleNode | None = None
+        self.palette_names: list[str] | None = None  # filled by the command palette on first use
+        self.shown_at: float | None = None  # perf_counter() of the first paint (read by bench/)
 
     # ----- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         ckpt = self.ckpt
         head = f" {ckpt.kind} · " + (f"iter {ckpt.iteration} · " if ckpt.iteration is not None else "") + \
-            f"{ckpt.parallel.label()} · {len(ckpt.model_tensors())} tensors · {_size(ckpt.total_bytes)} · {printable(ckpt.path)}"
+            f"{ckpt.parallel.label()} · {self._tensor_count()} · {_size(ckpt.total_bytes)} · {printable(ckpt.path)}"
         yield Header()
         yield Static(head, classes="title-bar", markup=False, id="inspect-title")
         with TabbedContent(initial="tab-tensors", id="inspect-tabs"):
@@ -173,30 +185,50 @@ class InspectScreen(Screen):
                         yield Static("Select a tensor.", id="details-info", markup=False)
                         yield Static("", id="details-stats", markup=False)
                         yield Sparkline([], id="histogram", summary_function=max)
-            with TabPane("Metadata", id="tab-metadata"):
+            # Hidden panes mount after the first refresh: the tensor tree shows first.
+            with TabPane("Metadata", id="tab-metadata"), Lazy(Vertical(id="meta-pane")):
                 yield Input(placeholder="search training args / config", id="meta-filter")
                 yield DataTable(id="meta-table", zebra_stripes=True, cursor_type="row")
-            with TabPane("Summary", id="tab-summary"):
-                with VerticalScroll(id="summary-scroll"):
-                    yield Static(self._summary(), id="summary")
-            with TabPane("Files", id="tab-files"):
-                with VerticalScroll(id="files-scroll"):
-                    yield Static(self._files(), id="files")
+            with TabPane("Summary", id="tab-summary"), Lazy(VerticalScroll(id="summary-scroll")):
+                yield Static(self._summary(), id="summary")
+            with TabPane("Files", id="tab-files"), Lazy(VerticalScroll(id="files-scroll")):
+                yield Static(self._files(), id="files")
         yield Footer()
 
+    def _tensor_count(self) -> str:
+        """Logical model tensors, and the stored pieces when shards split them."""
+        logical = self.opened.tree.tensors
+        stored = sum(1 for t in self.ckpt.tensors if t.group == "model")
+        return f"{logical:,} tensors" + (f" ({stored:,} stored)" if stored != logical else "")
+
     def on_mount(self) -> None:
-        table = self.query_one("#meta-table", DataTable)
-        table.add_columns("key", "value")
-        self._fill_metadata("")
         self.query_one(TensorTree).focus()
+        self.call_after_refresh(self._shown)
+
+    def _shown(self) -> None:
+        """The first paint is done: now start the slower second step of opening."""
+        self.shown_at = time.perf_counter()
+        self.explain()
+
+    @work(thread=True, exclusive=True, group="explain", exit_on_error=False, description="map tensors to canonical names")
+    def explain(self) -> None:
+        self.post_message(CheckpointExplained(explain(self.ckpt)))
+
+    @on(CheckpointExplained)
+    def _explained(self, message: CheckpointExplained) -> None:
+        self.explained = message.explained
+        for summary in self.query("#summary").results(Static):  # absent until its lazy pane mounts
+            summary.update(self._summary())
+        if self.selected is not None and self.selected.shards:
+            self._show_details(self.selected)
 
     def _dtype_colours(self) -> dict[str, str]:
         variables = self.app.theme_variables
-        return {t.dtype: variables.get(dtype_variable(t.dtype), "") for t in self.ckpt.tensors[:1] + self.ckpt.model_tensors()[:200]}
+        return {dtype: variables.get(dtype_variable(dtype), "") for dtype in {t.dtype for t in self.ckpt.tensors}}
 
     # ----- summary and files ---------------------------------------------------------------------
     def _summary(self) -> Table:
-        ckpt, view = self.ckpt, self.opened.view
+        ckpt, explained = self.ckpt, self.explained
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
@@ -207,8 +239,12 @@ class InspectScreen(Screen):
         table.add_row("layout", ckpt.parallel.label())
         table.add_row("files", f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {_size(ckpt.total_bytes)}")
         table.add_row("complete", "yes" if ckpt.complete else "NO")
-        table.add_row("parameters", _count(logical_param_count(ckpt)))
-        for dtype, n in ckpt.bytes_by_dtype().items():
+        if explained is None:
+            table.add_row("parameters", Text("counting… (mapping tensors to canonical names)", style="italic"))
+            return table
+        view = explained.view
+        table.add_row("parameters", _count(explained.parameters))
+        for dtype, n in explained.bytes_by_dtype.items():
             table.add_row(f"  {dtype}", _size(n))
         if view.spec is not None:
             s = view.spec
@@ -255,6 +291,8 @@ class InspectScreen(Screen):
 
     def _fill_metadata(self, query: str) -> None:
         table = self.query_one("#meta-table", DataTable)
+        if not table.columns:
+            table.add_columns("key", "value")
         table.clear()
         arch = set(ARCH_FIELDS) | set(arch_fields(self.ckpt))
         accent = self.app.theme_variables.get("arch-field", "bold")
@@ -274,12 +312,34 @@ class InspectScreen(Screen):
     @on(Input.Changed, "#tensor-filter")
     def _tensor_filter(self, event: Input.Changed) -> None:
         query = event.value.strip()
-        tensors = self.ckpt.tensors
-        if query:
-            pattern = query if any(ch in query for ch in "*?[") else f"*{query}*"
-            tensors = [t for t in tensors if fnmatch.fnmatchcase(t.global_name, pattern) or fnmatch.fnmatchcase(t.name, pattern)]
-        tree = self.query_one(TensorTree)
+        if not query:
+            self.workers.cancel_group(self, "filter")
+            self._show_tree(query, self.opened.tree)
+            return
+        self.filter_tree(query)
+
+    @work(thread=True, exclusive=True, group="filter", exit_on_error=False, description="filter tensors")
+    def filter_tree(self, query: str) -> None:
+        """Debounced, off the UI thread: a keystroke cancels the previous filter."""
+        worker = get_current_worker()
+        if worker.is_cancelled:
+            return
+        time.sleep(FILTER_DEBOUNCE)
+        if worker.is_cancelled:
+            return
+        match = name_filter(query).match
+        tensors = [t for t in self.ckpt.tensors if match(t.global_name) or match(t.name)]
         root = tensor_tree(tensors)
+        if not worker.is_cancelled:
+            self.post_message(TreeFiltered(query, root))
+
+    @on(TreeFiltered)
+    def _filtered(self, message: TreeFiltered) -> None:
+        if message.query == self.query_one("#tensor-filter", Input).value.strip():
+            self._show_tree(message.query, message.root)
+
+    def _show_tree(self, query: str, root: ModuleNode) -> None:
+        tree = self.query_one(TensorTree)
         tree.clear()
         tree.root.data = root
         tree.populate(tree.root)
@@ -303,6 +363,19 @@ class InspectScreen(Screen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    @on(TabbedContent.TabActivated, "#inspect-tabs")
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        """Focus the new pane (keys or mouse): focus left in a hidden pane would switch back."""
+        if event.pane.id == "tab-metadata" and self.query("#meta-table") and not self.query_one("#meta-table", DataTable).row_count:
+            self._fill_metadata(self.query_one("#meta-filter", Input).value)
+        if event.pane.id == "tab-summary":
+            for summary in self.query("#summary").results(Static):
+                summary.update(self._summary())
+        target = TAB_FOCUS.get(event.pane.id or "")
+        focused = self.focused
+        if target and not (focused is not None and event.pane in focused.ancestors):
+            self.query_one(target).focus()
+
     # ----- details and stats -------------------------------------------------------------------
     @on(Tree.NodeHighlighted, "#tensor-tree")
     def _highlighted(self, event: Tree.NodeHighlighted[ModuleNode]) -> None:
@@ -316,12 +389,19 @@ class InspectScreen(Screen):
         if not node.shards:
             info.update(Text(f"{printable(node.path)}\n\n{node.tensors} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}"))
             return
+        self._show_details(node)
+        self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
+
+    def _show_details(self, node: ModuleNode) -> None:
+        """Where a tensor lives and what it maps to (shown again when the canonical view arrives)."""
+        info = self.query_one("#details-info", Static)
         first = node.shards[0]
         text = Text()
         text.append(printable(node.path) + "\n", style="bold")
         if first.name != first.global_name:
             text.append(f"stored as {printable(first.name)}\n", style="dim")
-        text.append(f"\ncanonical  {printable(self.opened.view.canonical_for(first.global_name))}\n")
+        canonical = self.explained.view.canonical_for(first.global_name) if self.explained else "(mapping…)"
+        text.append(f"\ncanonical  {printable(canonical)}\n")
         text.append(f"dtype      {first.dtype}\n")
         text.append(f"elements   {_count(node.numel)} in {len(node.shards)} shard(s), {_size(node.nbytes)}\n")
         if first.stacked:
@@ -335,7 +415,6 @@ class InspectScreen(Screen):
             for c in t.chunks[:16]:
                 shards.add_row("", f"  chunk @{list(c.offsets)} {list(c.sizes)}", printable(c.file))
         info.update(_stack(text, shards))
-        self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
 
     def action_stats(self) -> None:
         node = self.selected

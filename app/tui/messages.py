@@ -16,6 +16,19 @@ class CheckpointOpened(Message):
 
 
 @dataclass
+class CheckpointExplained(Message):
+    """The canonical view and totals of the open checkpoint (second step of opening)."""
+
+    explained: Any  # app.tui.opening.Explained
+
+
+@dataclass
+class TreeFiltered(Message):
+    query: str
+    root: Any  # inspectors.tree.ModuleNode
+
+
+@dataclass
 class FolderLabelled(Message):
     labels: dict  # Path -> FolderLabel
 

@@ -2,7 +2,8 @@
 
 Variants: `local` (Megatron-Core local spec), `te` (Transformer-Engine spec: norms fused into
 the next linear), `legacy` (pre-mcore nested `language_model`, flattened), `dist` (torch_dist keys:
-local and TE specs share them). Each row says which canonical tensors it holds (`canon`,
+local and TE specs share them). epfLLM Megatron-LLM checkpoints have their own table
+(`rules/megatron_llm.py`: other names, `[up; gate]` SwiGLU) built from the same `Param` rows. Each row says which canonical tensors it holds (`canon`,
 relative to `layers.{i}.` for layer rows), how tensor parallelism splits it (`split`) and how the
 canonical tensors are packed into it (`pack`). Readers and writers both walk this table, so a
 name is never mapped in one direction only.
@@ -177,8 +178,15 @@ def global_params(spec: ModelSpec) -> list[tuple[Param, str]]:
     return [(p, stage) for p, stage in GLOBAL_PARAMS if p.when(spec)]
 
 
-def detect_variant(names: list[str]) -> str:
-    """Which naming a Megatron `torch` checkpoint uses (from its stored tensor names)."""
+def detect_variant(names: list[str], args: dict | None = None) -> str:
+    """Which naming a Megatron `torch` checkpoint uses (from its stored tensor names, and its
+    args for a tied epfLLM Megatron-LLM model): `megatron-llm` / `megatron-llm-release` name
+    the table in `rules/megatron_llm.py`; the others are variants of this one."""
+    from . import megatron_llm
+
+    found = megatron_llm.detect(names, args)
+    if found is not None:
+        return found
     if any(n.startswith("language_model.") for n in names):
         return "legacy"
     if any(".linear_qkv.layer_norm_weight" in n for n in names):

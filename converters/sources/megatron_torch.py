@@ -1,4 +1,8 @@
-"""Megatron `torch` format as canonical tensors: TP shards gathered per parameter, EP per expert."""
+"""Megatron `torch` format as canonical tensors: TP shards gathered per parameter, EP per expert.
+
+The naming variant is detected from the stored names (and args): Megatron-Core local / TE,
+legacy nested, or epfLLM Megatron-LLM, which has its own table (`rules/megatron_llm.py`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from ckptscope.inspectors.model import Checkpoint
 
 from ..rules import megatron as mg
+from ..rules import megatron_llm as mllm
 from ..sharding import gather
 from ..spec import ModelSpec, SpecError, spec_from_megatron_args
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
@@ -23,14 +28,26 @@ class MegatronTorchSource(CanonicalSource):
     def __init__(self, ckpt: Checkpoint, spec: ModelSpec | None = None, *, true_vocab: int | None = None,
                  vocab_note: str = "") -> None:
         self.ckpt = ckpt
-        spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
-        self.spec = spec.with_(qkv_version=legacy_qkv_version(ckpt, spec))
+        args = ckpt.metadata.get("args") or {}
         self.index = by_global(ckpt)
-        self.variant = mg.detect_variant(list(self.index))
+        self.variant = mg.detect_variant(list(self.index), args)
+        self.rules = mllm if self.variant in mllm.VARIANTS else mg  # the table this checkpoint's names follow
+        if self.rules is mllm:
+            # Megatron-LLM stores q/k interleaved even when the architecture comes from --config
+            given = spec
+            spec = spec or spec_from_megatron_args(args, true_vocab=true_vocab, vocab_note=vocab_note, megatron_llm=True)
+            if given is not None or args.get("rotary_interleaved") is None:
+                spec = spec.with_(rotary_interleaved=spec.position == "rope")
+            if problems := mllm.problems(spec, target=False):
+                raise SpecError("; ".join(problems))
+            spec = spec.with_(megatron_llm=True)
+        spec = spec or spec_from_megatron_args(args, true_vocab=true_vocab, vocab_note=vocab_note)
+        # Megatron-LLM always groups QKV per KV head ([q.., k, v]: the checkpoint_version 2 order)
+        self.spec = spec.with_(qkv_version=2 if self.rules is mllm else legacy_qkv_version(ckpt, spec))
 
     def _stored(self, param: mg.Param, layer: int | None, expert: int | None = None) -> str | None:
         """The stored global name of a param (first spelling present on disk)."""
-        prefix = mg.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else ""
+        prefix = self.rules.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else ""
         candidates = [param.name(self.variant, self.spec), *param.read_names()]
         for name in dict.fromkeys(candidates):
             full = prefix + name.format(e=expert)
@@ -43,15 +60,16 @@ class MegatronTorchSource(CanonicalSource):
         spec, out = self.spec, []
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
-            for param, where in mg.global_params(spec):
+            for param, where in self.rules.global_params(spec):
                 if where == stage:
-                    name = self._stored(param, None) or param.name("legacy" if self.variant == "legacy" else "local", spec)
+                    name = self._stored(param, None) or param.name(self.variant, spec)  # te has no global names: local
                     out.append((param, name, list(param.canon)))
             return out
-        for param in mg.layer_params(spec):
+        for param in self.rules.layer_params(spec):
             for e in range(spec.experts) if param.expert else [None]:
                 canon = [f"layers.{group}." + c.format(e=e) for c in param.canon]
-                name = self._stored(param, group, e) or (mg.LAYER_PREFIX[self.variant].format(i=group) + param.name(self.variant, spec).format(e=e))
+                name = self._stored(param, group, e) or (self.rules.LAYER_PREFIX[self.variant].format(i=group)
+                                                         + param.name(self.variant, spec).format(e=e))
                 out.append((param, name, canon))
         return out
 
@@ -67,15 +85,18 @@ class MegatronTorchSource(CanonicalSource):
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected = {name: canon for g in groups(self.spec) for _, name, canon in self._expected(g)}
-        rules = list(mg.IGNORED_PATTERNS)
+        rules = list(self.rules.IGNORED_PATTERNS)
         if self.spec.tied:  # last-stage synced copy of the tied embedding
-            rules += [rf"^{re.escape(n)}$" for n in set(mg.TIED_HEAD_COPY.values())]
+            rules += [rf"^{re.escape(n)}$" for n in set(self.rules.TIED_HEAD_COPY.values())]
         acc = Accounting()
         acc.settle(self.index, expected, rules, user_ignores)
         return acc
 
     def notes(self) -> list[str]:
-        return [f"Megatron naming: {self.variant}", f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})",
+        naming = f"Megatron naming: {self.variant}"
+        if self.rules is mllm:
+            naming += " (epfLLM Megatron-LLM" + (": dense_h_to_4h packs [up; gate] per rank)" if self.spec.gated else ")")
+        return [naming, f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})",
                 *(f"layout quirk: {q}" for q in self.spec.quirks() if "interleaved" in q or "checkpoint_version" in q)]
 
 

@@ -1,7 +1,9 @@
 """Megatron-LM `torch` writer: `iter_XXXXXXX/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`.
 
 Each rank file holds `args` (argparse.Namespace with Megatron's names), `checkpoint_version`
-3.0, `iteration` and `model` in Megatron-Core names (local or Transformer-Engine spec). Rank
+3.0, `iteration` and `model` in Megatron-Core names (local or Transformer-Engine spec), or, with
+`megatron_spec="megatron-llm"`, in epfLLM Megatron-LLM's nested names and layouts
+(`rules/megatron_llm.py`: interleaved q/k, `[up; gate]` SwiGLU, its arg names as well). Rank
 files of one pipeline stage are open together and filled layer by layer (tensor bytes go to
 disk as they are made); the tracker `latest_checkpointed_iteration.txt` is written last.
 """
@@ -18,7 +20,9 @@ import torch
 from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
 from ..rules import megatron as mg
+from ..rules import megatron_llm as mllm
 from ..sharding import scatter
+from ..spec import SpecError
 from ..sources import PRE, group_canon
 from .base import PlannedFile, Writer
 from .megatron_common import stage_of, target_args, target_padded_vocab
@@ -39,10 +43,18 @@ def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped
 
 class MegatronTorchWriter(Writer):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
+        if opts.megatron_spec == mllm.TRAIN:
+            if problems := mllm.problems(spec, opts.tp):
+                raise SpecError("; ".join(problems))
+            spec = spec.with_(rotary_interleaved=spec.position == "rope")  # Megatron-LLM applies RoPE to interleaved pairs
         super().__init__(spec, opts)
-        self.variant = "te" if opts.megatron_spec == "te" else "local"
+        self.variant = opts.megatron_spec if opts.megatron_spec in ("te", mllm.TRAIN) else "local"
+        self.rules = mllm if self.variant == mllm.TRAIN else mg
         self.padded = target_padded_vocab(spec, opts)
-        self.args = argparse.Namespace(**target_args(spec, opts, "torch"))
+        args = target_args(spec, opts, "torch")
+        if self.rules is mllm:
+            args.update(mllm.args_from_spec(spec))
+        self.args = argparse.Namespace(**args)
         self.stages = spec.stage_layers(opts.pp, opts.pp_layers)
         self.iter_dir = iteration_folder_name(opts.iteration)
         self._stage = -1
@@ -83,8 +95,9 @@ class MegatronTorchWriter(Writer):
 
     def _finish_stage(self) -> None:
         for key, writer in self._writers.items():
+            model = mllm.nest(self._models[key]) if self.rules is mllm else self._models[key]
             state = {"args": self.args, "checkpoint_version": 3.0, "iteration": self.opts.iteration,
-                     "model": self._models[key], "num_floating_point_operations_so_far": 0}
+                     "model": model, "num_floating_point_operations_so_far": 0}
             writer.finish(state)
         self._writers.clear()
         self._models.clear()
@@ -100,19 +113,19 @@ class MegatronTorchWriter(Writer):
         all_ep = range(opts.ep)
         if group == PRE or group == spec.layers:
             stage = "first" if group == PRE else "last"
-            for param, where in mg.global_params(spec):
+            for param, where in self.rules.global_params(spec):
                 if where == stage:
                     shards = scatter(param, [tensors[c] for c in param.canon], spec, opts.tp, self.padded)
-                    self._put(param.name("local", spec), shards, all_ep)
+                    self._put(param.name(self.variant, spec), shards, all_ep)  # te has no global names: local
                     if param.canon == ("embed",) and spec.tied and opts.pp > 1:
                         self._tied_embed = shards
             if group == spec.layers and spec.tied and opts.pp > 1 and self._tied_embed is not None:
-                self._put(mg.TIED_HEAD_COPY["local"], self._tied_embed, all_ep)
+                self._put(self.rules.TIED_HEAD_COPY.get(self.variant, mg.TIED_HEAD_COPY["local"]), self._tied_embed, all_ep)
             return
         local = group - self.stages[self._stage].start
-        prefix = f"decoder.layers.{local}."
+        prefix = (self.rules.LAYER_PREFIX[self.variant] if self.rules is mllm else "decoder.layers.{i}.").format(i=local)
         e_local = spec.experts // opts.ep if spec.moe else 0
-        for param in mg.layer_params(spec):
+        for param in self.rules.layer_params(spec):
             if param.expert:
                 for e in range(spec.experts):
                     canon = [tensors[f"layers.{group}." + c.format(e=e)] for c in param.canon]
