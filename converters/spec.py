@@ -136,6 +136,10 @@ class ModelSpec:
             out.append(f"{self.position} positions")
         if self.embed_norm:
             out.append("embedding layernorm")
+        if self.qk_norm:
+            out.append("qk-norm")
+        if self.rope_scaling:
+            out.append(f"rope scaling: {self.rope_scaling.get('rope_type') or self.rope_scaling.get('type')}")
         return out
 
     def padded_for(self, tp: int, divisible_by: int | None = None) -> int:

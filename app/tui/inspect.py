@@ -252,11 +252,8 @@ class InspectScreen(Screen):
                                    f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
                                    + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
                                    + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
-            quirks = [q for q, on_ in (("tied head", s.tied), ("layernorm-1p", s.layernorm_1p), ("qk-norm", s.qk_norm),
-                                       ("padded vocab", bool(s.padded_vocab and s.padded_vocab != s.vocab)),
-                                       ("rope scaling: " + str((s.rope_scaling or {}).get("rope_type")), bool(s.rope_scaling))) if on_]
-            if quirks:
-                table.add_row("quirks", ", ".join(quirks))
+            if view.quirks:  # the same list `ckptscope inspect` and diff print
+                table.add_row("quirks", "; ".join(view.quirks))
             table.add_row("mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
                                      f"{len(view.unmatched)} unmatched")
         elif view.problem:
