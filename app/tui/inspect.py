@@ -88,7 +88,7 @@ class TensorTree(Tree[ModuleNode]):
                 parts.append((f"×{len(node.shards)} shards", "italic"))
             parts.append((_size(node.nbytes), "dim"))
         else:
-            parts.append((f"{node.tensors} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
+            parts.append((f"{node.tensors:,} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
         for part, style in parts:
             text.append("  ")  # separators stay unstyled: styled leading spaces are dropped when rendered
             text.append(part, style=style)
@@ -384,7 +384,7 @@ class InspectScreen(Screen):
         if node is None:
             return
         if not node.shards:
-            info.update(Text(f"{printable(node.path)}\n\n{node.tensors} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}"))
+            info.update(Text(f"{printable(node.path)}\n\n{node.tensors:,} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}"))
             return
         self._show_details(node)
         self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
