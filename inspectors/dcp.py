@@ -26,7 +26,7 @@ import torch
 from .errors import CheckpointError, reading
 from .safe_pickle import RestrictedUnpickler
 from .safetensors_header import StEntry, StHeader, read_header
-from .torchfile import StorageType, _rebuild_hooks
+from .torchfile import _rebuild_hooks, storage_id, zip_pickle
 
 METADATA_FILE = ".metadata"
 _ZIP_MAGIC = b"PK"
@@ -373,20 +373,13 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
     Unknown classes become placeholders and are added to `seen`.
     """
     zf = zipfile.ZipFile(io.BytesIO(buf))
-    names = zf.namelist()
-    pkl = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
-    if not pkl:
-        raise CheckpointError("<bytes>", "torch payload has no data.pkl")
-    prefix = pkl[0][: -len("data.pkl")]
+    index, data = zip_pickle("<bytes>", zf)
     storages: dict[str, torch.Tensor] = {}
 
     def persistent(pid: Any) -> torch.Tensor:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise CheckpointError("<bytes>", f"unexpected persistent id {str(pid)[:80]!r}")
-        stype, key, numel = pid[1], str(pid[2]), int(pid[4])
-        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        dtype, key, numel = storage_id("<bytes>", pid)
         if key not in storages:
-            raw = bytearray(zf.read(f"{prefix}data/{key}"))
+            raw = bytearray(zf.read(f"{index.prefix}data/{key}"))
             if len(raw) < numel * dtype.itemsize:
                 raise CheckpointError("<bytes>", f"storage {key} holds {len(raw)} bytes, needs {numel * dtype.itemsize}")
             flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
@@ -402,7 +395,5 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
             stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
         return flat.as_strided(shape, tuple(int(s) for s in stride), int(offset)).clone()
 
-    unpickler = RestrictedUnpickler(
-        io.BytesIO(zf.read(pkl[0])), hooks=_rebuild_hooks(make), persistent=persistent, seen=seen
-    )
+    unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(make), persistent=persistent, seen=seen)
     return unpickler.load()

@@ -15,18 +15,16 @@ from __future__ import annotations
 import json
 import math
 import struct
-from math import prod
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+import torch
 
 from .errors import CheckpointError, reading
-
-if TYPE_CHECKING:
-    import torch
+from .model import dtype_from_name
 
 MAX_HEADER_BYTES = 100_000_000
 
@@ -83,8 +81,6 @@ class StEntry(msgspec.Struct, gc=False):
 
     def load(self) -> torch.Tensor:
         """Read exactly this tensor's bytes into a new tensor (no mmap, no header re-parse)."""
-        import torch
-
         path = Path(self.path)
         raw = torch.empty(self.end - self.begin, dtype=torch.uint8)
         with reading(path, f"cannot read tensor {self.name!r}"), open(path, "rb") as fh:
@@ -92,7 +88,7 @@ class StEntry(msgspec.Struct, gc=False):
             got = fh.readinto(memoryview(raw.numpy())) if raw.numel() else 0
         if got != raw.numel():
             raise CheckpointError(path, f"truncated: tensor {self.name!r} needs {raw.numel()} bytes at {self.begin}, file has {got}")
-        return raw.view(getattr(torch, self.dtype)).reshape(self.shape)
+        return raw.view(dtype_from_name(self.dtype)).reshape(self.shape)
 
 
 class _MetadataOnly(msgspec.Struct):
@@ -156,7 +152,7 @@ def _decode_fast(path: Path, raw: bytes, data_start: int, size: int) -> StHeader
             entry.path = path
         for entry in sorted(entries.values(), key=_BY_OFFSETS):
             begin, end = entry.data_offsets  # type: ignore[misc]
-            if data_start + begin != expected or prod(entry.shape) * ST_BITS[entry.st_dtype] != (end - begin) * 8:  # type: ignore[arg-type, index]
+            if data_start + begin != expected or math.prod(entry.shape) * ST_BITS[entry.st_dtype] != (end - begin) * 8:  # type: ignore[arg-type, index]
                 return None
             entry.begin = expected
             expected = entry.end = data_start + end

@@ -231,36 +231,47 @@ def open_torch_file(path: str | Path) -> TorchFile:
         return _open_legacy(path)
 
 
+def zip_pickle(path: Path | str, zf: zipfile.ZipFile) -> tuple[_ZipIndex, bytes]:
+    """The `data.pkl` of a torch.save zip, after the checks every reader makes (size cap, little
+    endian). `path` names the file in errors ("<bytes>" for in-memory payloads)."""
+    index = _ZipIndex(Path(path), zf)
+    info = index.infos[index.pkl]
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise CheckpointError(path, f"data.pkl claims {info.file_size} bytes; refusing")
+    data = zf.read(index.pkl)
+    byteorder = index.prefix + "byteorder"
+    if byteorder in index.infos and zf.read(byteorder).strip() not in (b"little", b""):
+        raise CheckpointError(path, "big-endian torch files are not supported")
+    return index, data
+
+
+def storage_id(path: Path | str, pid: Any) -> tuple[torch.dtype, str, int]:
+    """(dtype, key, numel) of a torch.save storage persistent id; any other id is refused."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
+    _, stype, key, _location, numel = pid[:5]
+    return (stype.dtype if isinstance(stype, StorageType) else torch.uint8), str(key), int(numel)
+
+
 def _open_zip(path: Path) -> TorchFile:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise CheckpointError(path, f"corrupt or truncated zip archive ({exc})") from None
     with zf:
-        index = _ZipIndex(path, zf)
-        info = index.infos[index.pkl]
-        if info.file_size > _MAX_PICKLE_BYTES:
-            raise CheckpointError(path, f"data.pkl claims {info.file_size} bytes; refusing")
-        data = zf.read(index.pkl)
-        byteorder = index.prefix + "byteorder"
-        if byteorder in index.infos and zf.read(byteorder).strip() not in (b"little", b""):
-            raise CheckpointError(path, "big-endian torch files are not supported")
+        index, data = zip_pickle(path, zf)
     storages: dict[str, StorageRef] = {}
 
     def persistent(pid: Any) -> StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
-        _, stype, key, _location, numel = pid[:5]
-        key = str(key)
-        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        dtype, key, numel = storage_id(path, pid)
         ref = storages.get(key)
         if ref is None:
             member = index.member_size(key)
             if member < 0:
                 raise CheckpointError(path, f"zip archive is missing member {index.prefix}data/{key}")
-            ref = StorageRef(path, key, dtype, int(numel), archive=index)
-            if member < int(numel) * dtype.itemsize:
-                raise CheckpointError(path, f"storage {key} holds {member} bytes, needs {int(numel) * dtype.itemsize}")
+            ref = StorageRef(path, key, dtype, numel, archive=index)
+            if member < numel * dtype.itemsize:
+                raise CheckpointError(path, f"storage {key} holds {member} bytes, needs {numel * dtype.itemsize}")
             storages[key] = ref
         return ref
 

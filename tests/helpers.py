@@ -17,12 +17,12 @@ def hf_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_to(src: Path, dst: Path, fmt: str, **kw) -> Path:
-    """Plan and run one conversion; plan options (`rotary_layout`, `true_vocab`) are split off."""
+    """Plan and run one conversion; plan options (`config`, `rotary_layout`, `true_vocab`) are split off."""
     from ckptscope.converters.plan import make_plan
     from ckptscope.converters.run import run_to_end
     from ckptscope.converters.writers import TargetOptions
 
-    plan_kw = {k: kw.pop(k) for k in ("rotary_layout", "true_vocab") if k in kw}
+    plan_kw = {k: kw.pop(k) for k in ("config", "rotary_layout", "true_vocab") if k in kw}
     plan = make_plan(src, TargetOptions(fmt, **kw), **plan_kw)
     assert plan.ok, plan.errors
     run_to_end(plan, dst)
@@ -46,3 +46,14 @@ def assert_same_hf_state(a: Path, b: Path) -> None:
     assert sa.keys() == sb.keys(), set(sa) ^ set(sb)
     for name in sa:
         assert sa[name].dtype == sb[name].dtype and torch.equal(sa[name], sb[name]), name
+
+
+def saved_models(factory, kinds, build, **save_kw) -> dict[str, tuple[Path, torch.nn.Module]]:  # type: ignore[no-untyped-def]
+    """Tiny transformers models built by `build(kind)`, each saved to its own folder."""
+    out = {}
+    for kind in kinds:
+        folder = factory.mktemp(kind)
+        model = build(kind)
+        model.save_pretrained(folder, **save_kw)
+        out[kind] = (folder, model)
+    return out

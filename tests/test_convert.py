@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from .helpers import hf_state
 from ckptscope.converters.ops import split
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import PlanRefused, run_to_end
-from ckptscope.converters.verify import fixed_tokens, verify
+from ckptscope.converters.verify import verify
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
+
+from .helpers import (
+    convert_to,
+    hf_state,
+    logits_diff,
+    saved_models,
+)
 
 COMMON = dict(vocab_size=300, hidden_size=64, num_hidden_layers=4, num_attention_heads=8, max_position_embeddings=128)
 
@@ -51,32 +56,17 @@ def _build(kind: str):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
-    out = {}
-    for kind in ("llama-gqa", "llama-tied", "mistral", "qwen2", "mixtral"):
-        folder = tmp_path_factory.mktemp(kind)
-        model = _build(kind)
-        model.save_pretrained(folder, max_shard_size="100KB")
-        out[kind] = (folder, model)
-    return out
+    return saved_models(tmp_path_factory, ("llama-gqa", "llama-tied", "mistral", "qwen2", "mixtral"), _build, max_shard_size="100KB")
 
 
 _state = hf_state
 
 
-def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:
-    plan = make_plan(src, TargetOptions(fmt, **kw))
-    assert plan.ok, plan.errors
-    run_to_end(plan, dst)
-    return dst
+_convert = convert_to
 
 
 def _assert_hf_logits(folder: Path, model: torch.nn.Module, tol: float = 1e-5) -> None:
-    from transformers import AutoModelForCausalLM
-
-    ids = fixed_tokens(model.config.vocab_size)
-    converted = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    with torch.no_grad():
-        diff = (converted(ids).logits - model(ids).logits).abs().max().item()
+    diff = logits_diff(folder, model, model.config.vocab_size)
     assert diff <= tol, diff
 
 
@@ -289,7 +279,8 @@ def test_torch_dist_output_matches_megatron_core_layout(corpus: Path, tmp_path: 
 
 
 def test_tokenizer_is_copied_and_sizes_the_vocab(models, tmp_path: Path) -> None:
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     vocab = {f"w{i}": i for i in range(300)}

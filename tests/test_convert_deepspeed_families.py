@@ -17,10 +17,13 @@ import torch
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import run_to_end
 from ckptscope.converters.samples import deepspeed as dss
-from ckptscope.converters.verify import fixed_tokens
 from ckptscope.converters.writers import TargetOptions
 
-from .helpers import hf_state
+from .helpers import (
+    assert_same_hf_state,
+    convert_to,
+    logits_diff,
+)
 
 VOCAB = 300
 
@@ -41,11 +44,7 @@ def _build(kind: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:
-    plan = make_plan(src, TargetOptions(fmt, **kw))
-    assert plan.ok, plan.errors
-    run_to_end(plan, dst)
-    return dst
+_convert = convert_to
 
 
 @pytest.fixture(scope="module", params=["gpt2", "bloom"])
@@ -78,15 +77,6 @@ def test_family_pipeline_tp2_to_hf(family, tmp_path: Path, style: str) -> None:
     out = tmp_path / "hf"
     run_to_end(plan, out)
 
-    want, got = hf_state(src), hf_state(out)
-    assert want.keys() == got.keys(), set(want) ^ set(got)
-    for name in want:
-        assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
-
-    from transformers import AutoModelForCausalLM
-
-    ids = fixed_tokens(VOCAB)
-    converted = AutoModelForCausalLM.from_pretrained(str(out)).eval()
-    with torch.no_grad():
-        diff = (converted(ids).logits - model(ids).logits).abs().max().item()
+    assert_same_hf_state(src, out)
+    diff = logits_diff(out, model, VOCAB)
     assert diff <= 1e-5, diff

@@ -11,19 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from .helpers import hf_state
 from ckptscope.app.cli import app
 from ckptscope.converters.plan import make_plan
-from ckptscope.converters.run import run_to_end
 from ckptscope.converters.samples.hf import hf_name, write_hf
 from ckptscope.converters.samples.nxd import write_nxd
 from ckptscope.converters.samples.spec import SampleSpec
-from ckptscope.converters.verify import fixed_tokens
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
 from ckptscope.inspectors.errors import CheckpointError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
+
+from .helpers import (
+    assert_same_hf_state,
+    convert_to,
+    hf_state,
+    logits_diff,
+    saved_models,
+)
 
 COMMON = dict(vocab_size=300, hidden_size=64, num_hidden_layers=4, num_attention_heads=8, max_position_embeddings=128)
 
@@ -54,37 +59,18 @@ def _build(kind: str) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
-    out = {}
-    for kind in ("llama-gqa", "llama-mha", "llama-tied", "mixtral"):
-        folder = tmp_path_factory.mktemp(kind)
-        model = _build(kind)
-        model.save_pretrained(folder)
-        out[kind] = (folder, model)
-    return out
+    return saved_models(tmp_path_factory, ("llama-gqa", "llama-mha", "llama-tied", "mixtral"), _build)
 
 
 _state = hf_state
 
 
-def _convert(src: Path, dst: Path, fmt: str, **kw) -> Path:
-    config = kw.pop("config", None)
-    plan = make_plan(src, TargetOptions(fmt, **kw), config=config)
-    assert plan.ok, plan.errors
-    run_to_end(plan, dst)
-    return dst
+_convert = convert_to
 
 
 def _assert_same_model(src: Path, back: Path, model: torch.nn.Module, tol: float = 1e-5) -> None:
-    from transformers import AutoModelForCausalLM
-
-    a, b = _state(src), _state(back)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    ids = fixed_tokens(model.config.vocab_size)
-    converted = AutoModelForCausalLM.from_pretrained(str(back)).eval()
-    with torch.no_grad():
-        diff = (converted(ids).logits - model(ids).logits).abs().max().item()
+    assert_same_hf_state(src, back)
+    diff = logits_diff(back, model, model.config.vocab_size)
     assert diff <= tol, diff
 
 

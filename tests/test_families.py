@@ -28,7 +28,13 @@ from ckptscope.converters.verify import verify
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
 
-from .helpers import assert_same_hf_state, convert_to, hf_state, logits_diff
+from .helpers import (
+    assert_same_hf_state,
+    convert_to,
+    hf_state,
+    logits_diff,
+    saved_models,
+)
 
 VOCAB = 300
 
@@ -73,13 +79,7 @@ FAMILIES = ("gpt2", "bloom", "falcon-7b", "falcon-40b", "falcon-seq", "codellama
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
-    out = {}
-    for kind in FAMILIES:
-        folder = tmp_path_factory.mktemp(kind)
-        model = _build(kind)
-        model.save_pretrained(folder)
-        out[kind] = (folder, model)
-    return out
+    return saved_models(tmp_path_factory, FAMILIES, _build)
 
 
 _state = hf_state

@@ -39,11 +39,6 @@ TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-
 FILTER_DEBOUNCE = 0.12  # seconds of quiet typing before a 100k-name filter runs
 
 
-def tensor_tree(tensors: list[Any]) -> ModuleNode:
-    """Model tensors by module path; optimizer/rng tensors under one separate top node."""
-    return build_tree(tensors, separate_non_model=True)
-
-
 def name_filter(query: str) -> re.Pattern[str]:
     """A substring, or a glob when the query has glob characters, as one compiled pattern."""
     pattern = query if any(ch in query for ch in "*?[") else f"*{query}*"
@@ -198,7 +193,7 @@ class InspectScreen(Screen):
     def _tensor_count(self) -> str:
         """Logical model tensors, and the stored pieces when shards split them."""
         logical = self.opened.tree.tensors
-        stored = sum(1 for t in self.ckpt.tensors if t.group == "model")
+        stored = len(self.ckpt.model_tensors())
         return f"{logical:,} tensors" + (f" ({stored:,} stored)" if stored != logical else "")
 
     def on_mount(self) -> None:
@@ -217,8 +212,7 @@ class InspectScreen(Screen):
     @on(CheckpointExplained)
     def _explained(self, message: CheckpointExplained) -> None:
         self.explained = message.explained
-        for summary in self.query("#summary").results(Static):  # absent until its lazy pane mounts
-            summary.update(self._summary())
+        self._refresh_summary()
         if self.selected is not None and self.selected.shards:
             self._show_details(self.selected)
 
@@ -227,6 +221,10 @@ class InspectScreen(Screen):
         return {dtype: variables.get(dtype_variable(dtype), "") for dtype in {t.dtype for t in self.ckpt.tensors}}
 
     # ----- summary and files ---------------------------------------------------------------------
+    def _refresh_summary(self) -> None:
+        for summary in self.query("#summary").results(Static):  # absent until its lazy pane mounts
+            summary.update(self._summary())
+
     def _summary(self) -> Table:
         ckpt, explained = self.ckpt, self.explained
         table = Table.grid(padding=(0, 2))
@@ -326,7 +324,7 @@ class InspectScreen(Screen):
             return
         match = name_filter(query).match
         tensors = [t for t in self.ckpt.tensors if match(t.global_name) or match(t.name)]
-        root = tensor_tree(tensors)
+        root = build_tree(tensors, separate_non_model=True)
         if not worker.is_cancelled:
             self.post_message(TreeFiltered(query, root))
 
@@ -366,8 +364,7 @@ class InspectScreen(Screen):
         if event.pane.id == "tab-metadata" and self.query("#meta-table") and not self.query_one("#meta-table", DataTable).row_count:
             self._fill_metadata(self.query_one("#meta-filter", Input).value)
         if event.pane.id == "tab-summary":
-            for summary in self.query("#summary").results(Static):
-                summary.update(self._summary())
+            self._refresh_summary()
         target = TAB_FOCUS.get(event.pane.id or "")
         focused = self.focused
         if target and not (focused is not None and event.pane in focused.ancestors):

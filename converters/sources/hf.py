@@ -6,13 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-
-from pathlib import Path
-
-from ckptscope.inspectors.errors import CheckpointError, reading
-from ckptscope.inspectors.formats.hf import SafetensorsSource
-from ckptscope.inspectors.model import Checkpoint, TensorInfo, dtype_from_name
-from ckptscope.inspectors.safetensors_header import StHeader, read_header
+from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from ..layouts import Identity
 from ..rules import hf as hf_rules
@@ -54,24 +48,9 @@ class HfSource(CanonicalSource):
         return out
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
-        """One positioned read of a safetensors tensor straight into a new tensor. `safe_open` per
-        tensor (header parse + mmap + copy) cost more than the data for MoE layers of many experts."""
-        src = info.source
-        if not isinstance(src, SafetensorsSource):
-            return self.ckpt.load(info)
-        headers: dict[Path, StHeader] = self.__dict__.setdefault("_headers", {})
-        if src.path not in headers:
-            headers[src.path] = read_header(src.path)  # validated: ranges tile the data section
-        entry = headers[src.path].entries.get(src.name)
-        if entry is None:
-            return self.ckpt.load(info)
-        raw = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
-        with reading(src.path, f"cannot read tensor {src.name!r}"), open(src.path, "rb") as fh:
-            fh.seek(entry.begin)
-            got = fh.readinto(memoryview(raw.numpy()))
-        if got != raw.numel():
-            raise CheckpointError(src.path, f"truncated: tensor {src.name!r} needs {raw.numel()} bytes at {entry.begin}, file has {got}")
-        return raw.view(dtype_from_name(entry.dtype)).reshape(entry.shape)
+        """A safetensors tensor's source is its validated header entry: one positioned read (per
+        tensor `safe_open`, a header parse + mmap + copy, cost more than the data of small experts)."""
+        return self.ckpt.load(info)
 
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
         prefix = hf_rules.LAYER_PREFIX.format(i=i)

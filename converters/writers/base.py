@@ -79,3 +79,29 @@ class Writer(ABC):
 
     def notes(self) -> list[str]:
         return []
+
+
+class StagedWriter(Writer):
+    """A writer of one file per rank that keeps only the current pipeline stage's files open.
+
+    Groups arrive in order, so a stage's files are finished when the first group of the next
+    stage arrives (and by `close`). Subclasses open and finish one stage's files."""
+
+    def __init__(self, spec: ModelSpec, opts: TargetOptions) -> None:
+        super().__init__(spec, opts)
+        self._stage = -1
+
+    def _enter_stage(self, stage: int) -> None:
+        if stage == self._stage:
+            return
+        self._finish_stage()
+        assert self.folder is not None
+        self._stage = stage
+        self._open_stage(stage)
+
+    @abstractmethod
+    def _open_stage(self, stage: int) -> None: ...
+
+    @abstractmethod
+    def _finish_stage(self) -> None:
+        """Finish every open file of the current stage (nothing when none is open)."""

@@ -24,7 +24,7 @@ from ..rules import megatron_llm as mllm
 from ..sharding import scatter
 from ..spec import SpecError
 from ..sources import PRE, group_canon
-from .base import PlannedFile, Writer
+from .base import PlannedFile, StagedWriter
 from .megatron_common import stage_of, target_args, target_padded_vocab
 from .torchzip import TorchZipWriter
 
@@ -41,7 +41,7 @@ def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped
     return name
 
 
-class MegatronTorchWriter(Writer):
+class MegatronTorchWriter(StagedWriter):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
         if opts.megatron_spec == mllm.TRAIN:
             if problems := mllm.problems(spec, opts.tp):
@@ -57,7 +57,6 @@ class MegatronTorchWriter(Writer):
         self.args = argparse.Namespace(**args)
         self.stages = spec.stage_layers(opts.pp, opts.pp_layers)
         self.iter_dir = iteration_folder_name(opts.iteration)
-        self._stage = -1
         self._writers: dict[tuple[int, int], TorchZipWriter] = {}
         self._models: dict[tuple[int, int], OrderedDict] = {}
         self._tied_embed: list[torch.Tensor] | None = None
@@ -82,12 +81,8 @@ class MegatronTorchWriter(Writer):
         return out
 
     # ----- streaming -----------------------------------------------------------------------
-    def _enter_stage(self, stage: int) -> None:
-        if stage == self._stage:
-            return
-        self._finish_stage()
+    def _open_stage(self, stage: int) -> None:
         assert self.folder is not None
-        self._stage = stage
         for tp in range(self.opts.tp):
             for ep in range(self.opts.ep):
                 self._writers[(tp, ep)] = TorchZipWriter(self.folder / self._rank_file(tp, stage, ep))

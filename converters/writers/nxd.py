@@ -20,7 +20,7 @@ from ..nxd_sharding import Geometry, HeadMap, expert_canon, scatter, scatter_exp
 from ..rules import nxd as rules
 from ..sources import PRE, group_canon
 from ..spec import SpecError
-from .base import PlannedFile, Writer
+from .base import PlannedFile, StagedWriter
 from .megatron_common import stage_of
 from .torchzip import TorchZipWriter
 from .xser import XserFileWriter
@@ -44,7 +44,7 @@ class _PlainSink:
         self.zip.finish(obj)
 
 
-class NxdWriter(Writer):
+class NxdWriter(StagedWriter):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
         super().__init__(spec, opts)
         if opts.nxd_style not in rules.STYLES:
@@ -63,7 +63,6 @@ class NxdWriter(Writer):
         self.form = rules.write_form(opts.nxd_style, opts.fuse_qkv, spec)
         self.tag = opts.nxd_tag or f"step_{opts.iteration}"
         self.stages = spec.stage_layers(opts.pp, opts.pp_layers)
-        self._stage = -1
         self._sinks: dict[tuple[int, int], _Sink] = {}
         self._states: dict[tuple[int, int], OrderedDict[str, Any]] = {}
 
@@ -103,12 +102,8 @@ class NxdWriter(Writer):
         (folder / self.tag / MODEL_DIR).mkdir(parents=True, exist_ok=True)
         (folder / self.tag / STARTED).write_text("1")  # the save has begun
 
-    def _enter_stage(self, stage: int) -> None:
-        if stage == self._stage:
-            return
-        self._finish_stage()
+    def _open_stage(self, stage: int) -> None:
         assert self.folder is not None
-        self._stage = stage
         for ep in range(self.opts.ep):
             for tp in range(self.opts.tp):
                 path = self.folder / self._rel(tp, stage, ep)

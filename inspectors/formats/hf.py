@@ -14,7 +14,7 @@ import torch
 from ..detect import Probe
 from ..errors import CheckpointError, reading
 from ..model import Checkpoint, ShardFile, TensorInfo, dtype_name, relpath
-from ..safetensors_header import StEntry, read_header
+from ..safetensors_header import read_header
 from ..torchfile import LazyTensor, flatten, open_torch_file
 
 SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$")
@@ -31,10 +31,6 @@ class _Index(msgspec.Struct):
 
 
 _DECODE_INDEX = msgspec.json.Decoder(_Index)  # typed: a 100k-name index parses without a Python pass
-
-
-# A safetensors tensor's source is its header entry: one positioned read of its byte range.
-SafetensorsSource = StEntry
 
 
 @dataclass(slots=True)
@@ -92,7 +88,7 @@ class HfReader:
             return [path], None, None
         index_file = path if path.is_file() else next((folder / n for n in INDEX_NAMES if (folder / n).is_file()), None)
         if index_file is not None:
-            weight_map = self._read_index(index_file, folder)
+            weight_map = self._read_index(index_file)
             files = [folder / f for f in sorted(set(weight_map.values()))]  # dedupe names first: 100k Paths are slow
             missing = [f.name for f in files if not f.is_file()]
             if missing:
@@ -110,7 +106,7 @@ class HfReader:
                 ckpt.warnings.append(f"{len(sharded)} of {total} shards present and no index file")
         return weights, None, None
 
-    def _read_index(self, index_file: Path, folder: Path) -> dict[str, str]:
+    def _read_index(self, index_file: Path) -> dict[str, str]:
         with reading(index_file, "cannot read index"):
             raw = index_file.read_bytes()
         try:

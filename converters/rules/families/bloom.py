@@ -9,7 +9,7 @@ from typing import Any
 from ...layouts import GroupedQKV
 from ...spec import ModelSpec, SpecError
 from ..hf import HfFamily, HfParam, register
-from .common import first, hf_common, lm_head
+from .common import LN_F_AND_HEAD, first, hf_common
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -62,11 +62,7 @@ BLOOM = register(HfFamily(
         HfParam("mlp.dense_4h_to_h.weight", ("mlp.down",)),
         HfParam("mlp.dense_4h_to_h.bias", ("mlp.down.bias",)),
     ),
-    post=(
-        HfParam("transformer.ln_f.weight", ("final_norm",)),
-        HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
-        HfParam("lm_head.weight", ("lm_head",), when=lm_head),
-    ),
+    post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
 ))

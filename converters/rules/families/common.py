@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import ModelSpec, SpecError, hf_dtype
+from ..hf import HfParam
 
 
 def rope_parameters(spec: ModelSpec) -> dict[str, Any]:
@@ -45,3 +46,12 @@ def first(config: dict[str, Any], *names: str, default: Any = None) -> Any:
 
 
 __all__ = ["first", "hf_common", "lm_head", "one_of", "rope_parameters"]
+
+
+# The end of a `transformer.h`-style model (GPT-2, BLOOM, Falcon): final LayerNorm with bias and
+# the LM head unless it is tied to the embedding.
+LN_F_AND_HEAD = (
+    HfParam("transformer.ln_f.weight", ("final_norm",)),
+    HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
+    HfParam("lm_head.weight", ("lm_head",), when=lm_head),
+)

@@ -13,7 +13,7 @@ from typing import Any
 from ...layouts import GroupedQKV
 from ...spec import ModelSpec, SpecError, _rope_from_config
 from ..hf import HfFamily, HfParam, register
-from .common import first, hf_common, lm_head, one_of, rope_parameters
+from .common import LN_F_AND_HEAD, first, hf_common, one_of, rope_parameters
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -102,11 +102,7 @@ FALCON = register(HfFamily(
         HfParam("mlp.dense_4h_to_h.weight", ("mlp.down",)),
         HfParam("mlp.dense_4h_to_h.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
-    post=(
-        HfParam("transformer.ln_f.weight", ("final_norm",)),
-        HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
-        HfParam("lm_head.weight", ("lm_head",), when=lm_head),
-    ),
+    post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     ignored=(r"\.rotary_emb\.inv_freq$",),

@@ -9,7 +9,7 @@ from typing import Any
 from ...layouts import CONV1D, ConcatRows, Transposed
 from ...spec import ModelSpec, SpecError
 from ..hf import HfFamily, HfParam, register
-from .common import first, hf_common, lm_head, one_of
+from .common import LN_F_AND_HEAD, first, hf_common, one_of
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
@@ -67,11 +67,7 @@ GPT2 = register(HfFamily(
         HfParam("mlp.c_proj.weight", ("mlp.down",), CONV1D),
         HfParam("mlp.c_proj.bias", ("mlp.down.bias",)),
     ),
-    post=(
-        HfParam("transformer.ln_f.weight", ("final_norm",)),
-        HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
-        HfParam("lm_head.weight", ("lm_head",), when=lm_head),
-    ),
+    post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
 ))
