@@ -126,3 +126,16 @@ def test_placeholder_cannot_be_repickled() -> None:
     with pytest.raises(pickle.PicklingError):
         pickle.dumps(obj)
     assert not isinstance(io.BytesIO(), Placeholder)
+
+
+def test_memo_index_from_the_file_does_not_size_an_allocation() -> None:
+    """One LONG_BINPUT naming index 2**31-1: the C unpickler allocated and zeroed a memo array
+    that long (gigabytes, tens of seconds); ours keeps a dict and returns at once."""
+    import struct
+
+    import psutil
+
+    bomb = b"\x80\x02N" + b"r" + struct.pack("<I", 2**31 - 1) + b"."
+    before = psutil.Process().memory_info().rss
+    assert safe_loads(bomb) is None
+    assert psutil.Process().memory_info().rss - before < 64 * 2**20
