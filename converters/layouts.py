@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ops import fuse_qkv, split_qkv
+from .ops import fuse_qkv, rotary_to_half, rotary_to_interleaved, split_qkv
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -113,3 +113,24 @@ class Constant(Layout):
 
 IDENTITY = Identity()
 CONV1D = Transposed()
+
+
+@dataclass(frozen=True)
+class InterleavedRotary(Layout):
+    """q or k rows (or their bias) stored with the rotary channels of each head in interleaved
+    pairs (GLM4); canonical rows are rotate-half. Only the first `head_dim × rotary_percent`
+    channels of a head rotate, so only those are permuted."""
+
+    keys: bool = False  # False: q rows (`heads`), True: k rows (`kv_heads`)
+
+    def _heads(self, spec: ModelSpec) -> int:
+        return spec.kv_heads if self.keys else spec.heads
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return rotary_to_interleaved(parts[0], self._heads(spec), int(spec.head_dim * spec.rotary_percent))
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return [rotary_to_half(stored, self._heads(spec), int(spec.head_dim * spec.rotary_percent))]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return shapes[0]

@@ -44,6 +44,8 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
     w = _loader(get, dtype)
     x = F.embedding(input_ids, w("embed"))
+    if spec.embedding_multiplier != 1.0:
+        x = x * spec.embedding_multiplier
     seq = input_ids.shape[1]
     if spec.position == "learned":
         x = x + w("pos_embed")[:seq]
@@ -53,17 +55,25 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
     mask = causal_mask(seq, spec.sliding_window)
     for i in range(spec.layers):
         p = f"layers.{i}."
-        h = norm(spec, w, p + "input_norm", x)
+        h = norm(spec, w, p + "input_norm", x) if spec.pre_norms else x
         a = attention(spec, w, p, h, cos, sin, mask)
         if spec.parallel_attn:  # Falcon: both branches read the layer input
             m_in = norm(spec, w, p + "post_attn_norm", x) if spec.parallel_norms == 2 else h
             x = x + (mlp(spec, w, p + "mlp.", m_in) + a)
             continue
-        x = x + a
-        h = norm(spec, w, p + "post_attn_norm", x)
-        x = x + (moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
+        x = x + _branch_out(spec, w, p + "attn_out_norm", a)
+        h = norm(spec, w, p + "post_attn_norm", x) if spec.pre_norms else x
+        x = x + _branch_out(spec, w, p + "mlp_out_norm", moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
     x = norm(spec, w, "final_norm", x)
-    return F.linear(x, w("embed" if spec.tied else "lm_head"))
+    logits = F.linear(x, w("embed" if spec.tied else "lm_head"))
+    return logits / spec.logits_scaling if spec.logits_scaling != 1.0 else logits
+
+
+def _branch_out(spec: ModelSpec, w: Getter, norm_name: str, y: torch.Tensor) -> torch.Tensor:
+    """A branch's output as it joins the residual: its own norm (OLMo2, GLM4), Granite's multiplier."""
+    if spec.out_norms:
+        y = norm(spec, w, norm_name, y)
+    return y * spec.residual_multiplier if spec.residual_multiplier != 1.0 else y
 
 
 def _loader(get: Getter, dtype: torch.dtype) -> Getter:
@@ -163,16 +173,19 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     """GQA self-attention, eager-style: fp32 softmax, scale 1/sqrt(head_dim), optional qk-norm."""
     b, s, _ = x.shape
     d = spec.head_dim
-    heads = {n: _proj(w, p + f"attn.{n}", x, spec.qkv_bias).view(b, s, -1, d) for n in "qkv"}
-    q, k, v = heads["q"], heads["k"], heads["v"]
-    if spec.qk_norm:  # per head, before RoPE (Qwen3 / Megatron qk_layernorm)
+    heads = {n: _proj(w, p + f"attn.{n}", x, spec.qkv_bias) for n in "qkv"}
+    if spec.qk_norm and spec.qk_norm_full:  # over all heads' width, before RoPE (OLMo2)
+        heads["q"], heads["k"] = (_head_norm(spec, w(p + f"attn.{n}_norm"), heads[n]) for n in "qk")
+    q, k, v = (heads[n].view(b, s, -1, d) for n in "qkv")
+    if spec.qk_norm and not spec.qk_norm_full:  # per head, before RoPE (Qwen3 / Megatron qk_layernorm)
         q, k = _head_norm(spec, w(p + "attn.q_norm"), q), _head_norm(spec, w(p + "attn.k_norm"), k)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if cos is not None and sin is not None:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     group = spec.heads // spec.kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    scores = torch.matmul(q, k.transpose(2, 3)) * d ** -0.5
+    scale = spec.attention_multiplier if spec.attention_multiplier is not None else d ** -0.5
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
     if spec.position == "alibi":  # bias by key position (softmax is shift-invariant per query)
         scores = scores + (alibi_slopes(spec.heads)[:, None] * torch.arange(s)[None, :]).to(scores.dtype)[None, :, None, :]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -182,7 +195,7 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
 
 
 def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """qk-norm over head_dim; the canonical vocabulary has no bias for it."""
+    """qk-norm over the last dim (head_dim, or all heads' width); the vocabulary has no bias for it."""
     if spec.norm == "layernorm":
         return F.layer_norm(x, x.shape[-1:], weight, None, spec.norm_eps)
     return rms_norm(x, weight, spec.norm_eps)
@@ -222,7 +235,8 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, x.shape[-1])
     probs = torch.softmax(F.linear(flat, w(p + "router")).float(), dim=-1)
     top_w, top_i = torch.topk(probs, spec.topk, dim=-1)
-    top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    if spec.norm_topk_prob:
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
     out = torch.zeros_like(flat)
     for e in range(spec.experts):
         token, slot = torch.where(top_i == e)
@@ -230,4 +244,9 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
             continue  # unused expert: its weights are never fetched
         y = mlp(spec, w, p + f"experts.{e}.", flat[token], bias=False) * top_w[token, slot, None]
         out.index_add_(0, token, y.to(out.dtype))
+    if spec.shared_expert_ffn:  # Qwen2-MoE: every token also goes through the shared expert
+        shared = mlp(spec, w, p + "shared.", flat, bias=False)
+        if spec.shared_expert_gate:
+            shared = torch.sigmoid(F.linear(flat, w(p + "shared_gate"))) * shared
+        out = out + shared.to(out.dtype)
     return out.view_as(x)

@@ -19,7 +19,7 @@ from ckptscope.inspectors.errors import CheckpointError
 
 from .reference import reference_logits
 from .sources import CanonicalSource, groups, open_source
-from .spec import SpecError
+from .spec import ModelSpec, SpecError
 
 
 @dataclass
@@ -47,6 +47,8 @@ class VerifyReport:
     logits_how: tuple[str, str] = ("", "")
     tolerance: float = 1e-5
     notes: list[str] = field(default_factory=list)
+    config_differences: list[str] = field(default_factory=list)  # architecture fields that differ, "field: a -> b"
+    probe_tokens: int = 0
 
     @property
     def identical(self) -> bool:
@@ -54,7 +56,8 @@ class VerifyReport:
 
     @property
     def logits_ok(self) -> bool | None:
-        return None if self.logits_max_abs is None else self.logits_max_abs <= self.tolerance
+        """Logits within tolerance and no architecture field different (which a probe may not see)."""
+        return None if self.logits_max_abs is None else self.logits_max_abs <= self.tolerance and not self.config_differences
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,8 +69,30 @@ class VerifyReport:
             "only_in_a": self.only_a, "only_in_b": self.only_b,
             "logits": {"max_abs_diff": self.logits_max_abs, "a": self.logits_how[0], "b": self.logits_how[1],
                        "tolerance": self.tolerance, "ok": self.logits_ok},
+            "config_differences": self.config_differences, "probe_tokens": self.probe_tokens,
             "notes": self.notes,
         }
+
+
+# Spec fields that say how a checkpoint stores the model, not what the model computes
+# (and metadata beside the architecture: the vocabulary may be fitted to a tokenizer, ids and
+# model_type are not always stored by the format); every other field changes the outputs.
+STORAGE_FIELDS = {"padded_vocab", "vocab_note", "make_vocab_size_divisible_by", "rotary_interleaved", "qkv_version",
+                  "megatron_llm", "dtype", "notes", "vocab", "model_type", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+
+def compare_specs(a: ModelSpec, b: ModelSpec, report: VerifyReport) -> None:
+    """Every architecture field, compared one by one (a short probe cannot see them all)."""
+    sa, sb = a.summary(), b.summary()
+    report.config_differences = [f"{k}: {sa[k]!r} -> {sb.get(k)!r}" for k in sa
+                                 if k not in STORAGE_FIELDS and sa[k] != sb.get(k)]
+
+
+def probe_length(spec: ModelSpec, asked: int) -> int:
+    """Tokens enough for every feature to show: past the sliding window, within the positions."""
+    if spec.sliding_window:
+        asked = max(asked, 2 * spec.sliding_window + 1)
+    return min(asked, spec.max_position_embeddings) if spec.position == "learned" else asked
 
 
 def _source(path: str | Path, config: dict | None = None, **options: object) -> CanonicalSource:
@@ -131,9 +156,14 @@ def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 1
     sa, sb = _source(a, config, **options), _source(b, config)
     report = VerifyReport(str(a), str(b), tolerance=tolerance)
     compare_tensors(sa, sb, report)
+    compare_specs(sa.spec, sb.spec, report)
     if logits:
         vocab = min(sa.spec.vocab, sb.spec.vocab)
-        ids = fixed_tokens(vocab, length=tokens)
+        report.probe_tokens = probe_length(sa.spec, tokens)
+        if report.probe_tokens != tokens:
+            report.notes.append(f"probe lengthened to {report.probe_tokens} tokens to cross the "
+                                f"{sa.spec.sliding_window}-token sliding window")
+        ids = fixed_tokens(vocab, length=report.probe_tokens)
         la, how_a = logits_of(sa, ids)
         lb, how_b = logits_of(sb, ids)
         report.logits_max_abs = float((la[..., :vocab].float() - lb[..., :vocab].float()).abs().max())

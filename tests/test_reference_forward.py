@@ -11,7 +11,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from ckptscope.converters.reference import reference_logits
-from ckptscope.converters.spec import ModelSpec, spec_from_hf_config
+from ckptscope.converters.families import spec_from_hf_config
+from ckptscope.converters.spec import ModelSpec
 
 TOL = 1e-5
 SMALL = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,

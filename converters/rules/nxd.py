@@ -156,13 +156,22 @@ def layer_stages(layers: int, pp: int) -> list[int]:
     return [stage for stage, size in enumerate(sizes) for _ in range(size)]
 
 
+# What NxD's Llama / Mixtral modules (the only layers its checkpoints load into) cannot hold.
+NXD_CANNOT: tuple[tuple[Callable[[ModelSpec], bool], str], ...] = (
+    (lambda s: s.qkv_bias or s.o_bias or s.mlp_bias, "NxD's Llama/Mixtral layers have no linear biases; this model has some"),
+    (lambda s: s.qk_norm, "NxD's Llama layers have no QK-norm"),
+    (lambda s: s.norm != "rmsnorm", "NxD's Llama layers use RMSNorm; this model uses LayerNorm"),
+    (lambda s: not s.gated or s.position != "rope" or s.parallel_attn or s.embed_norm,
+     "NxD's Llama layers are sequential SwiGLU blocks with RoPE"),
+    (lambda s: not s.pre_norms or s.out_norms, "NxD's Llama layers have pre-norms only"),
+    (lambda s: s.shared_expert_ffn > 0 or (s.moe and not s.norm_topk_prob), "NxD's Mixtral MoE has no shared expert and renormalises top-k"),
+    (lambda s: s.sliding_window is not None, "NxD's Llama attention has no sliding window"),
+    (lambda s: s.rotary_percent != 1.0, "NxD's Llama attention rotates the whole head (no partial rotary)"),
+    (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
+     or s.attention_multiplier is not None, "NxD's Llama layers have no embedding / residual / attention / logits multipliers"),
+)
+
+
 def check_spec(spec: ModelSpec) -> list[str]:
     """Why NxD's Llama/Mixtral layers cannot hold this model (empty when they can)."""
-    problems = []
-    if spec.qkv_bias or spec.o_bias or spec.mlp_bias:
-        problems.append("NxD's Llama/Mixtral layers have no linear biases; this model has some")
-    if spec.qk_norm:
-        problems.append("NxD's Llama layers have no QK-norm")
-    if spec.norm != "rmsnorm":
-        problems.append("NxD's Llama layers use RMSNorm; this model uses LayerNorm")
-    return problems
+    return [reason for test, reason in NXD_CANNOT if test(spec)]

@@ -12,7 +12,8 @@ from typing import Any
 
 from ckptscope.inspectors.model import Checkpoint
 
-from ..spec import SpecError, spec_from_hf_config
+from ..families import spec_from_hf_config
+from ..spec import SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
 from .deepspeed import DeepSpeedSource
 from .hf import HfSource

@@ -25,7 +25,8 @@ from ckptscope.inspectors.model import Checkpoint, TensorInfo
 from ..rules import deepspeed as ds
 from ..rules.megatron import Param
 from ..sharding import gather
-from ..spec import ModelSpec, SpecError, spec_from_megatron_args
+from ..megatron_args import spec_from_megatron_args
+from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 from .deepspeed_zero import rebuild_fp32
 from .hf import HfSource

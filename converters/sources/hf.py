@@ -1,5 +1,5 @@
-"""Hugging Face folders as canonical tensors (every family in `rules/hf.py`; classic and
-transformers-5 fused Mixtral experts)."""
+"""Hugging Face folders as canonical tensors, through the family's table (`families/`); MoE
+families whose files hold transformers-5's fused experts are read from that form too."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Iterable
 import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
+from .. import families
 from ..layouts import Identity
-from ..rules import hf as hf_rules
-from ..spec import ModelSpec, SpecError, spec_from_hf_config
+from ..spec import ModelSpec, SpecError
 from .base import Accounting, CanonicalSource, groups
 
 
@@ -23,12 +23,14 @@ class HfSource(CanonicalSource):
         if spec is None:
             if not isinstance(config, dict):
                 raise SpecError(f"{ckpt.path}: no config.json; pass --config FILE")
-            spec = spec_from_hf_config(config)
+            spec = families.spec_from_hf_config(config)
         self.spec = spec
+        self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
-        self.fused = any(f".{f.name}" in n for n in self.index for f in hf_rules.HF_FUSED_EXPERTS)
-        self.entries: dict[int, list[hf_rules.HfEntry]] = {g: [] for g in groups(spec)}
-        for entry in hf_rules.hf_entries(spec):
+        form = self.family.fused_experts
+        self.fused = form is not None and any(n.endswith(form.gate_up) for n in self.index)
+        self.entries: dict[int, list[families.HfEntry]] = {g: [] for g in groups(spec)}
+        for entry in families.hf_entries(spec):
             if not entry.canon:
                 continue  # a constant buffer (rebuilt on write), accounted as ignored
             if self.fused and any(".experts." in c or c.endswith(".router") for c in entry.canon):
@@ -52,15 +54,25 @@ class HfSource(CanonicalSource):
         tensor `safe_open`, a header parse + mmap + copy, cost more than the data of small experts)."""
         return self.ckpt.load(info)
 
+    def _fused_names(self, i: int) -> dict[str, list[str]]:
+        """Stored fused name -> canonical pattern names of layer i (router included)."""
+        form = self.family.fused_experts
+        assert form is not None
+        prefix = self.family.layer_prefix.format(i=i)
+        out = {prefix + form.router: [f"layers.{i}.router"]}
+        out.update({prefix + name: [f"layers.{i}.{c}" for c in canon] for name, canon in form.rows()})
+        return out
+
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
-        prefix = hf_rules.LAYER_PREFIX.format(i=i)
-        out = {f"layers.{i}.router": self._load(self.index[prefix + hf_rules.HF_FUSED_ROUTER])}
-        for fused in hf_rules.HF_FUSED_EXPERTS:
-            stacked = self._load(self.index[prefix + fused.name])
+        out: dict[str, torch.Tensor] = {}
+        for name, canon in self._fused_names(i).items():
+            stored = self._load(self.index[name])
+            if len(canon) == 1 and "{e}" not in canon[0]:
+                out[canon[0]] = stored
+                continue
             for e in range(self.spec.experts):
-                parts = torch.chunk(stacked[e], len(fused.canon), dim=0)
-                for canon, part in zip(fused.canon, parts):
-                    out[f"layers.{i}." + canon.format(e=e)] = part.contiguous()
+                for c, part in zip(canon, torch.chunk(stored[e], len(canon), dim=0)):
+                    out[c.format(e=e)] = part.contiguous()
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
@@ -70,11 +82,9 @@ class HfSource(CanonicalSource):
                 expected.setdefault(entry.name, []).extend(entry.canon)
         if self.fused:
             for i in range(self.spec.layers):
-                prefix = hf_rules.LAYER_PREFIX.format(i=i)
-                expected[prefix + hf_rules.HF_FUSED_ROUTER] = [f"layers.{i}.router"]
-                for fused in hf_rules.HF_FUSED_EXPERTS:
-                    expected[prefix + fused.name] = [f"layers.{i}.{c.format(e='*')}" for c in fused.canon]
-        rules = list(hf_rules.hf_ignored(self.spec))
+                for name, canon in self._fused_names(i).items():
+                    expected[name] = [c.replace("{e}", "*") for c in canon]
+        rules = list(families.hf_ignored(self.spec))
         if self.spec.tied:
             rules.append(r"^lm_head\.weight$")  # tied: the head is the embedding
         acc = Accounting()

@@ -11,7 +11,8 @@ from ckptscope.inspectors.model import Checkpoint
 
 from ..rules import megatron as mg
 from ..sharding import from_global
-from ..spec import ModelSpec, SpecError, spec_from_megatron_args
+from ..megatron_args import spec_from_megatron_args
+from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 
 

@@ -16,7 +16,8 @@ from ckptscope.inspectors.model import Checkpoint
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
 from ..sharding import gather
-from ..spec import ModelSpec, SpecError, spec_from_megatron_args
+from ..megatron_args import spec_from_megatron_args
+from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
 
 

@@ -12,8 +12,7 @@ import shutil
 
 import torch
 
-from ..rules.hf import HfEntry, hf_entries
-from ..spec import hf_config_from_spec
+from ..families import HfEntry, hf_config_from_spec, hf_entries
 from .background import Background
 from .base import PlannedFile, Writer
 from .safetensors_stream import SafetensorsStreamWriter

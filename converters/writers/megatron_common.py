@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..spec import ModelSpec, megatron_args_from_spec
+from ..megatron_args import megatron_args_from_spec
+from ..spec import ModelSpec
 from .base import TargetOptions
 
 

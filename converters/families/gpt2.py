@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...layouts import CONV1D, ConcatRows, Transposed
-from ...spec import ModelSpec, SpecError
-from ..hf import HfFamily, HfParam, register
+from ..layouts import CONV1D, ConcatRows, Transposed
+from ..spec import ModelSpec, SpecError
+from .base import Family, HfParam, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common, one_of
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -45,7 +45,7 @@ def config_from_spec(spec: ModelSpec) -> Any:
     return config
 
 
-GPT2 = register(HfFamily(
+FAMILY = Family(
     name="gpt2",
     model_types=("gpt2",),
     layer_prefix="transformer.h.{i}.",
@@ -70,4 +70,5 @@ GPT2 = register(HfFamily(
     post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
-))
+    megatron=MegatronTraits(match=lambda args, s: s.position == "learned", rank=2),
+)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...layouts import GroupedQKV
-from ...spec import ModelSpec, SpecError
-from ..hf import HfFamily, HfParam, register
+from ..layouts import GroupedQKV
+from ..spec import ModelSpec, SpecError
+from .base import Family, HfParam, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common
 
 
@@ -39,7 +39,7 @@ def config_from_spec(spec: ModelSpec) -> Any:
     return config
 
 
-BLOOM = register(HfFamily(
+FAMILY = Family(
     name="bloom",
     model_types=("bloom",),
     layer_prefix="transformer.h.{i}.",
@@ -65,4 +65,5 @@ BLOOM = register(HfFamily(
     post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
-))
+    megatron=MegatronTraits(match=lambda args, s: s.position == "alibi", rank=2),
+)

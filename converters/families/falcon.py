@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...layouts import GroupedQKV
-from ...spec import ModelSpec, SpecError, _rope_from_config
-from ..hf import HfFamily, HfParam, register
-from .common import LN_F_AND_HEAD, first, hf_common, one_of, rope_parameters
+from ..layouts import GroupedQKV
+from ..spec import ModelSpec, SpecError
+from .base import Family, HfParam, MegatronTraits
+from .common import rope_from_config, LN_F_AND_HEAD, first, hf_common, one_of, rope_parameters
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -38,7 +38,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     else:
         kv = 1 if config.get("multi_query", True) else heads
         norms = 1 if parallel else 2
-    theta, scaling = _rope_from_config(config)
+    theta, scaling = rope_from_config(config)
     bias = bool(config.get("bias", False))
     return ModelSpec(
         family="falcon", layers=int(first(config, "num_hidden_layers", "n_layer")), hidden=hidden, heads=heads, kv_heads=kv,
@@ -82,7 +82,7 @@ def _norm(name: str, canon: str, when) -> tuple[HfParam, HfParam]:  # type: igno
     return HfParam(f"{name}.weight", (canon,), when=when), HfParam(f"{name}.bias", (f"{canon}.bias",), when=when)
 
 
-FALCON = register(HfFamily(
+FAMILY = Family(
     name="falcon",
     model_types=("falcon", "RefinedWeb", "RefinedWebModel"),
     layer_prefix="transformer.h.{i}.",
@@ -106,4 +106,5 @@ FALCON = register(HfFamily(
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     ignored=(r"\.rotary_emb\.inv_freq$",),
-))
+    megatron=MegatronTraits(match=lambda args, s: s.parallel_attn or (not s.gated and s.position == "rope" and s.activation != "xielu"), rank=2),
+)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...layouts import Constant
-from ...spec import ModelSpec, SpecError, _rope_from_config
-from ..hf import HfFamily, HfParam, register
-from .common import hf_common, lm_head, rope_parameters
+from ..layouts import Constant
+from ..spec import ModelSpec, SpecError
+from .base import Family, HfParam, MegatronTraits
+from .common import rope_from_config, hf_common, lm_head, rope_parameters
 
 XIELU_BETA, XIELU_EPS = 0.5, -1e-6
 
@@ -20,7 +20,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         raise SpecError(f"Apertus hidden_act {config.get('hidden_act')!r} is not supported (xielu only)")
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
-    theta, scaling = _rope_from_config(config)
+    theta, scaling = rope_from_config(config)
     bias = bool(config.get("attention_bias", False))
     spec = ModelSpec(
         family="apertus", layers=int(config["num_hidden_layers"]), hidden=hidden, heads=heads,
@@ -55,7 +55,7 @@ def _bias(spec: ModelSpec) -> bool:
     return spec.qkv_bias
 
 
-APERTUS = register(HfFamily(
+FAMILY = Family(
     name="apertus",
     model_types=("apertus", "swissai"),
     layer_prefix="model.layers.{i}.",
@@ -83,4 +83,5 @@ APERTUS = register(HfFamily(
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     ignored=(r"\.mlp\.act_fn\.(beta|eps)$", r"\.rotary_emb\.inv_freq$"),
-))
+    megatron=MegatronTraits(match=lambda args, s: s.activation == "xielu", rank=3),
+)

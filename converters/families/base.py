@@ -1,0 +1,113 @@
+"""What a model family declares: its HF tensor table, its config.json codec, and how a Megatron
+checkpoint (which stores no model type) is recognised as this family.
+
+A family module builds one `Family` and names it `FAMILY`; `families/__init__.py` lists the
+modules. Nothing else in the converter switches on a family name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..layouts import IDENTITY, Layout
+from ..spec import ModelSpec
+
+
+def _always(spec: ModelSpec) -> bool:
+    return True
+
+
+def _nothing(spec: ModelSpec) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class HfParam:
+    """One stored HF tensor: its name (relative to the layer prefix for layer rows; `{e}` for an
+    expert), the canonical tensors it holds (relative to `layers.{i}.` for layer rows), the
+    typed layout between them, and when the model has it."""
+
+    name: str
+    canon: tuple[str, ...]
+    layout: Layout = IDENTITY
+    when: Callable[[ModelSpec], bool] = _always
+
+    @property
+    def per_expert(self) -> bool:
+        return "{e}" in self.name
+
+
+@dataclass(frozen=True)
+class FusedExperts:
+    """transformers-5 in-memory MoE form some files carry: experts stacked on dim 0
+    (`gate_up_proj` [E, 2f, h] = [gate; up] per expert, `down_proj` [E, h, f]) and the router."""
+
+    gate_up: str = "mlp.experts.gate_up_proj"
+    down: str = "mlp.experts.down_proj"
+    router: str = "mlp.gate.weight"
+
+    def rows(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return ((self.gate_up, ("experts.{e}.gate", "experts.{e}.up")), (self.down, ("experts.{e}.down",)))
+
+
+@dataclass(frozen=True)
+class MegatronTraits:
+    """How Megatron args (which carry no model type) are recognised as this family, and which of
+    the family's features megatron-core cannot express (the plan refuses Megatron targets then)."""
+
+    match: Callable[[dict[str, Any], ModelSpec], bool] | None = None
+    rank: int = 0  # more specific families are tried first
+    problems: Callable[[ModelSpec], list[str]] = _nothing
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values read as this family (first: written)
+    layer_prefix: str
+    pre: tuple[HfParam, ...]  # embedding group
+    layer: tuple[HfParam, ...]
+    post: tuple[HfParam, ...]  # final norm + head group
+    spec_from_config: Callable[[dict[str, Any]], ModelSpec]
+    config_from_spec: Callable[[ModelSpec], Any]  # a transformers config object or a config.json dict
+    ignored: tuple[str, ...] = field(default=())  # stored non-weights (regexes)
+    megatron: MegatronTraits = field(default_factory=MegatronTraits)
+    fused_experts: FusedExperts | None = None  # MoE families whose files may hold the fused form
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class HfEntry:
+    """A stored HF tensor of one model: full name, full canonical names, layout, streaming group."""
+
+    name: str
+    canon: tuple[str, ...]
+    layout: Layout
+    group: int
+
+
+def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
+    """Every stored HF tensor of the model, in model order (per-expert rows expanded expert-major)."""
+    out = [HfEntry(p.name, p.canon, p.layout, -1) for p in family.pre if p.when(spec)]
+    rows = [p for p in family.layer if p.when(spec)]
+    for i in range(spec.layers):
+        prefix = family.layer_prefix.format(i=i)
+        pending: list[HfParam] = []
+
+        def flush() -> None:
+            for e in range(spec.experts):
+                out.extend(HfEntry(prefix + p.name.format(e=e), tuple(f"layers.{i}." + c.format(e=e) for c in p.canon),
+                                   p.layout, i) for p in pending)
+            pending.clear()
+
+        for p in rows:
+            if p.per_expert:
+                pending.append(p)
+                continue
+            flush()
+            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}.{c}" for c in p.canon), p.layout, i))
+        flush()
+    out += [HfEntry(p.name, p.canon, p.layout, spec.layers) for p in family.post if p.when(spec)]
+    return out

@@ -1,0 +1,224 @@
+"""Pieces the family modules share: config.json readers, the Llama-style HF rows most decoder
+families reuse, and the finishing of a transformers config (dtype, token ids)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import DTYPES, ModelSpec, SpecError
+from .base import Family, HfParam
+
+LLAMA_PREFIX = "model.layers.{i}."
+
+
+# ----- config.json readers -----------------------------------------------------------------------
+def first(config: dict[str, Any], *names: str, default: Any = None) -> Any:
+    """The first of several spellings a config may use (e.g. `n_embd` / `hidden_size`)."""
+    for name in names:
+        if config.get(name) is not None:
+            return config[name]
+    if default is None:
+        raise SpecError(f"config.json lacks {' / '.join(names)}")
+    return default
+
+
+def one_of(value: Any, table: dict[str, str], what: str) -> str:
+    """Translate a config string through `table`, refusing what the converter cannot model."""
+    if value not in table:
+        raise SpecError(f"{what} {value!r} is not supported (supported: {', '.join(table)})")
+    return table[value]
+
+
+def hf_dtype(config: dict[str, Any]) -> Any:
+    dtype_name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return DTYPES.get(str(dtype_name).removeprefix("torch."), DTYPES["fp32"])
+
+
+def _token_id(value: Any) -> int | None:
+    """A token id as config.json holds it (a list of eos ids keeps its first)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def hf_common(config: dict[str, Any]) -> dict[str, Any]:
+    """ModelSpec fields every family reads the same way from config.json."""
+    return {"dtype": hf_dtype(config), "bos_token_id": _token_id(config.get("bos_token_id")),
+            "eos_token_id": _token_id(config.get("eos_token_id")), "pad_token_id": _token_id(config.get("pad_token_id")),
+            "vocab_note": "from config.json", "model_type": str(config.get("model_type") or "")}
+
+
+def rope_from_config(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) from transformers-5 `rope_parameters` or the v4 top-level keys."""
+    params = config.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:  # per layer type (Gemma 3 style)
+        params = params["full_attention"]
+    if isinstance(params, dict):
+        theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        scaling = None if rope_type == "default" else {
+            k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        return theta, scaling
+    scaling = config.get("rope_scaling")
+    if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default":
+        scaling = None
+    return float(config.get("rope_theta", 10000.0)), scaling
+
+
+def rope_parameters(spec: ModelSpec) -> dict[str, Any]:
+    """transformers-5 `rope_parameters` for a spec (default type unless it carries a scaling)."""
+    params: dict[str, Any] = {"rope_type": "default"}
+    if spec.rope_scaling:
+        params.update(spec.rope_scaling)
+        params["rope_type"] = params.pop("type", params.get("rope_type", "default"))
+    params["rope_theta"] = spec.rope_theta
+    if spec.rotary_percent != 1.0:
+        params["partial_rotary_factor"] = spec.rotary_percent
+    return params
+
+
+def partial_rotary(config: dict[str, Any]) -> float:
+    params = config.get("rope_parameters")
+    if isinstance(params, dict) and params.get("partial_rotary_factor") is not None:
+        return float(params["partial_rotary_factor"])
+    return float(config.get("partial_rotary_factor") or 1.0)
+
+
+def sliding_window(config: dict[str, Any]) -> int | None:
+    """The window every layer uses, or None; per-layer patterns are refused (not modelled)."""
+    window = config.get("sliding_window")
+    if not window or config.get("use_sliding_window") is False:
+        return None
+    types = config.get("layer_types")
+    if isinstance(types, list) and len(set(types)) > 1:
+        raise SpecError(f"{config.get('model_type')}: sliding window on some layers only (layer_types) is not supported yet")
+    if isinstance(types, list) and types and types[0] == "full_attention":
+        return None
+    return int(window)
+
+
+def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
+    """The Llama-style fields of config.json (RMSNorm, RoPE, GQA, SwiGLU); `fields` override."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    theta, scaling = rope_from_config(config)
+    base: dict[str, Any] = dict(
+        family=family, layers=int(config["num_hidden_layers"]), hidden=hidden, heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(config.get("head_dim") or hidden // heads),
+        ffn=int(config.get("intermediate_size") or 4 * hidden), vocab=int(config["vocab_size"]), norm="rmsnorm",
+        norm_eps=float(first(config, "rms_norm_eps", "layer_norm_eps", "norm_epsilon", default=1e-6)),
+        activation=fields.pop("activation", None) or one_of(config.get("hidden_act", "silu"), {"silu": "swiglu", "swish": "swiglu"},
+                                                          f"{family} hidden_act"),
+        rope_theta=theta, rope_scaling=scaling, rotary_percent=partial_rotary(config),
+        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        tied=bool(config.get("tie_word_embeddings", False)), sliding_window=sliding_window(config), **hf_common(config))
+    base.update(fields)
+    return ModelSpec(**base)
+
+
+def llama_config_kwargs(spec: ModelSpec, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of a Llama-style transformers config class for the spec."""
+    out: dict[str, Any] = dict(
+        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn, num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings, rms_norm_eps=spec.norm_eps, tie_word_embeddings=spec.tied,
+        rope_theta=spec.rope_theta)
+    if spec.rope_scaling:
+        out["rope_scaling"] = dict(spec.rope_scaling)
+    out.update(extra)
+    return out
+
+
+def need(ok: bool, message: str) -> None:
+    """Refuse a spec the HF class cannot hold, in one line."""
+    if not ok:
+        raise SpecError(message)
+
+
+def finish_hf_config(config: Any, spec: ModelSpec, architecture: str | None = None) -> dict[str, Any]:
+    """A transformers config object -> config.json dict with the spec's dtype and token ids.
+
+    Token ids are the spec's, None where the source did not say: a class default such as GPT-2's
+    50256 is never invented for a model whose source carried no id."""
+    if isinstance(config, dict):
+        out = dict(config)
+    else:
+        if architecture:
+            config.architectures = [architecture]
+        config.dtype = str(spec.dtype).removeprefix("torch.")
+        out = config.to_dict()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(spec, key)
+        out[key] = value
+    # transformers 4.x reads the top-level RoPE keys; 5.x reads `rope_parameters`
+    if spec.position == "rope" and out.get("rope_theta") is None:
+        out["rope_theta"] = spec.rope_theta
+    if spec.rope_scaling and out.get("rope_scaling") is None:
+        out["rope_scaling"] = dict(spec.rope_scaling)
+    out.setdefault("torch_dtype", out.get("dtype"))
+    return out
+
+
+def lm_head(spec: ModelSpec) -> bool:
+    return not spec.tied
+
+
+def _qkv_bias(s: ModelSpec) -> bool:
+    return s.qkv_bias
+
+
+def llama_attention(input_norm: str = "input_layernorm", post_norm: str = "post_attention_layernorm") -> tuple[HfParam, ...]:
+    """`self_attn.{q,k,v,o}_proj` with optional biases and per-head QK-norm, and the two norms."""
+    return (
+        HfParam(f"{input_norm}.weight", ("input_norm",), when=lambda s: s.pre_norms),
+        *(row for n in "qkv" for row in (HfParam(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
+                                         HfParam(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
+        HfParam("self_attn.o_proj.weight", ("attn.o",)),
+        HfParam("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+        HfParam("self_attn.q_norm.weight", ("attn.q_norm",), when=lambda s: s.qk_norm),
+        HfParam("self_attn.k_norm.weight", ("attn.k_norm",), when=lambda s: s.qk_norm),
+        HfParam(f"{post_norm}.weight", ("post_attn_norm",), when=lambda s: s.pre_norms),
+    )
+
+
+def swiglu_mlp(prefix: str = "mlp.") -> tuple[HfParam, ...]:
+    """`{prefix}gate_proj / up_proj / down_proj`, biases after the weights."""
+    return (
+        HfParam(f"{prefix}gate_proj.weight", ("mlp.gate",), when=lambda s: not s.moe),
+        HfParam(f"{prefix}up_proj.weight", ("mlp.up",), when=lambda s: not s.moe),
+        HfParam(f"{prefix}down_proj.weight", ("mlp.down",), when=lambda s: not s.moe),
+        HfParam(f"{prefix}gate_proj.bias", ("mlp.gate.bias",), when=lambda s: not s.moe and s.mlp_bias),
+        HfParam(f"{prefix}up_proj.bias", ("mlp.up.bias",), when=lambda s: not s.moe and s.mlp_bias),
+        HfParam(f"{prefix}down_proj.bias", ("mlp.down.bias",), when=lambda s: not s.moe and s.mlp_bias),
+    )
+
+
+def experts(router: str, expert: str, gate: str = "gate_proj", up: str = "up_proj", down: str = "down_proj") -> tuple[HfParam, ...]:
+    """A router and per-expert SwiGLU rows (`expert` holds `{e}`)."""
+    return (
+        HfParam(router, ("router",), when=lambda s: s.moe),
+        HfParam(f"{expert}.{gate}.weight", ("experts.{e}.gate",), when=lambda s: s.moe),
+        HfParam(f"{expert}.{up}.weight", ("experts.{e}.up",), when=lambda s: s.moe),
+        HfParam(f"{expert}.{down}.weight", ("experts.{e}.down",), when=lambda s: s.moe),
+    )
+
+
+LLAMA_PRE = (HfParam("model.embed_tokens.weight", ("embed",)),)
+LLAMA_POST = (HfParam("model.norm.weight", ("final_norm",)), HfParam("lm_head.weight", ("lm_head",), when=lm_head))
+LLAMA_IGNORED = (r"\.rotary_emb\.inv_freq$",)
+
+# The end of a `transformer.h`-style model (GPT-2, BLOOM, Falcon): final LayerNorm with bias and
+# the LM head unless it is tied to the embedding.
+LN_F_AND_HEAD = (
+    HfParam("transformer.ln_f.weight", ("final_norm",)),
+    HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
+    HfParam("lm_head.weight", ("lm_head",), when=lm_head),
+)
+
+
+def llama_family(**fields: Any) -> Family:
+    """A family with Llama's file layout (`model.layers.{i}.`, embed_tokens, norm, lm_head) and,
+    unless `layer` says otherwise, Llama's attention and SwiGLU rows."""
+    defaults: dict[str, Any] = dict(layer_prefix=LLAMA_PREFIX, pre=LLAMA_PRE, layer=(*llama_attention(), *swiglu_mlp()),
+                                    post=LLAMA_POST, ignored=LLAMA_IGNORED)
+    return Family(**{**defaults, **fields})

@@ -1,0 +1,309 @@
+"""Megatron `args` <-> `ModelSpec`, in Megatron-LM's own argument names.
+
+Megatron stores no model type, so the family is recognised by the registry (`families`) from
+the architecture these args describe; ckptscope also writes `hf_model_type` and the token ids,
+which Megatron ignores, so that a round trip gives back the config it started from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from . import families
+from .spec import ModelSpec, SpecError
+
+def _arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if args.get(name) is not None:
+            return args[name]
+    return default
+
+
+def _dtype_from_args(args: dict[str, Any]) -> torch.dtype:
+    params = str(args.get("params_dtype", ""))
+    if args.get("bf16") or "bfloat16" in params:
+        return torch.bfloat16
+    if args.get("fp16") or "float16" in params:
+        return torch.float16
+    return torch.float32
+
+
+def is_megatron_llm(args: dict[str, Any]) -> bool:
+    """epfLLM/Megatron-LLM runs: their own arg names, and q/k stored in interleaved rotary order."""
+    return any(k in args for k in ("glu_activation", "use_rms_norm", "num_attention_heads_kv", "tie_embed_logits"))
+
+
+def _activation_from_args(args: dict[str, Any]) -> str:
+    """Megatron's MLP activation. Plain GELU runs use the fused bias-GeLU kernel (tanh
+    approximation) unless fusion was switched off; `openai_gelu` is the tanh form too."""
+    if args.get("xielu"):
+        return "xielu"
+    if args.get("swiglu") or str(args.get("glu_activation") or "").lower() == "swiglu":
+        return "swiglu"
+    for unsupported in ("squared_relu", "xiprelu", "xiprelup", "onnx_safe"):
+        if args.get(unsupported):
+            raise SpecError(f"Megatron activation {unsupported} has no HF equivalent here")
+    if args.get("glu_activation"):
+        raise SpecError(f"Megatron-LLM glu_activation {args['glu_activation']!r} is not supported (swiglu only)")
+    if args.get("openai_gelu"):
+        return "gelu_tanh"
+    if args.get("bias_gelu_fusion") is False or args.get("bias_activation_fusion") is False:
+        return "gelu"
+    return "gelu_tanh"
+
+
+# Megatron-LLM and bigscience Megatron-DeepSpeed pickle `PositionEmbeddingType` enums; the safe
+# reader keeps them as placeholders, shown as `<...PositionEmbeddingType(1)>`.
+_POSITION_ENUM = re.compile(r"positionembeddingtype\((\d+)\)")
+_POSITION_ENUM_VALUES = {"1": "rotary", "2": "absolute", "3": "alibi"}
+
+
+def _position_from_args(args: dict[str, Any], activation: str) -> str:
+    kind = str(args.get("position_embedding_type") or "").lower()
+    enum = _POSITION_ENUM.search(kind)
+    if enum:
+        kind = _POSITION_ENUM_VALUES.get(enum.group(1), kind)
+    if "alibi" in kind:
+        return "alibi"
+    if "learned" in kind or "absolute" in kind:
+        return "learned"
+    if "rope" in kind or "rotary" in kind or args.get("use_rotary_position_embeddings"):
+        return "rope"
+    if kind:
+        raise SpecError(f"position_embedding_type {kind!r} is not supported (rope, learned_absolute, alibi)")
+    # old checkpoints: learned positions were the default, SwiGLU runs are Llama-style (RoPE)
+    return "rope" if activation == "swiglu" else "learned"
+
+
+def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = None, vocab_note: str = "",
+                            megatron_llm: bool | None = None) -> ModelSpec:
+    """Architecture from Megatron `args` (mind `group_query_attention` before `num_query_groups`).
+    `megatron_llm` says the checkpoint is epfLLM Megatron-LLM's (None: judge by its arg names);
+    its args default differently (no biases unless `use_bias`, q/k interleaved)."""
+    if not args:
+        raise SpecError("checkpoint carries no Megatron args; pass --config with an HF config.json")
+    layers = int(_arg(args, "num_layers", "encoder_num_layers", default=0))
+    hidden = int(_arg(args, "hidden_size", default=0))
+    heads = int(_arg(args, "num_attention_heads", default=0))
+    if not (layers and hidden and heads):
+        raise SpecError("Megatron args lack num_layers / hidden_size / num_attention_heads")
+    kv = int(args["num_query_groups"]) if args.get("group_query_attention") and args.get("num_query_groups") else heads
+    mllm = is_megatron_llm(args) if megatron_llm is None else megatron_llm
+    if mllm and args.get("num_attention_heads_kv") and args.get("use_multiquery_attn") is not False:
+        kv = int(args["num_attention_heads_kv"])  # older Megatron-LLM: only with use_multiquery_attn
+    head_dim = int(_arg(args, "kv_channels", default=hidden // heads))
+    activation = _activation_from_args(args)
+    position = _position_from_args(args, activation)
+    default_ffn = int(4 * hidden * 2 / 3 / 64) * 64 if activation == "swiglu" else 4 * hidden
+    ffn = int(_arg(args, "ffn_hidden_size", default=default_ffn))
+    padded = _arg(args, "padded_vocab_size")
+    if true_vocab is None:
+        stored = _arg(args, "orig_vocab_size", "true_vocab_size", "vocab_size")
+        if stored is not None:
+            true_vocab, vocab_note = int(stored), vocab_note or "from Megatron args"
+        elif padded is not None:
+            true_vocab, vocab_note = int(padded), "unknown true vocab: keeping all padded rows (give --true-vocab-size)"
+        else:
+            raise SpecError("Megatron args hold no vocab size; give --true-vocab-size")
+    normalization = str(args.get("normalization") or ("RMSNorm" if args.get("use_rms_norm") else "LayerNorm"))
+    experts = int(args.get("num_experts") or 0)
+    scaling = None
+    if args.get("use_rope_scaling"):
+        scaling = {"rope_type": "llama3", "factor": float(args.get("rope_scaling_factor") or 8.0), "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    elif mllm and float(args.get("rope_scaling_factor") or 1.0) != 1.0:  # positions / factor: HF linear scaling
+        scaling = {"rope_type": "linear", "factor": float(args["rope_scaling_factor"])}
+    elif float(args.get("rotary_seq_len_interpolation_factor") or 1.0) != 1.0:  # megatron-core: positions / factor
+        scaling = {"rope_type": "linear", "factor": float(args["rotary_seq_len_interpolation_factor"])}
+    linear_bias = bool(args.get("add_bias_linear", args.get("use_bias", not mllm)))
+    if "disable_bias_linear" in args and "add_bias_linear" not in args:
+        linear_bias = not bool(args["disable_bias_linear"])
+    parallel = bool(args.get("parallel_attn"))
+    tied = not bool(args.get("untie_embeddings_and_output_weights", False))
+    if mllm and "tie_embed_logits" in args:
+        tied = bool(args["tie_embed_logits"])
+    interleaved = args.get("rotary_interleaved")
+    interleaved = bool(interleaved) if interleaved is not None else (mllm and position == "rope")
+    window = _window_from_args(args)
+    shared_ffn = int(args.get("moe_shared_expert_intermediate_size") or 0) if experts else 0
+    spec = ModelSpec(
+        family="",
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        ffn=ffn,
+        vocab=int(true_vocab),
+        padded_vocab=int(padded) if padded is not None else None,
+        vocab_note=vocab_note,
+        make_vocab_size_divisible_by=int(args.get("make_vocab_size_divisible_by") or 128),
+        norm="rmsnorm" if normalization.lower() == "rmsnorm" else "layernorm",
+        norm_eps=float(_arg(args, "norm_epsilon", "layernorm_epsilon", default=1e-5)),
+        layernorm_1p=bool(args.get("apply_layernorm_1p")),
+        activation=activation,
+        position=position,
+        embed_norm=bool(args.get("embed_layernorm")),
+        parallel_attn=parallel,
+        parallel_norms=2 if args.get("parallel_layernorm") or not parallel else 1,
+        rotary_interleaved=interleaved,
+        rope_theta=float(_arg(args, "rotary_base", "rope_theta", default=10000)),
+        rope_scaling=scaling,
+        rotary_percent=float(_arg(args, "rotary_percent", default=1.0)),
+        max_position_embeddings=int(_arg(args, "max_position_embeddings", "seq_length", default=4096)),
+        tied=tied,
+        qkv_bias=bool(args.get("add_qkv_bias")) or linear_bias,
+        o_bias=linear_bias,
+        mlp_bias=linear_bias,
+        qk_norm=bool(args.get("qk_layernorm")),
+        experts=experts,
+        topk=int(args.get("moe_router_topk") or 2),
+        expert_ffn=int(args.get("moe_ffn_hidden_size") or ffn) if experts else 0,
+        norm_topk_prob=not bool(args.get("moe_router_pre_softmax")),
+        shared_expert_ffn=shared_ffn,
+        shared_expert_gate=bool(shared_ffn and args.get("moe_shared_expert_gate")),
+        sliding_window=window,
+        dtype=_dtype_from_args(args),
+        model_type=str(args.get("hf_model_type") or ""),
+        **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
+    )
+    return spec.with_(family=families.recognise_megatron(args, spec))
+
+
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+# Features megatron-core has no argument for: a Megatron checkpoint of such a model would run
+# differently, so Megatron targets are refused with these reasons (plus the family's own).
+INEXPRESSIBLE = (
+    (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
+     or s.attention_multiplier is not None, "embedding / residual / attention / logits multipliers (Granite)"),
+    (lambda s: s.qk_norm_full, "QK-norm over all heads' width (megatron-core's q/k_layernorm is per head)"),
+    (lambda s: not s.pre_norms, "a block without pre-norms (megatron-core always normalises the attention and MLP inputs)"),
+    (lambda s: s.out_norms, "norms on the attention and MLP outputs (no such module in megatron-core's GPT layer)"),
+    (lambda s: _rope_problem(s), "this RoPE scaling (megatron-core has linear and llama3 with factors 1 / 4 / 8192 only)"),
+)
+
+
+def _rope_type(spec: ModelSpec) -> str:
+    scaling = spec.rope_scaling or {}
+    return str(scaling.get("rope_type", scaling.get("type", "default")))
+
+
+# megatron-core's llama3 scaling has its smoothing constants built in
+MEGATRON_LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def _rope_problem(spec: ModelSpec) -> bool:
+    kind = _rope_type(spec)
+    if kind == "llama3":
+        return any(float((spec.rope_scaling or {}).get(k, v)) != v for k, v in MEGATRON_LLAMA3.items())
+    return kind not in ("default", "linear")
+
+
+def megatron_problems(spec: ModelSpec) -> list[str]:
+    """Why megatron-core cannot hold this model (empty when it can)."""
+    return [reason for test, reason in INEXPRESSIBLE if test(spec)] + families.megatron_problems(spec)
+
+
+def _token_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _window_from_args(args: dict[str, Any]) -> int | None:
+    """megatron-core `window_size` (left, right): a query sees keys [q-left, q+right], so HF's
+    window of W keys (itself included) is (W-1, 0). Other shapes are not HF models."""
+    window = args.get("window_size")
+    if window in (None, (-1, -1), [-1, -1]):
+        return None
+    if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(isinstance(v, int) for v in window)):
+        raise SpecError(f"Megatron window_size {window!r} is not a (left, right) pair")
+    left, right = window
+    if right != 0 or left < 0:
+        raise SpecError(f"Megatron window_size {tuple(window)} looks ahead or is negative: no HF model attends that way")
+    if args.get("window_attn_skip_freq"):
+        raise SpecError("Megatron window_attn_skip_freq (sliding window on some layers only) is not supported yet")
+    return left + 1
+
+
+def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, padded_vocab: int,
+                            pp_layers: list[int] | None = None, iteration: int = 1, ckpt_format: str = "torch",
+                            transformer_impl: str = "local") -> dict[str, Any]:
+    """Megatron's argument names for a target layout (a full Namespace's worth of fields)."""
+    if spec.o_bias != spec.mlp_bias or (spec.o_bias and not spec.qkv_bias):
+        raise SpecError("Megatron biases are all-or-nothing (add_bias_linear) plus add_qkv_bias; this model's biases do not fit")
+    args: dict[str, Any] = {
+        "num_layers": spec.layers,
+        "hidden_size": spec.hidden,
+        "ffn_hidden_size": spec.ffn,
+        "num_attention_heads": spec.heads,
+        "group_query_attention": spec.kv_heads != spec.heads,
+        "num_query_groups": spec.kv_heads,
+        "kv_channels": spec.head_dim,
+        "seq_length": min(spec.max_position_embeddings, 4096),
+        "max_position_embeddings": spec.max_position_embeddings,
+        "padded_vocab_size": padded_vocab,
+        "vocab_size": spec.vocab,
+        "make_vocab_size_divisible_by": spec.make_vocab_size_divisible_by,
+        "normalization": "RMSNorm" if spec.norm == "rmsnorm" else "LayerNorm",
+        "norm_epsilon": spec.norm_eps,
+        "apply_layernorm_1p": spec.layernorm_1p,
+        "swiglu": spec.gated,
+        "openai_gelu": spec.activation == "gelu_tanh",
+        "bias_gelu_fusion": spec.activation != "gelu",
+        "bias_activation_fusion": spec.activation != "gelu",
+        "xielu": spec.activation == "xielu",
+        "embed_layernorm": spec.embed_norm,
+        "parallel_attn": spec.parallel_attn,
+        "parallel_layernorm": spec.parallel_attn and spec.parallel_norms == 2,
+        "add_bias_linear": spec.o_bias,
+        "add_qkv_bias": spec.qkv_bias,
+        "qk_layernorm": spec.qk_norm,
+        "untie_embeddings_and_output_weights": not spec.tied,
+        "position_embedding_type": {"rope": "rope", "learned": "learned_absolute", "alibi": "alibi"}[spec.position],
+        "use_rotary_position_embeddings": spec.position == "rope",
+        "add_position_embedding": spec.position == "learned",
+        "rotary_base": int(spec.rope_theta) if float(spec.rope_theta).is_integer() else spec.rope_theta,
+        "rotary_percent": spec.rotary_percent,
+        "rotary_interleaved": spec.rotary_interleaved,
+        "use_rope_scaling": _rope_type(spec) == "llama3",
+        "rotary_seq_len_interpolation_factor": float(spec.rope_scaling["factor"]) if _rope_type(spec) == "linear" else None,
+        "rope_scaling_factor": float((spec.rope_scaling or {}).get("factor", 8.0)),
+        "num_experts": spec.experts or None,
+        "moe_router_topk": spec.topk,
+        "moe_ffn_hidden_size": (spec.expert_ffn or spec.ffn) if spec.moe else None,
+        "moe_grouped_gemm": False,
+        "params_dtype": spec.dtype,
+        "bf16": spec.dtype == torch.bfloat16,
+        "fp16": spec.dtype == torch.float16,
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "expert_model_parallel_size": ep,
+        "virtual_pipeline_model_parallel_size": None,
+        "transformer_impl": transformer_impl,
+        "ckpt_format": ckpt_format,
+        "use_dist_ckpt": ckpt_format == "torch_dist",
+        "iteration": iteration,
+        "consumed_train_samples": 0,
+        "consumed_valid_samples": 0,
+        "tokenizer_type": "HuggingFaceTokenizer",
+        "use_mcore_models": True,
+    }
+    problems = megatron_problems(spec)
+    if problems:
+        raise SpecError(f"megatron-core cannot express this {spec.family} model: {'; '.join(problems)}")
+    args.update({
+        "window_size": (spec.sliding_window - 1, 0) if spec.sliding_window else None,
+        "moe_router_pre_softmax": spec.moe and not spec.norm_topk_prob,
+        "moe_shared_expert_intermediate_size": spec.shared_expert_ffn or None,
+        "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),
+        "hf_model_type": spec.model_type or families.family(spec.family).model_types[0],
+        **{key: getattr(spec, key) for key in TOKEN_IDS},
+    })
+    if pp_layers and len(set(pp_layers)) > 1:
+        args["decoder_first_pipeline_num_layers"] = pp_layers[0]
+        args["decoder_last_pipeline_num_layers"] = pp_layers[-1]
+    return args
+

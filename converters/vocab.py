@@ -1,0 +1,183 @@
+"""The canonical vocabulary: every canonical tensor the converter knows, declared once.
+
+Readers turn stored tensors into these, writers turn these into stored tensors; every format and
+family table names its canonical tensors from here (a test checks each row against `declared`).
+Like llama.cpp's `MODEL_TENSOR`: no other module spells a canonical name from scratch.
+
+A canonical tensor is full (unsharded) and unfused; its bias, where the model has one, is the
+same name plus `.bias`. Norm weights are the true gamma (Megatron's layernorm-1p offset is
+undone on read). q/k rows are in rotate-half order. Names are relative to `layers.{i}.` for
+layer tensors; `{e}` stands for an expert index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """One canonical tensor: name pattern, block, shape from the spec, when the model has it."""
+
+    name: str
+    block: str  # embedding | attention | mlp | moe | norm | head
+    shape: Callable[[ModelSpec], Shape]
+    present: Callable[[ModelSpec], bool]
+    doc: str
+
+
+def _always(s: ModelSpec) -> bool:
+    return True
+
+
+def _h(s: ModelSpec) -> Shape:
+    return (s.hidden,)
+
+
+def _hidden(s: ModelSpec) -> int:
+    return s.hidden
+
+
+def _norm(name: str, when: Callable[[ModelSpec], bool], doc: str) -> tuple[Canonical, Canonical]:
+    """A hidden-size norm and its bias (LayerNorm models only)."""
+    return (Canonical(name, "norm", _h, when, doc),
+            Canonical(name + ".bias", "norm", _h, lambda s: when(s) and s.norm_bias, doc + " (bias)"))
+
+
+def _expert_ffn(s: ModelSpec) -> int:
+    return s.expert_ffn or s.ffn
+
+
+def _linear(prefix: str, block: str, rows: Callable[[ModelSpec], int], cols: Callable[[ModelSpec], int],
+            when: Callable[[ModelSpec], bool], bias: Callable[[ModelSpec], bool] | None, doc: str) -> tuple[Canonical, ...]:
+    weight = Canonical(prefix, block, lambda s: (rows(s), cols(s)), when, doc)
+    if bias is None:
+        return (weight,)
+    return weight, Canonical(prefix + ".bias", block, lambda s: (rows(s),), lambda s: when(s) and bias(s), doc + " (bias)")
+
+
+def _q_rows(s: ModelSpec) -> int:
+    return s.heads * s.head_dim
+
+
+def _kv_rows(s: ModelSpec) -> int:
+    return s.kv_heads * s.head_dim
+
+
+def _dense(s: ModelSpec) -> bool:
+    return not s.moe
+
+
+def _gated_dense(s: ModelSpec) -> bool:
+    return not s.moe and s.gated
+
+
+def _shared(s: ModelSpec) -> bool:
+    return s.moe and s.shared_expert_ffn > 0
+
+
+def _shared_ffn(s: ModelSpec) -> int:
+    return s.shared_expert_ffn
+
+
+PRE: tuple[Canonical, ...] = (
+    Canonical("embed", "embedding", lambda s: (s.vocab, s.hidden), _always, "word embedding [vocab, hidden]"),
+    Canonical("pos_embed", "embedding", lambda s: (s.max_position_embeddings, s.hidden), lambda s: s.position == "learned",
+              "learned absolute positions [max_positions, hidden] (GPT-2)"),
+    *_norm("embed_norm", lambda s: s.embed_norm, "LayerNorm right after the word embedding (BLOOM)"),
+)
+
+LAYER: tuple[Canonical, ...] = (
+    *_norm("input_norm", lambda s: s.pre_norms, "norm before attention (Falcon: before both branches)"),
+    *_linear("attn.q", "attention", _q_rows, _hidden, _always, lambda s: s.qkv_bias, "query projection"),
+    *_linear("attn.k", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "key projection"),
+    *_linear("attn.v", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "value projection"),
+    *_linear("attn.o", "attention", _hidden, _q_rows, _always, lambda s: s.o_bias, "attention output projection"),
+    Canonical("attn.q_norm", "attention", lambda s: (_q_rows(s) if s.qk_norm_full else s.head_dim,),
+              lambda s: s.qk_norm, "qk-norm of queries: per head [head_dim], or over all heads [heads*head_dim] (OLMo2)"),
+    Canonical("attn.k_norm", "attention", lambda s: (_kv_rows(s) if s.qk_norm_full else s.head_dim,),
+              lambda s: s.qk_norm, "qk-norm of keys: per head [head_dim], or over all KV heads (OLMo2)"),
+    *_norm("attn_out_norm", lambda s: s.out_norms, "norm of the attention output before the residual add (OLMo2, GLM4)"),
+    *_norm("post_attn_norm", lambda s: s.pre_norms and s.has_post_attn_norm,
+           "norm before the MLP (HF post_attention_layernorm; Falcon's ln_mlp)"),
+    Canonical("mlp.gate", "mlp", lambda s: (s.ffn, s.hidden), _gated_dense, "SwiGLU gate projection"),
+    Canonical("mlp.up", "mlp", lambda s: (s.ffn, s.hidden), _dense, "up projection (fc1 of an ungated MLP)"),
+    Canonical("mlp.down", "mlp", lambda s: (s.hidden, s.ffn), _dense, "down projection"),
+    Canonical("mlp.gate.bias", "mlp", lambda s: (s.ffn,), lambda s: _gated_dense(s) and s.mlp_bias, "SwiGLU gate bias"),
+    Canonical("mlp.up.bias", "mlp", lambda s: (s.ffn,), lambda s: _dense(s) and s.mlp_bias, "up projection bias"),
+    Canonical("mlp.down.bias", "mlp", lambda s: (s.hidden,), lambda s: _dense(s) and s.mlp_bias, "down projection bias"),
+    Canonical("mlp.act.alpha_p", "mlp", lambda s: (1,), lambda s: not s.moe and s.activation == "xielu",
+              "xIELU positive slope, softplus-inverse (Apertus)"),
+    Canonical("mlp.act.alpha_n", "mlp", lambda s: (1,), lambda s: not s.moe and s.activation == "xielu",
+              "xIELU negative slope, softplus-inverse (Apertus)"),
+    Canonical("router", "moe", lambda s: (s.experts, s.hidden), lambda s: s.moe, "router logits [experts, hidden]"),
+    Canonical("experts.{e}.gate", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert gate projection"),
+    Canonical("experts.{e}.up", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert up projection"),
+    Canonical("experts.{e}.down", "moe", lambda s: (s.hidden, _expert_ffn(s)), lambda s: s.moe, "expert down projection"),
+    *_linear("shared.gate", "moe", _shared_ffn, _hidden, _shared, None, "shared expert gate projection (Qwen2-MoE)"),
+    *_linear("shared.up", "moe", _shared_ffn, _hidden, _shared, None, "shared expert up projection"),
+    *_linear("shared.down", "moe", _hidden, _shared_ffn, _shared, None, "shared expert down projection"),
+    Canonical("shared_gate", "moe", lambda s: (1, s.hidden), lambda s: _shared(s) and s.shared_expert_gate,
+              "sigmoid gate scaling the shared expert's output [1, hidden]"),
+    *_norm("mlp_out_norm", lambda s: s.out_norms, "norm of the MLP output before the residual add (OLMo2, GLM4)"),
+)
+
+POST: tuple[Canonical, ...] = (
+    *_norm("final_norm", _always, "final norm"),
+    Canonical("lm_head", "head", lambda s: (s.vocab, s.hidden), lambda s: not s.tied, "output head (absent when tied)"),
+)
+
+declared: dict[str, Canonical] = {c.name: c for c in (*PRE, *LAYER, *POST)}
+
+
+def layer_shapes(spec: ModelSpec, i: int) -> dict[str, Shape]:
+    """Every canonical tensor of layer i with its full shape, in model order."""
+    out: dict[str, Shape] = {}
+    prefix = f"layers.{i}."
+    experts: list[Canonical] = []  # consecutive per-expert tensors, expanded expert-major
+
+    def flush() -> None:
+        for e in range(spec.experts):
+            out.update({prefix + c.name.format(e=e): c.shape(spec) for c in experts})
+        experts.clear()
+
+    for c in LAYER:
+        if not c.present(spec):
+            continue
+        if "{e}" in c.name:
+            experts.append(c)
+            continue
+        flush()
+        out[prefix + c.name] = c.shape(spec)
+    flush()
+    return out
+
+
+def model_shapes(spec: ModelSpec) -> dict[str, Shape]:
+    """Every canonical tensor of the model with its full shape, in model order."""
+    out = {c.name: c.shape(spec) for c in PRE if c.present(spec)}
+    for i in range(spec.layers):
+        out.update(layer_shapes(spec, i))
+    out.update({c.name: c.shape(spec) for c in POST if c.present(spec)})
+    return out
+
+
+def pattern_of(canonical: str) -> str:
+    """The vocabulary pattern of a concrete canonical name (`layers.3.experts.7.up` -> `experts.{e}.up`)."""
+    parts = canonical.split(".")
+    if parts[0] == "layers":
+        parts = parts[2:]
+    if len(parts) > 1 and parts[0] == "experts":
+        parts[1] = "{e}"
+    return ".".join(parts)
+
+
+def is_declared(canonical: str) -> bool:
+    return pattern_of(canonical) in declared
