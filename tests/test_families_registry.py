@@ -37,6 +37,7 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attentio
 # kind: (transformers config with every feature on, why a Megatron target is refused or None)
 CASES: dict[str, tuple] = {
     "mistral": (lambda t: t.MistralConfig(intermediate_size=96, sliding_window=6, **SMALL), None),
+    "qwen3": (lambda t: t.Qwen3Config(intermediate_size=96, head_dim=32, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
