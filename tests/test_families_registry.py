@@ -38,6 +38,8 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attentio
 CASES: dict[str, tuple] = {
     "mistral": (lambda t: t.MistralConfig(intermediate_size=96, sliding_window=6, **SMALL), None),
     "qwen3": (lambda t: t.Qwen3Config(intermediate_size=96, head_dim=32, **SMALL), None),
+    "qwen3_moe": (lambda t: t.Qwen3MoeConfig(intermediate_size=96, head_dim=32, num_local_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=32, norm_topk_prob=True, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
