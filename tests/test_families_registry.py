@@ -40,6 +40,8 @@ CASES: dict[str, tuple] = {
     "qwen3": (lambda t: t.Qwen3Config(intermediate_size=96, head_dim=32, **SMALL), None),
     "qwen3_moe": (lambda t: t.Qwen3MoeConfig(intermediate_size=96, head_dim=32, num_local_experts=4, num_experts_per_tok=2,
                                              moe_intermediate_size=32, norm_topk_prob=True, **SMALL), None),
+    "qwen2_moe": (lambda t: t.Qwen2MoeConfig(intermediate_size=96, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=48, norm_topk_prob=False, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
