@@ -43,6 +43,7 @@ CASES: dict[str, tuple] = {
     "qwen2_moe": (lambda t: t.Qwen2MoeConfig(intermediate_size=96, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                              shared_expert_intermediate_size=48, norm_topk_prob=False, **SMALL), None),
     "phi3": (lambda t: t.Phi3Config(intermediate_size=96, partial_rotary_factor=0.5, **SMALL), None),
+    "starcoder2": (lambda t: t.Starcoder2Config(intermediate_size=96, sliding_window=5, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
