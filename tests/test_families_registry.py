@@ -44,6 +44,7 @@ CASES: dict[str, tuple] = {
                                              shared_expert_intermediate_size=48, norm_topk_prob=False, **SMALL), None),
     "phi3": (lambda t: t.Phi3Config(intermediate_size=96, partial_rotary_factor=0.5, **SMALL), None),
     "starcoder2": (lambda t: t.Starcoder2Config(intermediate_size=96, sliding_window=5, **SMALL), None),
+    "olmo2": (lambda t: t.Olmo2Config(intermediate_size=96, **SMALL), "norms on the attention and MLP outputs"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
