@@ -45,6 +45,8 @@ CASES: dict[str, tuple] = {
     "phi3": (lambda t: t.Phi3Config(intermediate_size=96, partial_rotary_factor=0.5, **SMALL), None),
     "starcoder2": (lambda t: t.Starcoder2Config(intermediate_size=96, sliding_window=5, **SMALL), None),
     "olmo2": (lambda t: t.Olmo2Config(intermediate_size=96, **SMALL), "norms on the attention and MLP outputs"),
+    "granite": (lambda t: t.GraniteConfig(intermediate_size=96, embedding_multiplier=6.0, residual_multiplier=0.5,
+                                          attention_multiplier=0.1, logits_scaling=4.0, **SMALL), "multipliers"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
