@@ -1,0 +1,57 @@
+"""GLM-4 (`Glm4ForCausalLM`, GLM-4-0414): Llama-style attention with q/k/v biases, interleaved
+partial rotary (the first half of each head rotates, in pairs), a fused `gate_up_proj`, and two
+extra norms on the attention and MLP outputs (`post_self_attn_layernorm`, `post_mlp_layernorm`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..layouts import ConcatRows, InterleavedRotary
+from ..spec import ModelSpec
+from .base import HfParam, MegatronTraits
+from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, rope_parameters
+
+Q, K = InterleavedRotary(keys=False), InterleavedRotary(keys=True)
+
+
+def spec_from_config(config: dict[str, Any]) -> ModelSpec:
+    bias = bool(config.get("attention_bias", True))
+    return llama_spec(config, "glm4", qkv_bias=bias, out_norms=True)
+
+
+def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
+    import transformers
+
+    need(spec.out_norms and spec.pre_norms and not spec.qk_norm and not spec.moe and not spec.o_bias and not spec.mlp_bias,
+         "HF GLM4 needs pre- and post-norms, q/k/v biases only, no QK-norm or experts")
+    config = transformers.Glm4Config(**llama_config_kwargs(spec, attention_bias=spec.qkv_bias, rope_parameters=rope_parameters(spec)))
+    return finish_hf_config(config, spec, "Glm4ForCausalLM")
+
+
+def _bias(s: ModelSpec) -> bool:
+    return s.qkv_bias
+
+
+FAMILY = llama_family(
+    name="glm4",
+    model_types=("glm4",),
+    layer=(
+        HfParam("input_layernorm.weight", ("input_norm",)),
+        HfParam("self_attn.q_proj.weight", ("attn.q",), Q),
+        HfParam("self_attn.q_proj.bias", ("attn.q.bias",), Q, when=_bias),
+        HfParam("self_attn.k_proj.weight", ("attn.k",), K),
+        HfParam("self_attn.k_proj.bias", ("attn.k.bias",), K, when=_bias),
+        HfParam("self_attn.v_proj.weight", ("attn.v",)),
+        HfParam("self_attn.v_proj.bias", ("attn.v.bias",), when=_bias),
+        HfParam("self_attn.o_proj.weight", ("attn.o",)),
+        HfParam("post_self_attn_layernorm.weight", ("attn_out_norm",)),
+        HfParam("post_attention_layernorm.weight", ("post_attn_norm",)),
+        HfParam("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), ConcatRows()),
+        HfParam("mlp.down_proj.weight", ("mlp.down",)),
+        HfParam("post_mlp_layernorm.weight", ("mlp_out_norm",)),
+    ),
+    spec_from_config=spec_from_config,
+    config_from_spec=config_from_spec,
+    megatron=MegatronTraits(),
+    doc="GLM-4-0414: interleaved partial rotary, fused gate_up, post-norms on both branches",
+)
