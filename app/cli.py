@@ -269,7 +269,7 @@ def convert(
         return
     check_destination(dst.expanduser().resolve(), force)
     if distributed:
-        from ckptscope.converters.distributed import convert_distributed
+        from ckptscope.converters.run import convert_distributed
 
         events = convert_distributed(plan, dst, force=force, strict=strict)
     else:

@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .plan import Plan
-    from .run import Progress, Unit
+    from .writers.base import Unit
 
 VOTES = 2  # "my files are written", "the output is committed"
 
@@ -88,33 +86,9 @@ class DistContext:
 
 
 def ownership_units(plan: Plan) -> list[Unit]:
-    """Units of output files that one rank writes whole, with the groups that feed them."""
-    from .run import Unit, resume_units
-    from .writers.hf import HfWriter
-    from .writers.megatron_common import stage_of
-    from .writers.megatron_torch import MegatronTorchWriter
-    from .writers.nxd import NxdWriter
-
-    writer, spec = plan.writer, plan.spec
-    if isinstance(writer, HfWriter):
-        return resume_units(plan)  # one unit per safetensors shard
-    if isinstance(writer, (MegatronTorchWriter, NxdWriter)):
-        opts = writer.opts
-        stages: dict[int, set[int]] = {}
-        for g in plan.groups:
-            stages.setdefault(stage_of(spec, opts, g), set()).add(g)
-        if isinstance(writer, MegatronTorchWriter) and spec.tied and opts.pp > 1:
-            stages[0] |= stages.pop(opts.pp - 1)  # the last stage copies stage 0's embedding shards
-        units = []
-        for stage, groups in sorted(stages.items()):
-            pps = [stage, opts.pp - 1] if stage == 0 and opts.pp - 1 not in stages else [stage]
-            if isinstance(writer, MegatronTorchWriter):
-                files = tuple(writer._rank_file(tp, pp, ep) for pp in pps for tp in range(opts.tp) for ep in range(opts.ep))
-            else:
-                files = tuple(writer._rel(tp, pp, ep) for pp in pps for tp in range(opts.tp) for ep in range(opts.ep))
-            units.append(Unit("torch", files, frozenset(groups)))
-        return units
-    return [Unit("all", tuple(f.rel for f in plan.files), frozenset(plan.groups))]
+    """Units of output files that one rank writes whole, with the groups that feed them (the
+    writer declares them: HF shards, Megatron / NxD pipeline stages, or the whole output)."""
+    return plan.writer.ownership_units(plan.groups)
 
 
 def assign(weights: list[int], world: int) -> list[int]:
@@ -144,20 +118,3 @@ def _group_bytes(plan: Plan) -> dict[int, int]:
 
     shapes = plan.spec.canonical_shapes()
     return {g: sum(math.prod(shapes[c]) for c in group_canon(plan.spec, g) if c in shapes) for g in plan.groups}
-
-
-def convert_distributed(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = False) -> Iterator[Progress]:
-    """`run.convert` on this rank's share; every rank returns only once the output is committed."""
-    from .run import convert
-
-    ctx = DistContext.from_env()
-    try:
-        try:
-            yield from convert(plan, dst, force=force, strict=strict, dist=ctx)
-        except BaseException:
-            ctx.fail()
-            raise
-        if not all(ctx.vote(True)):
-            raise RuntimeError("rank 0 could not finish the output (see its error); nothing was committed")
-    finally:
-        ctx.close()

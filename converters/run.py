@@ -38,6 +38,7 @@ from .distributed import DistContext, share
 from .pipeline import Prefetcher
 from .plan import Plan
 from .sources import group_canon, group_label
+from .writers.base import Unit
 from .writers.output import PARTIAL_TAG, AtomicFolder
 
 JOURNAL = ".ckptscope-resume.json"
@@ -75,42 +76,9 @@ class Progress:
 
 
 # ----- resume units -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Unit:
-    """Output files that are complete together, and the groups that feed them."""
-
-    kind: str  # "safetensors" | "torch"
-    files: tuple[str, ...]
-    groups: frozenset[int]
-
-
-def _group_of(spec, canon: str) -> int:  # type: ignore[no-untyped-def]
-    from .sources.base import group_of
-
-    return group_of(spec, canon)  # embedding-group names include pos_embed / embed_norm (issue 6)
-
-
 def resume_units(plan: Plan) -> list[Unit]:
-    """The resumable units of the plan's writer (empty: this target restarts from scratch)."""
-    from .writers.hf import HfWriter
-    from .writers.megatron_common import stage_of
-    from .writers.megatron_torch import MegatronTorchWriter
-
-    writer, spec = plan.writer, plan.spec
-    if type(writer) is HfWriter:
-        return [Unit("safetensors", (name,), frozenset(_group_of(spec, c) for c in canons))
-                for name, canons in zip(writer.shard_files, writer.shards)]
-    if type(writer) is MegatronTorchWriter:
-        opts = writer.opts
-        units = []
-        for stage in range(opts.pp):
-            if stage == 0 and spec.tied and opts.pp > 1:
-                continue  # the last stage needs stage 0's embedding shards in memory: always redo stage 0
-            groups = frozenset(g for g in plan.groups if stage_of(spec, opts, g) == stage)
-            files = tuple(writer._rank_file(tp, stage, ep) for tp in range(opts.tp) for ep in range(opts.ep))
-            units.append(Unit("torch", files, groups))
-        return units
-    return []
+    """The resumable units the plan's writer declares (empty: this target restarts from scratch)."""
+    return plan.writer.resume_units(plan.groups)
 
 
 def _unit_complete(folder: Path, unit: Unit) -> bool:
@@ -324,3 +292,18 @@ def run_to_end(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool
         last = event
     assert last is not None
     return last
+
+
+def convert_distributed(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = False) -> Iterator[Progress]:
+    """`convert` on this rank's share (torchrun); every rank returns only once the output is committed."""
+    ctx = DistContext.from_env()
+    try:
+        try:
+            yield from convert(plan, dst, force=force, strict=strict, dist=ctx)
+        except BaseException:
+            ctx.fail()
+            raise
+        if not all(ctx.vote(True)):
+            raise RuntimeError("rank 0 could not finish the output (see its error); nothing was committed")
+    finally:
+        ctx.close()

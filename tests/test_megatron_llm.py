@@ -315,7 +315,7 @@ def test_megatron_llm_target_refusals(llama, tmp_path: Path) -> None:
 
 
 def test_variant_detection_by_names_and_args() -> None:
-    from ckptscope.converters.rules.megatron import detect_variant
+    from ckptscope.converters.rules.megatron_llm import detect_variant
 
     legacy = ["language_model.embedding.word_embeddings.weight", "language_model.encoder.layers.0.mlp.dense_h_to_4h.weight"]
     assert detect_variant(legacy) == "legacy"

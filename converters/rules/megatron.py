@@ -181,19 +181,3 @@ def layer_params(spec: ModelSpec) -> list[Param]:
 
 def global_params(spec: ModelSpec) -> list[tuple[Param, str]]:
     return [(p, stage) for p, stage in GLOBAL_PARAMS if p.when(spec)]
-
-
-def detect_variant(names: list[str], args: dict | None = None) -> str:
-    """Which naming a Megatron `torch` checkpoint uses (from its stored tensor names, and its
-    args for a tied epfLLM Megatron-LLM model): `megatron-llm` / `megatron-llm-release` name
-    the table in `rules/megatron_llm.py`; the others are variants of this one."""
-    from . import megatron_llm
-
-    found = megatron_llm.detect(names, args)
-    if found is not None:
-        return found
-    if any(n.startswith("language_model.") for n in names):
-        return "legacy"
-    if any(".linear_qkv.layer_norm_weight" in n for n in names):
-        return "te"
-    return "local"

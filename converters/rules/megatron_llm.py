@@ -190,3 +190,17 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
         else:  # encoder / transformer: flat names inside
             out.setdefault(head, {}).setdefault(part, {})[rel] = value
     return out
+
+
+def detect_variant(names: list[str], args: dict | None = None) -> str:
+    """Which naming a Megatron `torch` checkpoint uses (from its stored tensor names, and its
+    args for a tied epfLLM Megatron-LLM model): `megatron-llm` / `megatron-llm-release` name
+    the table in this module; the others are variants of `rules/megatron.py`'s table."""
+    found = detect(names, args)
+    if found is not None:
+        return found
+    if any(n.startswith("language_model.") for n in names):
+        return "legacy"
+    if any(".linear_qkv.layer_norm_weight" in n for n in names):
+        return "te"
+    return "local"

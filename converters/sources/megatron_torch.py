@@ -31,7 +31,7 @@ class MegatronTorchSource(CanonicalSource):
         self.ckpt = ckpt
         args = ckpt.metadata.get("args") or {}
         self.index = by_global(ckpt)
-        self.variant = mg.detect_variant(list(self.index), args)
+        self.variant = mllm.detect_variant(list(self.index), args)
         self.rules = mllm if self.variant in mllm.VARIANTS else mg  # the table this checkpoint's names follow
         if self.rules is mllm:
             # Megatron-LLM stores q/k interleaved even when the architecture comes from --config

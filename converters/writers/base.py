@@ -13,6 +13,16 @@ from ..spec import ModelSpec
 
 
 @dataclass(frozen=True)
+class Unit:
+    """Output files that are complete together, and the groups that feed them: what `--resume`
+    keeps when every file of it validates, and what one `--distributed` rank writes whole."""
+
+    kind: str  # "safetensors" | "torch" (validated on resume) | "all" (one unit: the whole output)
+    files: tuple[str, ...]
+    groups: frozenset[int]
+
+
+@dataclass(frozen=True)
 class PlannedFile:
     rel: str
     tensors: int
@@ -79,6 +89,14 @@ class Writer(ABC):
 
     def notes(self) -> list[str]:
         return []
+
+    def resume_units(self, groups: list[int]) -> list[Unit]:
+        """Units a resumed conversion may keep (empty: this target restarts from scratch)."""
+        return []
+
+    def ownership_units(self, groups: list[int]) -> list[Unit]:
+        """Units that one `--distributed` rank writes whole (default: the whole output, one rank)."""
+        return [Unit("all", tuple(f.rel for f in self.files()), frozenset(groups))]
 
 
 class StagedWriter(Writer):

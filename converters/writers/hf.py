@@ -13,8 +13,9 @@ import shutil
 import torch
 
 from ..families import HfEntry, hf_config_from_spec, hf_entries
+from ..sources.base import group_of
 from .background import Background
-from .base import PlannedFile, Writer
+from .base import PlannedFile, Unit, Writer
 from .safetensors_stream import SafetensorsStreamWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -47,6 +48,14 @@ class HfWriter(Writer):
             self.by_group.setdefault(entry.group, []).append(entry)
         self.shapes = shapes
         self._open: dict[int, SafetensorsStreamWriter] = {}
+
+    def resume_units(self, groups: list[int]) -> list[Unit]:
+        """One unit per safetensors shard (its header says whether it was fully written)."""
+        return [Unit("safetensors", (name,), frozenset(group_of(self.spec, c) for c in canons))
+                for name, canons in zip(self.shard_files, self.shards)]
+
+    def ownership_units(self, groups: list[int]) -> list[Unit]:
+        return self.resume_units(groups)
 
     def files(self) -> list[PlannedFile]:
         out = [PlannedFile(f, len(entries), sum(math.prod(self.stored_shape[e.name]) for e in entries) * self.dtype.itemsize)

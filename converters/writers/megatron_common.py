@@ -1,10 +1,12 @@
-"""Pieces shared by the two Megatron writers: target vocab padding, stages, args."""
+"""Pieces shared by the rank-file writers (Megatron, NxD): target vocab padding, stages, args, units."""
 
 from __future__ import annotations
 
 from ..megatron_args import megatron_args_from_spec
 from ..spec import ModelSpec
-from .base import TargetOptions
+from collections.abc import Callable
+
+from .base import TargetOptions, Unit
 
 
 def target_padded_vocab(spec: ModelSpec, opts: TargetOptions) -> int:
@@ -33,3 +35,21 @@ def target_args(spec: ModelSpec, opts: TargetOptions, ckpt_format: str) -> dict:
         args["make_vocab_size_divisible_by"] = opts.make_vocab_size_divisible_by
     args.update(opts.extra_args)
     return args
+
+
+def stage_units(spec: ModelSpec, opts: TargetOptions, groups: list[int], rank_file: Callable[[int, int, int], str],
+                *, tied_copy: bool) -> list[Unit]:
+    """One unit per pipeline stage: every rank file of the stage and the groups it holds. With
+    `tied_copy` (Megatron, tied embeddings, PP > 1) the last stage copies stage 0's embedding
+    shards, so the two stages are one unit."""
+    stages: dict[int, set[int]] = {}
+    for g in groups:
+        stages.setdefault(stage_of(spec, opts, g), set()).add(g)
+    if tied_copy and spec.tied and opts.pp > 1:
+        stages[0] |= stages.pop(opts.pp - 1)
+    units = []
+    for stage, held in sorted(stages.items()):
+        pps = [stage, opts.pp - 1] if stage == 0 and opts.pp - 1 not in stages else [stage]
+        files = tuple(rank_file(tp, pp, ep) for pp in pps for tp in range(opts.tp) for ep in range(opts.ep))
+        units.append(Unit("torch", files, frozenset(held)))
+    return units

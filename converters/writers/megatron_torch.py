@@ -24,8 +24,8 @@ from ..rules import megatron_llm as mllm
 from ..sharding import scatter
 from ..spec import SpecError
 from ..sources import PRE, group_canon
-from .base import PlannedFile, StagedWriter
-from .megatron_common import stage_of, target_args, target_padded_vocab
+from .base import PlannedFile, StagedWriter, Unit
+from .megatron_common import stage_of, stage_units, target_args, target_padded_vocab
 from .torchzip import TorchZipWriter
 
 TE_EXTRA_STATE = ("self_attention.linear_qkv", "self_attention.linear_proj", "self_attention.core_attention")
@@ -64,6 +64,15 @@ class MegatronTorchWriter(StagedWriter):
     # ----- planning ------------------------------------------------------------------------
     def _rank_file(self, tp: int, pp: int, ep: int) -> str:
         return f"{self.iter_dir}/{rank_dir(tp, pp, ep, self.opts)}/model_optim_rng.pt"
+
+    def resume_units(self, groups: list[int]) -> list[Unit]:
+        """One unit per stage; with tied embeddings and PP > 1 the last stage needs stage 0's
+        embedding shards in memory, so stage 0 is always redone."""
+        units = stage_units(self.spec, self.opts, groups, self._rank_file, tied_copy=False)
+        return units[1:] if self.spec.tied and self.opts.pp > 1 else units
+
+    def ownership_units(self, groups: list[int]) -> list[Unit]:
+        return stage_units(self.spec, self.opts, groups, self._rank_file, tied_copy=True)
 
     def files(self) -> list[PlannedFile]:
         spec, opts = self.spec, self.opts

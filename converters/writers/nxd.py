@@ -20,8 +20,8 @@ from ..nxd_sharding import Geometry, HeadMap, expert_canon, scatter, scatter_exp
 from ..rules import nxd as rules
 from ..sources import PRE, group_canon
 from ..spec import SpecError
-from .base import PlannedFile, StagedWriter
-from .megatron_common import stage_of
+from .base import PlannedFile, StagedWriter, Unit
+from .megatron_common import stage_of, stage_units
 from .torchzip import TorchZipWriter
 from .xser import XserFileWriter
 
@@ -69,6 +69,9 @@ class NxdWriter(StagedWriter):
     # ----- planning ------------------------------------------------------------------------
     def _rel(self, tp: int, pp: int, ep: int) -> str:
         return f"{self.tag}/{MODEL_DIR}/" + rules.shard_file_name(tp, pp, ep if self.opts.ep > 1 else None)
+
+    def ownership_units(self, groups: list[int]) -> list[Unit]:
+        return stage_units(self.spec, self.opts, groups, self._rel, tied_copy=False)
 
     def _stage_groups(self, pp: int) -> list[int]:
         return ([PRE] if pp == 0 else []) + list(self.stages[pp]) + ([self.spec.layers] if pp == self.opts.pp - 1 else [])
