@@ -21,46 +21,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .request import ConvertRequest
 from .run import Progress
-from .writers.base import TargetOptions
-
-
-@dataclass(frozen=True)
-class ConvertRequest:
-    """Everything `make_plan` + `convert` need, as plain data."""
-
-    src: str
-    dst: str
-    target: TargetOptions
-    force: bool = False
-    config: str | None = None
-    true_vocab: int | None = None
-    ignore: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_json(self) -> str:
-        target = dataclasses.asdict(self.target)
-        target["dtype"] = str(self.target.dtype).removeprefix("torch.") if self.target.dtype is not None else None
-        target["tokenizer"] = str(self.target.tokenizer) if self.target.tokenizer is not None else None
-        return json.dumps({**dataclasses.asdict(self), "target": target}, default=str)
-
-    @classmethod
-    def from_json(cls, text: str) -> ConvertRequest:
-        import torch
-
-        data = json.loads(text)
-        target = data.pop("target")
-        if target.get("dtype"):
-            target["dtype"] = getattr(torch, target["dtype"])
-        if target.get("tokenizer"):
-            target["tokenizer"] = Path(target["tokenizer"])
-        names = {f.name for f in dataclasses.fields(TargetOptions)}
-        options = TargetOptions(**{k: v for k, v in target.items() if k in names})
-        data["ignore"] = tuple(data.get("ignore") or ())
-        return cls(target=options, **data)
 
 
 class ConversionFailed(RuntimeError):
@@ -123,16 +87,14 @@ def _terminate(signum: int, frame: object) -> None:
 def child_main() -> int:
     from ckptscope.inspectors.errors import CheckpointError
 
-    from .plan import make_plan
     from .run import convert
 
     signal.signal(signal.SIGTERM, _terminate)
     events = None
     try:
         request = ConvertRequest.from_json(sys.stdin.read())
-        plan = make_plan(request.src, request.target, config=request.config, true_vocab=request.true_vocab,
-                         ignore=request.ignore)
-        events = convert(plan, request.dst, force=request.force)
+        plan = request.plan()
+        events = convert(plan, request.dst, **request.policies())
         for event in events:
             _send("event", **dataclasses.asdict(event))
         _send("end")

@@ -233,24 +233,23 @@ class ConvertScreen(Screen):
             self._show_step(min(self.step - 1, STEPS.index(("step-output", "Output"))))
 
     # ----- plan --------------------------------------------------------------------------------
-    def _options(self) -> Any:
-        from ckptscope.converters.spec import DTYPES as DTYPE_MAP
-        from ckptscope.converters.writers import TargetOptions
+    def _request(self) -> Any:
+        from ckptscope.converters.request import ConvertRequest
 
         tp, pp, ep, layers = self._layout()
-        dtype = self.query_one("#dtype", Select).value
-        tokenizer = self.query_one("#tokenizer", Input).value.strip()
-        return TargetOptions(str(self.query_one("#fmt", Select).value), tp=tp, pp=pp, ep=ep, pp_layers=layers,
-                             dtype=DTYPE_MAP[dtype] if dtype else None, megatron_spec=str(self.query_one("#mspec", Select).value),
-                             tokenizer=Path(tokenizer).expanduser() if tokenizer else None)
+        fmt = str(self.query_one("#fmt", Select).value)
+        options: dict[str, Any] = {"dtype": self.query_one("#dtype", Select).value or None,
+                                   "tokenizer": self.query_one("#tokenizer", Input).value.strip() or None,
+                                   "true_vocab": self.query_one("#true-vocab", Input).value.strip() or None,
+                                   "force": self.query_one("#force", Checkbox).value}
+        if fmt != "hf":
+            options.update(tp=tp, pp=pp, ep=ep, pp_layers=",".join(map(str, layers)) if layers else None,
+                           megatron_spec=str(self.query_one("#mspec", Select).value))
+        return ConvertRequest(self.query_one("#src", Input).value, str(self.output or ""), fmt, options)
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False, description="plan conversion")
     def make_plan(self) -> None:
-        from ckptscope.converters.plan import make_plan
-
-        raw_vocab = self.query_one("#true-vocab", Input).value.strip()
-        plan = make_plan(self.query_one("#src", Input).value, self._options(), true_vocab=int(raw_vocab) if raw_vocab else None)
-        self.post_message(PlanReady(plan))
+        self.post_message(PlanReady(self._request().plan()))
 
     @on(PlanReady)
     def _plan_ready(self, message: PlanReady) -> None:
@@ -278,12 +277,7 @@ class ConvertScreen(Screen):
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
         self.query_one("#run-log", Log).write_line(f"converting to {self.output}")
-        from ckptscope.converters.background import ConvertRequest
-
-        raw_vocab = self.query_one("#true-vocab", Input).value.strip()
-        self.run_conversion(ConvertRequest(str(self.plan.source_path), str(self.output), self.plan.target,
-                                           force=self.query_one("#force", Checkbox).value,
-                                           true_vocab=int(raw_vocab) if raw_vocab else None))
+        self.run_conversion(self._request())
 
     @work(thread=True, exclusive=True, group="convert", exit_on_error=False, description="conversion")
     def run_conversion(self, request: Any) -> None:

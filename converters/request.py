@@ -1,0 +1,99 @@
+"""`ConvertRequest`: the one thing a face (CLI, wizard) hands to the engine.
+
+It holds raw option values by name (text from a terminal or an input field, or typed values),
+so both faces build it the same way; `values()` parses and validates every option against the
+tables in `options.py` and the rules between options below, each problem one line naming the
+option. `plan()` is `make_plan` with exactly these options; the wizard's child process receives
+the same request as JSON and plans again from it, so what runs is what was previewed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .formats import TARGETS
+from .options import ALL_OPTIONS, POLICY_OPTIONS, SOURCE_OPTIONS, TARGET_OPTIONS, OptionError
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .writers.base import TargetOptions
+
+
+@dataclass
+class ConvertRequest:
+    src: str
+    dst: str = ""
+    to: str = "hf"
+    options: dict[str, Any] = field(default_factory=dict)  # raw values by option name (options.ALL_OPTIONS)
+
+    # ----- validation --------------------------------------------------------------------------
+    def errors(self) -> list[str]:
+        """Every problem with the options, one line each (empty when the request can be planned)."""
+        problems: list[str] = []
+        if self.to not in TARGETS:
+            return [f"--to {self.to}: unknown target format (choose from {', '.join(TARGETS)})"]
+        unknown = [k for k in self.options if k not in ALL_OPTIONS]
+        problems += [f"unknown option {k!r}" for k in unknown]
+        typed: dict[str, Any] = {}
+        for name, opt in ALL_OPTIONS.items():
+            try:
+                typed[name] = opt.value(self.options.get(name))
+            except OptionError as exc:
+                problems.append(str(exc))
+                continue
+            if name in self.options and typed[name] != opt.default and not opt.applies_to(self.to):
+                where = ", ".join(opt.formats or ())
+                problems.append(f"{opt.flag} applies to {where} targets, not --to {self.to}")
+        return problems  # rules between options and against the model are the plan's (plan.py)
+
+    def values(self) -> dict[str, Any]:
+        """Every option's typed value (defaults filled in); `OptionError` with the first problem."""
+        problems = self.errors()
+        if problems:
+            raise OptionError(problems[0])
+        return {name: opt.value(self.options.get(name)) for name, opt in ALL_OPTIONS.items()}
+
+    # ----- what the engine takes ---------------------------------------------------------------
+    def target_options(self) -> TargetOptions:
+        from .tokenizers import parse_overrides
+        from .writers.base import TargetOptions
+
+        v = self.values()
+        fields = {o.name: v[o.name] for o in TARGET_OPTIONS if o.applies_to(self.to)}
+        fields.pop("max_shard_size", None)
+        try:
+            fields["special_tokens"] = parse_overrides([item for value in v["special_tokens"] for item in value.split()])
+        except ValueError as exc:
+            raise OptionError(f"--override-special-tokens: {exc}") from None
+        return TargetOptions(self.to, max_shard_bytes=v["max_shard_size"], workers=v["workers"], **fields)
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        v = self.values()
+        return {"config": v["config"], "true_vocab": v["true_vocab"], "ignore": tuple(v["ignore"]),
+                "from_optimizer_fp32": v["from_optimizer_fp32"], "rotary_layout": v["rotary_layout"]}
+
+    def policies(self) -> dict[str, Any]:
+        v = self.values()
+        return {o.name: v[o.name] for o in POLICY_OPTIONS if o.name != "workers"}
+
+    def plan(self) -> Plan:
+        from .plan import make_plan
+
+        return make_plan(self.src, self.target_options(), **self.plan_kwargs())
+
+    def source_options(self) -> dict[str, Any]:
+        """The options that say how to read the source (for `verify` after the conversion)."""
+        v = self.values()
+        return {o.name: v[o.name] for o in SOURCE_OPTIONS}
+
+    # ----- transport ---------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ConvertRequest:
+        data = json.loads(text)
+        return cls(src=str(data["src"]), dst=str(data.get("dst") or ""), to=str(data.get("to") or "hf"),
+                   options=dict(data.get("options") or {}))
