@@ -31,6 +31,7 @@ class Canonical:
     shape: Callable[[ModelSpec], Shape]
     present: Callable[[ModelSpec], bool]
     doc: str
+    tp: str = "replicated"  # how tensor parallelism cuts it on its own: column (dim 0) | row (dim 1) | vocab | replicated
 
 
 def _always(s: ModelSpec) -> bool:
@@ -56,11 +57,14 @@ def _expert_ffn(s: ModelSpec) -> int:
 
 
 def _linear(prefix: str, block: str, rows: Callable[[ModelSpec], int], cols: Callable[[ModelSpec], int],
-            when: Callable[[ModelSpec], bool], bias: Callable[[ModelSpec], bool] | None, doc: str) -> tuple[Canonical, ...]:
-    weight = Canonical(prefix, block, lambda s: (rows(s), cols(s)), when, doc)
+            when: Callable[[ModelSpec], bool], bias: Callable[[ModelSpec], bool] | None, doc: str,
+            tp: str = "column") -> tuple[Canonical, ...]:
+    """A linear layer and its bias: a column-parallel bias is cut with its rows, a row-parallel one is whole."""
+    weight = Canonical(prefix, block, lambda s: (rows(s), cols(s)), when, doc, tp)
     if bias is None:
         return (weight,)
-    return weight, Canonical(prefix + ".bias", block, lambda s: (rows(s),), lambda s: when(s) and bias(s), doc + " (bias)")
+    return weight, Canonical(prefix + ".bias", block, lambda s: (rows(s),), lambda s: when(s) and bias(s), doc + " (bias)",
+                             "column" if tp == "column" else "replicated")
 
 
 def _q_rows(s: ModelSpec) -> int:
@@ -88,7 +92,7 @@ def _shared_ffn(s: ModelSpec) -> int:
 
 
 PRE: tuple[Canonical, ...] = (
-    Canonical("embed", "embedding", lambda s: (s.vocab, s.hidden), _always, "word embedding [vocab, hidden]"),
+    Canonical("embed", "embedding", lambda s: (s.vocab, s.hidden), _always, "word embedding [vocab, hidden]", "vocab"),
     Canonical("pos_embed", "embedding", lambda s: (s.max_position_embeddings, s.hidden), lambda s: s.position == "learned",
               "learned absolute positions [max_positions, hidden] (GPT-2)"),
     *_norm("embed_norm", lambda s: s.embed_norm, "LayerNorm right after the word embedding (BLOOM)"),
@@ -99,7 +103,7 @@ LAYER: tuple[Canonical, ...] = (
     *_linear("attn.q", "attention", _q_rows, _hidden, _always, lambda s: s.qkv_bias, "query projection"),
     *_linear("attn.k", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "key projection"),
     *_linear("attn.v", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "value projection"),
-    *_linear("attn.o", "attention", _hidden, _q_rows, _always, lambda s: s.o_bias, "attention output projection"),
+    *_linear("attn.o", "attention", _hidden, _q_rows, _always, lambda s: s.o_bias, "attention output projection", "row"),
     Canonical("attn.q_norm", "attention", lambda s: (_q_rows(s) if s.qk_norm_full else s.head_dim,),
               lambda s: s.qk_norm, "qk-norm of queries: per head [head_dim], or over all heads [heads*head_dim] (OLMo2)"),
     Canonical("attn.k_norm", "attention", lambda s: (_kv_rows(s) if s.qk_norm_full else s.head_dim,),
@@ -107,23 +111,23 @@ LAYER: tuple[Canonical, ...] = (
     *_norm("attn_out_norm", lambda s: s.out_norms, "norm of the attention output before the residual add (OLMo2, GLM4)"),
     *_norm("post_attn_norm", lambda s: s.pre_norms and s.has_post_attn_norm,
            "norm before the MLP (HF post_attention_layernorm; Falcon's ln_mlp)"),
-    Canonical("mlp.gate", "mlp", lambda s: (s.ffn, s.hidden), _gated_dense, "SwiGLU gate projection"),
-    Canonical("mlp.up", "mlp", lambda s: (s.ffn, s.hidden), _dense, "up projection (fc1 of an ungated MLP)"),
-    Canonical("mlp.down", "mlp", lambda s: (s.hidden, s.ffn), _dense, "down projection"),
-    Canonical("mlp.gate.bias", "mlp", lambda s: (s.ffn,), lambda s: _gated_dense(s) and s.mlp_bias, "SwiGLU gate bias"),
-    Canonical("mlp.up.bias", "mlp", lambda s: (s.ffn,), lambda s: _dense(s) and s.mlp_bias, "up projection bias"),
+    Canonical("mlp.gate", "mlp", lambda s: (s.ffn, s.hidden), _gated_dense, "SwiGLU gate projection", "column"),
+    Canonical("mlp.up", "mlp", lambda s: (s.ffn, s.hidden), _dense, "up projection (fc1 of an ungated MLP)", "column"),
+    Canonical("mlp.down", "mlp", lambda s: (s.hidden, s.ffn), _dense, "down projection", "row"),
+    Canonical("mlp.gate.bias", "mlp", lambda s: (s.ffn,), lambda s: _gated_dense(s) and s.mlp_bias, "SwiGLU gate bias", "column"),
+    Canonical("mlp.up.bias", "mlp", lambda s: (s.ffn,), lambda s: _dense(s) and s.mlp_bias, "up projection bias", "column"),
     Canonical("mlp.down.bias", "mlp", lambda s: (s.hidden,), lambda s: _dense(s) and s.mlp_bias, "down projection bias"),
     Canonical("mlp.act.alpha_p", "mlp", lambda s: (1,), lambda s: not s.moe and s.activation == "xielu",
               "xIELU positive slope, softplus-inverse (Apertus)"),
     Canonical("mlp.act.alpha_n", "mlp", lambda s: (1,), lambda s: not s.moe and s.activation == "xielu",
               "xIELU negative slope, softplus-inverse (Apertus)"),
     Canonical("router", "moe", lambda s: (s.experts, s.hidden), lambda s: s.moe, "router logits [experts, hidden]"),
-    Canonical("experts.{e}.gate", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert gate projection"),
-    Canonical("experts.{e}.up", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert up projection"),
-    Canonical("experts.{e}.down", "moe", lambda s: (s.hidden, _expert_ffn(s)), lambda s: s.moe, "expert down projection"),
+    Canonical("experts.{e}.gate", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert gate projection", "column"),
+    Canonical("experts.{e}.up", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert up projection", "column"),
+    Canonical("experts.{e}.down", "moe", lambda s: (s.hidden, _expert_ffn(s)), lambda s: s.moe, "expert down projection", "row"),
     *_linear("shared.gate", "moe", _shared_ffn, _hidden, _shared, None, "shared expert gate projection (Qwen2-MoE)"),
     *_linear("shared.up", "moe", _shared_ffn, _hidden, _shared, None, "shared expert up projection"),
-    *_linear("shared.down", "moe", _hidden, _shared_ffn, _shared, None, "shared expert down projection"),
+    *_linear("shared.down", "moe", _hidden, _shared_ffn, _shared, None, "shared expert down projection", "row"),
     Canonical("shared_gate", "moe", lambda s: (1, s.hidden), lambda s: _shared(s) and s.shared_expert_gate,
               "sigmoid gate scaling the shared expert's output [1, hidden]"),
     *_norm("mlp_out_norm", lambda s: s.out_norms, "norm of the MLP output before the residual add (OLMo2, GLM4)"),
@@ -131,7 +135,7 @@ LAYER: tuple[Canonical, ...] = (
 
 POST: tuple[Canonical, ...] = (
     *_norm("final_norm", _always, "final norm"),
-    Canonical("lm_head", "head", lambda s: (s.vocab, s.hidden), lambda s: not s.tied, "output head (absent when tied)"),
+    Canonical("lm_head", "head", lambda s: (s.vocab, s.hidden), lambda s: not s.tied, "output head (absent when tied)", "vocab"),
 )
 
 declared: dict[str, Canonical] = {c.name: c for c in (*PRE, *LAYER, *POST)}

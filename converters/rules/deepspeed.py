@@ -11,8 +11,12 @@ the Megatron `Param` (canonical tensors, TP split, packing), so gathering is `sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .. import families, vocab
+from ..families import HfParam
+from ..layouts import Identity
 from . import megatron as mg
 from .megatron import Pack, Param, Split
 
@@ -62,40 +66,44 @@ MEGATRON_EMBED_ROWS: tuple[Param, ...] = tuple(
 MEGATRON_FINAL_NORM_ROWS: tuple[Param, ...] = tuple(
     _from_megatron(p) for p, stage in mg.GLOBAL_PARAMS if stage == "last" and p.canon[0].startswith("final_norm"))
 
+def _hf_style(rows: tuple[HfParam, ...], keep: Callable[[str], bool]) -> tuple[Param, ...]:
+    """Rows for an HF-style pipeline module, derived from the Llama family's HF table: the module's
+    own state_dict names are the last two parts (`q_proj.weight`), nested ones (`self_attn.q_proj.weight`,
+    `model.embed_tokens.weight`) are read too; the TP split is the canonical tensor's own."""
+    out = []
+    for row in rows:
+        if len(row.canon) != 1 or not isinstance(row.layout, Identity) or not keep(row.canon[0]):
+            continue
+        local = ".".join(row.name.split(".")[-2:])
+        aliases = (row.name,) if local != row.name else ()
+        split = Split(vocab.declared[vocab.pattern_of(row.canon[0])].tp)
+        out.append(Param(row.canon, {"local": local}, split, aliases=aliases, when=row.when))
+    return tuple(out)
+
+
+LLAMA = families.family("llama")
+_BLOCK = ("input_norm", "attn.", "post_attn_norm", "mlp.gate", "mlp.up", "mlp.down")
+
 EMBED_ROWS: dict[str, tuple[Param, ...]] = {
     "megatron": MEGATRON_EMBED_ROWS,
-    "hf": (_p(("embed",), "embed_tokens.weight", Split.VOCAB, Pack.NONE, "model.embed_tokens.weight"),),
+    "hf": _hf_style(LLAMA.pre, lambda c: c == "embed"),
 }
 
 BLOCK_ROWS: dict[str, tuple[Param, ...]] = {
     "megatron": MEGATRON_BLOCK_ROWS,
-    "hf": (  # HF-style block modules: flat (`q_proj`) or nested as in LlamaDecoderLayer (`self_attn.q_proj`)
-        _p(("input_norm",), "input_layernorm.weight", Split.REPLICATED),
-        _p(("attn.q",), "q_proj.weight", Split.COLUMN, Pack.NONE, "self_attn.q_proj.weight"),
-        _p(("attn.k",), "k_proj.weight", Split.COLUMN, Pack.NONE, "self_attn.k_proj.weight"),
-        _p(("attn.v",), "v_proj.weight", Split.COLUMN, Pack.NONE, "self_attn.v_proj.weight"),
-        _p(("attn.q.bias",), "q_proj.bias", Split.COLUMN, Pack.NONE, "self_attn.q_proj.bias", when=lambda s: s.qkv_bias),
-        _p(("attn.k.bias",), "k_proj.bias", Split.COLUMN, Pack.NONE, "self_attn.k_proj.bias", when=lambda s: s.qkv_bias),
-        _p(("attn.v.bias",), "v_proj.bias", Split.COLUMN, Pack.NONE, "self_attn.v_proj.bias", when=lambda s: s.qkv_bias),
-        _p(("attn.o",), "o_proj.weight", Split.ROW, Pack.NONE, "self_attn.o_proj.weight"),
-        _p(("attn.o.bias",), "o_proj.bias", Split.REPLICATED, Pack.NONE, "self_attn.o_proj.bias", when=lambda s: s.o_bias),
-        _p(("post_attn_norm",), "post_attention_layernorm.weight", Split.REPLICATED),
-        _p(("mlp.gate",), "gate_proj.weight", Split.COLUMN, Pack.NONE, "mlp.gate_proj.weight"),
-        _p(("mlp.up",), "up_proj.weight", Split.COLUMN, Pack.NONE, "mlp.up_proj.weight"),
-        _p(("mlp.down",), "down_proj.weight", Split.ROW, Pack.NONE, "mlp.down_proj.weight"),
-    ),
+    "hf": _hf_style(LLAMA.layer, lambda c: c.startswith(_BLOCK)),  # flat (`q_proj`) or nested as in LlamaDecoderLayer
 }
 
 FINAL_NORM_ROWS: dict[str, tuple[Param, ...]] = {
     "megatron": MEGATRON_FINAL_NORM_ROWS,
-    "hf": (_p(("final_norm",), "norm.weight", Split.REPLICATED, Pack.NONE, "model.norm.weight"),),
+    "hf": _hf_style(LLAMA.post, lambda c: c == "final_norm"),
 }
 
 HEAD_ROWS: dict[str, tuple[Param, ...]] = {
     # MDS-ms LMHeadPipe (`lm_head`), older forks' `final_linear`
     "megatron": (_p(("lm_head",), "lm_head.weight", Split.VOCAB, Pack.NONE, "final_linear.weight",
                     when=lambda s: not s.tied),),
-    "hf": (_p(("lm_head",), "lm_head.weight", Split.VOCAB, when=lambda s: not s.tied),),
+    "hf": _hf_style(LLAMA.post, lambda c: c == "lm_head"),
 }
 
 ROLE_ROWS: dict[str, dict[str, tuple[Param, ...]]] = {

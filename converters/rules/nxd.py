@@ -15,10 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from .. import families
 from ..spec import ModelSpec
 
 STYLES = ("hf", "megatron")
-LAYER_PREFIX = "model.layers.{i}."
+
+# hf-style names NxD keeps as they are: the Llama family's own (never typed again here)
+_LLAMA = families.family("llama")
+HF: dict[str, str] = {row.canon[0]: row.name for row in (*_LLAMA.pre, *_LLAMA.layer, *_LLAMA.post) if len(row.canon) == 1}
+LAYER_PREFIX = _LLAMA.layer_prefix
 
 
 class Layout(Enum):
@@ -61,17 +66,17 @@ class NxdParam:
 
 # name, layout, pipeline stage holding it
 GLOBAL_PARAMS: tuple[tuple[NxdParam, str], ...] = (
-    (NxdParam(("embed",), "model.embed_tokens.weight", Layout.COLUMN), "first"),
-    (NxdParam(("final_norm",), "model.norm.weight", Layout.REPLICATED), "last"),
-    (NxdParam(("lm_head",), "lm_head.weight", Layout.COLUMN, when=lambda s: not s.tied), "last"),
+    (NxdParam(("embed",), HF["embed"], Layout.COLUMN), "first"),
+    (NxdParam(("final_norm",), HF["final_norm"], Layout.REPLICATED), "last"),
+    (NxdParam(("lm_head",), HF["lm_head"], Layout.COLUMN, when=lambda s: not s.tied), "last"),
 )
 
 LAYER_PARAMS: tuple[NxdParam, ...] = (
-    NxdParam(("input_norm",), "input_layernorm.weight", Layout.REPLICATED),
-    NxdParam(("attn.o",), "self_attn.o_proj.weight", Layout.O),
-    NxdParam(("post_attn_norm",), "post_attention_layernorm.weight", Layout.REPLICATED),
+    NxdParam(("input_norm",), HF["input_norm"], Layout.REPLICATED),
+    NxdParam(("attn.o",), HF["attn.o"], Layout.O),
+    NxdParam(("post_attn_norm",), HF["post_attn_norm"], Layout.REPLICATED),
     NxdParam(("mlp.gate", "mlp.up"), "mlp.gate_up_proj.weight", Layout.GATE_UP, when=_dense),
-    NxdParam(("mlp.down",), "mlp.down_proj.weight", Layout.ROW, when=_dense),
+    NxdParam(("mlp.down",), HF["mlp.down"], Layout.ROW, when=_dense),
     NxdParam(("router",), "mlp.router.linear_router.weight", Layout.REPLICATED, when=_moe),
     NxdParam(("experts.{e}.gate", "experts.{e}.up"), "mlp.expert_mlps.mlp_op.gate_up_proj.weight",
              Layout.EXPERT_GATE_UP, when=_moe),
@@ -88,8 +93,7 @@ ATTENTION_FORMS: dict[str, tuple[NxdParam, ...]] = {
     "coalesced": (NxdParam(QKV_CANON, "self_attn.qkv_proj.weight", Layout.QKV),),  # megatron: query_key_value
     "megatron_gqa": (NxdParam(Q, "self_attn.query.weight", Layout.Q),
                      NxdParam(("attn.k", "attn.v"), "self_attn.key_value.weight", Layout.KV_PAIR)),
-    "separate": (NxdParam(Q, "self_attn.q_proj.weight", Layout.Q), NxdParam(K, "self_attn.k_proj.weight", Layout.KV),
-                 NxdParam(V, "self_attn.v_proj.weight", Layout.KV)),
+    "separate": (NxdParam(Q, HF["attn.q"], Layout.Q), NxdParam(K, HF["attn.k"], Layout.KV), NxdParam(V, HF["attn.v"], Layout.KV)),
 }
 
 
