@@ -54,16 +54,20 @@ class Plan:
         return groups(self.spec)
 
     @property
+    def dtype(self) -> Any:
+        """The output dtype (the source's when the target refused the model and has no writer)."""
+        return self.writer.dtype if self.writer is not None else (self.target.dtype or self.spec.dtype)
+
+    @property
     def total_bytes(self) -> int:
-        dtype = self.writer.dtype
-        return sum(int(_numel(s)) for s in self.spec.canonical_shapes().values()) * dtype.itemsize
+        return sum(int(_numel(s)) for s in self.spec.canonical_shapes().values()) * self.dtype.itemsize
 
     def to_json(self) -> dict[str, Any]:
         acc = self.accounting
         return {
             "source": {"path": str(self.source_path), "format": self.ckpt.kind, "layout": self.ckpt.parallel.as_dict()},
             "target": {"format": self.target.format, "tp": self.target.tp, "pp": self.target.pp, "ep": self.target.ep,
-                       "pp_layers": self.target.pp_layers, "dtype": str(self.writer.dtype).removeprefix("torch."),
+                       "pp_layers": self.target.pp_layers, "dtype": str(self.dtype).removeprefix("torch."),
                        "megatron_spec": self.target.megatron_spec},
             "spec": self.spec.summary(),
             "tensors": {"mapped": len(acc.mapped), "ignored": len(acc.ignored), "unmatched": len(acc.unmatched),
