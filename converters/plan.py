@@ -145,6 +145,7 @@ def make_plan(
             source = open_source(ckpt, true_vocab=tok_size, vocab_note="size of the tokenizer", **options)  # type: ignore[arg-type]
     except SpecError as exc:
         raise CheckpointError(src, str(exc)) from None
+    architecture_from = source.architecture_from
     vocab_fit = None
     if tokenizer is not None and tok_size is not None:
         note = f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"
@@ -183,6 +184,8 @@ def make_plan(
         writer, files = None, []  # type: ignore[assignment]
     notes = source.notes() + (writer.notes() if writer is not None else [])
     notes.append(f"model family: {spec.family}" + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
+    if architecture_from:
+        notes.append(f"architecture: from {architecture_from}")
     if tokenizer is not None and tok_size is not None and vocab_fit is not None:
         notes.append(vocab_action(vocab_fit[0], tok_size, vocab_fit[1]))
         notes.append(f"tokenizer: {tokenizer.kind} from {tokenizer.path}"

@@ -89,9 +89,20 @@ def test_corpus_zero2_bf16(corpus: Path, tmp_path: Path, from_fp32: bool, refere
     assert diff <= tol
 
 
-def test_corpus_zero2_needs_config(corpus: Path) -> None:
+def test_corpus_zero2_finds_the_trainer_config(corpus: Path, tmp_path: Path) -> None:
+    """A Trainer-style folder (`config.json` beside `latest` and `global_step2/`) converts without
+    --config, and the plan says where the architecture came from (issue 14)."""
+    item = corpus / "deepspeed" / "zero2_bf16"
+    plan = make_plan(item, TargetOptions("hf"))
+    assert plan.ok and f"architecture: from {item / 'config.json'}" in plan.notes
+    out = _convert(item, tmp_path / "hf")
+    assert _corpus_logits(out, item, "reference_logits.pt") <= 1e-2
+
+
+def test_zero_without_any_config_still_asks_for_one(tmp_path: Path) -> None:
+    root = dss.write_deepspeed_zero(SPEC, tmp_path / "ds", dp=2, stage=2, bf16=True)
     with pytest.raises(CheckpointError, match="--config"):
-        make_plan(corpus / "deepspeed" / "zero2_bf16", TargetOptions("hf"))
+        make_plan(root, TargetOptions("hf"))
 
 
 def test_corpus_pipe2_mp(corpus: Path, tmp_path: Path) -> None:

@@ -38,3 +38,17 @@ def test_nxd_verify_reads_the_output_with_the_source_architecture(tmp_path: Path
     done = _cli("convert", str(src), str(tmp_path / "out"), "--to", "nxd", "--tp", "2", "--verify", "--json")
     assert done.returncode == 0, done.stderr
     assert '"ok": true' in done.stdout and "carries no architecture" in done.stdout
+
+
+def test_nxd_source_finds_the_run_config(tmp_path: Path) -> None:
+    """An NxD run folder with the model's config.json beside its checkpoints converts without --config."""
+    import shutil
+
+    src = _save("llama", tmp_path / "llama")
+    assert _cli("convert", str(src), str(tmp_path / "run"), "--to", "nxd", "--tp", "2").returncode == 0
+    refused = _cli("convert", str(tmp_path / "run"), str(tmp_path / "back0"), "--to", "hf")
+    assert refused.returncode == 2 and "--config" in refused.stderr + refused.stdout
+    shutil.copy(src / "config.json", tmp_path / "run" / "config.json")
+    done = _cli("convert", str(tmp_path / "run"), str(tmp_path / "back"), "--to", "hf", "--verify")
+    assert done.returncode == 0, done.stderr
+    assert "architecture: from" in done.stdout and "OK" in done.stdout

@@ -12,8 +12,9 @@ from typing import Any
 
 from ckptscope.inspectors.model import Checkpoint
 
+from ..discovery import find_hf_config
 from ..families import spec_from_hf_config
-from ..spec import SpecError
+from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
 from .deepspeed import DeepSpeedSource
 from .hf import HfSource
@@ -63,7 +64,20 @@ def _open(ckpt: Checkpoint, config: dict[str, Any] | None, true_vocab: int | Non
         raise SpecError(f"converting from {ckpt.kind} is not supported yet (supported: {', '.join(SOURCES)})")
     if from_optimizer_fp32 and cls is not DeepSpeedSource:
         raise SpecError(f"--from-optimizer-fp32 applies to DeepSpeed checkpoints, not {ckpt.kind}")
+    architecture_from = "--config" if config else ""
+    if config is None and (cls is NxdSource or (cls is DeepSpeedSource and not ckpt.metadata.get("args"))):
+        found = find_hf_config(ckpt)
+        if found is not None:
+            config, where = found
+            architecture_from = str(where)
     spec = spec_from_hf_config(config) if config else None
+    source = _construct(cls, ckpt, spec, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
+    source.architecture_from = architecture_from or source.architecture_from
+    return source
+
+
+def _construct(cls: type[CanonicalSource], ckpt: Checkpoint, spec: ModelSpec | None, true_vocab: int | None, vocab_note: str,
+               from_optimizer_fp32: bool, rotary_layout: str) -> CanonicalSource:
     if cls is HfSource:
         source = HfSource(ckpt, spec)
         if true_vocab is not None and true_vocab != source.spec.vocab:

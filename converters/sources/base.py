@@ -88,6 +88,7 @@ class CanonicalSource(ABC):
     kind: str
     spec: ModelSpec
     ckpt: Checkpoint
+    architecture_from: str = ""  # where the architecture came from when not the checkpoint itself
 
     @abstractmethod
     def read(self, group: int) -> dict[str, torch.Tensor]: ...

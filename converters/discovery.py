@@ -1,0 +1,41 @@
+"""Where real runs keep the architecture of a checkpoint whose format stores none.
+
+NxD shards and DeepSpeed model states without Megatron-DeepSpeed args hold weights only. The
+Hugging Face Trainer saves `config.json` at the checkpoint root (`checkpoint-500/config.json`
+beside `global_step500/`), NxD runs keep the HF config beside their checkpoint folder; so the
+folders from the checkpoint up to `MAX_UP` levels above it are searched for a `config.json`
+that names a model type. `--config` stays the override; the plan says which file was used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ckptscope.inspectors.model import Checkpoint
+
+MAX_UP = 3  # checkpoint-500/global_step500/ and run/checkpoints/step_N/model are within reach
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def find_hf_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
+    """The nearest `config.json` (a regular file, not a link) that describes an HF model."""
+    start = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    for folder in [start, *start.parents][: MAX_UP + 1]:
+        candidate = folder / "config.json"
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
+            continue
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("model_type"), str):
+            return data, candidate
+    return None
