@@ -184,6 +184,11 @@ INEXPRESSIBLE = (
     (lambda s: not s.pre_norms, "a block without pre-norms (megatron-core always normalises the attention and MLP inputs)"),
     (lambda s: s.out_norms, "norms on the attention and MLP outputs (no such module in megatron-core's GPT layer)"),
     (lambda s: _rope_problem(s), "this RoPE scaling (megatron-core has linear and llama3 with factors 1 / 4 / 8192 only)"),
+    (lambda s: s.activation in ("geglu_tanh", "geglu"), "a GeGLU MLP (Megatron-LM's arguments select SwiGLU only)"),
+    (lambda s: bool(s.attn_softcap or s.final_softcap), "attention / logit soft-capping"),
+    (lambda s: s.layer_types is not None and len(set(s.layer_types)) > 1, "sliding window on some layers only"),
+    (lambda s: s.rope_local_theta is not None, "a separate RoPE base for the sliding layers"),
+    (lambda s: s.norm_zero_centered and not s.layernorm_1p, "zero-centred (1 + w) norms with an embedding scale (Gemma)"),
 )
 
 

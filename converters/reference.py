@@ -51,10 +51,13 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         x = x + w("pos_embed")[:seq]
     if spec.embed_norm:
         x = norm(spec, w, "embed_norm", x)
-    cos, sin = rope_cos_sin(spec, seq, dtype) if spec.position == "rope" else (None, None)
-    mask = causal_mask(seq, spec.sliding_window)
+    rope = {local: rope_cos_sin(spec, seq, dtype, local=local) for local in (False, True)} if spec.position == "rope" else {}
+    masks: dict[int | None, torch.Tensor] = {}
     for i in range(spec.layers):
         p = f"layers.{i}."
+        window = spec.window_of(i)
+        mask = masks.setdefault(window, causal_mask(seq, window))
+        cos, sin = rope.get(window is not None and spec.rope_local_theta is not None, (None, None))
         h = norm(spec, w, p + "input_norm", x) if spec.pre_norms else x
         a = attention(spec, w, p, h, cos, sin, mask)
         if spec.parallel_attn:  # Falcon: both branches read the layer input
@@ -66,7 +69,14 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         x = x + _branch_out(spec, w, p + "mlp_out_norm", moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
     x = norm(spec, w, "final_norm", x)
     logits = F.linear(x, w("embed" if spec.tied else "lm_head"))
-    return logits / spec.logits_scaling if spec.logits_scaling != 1.0 else logits
+    if spec.logits_scaling != 1.0:
+        logits = logits / spec.logits_scaling
+    return softcap(logits, spec.final_softcap)
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma 2's soft-capping: cap * tanh(x / cap) (nothing without a cap)."""
+    return x if not cap else torch.tanh(x / cap) * cap
 
 
 def _branch_out(spec: ModelSpec, w: Getter, norm_name: str, y: torch.Tensor) -> torch.Tensor:
@@ -93,7 +103,16 @@ def norm(spec: ModelSpec, w: Getter, name: str, x: torch.Tensor) -> torch.Tensor
     """The model's hidden-size norm (RMSNorm, or LayerNorm with `<name>.bias`)."""
     if spec.norm == "layernorm":
         return F.layer_norm(x, x.shape[-1:], w(name), w(name + ".bias"), spec.norm_eps)
+    if spec.norm_zero_centered:
+        return gemma_rms_norm(x, w(name), spec.norm_eps)
     return rms_norm(x, w(name), spec.norm_eps)
+
+
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: statistics and (1 + w) in fp32, cast back last."""
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (1.0 + weight.to(torch.float32))).to(x.dtype)
 
 
 # ----- rotary embeddings -------------------------------------------------------------------------
@@ -101,10 +120,14 @@ def rotary_dim(spec: ModelSpec) -> int:
     return int(spec.head_dim * spec.rotary_percent)
 
 
-def inv_freq(spec: ModelSpec) -> torch.Tensor:
-    """Inverse frequencies as transformers' `modeling_rope_utils` computes them."""
+def inv_freq(spec: ModelSpec, local: bool = False) -> torch.Tensor:
+    """Inverse frequencies as transformers' `modeling_rope_utils` computes them (`local`: the
+    sliding layers' own base, unscaled, where the model has one)."""
     dim = rotary_dim(spec)
-    freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    theta = spec.rope_local_theta if local and spec.rope_local_theta is not None else spec.rope_theta
+    freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if local and spec.rope_local_theta is not None:
+        return freq
     scaling = spec.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
@@ -129,9 +152,9 @@ def _llama3(freq: torch.Tensor, s: dict, max_pos: int) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rope_cos_sin(spec: ModelSpec, seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(spec: ModelSpec, seq: int, dtype: torch.dtype, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [seq, rotary_dim], computed in fp32 then cast (as HF does)."""
-    freqs = torch.arange(seq).float()[:, None] * inv_freq(spec)[None, :]
+    freqs = torch.arange(seq).float()[:, None] * inv_freq(spec, local)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -185,7 +208,7 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     group = spec.heads // spec.kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scale = spec.attention_multiplier if spec.attention_multiplier is not None else d ** -0.5
-    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, spec.attn_softcap)
     if spec.position == "alibi":  # bias by key position (softmax is shift-invariant per query)
         scores = scores + (alibi_slopes(spec.heads)[:, None] * torch.arange(s)[None, :]).to(scores.dtype)[None, :, None, :]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -198,6 +221,8 @@ def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.
     """qk-norm over the last dim (head_dim, or all heads' width); the vocabulary has no bias for it."""
     if spec.norm == "layernorm":
         return F.layer_norm(x, x.shape[-1:], weight, None, spec.norm_eps)
+    if spec.norm_zero_centered:
+        return gemma_rms_norm(x, weight, spec.norm_eps)
     return rms_norm(x, weight, spec.norm_eps)
 
 
@@ -205,8 +230,9 @@ def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.
 def mlp(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, bias: bool | None = None) -> torch.Tensor:
     """SwiGLU: down(silu(gate(x)) * up(x)); otherwise down(act(up(x)))."""
     bias = spec.mlp_bias if bias is None else bias
-    if spec.activation == "swiglu":
-        gate = F.silu(_proj(w, p + "gate", x, bias))
+    if spec.gated:
+        gate = _proj(w, p + "gate", x, bias)
+        gate = F.silu(gate) if spec.activation == "swiglu" else F.gelu(gate, approximate="tanh" if spec.activation == "geglu_tanh" else "none")
         return _proj(w, p + "down", gate * _proj(w, p + "up", x, bias), bias)
     up = _proj(w, p + "up", x, bias)
     if spec.activation == "gelu":

@@ -25,7 +25,8 @@ import torch
 
 from . import vocab
 
-ACTIVATIONS = ("swiglu", "gelu", "gelu_tanh", "xielu")
+ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu")
+GATED = ("swiglu", "geglu_tanh", "geglu")  # fc1 holds gate and up
 POSITIONS = ("rope", "learned", "alibi")
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -78,7 +79,12 @@ class ModelSpec:
     pre_norms: bool = True  # norms before attention and MLP (False: OLMo2)
     out_norms: bool = False  # norms on the attention and MLP outputs before the residual add (OLMo2, GLM4)
     qk_norm_full: bool = False  # QK-norm over all heads' width instead of per head (OLMo2)
-    sliding_window: int | None = None  # every layer attends to the last `sliding_window` keys, itself included
+    sliding_window: int | None = None  # a query attends to the last `sliding_window` keys, itself included
+    layer_types: tuple[str, ...] | None = None  # per layer: sliding_attention | full_attention (None: all sliding if a window)
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers when it differs (Gemma 3); they take no scaling
+    norm_zero_centered: bool = False  # norms multiply by (1 + w) and store w (Gemma); canonical norms are then w
+    attn_softcap: float | None = None  # attention scores capped by cap * tanh(s / cap) (Gemma 2)
+    final_softcap: float | None = None  # logits capped the same way (Gemma 2)
     embedding_multiplier: float = 1.0  # Granite: embeddings scaled by this
     residual_multiplier: float = 1.0  # Granite: each branch output scaled by this before the residual add
     attention_multiplier: float | None = None  # Granite: attention scale instead of 1/sqrt(head_dim)
@@ -101,8 +107,14 @@ class ModelSpec:
 
     @property
     def gated(self) -> bool:
-        """SwiGLU: fc1 holds gate and up; every other activation has fc1 = up only."""
-        return self.activation == "swiglu"
+        """SwiGLU / GeGLU: fc1 holds gate and up; every other activation has fc1 = up only."""
+        return self.activation in GATED
+
+    def window_of(self, i: int) -> int | None:
+        """The sliding window of layer i (None: full attention)."""
+        if self.sliding_window is None or (self.layer_types is not None and self.layer_types[i] != "sliding_attention"):
+            return None
+        return self.sliding_window
 
     @property
     def has_post_attn_norm(self) -> bool:
@@ -132,7 +144,15 @@ class ModelSpec:
         if self.qk_norm:
             out.append("qk-norm" + (" over all heads" if self.qk_norm_full else ""))
         if self.sliding_window:
-            out.append(f"sliding window {self.sliding_window}")
+            pattern = "" if self.layer_types is None else f" on {self.layer_types.count('sliding_attention')} of {self.layers} layers"
+            out.append(f"sliding window {self.sliding_window}{pattern}")
+        if self.rope_local_theta is not None:
+            out.append(f"local RoPE base {self.rope_local_theta:g}")
+        if self.norm_zero_centered:
+            out.append("zero-centred norms (1 + w)")
+        if self.attn_softcap or self.final_softcap:
+            out.append("soft-capping (" + ", ".join(f"{k} {v:g}" for k, v in (("attention", self.attn_softcap),
+                                                                                ("logits", self.final_softcap)) if v) + ")")
         if self.rotary_percent != 1.0:
             out.append(f"partial rotary {self.rotary_percent:g}")
         if not self.pre_norms:

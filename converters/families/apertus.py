@@ -10,7 +10,7 @@ from typing import Any
 from ..layouts import Constant
 from ..spec import ModelSpec, SpecError
 from .base import Family, HfParam, MegatronTraits
-from .common import rope_from_config, hf_common, lm_head, rope_parameters
+from .common import hf_common, lm_head, refuse_features, rope_from_config, rope_parameters
 
 XIELU_BETA, XIELU_EPS = 0.5, -1e-6
 
@@ -38,6 +38,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> Any:
     import transformers
 
+    refuse_features(spec, "Apertus", ("QK-norm",))
     if spec.activation != "xielu" or not spec.qk_norm or spec.norm != "rmsnorm" or spec.mlp_bias or spec.qkv_bias != spec.o_bias:
         raise SpecError("HF Apertus needs xIELU, QK-norm, RMSNorm, no MLP bias and attention biases on q/k/v/o or none")
     if spec.head_dim * spec.heads != spec.hidden:

@@ -9,7 +9,7 @@ from typing import Any
 from ..layouts import GroupedQKV
 from ..spec import ModelSpec, SpecError
 from .base import Family, HfParam, MegatronTraits
-from .common import LN_F_AND_HEAD, first, hf_common
+from .common import LN_F_AND_HEAD, first, hf_common, refuse_features
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -29,6 +29,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> Any:
     import transformers
 
+    refuse_features(spec, "BLOOM")
     if spec.kv_heads != spec.heads or spec.head_dim * spec.heads != spec.hidden or spec.ffn != 4 * spec.hidden:
         raise SpecError("HF BLOOM needs multi-head attention, head_dim = hidden / heads and FFN = 4 x hidden")
     if spec.position != "alibi" or not spec.embed_norm or spec.activation != "gelu_tanh" or spec.norm != "layernorm":

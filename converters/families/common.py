@@ -3,6 +3,7 @@ families reuse, and the finishing of a transformers config (dtype, token ids).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..spec import DTYPES, ModelSpec, SpecError
@@ -84,17 +85,20 @@ def partial_rotary(config: dict[str, Any]) -> float:
     return float(config.get("partial_rotary_factor") or 1.0)
 
 
-def sliding_window(config: dict[str, Any]) -> int | None:
-    """The window every layer uses, or None; per-layer patterns are refused (not modelled)."""
+def sliding_layers(config: dict[str, Any]) -> tuple[int | None, tuple[str, ...] | None]:
+    """(window, per-layer types): no window, a window on every layer (types None), or a pattern."""
     window = config.get("sliding_window")
     if not window or config.get("use_sliding_window") is False:
-        return None
+        return None, None
     types = config.get("layer_types")
-    if isinstance(types, list) and len(set(types)) > 1:
-        raise SpecError(f"{config.get('model_type')}: sliding window on some layers only (layer_types) is not supported yet")
-    if isinstance(types, list) and types and types[0] == "full_attention":
-        return None
-    return int(window)
+    if not isinstance(types, list) or not types:
+        return int(window), None
+    if set(types) - {"sliding_attention", "full_attention"}:
+        raise SpecError(f"{config.get('model_type')}: layer_types {sorted(set(types))} are not supported "
+                        "(sliding_attention, full_attention)")
+    if "sliding_attention" not in types:
+        return None, None
+    return int(window), None if "full_attention" not in types else tuple(types)
 
 
 def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
@@ -111,7 +115,8 @@ def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
                                                           f"{family} hidden_act"),
         rope_theta=theta, rope_scaling=scaling, rotary_percent=partial_rotary(config),
         max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
-        tied=bool(config.get("tie_word_embeddings", False)), sliding_window=sliding_window(config), **hf_common(config))
+        tied=bool(config.get("tie_word_embeddings", False)), **dict(zip(("sliding_window", "layer_types"), sliding_layers(config))),
+        **hf_common(config))
     base.update(fields)
     return ModelSpec(**base)
 
@@ -125,8 +130,39 @@ def llama_config_kwargs(spec: ModelSpec, **extra: Any) -> dict[str, Any]:
         rope_theta=spec.rope_theta)
     if spec.rope_scaling:
         out["rope_scaling"] = dict(spec.rope_scaling)
+    if spec.layer_types is not None:
+        out["layer_types"] = list(spec.layer_types)
     out.update(extra)
     return out
+
+
+# Features a ModelSpec can carry beyond the Llama block. A family's config codec names the ones its
+# HF class holds; any other present is refused, never dropped (a silent drop is a wrong model).
+FEATURES: dict[str, Callable[[ModelSpec], bool]] = {
+    "QK-norm": lambda s: s.qk_norm,
+    "full-width QK-norm": lambda s: s.qk_norm_full,
+    "experts": lambda s: s.moe,
+    "a shared expert": lambda s: s.shared_expert_ffn > 0,
+    "un-renormalised top-k": lambda s: s.moe and not s.norm_topk_prob,
+    "a sliding window": lambda s: s.sliding_window is not None,
+    "a per-layer sliding pattern": lambda s: s.layer_types is not None,
+    "a second RoPE base": lambda s: s.rope_local_theta is not None,
+    "partial rotary": lambda s: s.rotary_percent != 1.0,
+    "zero-centred norms": lambda s: s.norm_zero_centered,
+    "soft-capping": lambda s: bool(s.attn_softcap or s.final_softcap),
+    "embedding / residual / attention / logits multipliers": lambda s: (
+        s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0) or s.attention_multiplier is not None,
+    "norms on the branch outputs": lambda s: s.out_norms,
+    "a block without pre-norms": lambda s: not s.pre_norms,
+    "a GeGLU MLP": lambda s: s.activation in ("geglu_tanh", "geglu"),
+}
+
+
+def refuse_features(spec: ModelSpec, holds: str, supported: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, every feature of the spec that the HF class `holds` cannot hold."""
+    extra = [name for name, present in FEATURES.items() if name not in supported and present(spec)]
+    if extra:
+        raise SpecError(f"HF {holds} has no {', no '.join(extra)}")
 
 
 def need(ok: bool, message: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from ..layouts import GroupedQKV
 from ..spec import ModelSpec, SpecError
 from .base import Family, HfParam, MegatronTraits
-from .common import rope_from_config, LN_F_AND_HEAD, first, hf_common, one_of, rope_parameters
+from .common import LN_F_AND_HEAD, first, hf_common, one_of, refuse_features, rope_from_config, rope_parameters
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -54,6 +54,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> Any:
     import transformers
 
+    refuse_features(spec, "Falcon")
     if spec.norm != "layernorm" or spec.position != "rope" or spec.activation not in HF_ACTIVATION:
         raise SpecError("HF Falcon needs LayerNorm, RoPE and a GELU MLP")
     if spec.head_dim * spec.heads != spec.hidden or len({spec.qkv_bias, spec.o_bias, spec.mlp_bias}) != 1:

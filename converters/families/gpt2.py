@@ -9,7 +9,7 @@ from typing import Any
 from ..layouts import CONV1D, ConcatRows, Transposed
 from ..spec import ModelSpec, SpecError
 from .base import Family, HfParam, MegatronTraits
-from .common import LN_F_AND_HEAD, first, hf_common, one_of
+from .common import LN_F_AND_HEAD, first, hf_common, one_of, refuse_features
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
@@ -33,6 +33,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> Any:
     import transformers
 
+    refuse_features(spec, "GPT-2")
     if spec.kv_heads != spec.heads or spec.head_dim * spec.heads != spec.hidden or spec.norm != "layernorm":
         raise SpecError("HF GPT-2 needs multi-head attention with head_dim = hidden / heads and LayerNorm")
     if spec.activation not in HF_ACTIVATION or spec.position != "learned" or not (spec.qkv_bias and spec.o_bias and spec.mlp_bias):

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need
+from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -24,6 +24,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Granite", ("embedding / residual / attention / logits multipliers",))
     need(not spec.qk_norm and not spec.moe and spec.qkv_bias == spec.o_bias, "HF Granite has no QK-norm or experts")
     kwargs = llama_config_kwargs(
         spec, attention_bias=spec.qkv_bias, mlp_bias=spec.mlp_bias, embedding_multiplier=spec.embedding_multiplier,

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need
+from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -17,6 +17,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Mistral", ("a sliding window",))
     need(not (spec.qkv_bias or spec.o_bias or spec.mlp_bias or spec.qk_norm or spec.moe),
          "HF Mistral has no biases, QK-norm or experts")
     config = transformers.MistralConfig(**llama_config_kwargs(spec, sliding_window=spec.sliding_window))

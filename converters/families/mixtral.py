@@ -8,7 +8,8 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
-from .common import experts, finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need
+from .common import (experts, finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need,
+                     refuse_features)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -20,6 +21,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Mixtral", ("experts", "a sliding window"))
     need(spec.moe and spec.norm_topk_prob and not spec.shared_expert_ffn, "HF Mixtral needs experts with renormalised top-k and no shared expert")
     need(not (spec.qkv_bias or spec.o_bias or spec.qk_norm), "HF Mixtral has no attention biases or QK-norm")
     config = transformers.MixtralConfig(**llama_config_kwargs(

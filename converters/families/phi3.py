@@ -8,7 +8,8 @@ from typing import Any
 from ..layouts import ConcatRows
 from ..spec import ModelSpec
 from .base import HfParam, MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, rope_parameters
+from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
+                     rope_parameters)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -18,6 +19,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Phi-3", ("partial rotary", "a sliding window"))
     need(not (spec.qkv_bias or spec.o_bias or spec.mlp_bias or spec.qk_norm or spec.moe),
          "HF Phi-3 has no biases, QK-norm or experts")
     kwargs = llama_config_kwargs(spec, sliding_window=spec.sliding_window, rope_parameters=rope_parameters(spec),

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need
+from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -16,6 +16,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Qwen2", ("a sliding window", "a per-layer sliding pattern"))
     need(not (spec.o_bias or spec.mlp_bias), "Qwen2 has q/k/v biases only; this model also has output / MLP biases")
     need(not spec.qk_norm and not spec.moe, "HF Qwen2 has no QK-norm or experts (Qwen3, Qwen2-MoE have)")
     window = spec.sliding_window

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import FusedExperts, HfParam, MegatronTraits
-from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec, need)
+from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
+                     need, refuse_features)
 from .qwen3_moe import every_layer_sparse
 
 
@@ -24,6 +25,8 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Qwen2-MoE", (
+        "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.shared_expert_ffn > 0 and spec.shared_expert_gate, "HF Qwen2-MoE needs experts and a gated shared expert")
     need(not (spec.o_bias or spec.mlp_bias or spec.qk_norm), "HF Qwen2-MoE has q/k/v biases only and no QK-norm")
     need(spec.head_dim * spec.heads == spec.hidden, "HF Qwen2-MoE needs head_dim = hidden / heads")

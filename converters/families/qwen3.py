@@ -7,7 +7,7 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need
+from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -18,6 +18,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Qwen3", ("QK-norm", "a sliding window", "a per-layer sliding pattern"))
     need(spec.qk_norm and not spec.qk_norm_full and not spec.moe and spec.qkv_bias == spec.o_bias and not spec.mlp_bias,
          "HF Qwen3 needs per-head QK-norm, no experts, attention biases on q/k/v/o or none, no MLP bias")
     window = spec.sliding_window

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..spec import ModelSpec, SpecError
 from .base import FusedExperts, MegatronTraits
-from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec, need)
+from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
+                     need, refuse_features)
 
 
 def every_layer_sparse(config: dict[str, Any]) -> None:
@@ -29,6 +30,8 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "Qwen3-MoE", (
+        "QK-norm", "experts", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.qk_norm and not spec.qk_norm_full and not spec.shared_expert_ffn,
          "HF Qwen3-MoE needs experts without a shared expert and per-head QK-norm")
     need(spec.qkv_bias == spec.o_bias, "HF Qwen3-MoE's attention_bias covers q/k/v and o together")

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import HfParam, MegatronTraits
-from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, lm_head, need, one_of)
+from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, lm_head, need,
+                     one_of, refuse_features)
 
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
@@ -23,6 +24,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     import transformers
 
+    refuse_features(spec, "StarCoder2", ("a sliding window",))
     need(spec.norm == "layernorm" and spec.activation in HF_ACTIVATION and spec.position == "rope",
          "HF StarCoder2 needs LayerNorm, RoPE and a GELU MLP")
     need(len({spec.qkv_bias, spec.o_bias, spec.mlp_bias}) == 1 and not spec.qk_norm and not spec.moe,
