@@ -48,6 +48,7 @@ CASES: dict[str, tuple] = {
     "granite": (lambda t: t.GraniteConfig(intermediate_size=96, embedding_multiplier=6.0, residual_multiplier=0.5,
                                           attention_multiplier=0.1, logits_scaling=4.0, **SMALL), "multipliers"),
     "glm4": (lambda t: t.Glm4Config(intermediate_size=96, head_dim=16, **SMALL), "norms on the attention and MLP outputs"),
+    "gemma": (lambda t: t.GemmaConfig(intermediate_size=96, head_dim=16, **SMALL), "GeGLU"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
