@@ -49,6 +49,8 @@ CASES: dict[str, tuple] = {
                                           attention_multiplier=0.1, logits_scaling=4.0, **SMALL), "multipliers"),
     "glm4": (lambda t: t.Glm4Config(intermediate_size=96, head_dim=16, **SMALL), "norms on the attention and MLP outputs"),
     "gemma": (lambda t: t.GemmaConfig(intermediate_size=96, head_dim=16, **SMALL), "GeGLU"),
+    "gemma2": (lambda t: t.Gemma2Config(intermediate_size=96, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+                                        **SMALL), "soft-capping"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
