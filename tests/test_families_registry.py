@@ -51,6 +51,12 @@ CASES: dict[str, tuple] = {
     "gemma": (lambda t: t.GemmaConfig(intermediate_size=96, head_dim=16, **SMALL), "GeGLU"),
     "gemma2": (lambda t: t.Gemma2Config(intermediate_size=96, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
                                         **SMALL), "soft-capping"),
+    "gemma3": (lambda t: t.Gemma3TextConfig(intermediate_size=96, head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                                            layer_types=["sliding_attention", "full_attention"] * 2,
+                                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                                "rope_theta": 1e6},
+                                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                                            **SMALL), "sliding window on some layers only"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
