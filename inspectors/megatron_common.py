@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .files import parse_iteration, read_side_text
 from .safe_pickle import Placeholder, short_repr
 
 TRACKER = "latest_checkpointed_iteration.txt"
-ITER_RE = re.compile(r"^iter_(\d{7,})$")
+ITER_RE = re.compile(r"^iter_([0-9]{7,12})$")  # ASCII digits: \\d also matches "١"
 LAYER_RE = re.compile(r"(?<![^.])layers\.(\d+)\.")
 LOCAL_EXPERT_RE = re.compile(r"(local_experts\.)(\d+)(\.)")
 GROUPED_EXPERT_RE = re.compile(r"(experts\.linear_fc[12]\.(?:weight|bias))(\d+)$")
@@ -39,15 +40,13 @@ def list_iterations(root: Path) -> list[int | str]:
 def read_tracker(root: Path) -> int | str:
     """Parse `latest_checkpointed_iteration.txt` (a number or `release`)."""
     tracker = root / TRACKER
-    try:
-        text = tracker.read_text(errors="replace").strip()
-    except OSError as exc:
-        raise CheckpointError(tracker, f"cannot read tracker: {exc.strerror}") from None
+    text = read_side_text(tracker, "tracker", "tracker").strip()
     if text == "release":
         return "release"
-    if not text.isdigit():
-        raise CheckpointError(tracker, f"tracker must hold an iteration number or 'release', found {text[:40]!r}")
-    return int(text)
+    iteration = parse_iteration(tracker, text)
+    if iteration is None:
+        raise CheckpointError(tracker, f"tracker must hold an iteration number or 'release' (at most 12 ASCII digits), found {text[:40]!r}")
+    return iteration
 
 
 def resolve_root(root: Path) -> tuple[Path, int | str, list[int | str], list[str]]:

@@ -20,14 +20,14 @@ import argparse
 import collections
 import functools
 import io
-from itertools import repeat
 import math
 import pickle
 import reprlib
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from itertools import repeat
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 
@@ -528,7 +528,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     ids become placeholders.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ import torch
 from ..dcp import METADATA_FILE, DcpBytes, DcpReader, DcpTensor
 from ..detect import Probe
 from ..errors import CheckpointError, reading
+from ..files import read_side_text
 from ..megatron_common import (
     TRACKER,
     args_to_dict,
@@ -184,8 +185,9 @@ class MegatronDistReader:
         path = folder / MARKER_FILE
         if not path.is_file():
             return None
+        text = read_side_text(path, "json", "metadata.json")
         with reading(path, "cannot parse metadata.json"):
-            marker = json.loads(path.read_text())
+            marker = json.loads(text)
         if not isinstance(marker, dict):
             raise CheckpointError(path, f"metadata.json must hold an object, found {type(marker).__name__}")
         backend = marker.get("sharded_backend")

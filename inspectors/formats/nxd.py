@@ -20,6 +20,7 @@ from typing import Any
 
 from ..detect import Probe
 from ..errors import CheckpointError
+from ..files import read_side_text
 from ..model import (
     Checkpoint,
     ObjectInfo,
@@ -94,7 +95,7 @@ def _newest_from_file(root: Path) -> Path | None:
     newest = root / NEWEST
     if not newest.is_file():
         return None
-    lines = [line.strip() for line in newest.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_side_text(newest, "tracker", "`newest` file").splitlines() if line.strip()]
     if not lines:
         raise CheckpointError(newest, "is empty; expected tag names one per line")
     folder = root / lines[-1]
