@@ -37,7 +37,7 @@ from ..torchfile import LazyTensor, flatten, open_torch_file
 
 KIND = "deepspeed"
 LATEST = "latest"
-STEP_RE = re.compile(r"^global_step(\d+)$")
+STEP_RE = re.compile(r"^global_step(\d+)$", re.ASCII)
 
 # File name -> role in the tag folder. Groups: mp (model-parallel rank), dp, tp, layer, ep.
 FILE_PATTERNS: dict[str, re.Pattern[str]] = {

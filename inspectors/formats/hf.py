@@ -18,7 +18,7 @@ from ..model import Checkpoint, ShardFile, TensorInfo, dtype_name, relpath
 from ..safetensors_header import read_header
 from ..torchfile import LazyTensor, flatten, open_torch_file
 
-SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$")
+SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$", re.ASCII)
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

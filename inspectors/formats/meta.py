@@ -22,7 +22,7 @@ from ..model import (
 from ..torchfile import LazyTensor, flatten, open_torch_file
 from .hf import LazySource
 
-SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$", re.ASCII)
 SIDE_FILES = {"params.json": "config", "tokenizer.model": "tokenizer", "checklist.chk": "other"}
 
 

@@ -36,10 +36,10 @@ from ..torchfile import LazyTensor, flatten, open_torch_file
 
 KIND = "nxd"
 SHARD_RE = re.compile(
-    r"^dp_rank_(?P<dp>\d{2,})(?:_ep_rank_(?P<ep>\d{2,}))?_tp_rank_(?P<tp>\d{2,})_pp_rank_(?P<pp>\d{2,})\.pt$"
+    r"^dp_rank_(?P<dp>\d{2,})(?:_ep_rank_(?P<ep>\d{2,}))?_tp_rank_(?P<tp>\d{2,})_pp_rank_(?P<pp>\d{2,})\.pt$", re.ASCII
 )
 EP_IN_NAME_RE = re.compile(r"ep_rank_\d{2,}")
-STEP_RE = re.compile(r"step=(\d+)")
+STEP_RE = re.compile(r"step=(\d+)", re.ASCII)
 SAMPLES_RE = re.compile(r"consumed_samples=(\d+(?:\.\d*)?)")
 MODEL_DIR = "model"
 OPTIM_DIR = "optim"
