@@ -29,7 +29,7 @@ from .errors import CheckpointError, reading
 from .files import inside, open_regular
 from .safe_pickle import RestrictedUnpickler
 from .safetensors_header import StEntry, StHeader, read_header
-from .torchfile import _rebuild_hooks, storage_id, zip_pickle
+from .torchfile import _rebuild_hooks, check_view, storage_id, zip_pickle
 
 METADATA_FILE = ".metadata"
 _ZIP_MAGIC = b"PK"
@@ -105,6 +105,7 @@ class DcpReader:
         self.objects: dict[str, DcpBytes] = {}
         self.problems: list[str] = []
         self._st_headers: dict[str, StHeader | None] = {}
+        self._sizes: dict[str, int] = {}  # data file -> bytes on disk (from `_check_files`)
         self._index()
         self._check_files()
 
@@ -189,6 +190,7 @@ class DcpReader:
             if not stat.S_ISREG(mode):
                 raise CheckpointError(path, "data file is not a regular file (FIFO, device or folder); refusing to read it")
             size = real.stat().st_size
+            self._sizes[rel] = size
             if size < end:
                 self.problems.append(f"data file {rel} is truncated: {size} bytes, chunks need {end}")
 
@@ -251,13 +253,14 @@ class DcpReader:
             o < 0 or s < 0 or o + s > g for o, s, g in zip(offsets, sizes, info.shape)
         ):
             raise CheckpointError(self.metadata_path, f"box {list(offsets)}+{list(sizes)} is outside {key!r} {list(info.shape)}")
+        parts = [(c, o) for c in info.chunks if (o := _intersect(c.offsets, c.sizes, offsets, sizes)) is not None]
+        for chunk, _ in parts:  # before allocating the box: the bytes must be there (a shape of 2**40 is not)
+            if not chunk.file or self._sizes.get(chunk.file, 0) < chunk.byte_offset + chunk.length:
+                path = self.folder / chunk.file if chunk.file else self.metadata_path
+                raise CheckpointError(path, f"chunk of {key!r} at {list(chunk.offsets)} is missing or truncated")
         out = torch.empty(sizes, dtype=info.dtype)
         covered = 0
-        for chunk in info.chunks:
-            overlap = _intersect(chunk.offsets, chunk.sizes, offsets, sizes)
-            if overlap is None:
-                continue
-            start, stop = overlap
+        for chunk, (start, stop) in parts:
             data = self.read_chunk(key, chunk, info.dtype)
             src = tuple(slice(a - c, b - c) for a, b, c in zip(start, stop, chunk.offsets))
             dst = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offsets))
@@ -415,13 +418,13 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
     Unknown classes become placeholders and are added to `seen`.
     """
     zf = zipfile.ZipFile(io.BytesIO(buf))
-    index, data = zip_pickle("<bytes>", zf)
+    index, data = zip_pickle("<bytes>", zf)  # duplicate members, inflate budget: as for files
     storages: dict[str, torch.Tensor] = {}
 
     def persistent(pid: Any) -> torch.Tensor:
         dtype, key, numel = storage_id("<bytes>", pid)
         if key not in storages:
-            raw = bytearray(zf.read(f"{index.prefix}data/{key}"))
+            raw = bytearray(index.read(zf, f"{index.prefix}data/{key}"))
             if len(raw) < numel * dtype.itemsize:
                 raise CheckpointError("<bytes>", f"storage {key} holds {len(raw)} bytes, needs {numel * dtype.itemsize}")
             flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
@@ -435,7 +438,9 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
         flat = storage if not isinstance(dtype, torch.dtype) or dtype == storage.dtype else storage.view(dtype)
         if stride is None or len(stride) != len(shape):
             stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
-        return flat.as_strided(shape, tuple(int(s) for s in stride), int(offset)).clone()
+        stride = tuple(int(s) for s in stride)
+        check_view("<bytes>", "", flat.numel() * flat.dtype.itemsize, int(offset), shape, stride, flat.dtype.itemsize)
+        return flat.as_strided(shape, stride, int(offset)).clone()
 
     unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(make), persistent=persistent, seen=seen)
     return unpickler.load()
