@@ -164,7 +164,7 @@ class HfReader:
             ckpt.files.append(ShardFile(child, child.name, child.stat().st_size, role=role))
         for name, key in (("config.json", "config"), ("generation_config.json", "generation_config")):
             file = folder / name
-            if file.is_file():
+            if file.exists():  # a FIFO or a device named config.json is refused, not skipped
                 text = read_side_text(file, "json", name)
                 with reading(file, "cannot read JSON"):
                     ckpt.metadata[key] = json.loads(text)
