@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import stat
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,14 +26,16 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, reading
+from .files import inside, open_regular
 from .safe_pickle import RestrictedUnpickler
 from .safetensors_header import StEntry, StHeader, read_header
-from .torchfile import _rebuild_hooks, storage_id, zip_pickle
+from .torchfile import _rebuild_hooks, check_view, storage_id, zip_pickle
 
 METADATA_FILE = ".metadata"
 _ZIP_MAGIC = b"PK"
 _MAX_METADATA_BYTES = 4 << 30
 _MAX_OBJECT_BYTES = 1 << 30
+_MAX_OVERLAP_TESTS = 10_000_000  # pairwise chunk comparisons per tensor (real tensors have a few hundred chunks)
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,16 @@ def load_metadata(path: Path) -> tuple[Any, set[str]]:
     """Unpickle a DCP `.metadata` file with the allowlist. Returns (Metadata, placeholder names)."""
     from torch.distributed.checkpoint.metadata import Metadata
 
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(path, "missing DCP metadata file (.metadata)")
-    with reading(path, "garbled DCP metadata"):
-        size = path.stat().st_size
+    with reading(path, "garbled DCP metadata"), open_regular(path, "DCP metadata file") as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise CheckpointError(path, "DCP metadata file is empty")
         if size > _MAX_METADATA_BYTES:
             raise CheckpointError(path, f"DCP metadata claims {size} bytes; refusing")
         seen: set[str] = set()
-        with open(path, "rb") as fh:
-            meta = RestrictedUnpickler(fh, seen=seen).load()
+        meta = RestrictedUnpickler(fh, seen=seen).load()
     if not isinstance(meta, Metadata) or not isinstance(getattr(meta, "state_dict_metadata", None), dict):
         raise CheckpointError(path, f"garbled DCP metadata: expected a Metadata object, found {type(meta).__name__}")
     return meta, seen
@@ -102,6 +105,7 @@ class DcpReader:
         self.objects: dict[str, DcpBytes] = {}
         self.problems: list[str] = []
         self._st_headers: dict[str, StHeader | None] = {}
+        self._sizes: dict[str, int] = {}  # data file -> bytes on disk (from `_check_files`)
         self._index()
         self._check_files()
 
@@ -159,20 +163,36 @@ class DcpReader:
             if where is None:
                 self.problems.append(f"{key}: chunk at {list(offsets)} has no storage entry in .metadata")
                 where = ("", 0, 0, ())
-            chunks.append(DcpChunk(offsets, sizes, *where))
+            chunk = DcpChunk(offsets, sizes, *where)
+            if chunk.file and chunk.length < chunk.numel * dtype.itemsize:
+                raise CheckpointError(self.metadata_path, f"garbled DCP metadata: chunk {list(offsets)}+{list(sizes)} of {key!r} "
+                                                          f"needs {chunk.numel * dtype.itemsize} bytes, its storage entry holds {chunk.length}")
+            chunks.append(chunk)
+        hole = check_tiling(self.metadata_path, key, shape, chunks)
+        if hole:
+            self.problems.append(hole)
         return DcpTensor(key, shape, dtype, tuple(chunks))
 
     def _check_files(self) -> None:
-        """Cheap stats: a chunk file that is missing or shorter than its ranges makes the folder incomplete."""
+        """Cheap stats: a chunk file that is missing or shorter than its ranges makes the folder
+        incomplete; one that is not a regular file inside the folder (a symlink out of it, a FIFO,
+        a device) is refused."""
         need: dict[str, int] = {}
         for rel, end in self._ranges():
             need[rel] = max(need.get(rel, 0), end)
         for rel, end in sorted(need.items()):
             path = self.folder / rel
-            if not path.is_file():
+            if not os.path.lexists(path):
                 self.problems.append(f"data file {rel} is missing")
-            elif path.stat().st_size < end:
-                self.problems.append(f"data file {rel} is truncated: {path.stat().st_size} bytes, chunks need {end}")
+                continue
+            real = inside(path, self.folder, "data file", path)
+            mode = real.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise CheckpointError(path, "data file is not a regular file (FIFO, device or folder); refusing to read it")
+            size = real.stat().st_size
+            self._sizes[rel] = size
+            if size < end:
+                self.problems.append(f"data file {rel} is truncated: {size} bytes, chunks need {end}")
 
     def _ranges(self) -> Iterable[tuple[str, int]]:
         for tensor in self.tensors.values():
@@ -233,13 +253,14 @@ class DcpReader:
             o < 0 or s < 0 or o + s > g for o, s, g in zip(offsets, sizes, info.shape)
         ):
             raise CheckpointError(self.metadata_path, f"box {list(offsets)}+{list(sizes)} is outside {key!r} {list(info.shape)}")
+        parts = [(c, o) for c in info.chunks if (o := _intersect(c.offsets, c.sizes, offsets, sizes)) is not None]
+        for chunk, _ in parts:  # before allocating the box: the bytes must be there (a shape of 2**40 is not)
+            if not chunk.file or self._sizes.get(chunk.file, 0) < chunk.byte_offset + chunk.length:
+                path = self.folder / chunk.file if chunk.file else self.metadata_path
+                raise CheckpointError(path, f"chunk of {key!r} at {list(chunk.offsets)} is missing or truncated")
         out = torch.empty(sizes, dtype=info.dtype)
         covered = 0
-        for chunk in info.chunks:
-            overlap = _intersect(chunk.offsets, chunk.sizes, offsets, sizes)
-            if overlap is None:
-                continue
-            start, stop = overlap
+        for chunk, (start, stop) in parts:
             data = self.read_chunk(key, chunk, info.dtype)
             src = tuple(slice(a - c, b - c) for a, b, c in zip(start, stop, chunk.offsets))
             dst = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offsets))
@@ -318,16 +339,40 @@ class DcpReader:
         path = self.folder / rel
         if transforms:
             raise CheckpointError(path, f"{key!r} is stored with transforms {list(transforms)} (e.g. compression), which are not supported")
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise CheckpointError(path, f"data file for {key!r} is missing")
+        real = inside(path, self.folder, "data file", path)
         with reading(path, f"cannot read {key!r}"):
-            with open(path, "rb") as fh:
+            with open_regular(real, "data file", nofollow=True) as fh:
                 fh.seek(offset)
                 buf = fh.read(length)  # straight into the bytes object returned (no second copy)
             got = len(buf)
         if got != length:
             raise CheckpointError(path, f"truncated: {key!r} needs bytes {offset}..{offset + length}, file ends at {offset + got}")
         return buf
+
+
+def check_tiling(blame: Path, key: str, shape: tuple[int, ...], chunks: Sequence[DcpChunk]) -> str | None:
+    """The chunks of a tensor must not overlap: overlaps plus a hole of the same size would read
+    as complete and leave rows uninitialised, so they are refused. Without overlaps, chunks that
+    hold fewer elements than the tensor leave a hole: returned as a problem (an incomplete save,
+    which `convert` refuses), while reads of the stored part still work."""
+    boxes = sorted((c.offsets, c.sizes) for c in chunks if c.numel)
+    active: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    tests = 0
+    for offsets, sizes in boxes if shape else ():  # sweep along axis 0: only boxes still open there can overlap
+        active = [(o, s) for o, s in active if o[0] + s[0] > offsets[0]]
+        tests += len(active)
+        if tests > _MAX_OVERLAP_TESTS:
+            raise CheckpointError(blame, f"garbled DCP metadata: {len(boxes)} chunks of {key!r} are too many to check; refusing")
+        for o, s in active:
+            if _intersect(o, s, offsets, sizes) is not None:
+                raise CheckpointError(blame, f"garbled DCP metadata: chunks {list(o)}+{list(s)} and {list(offsets)}+{list(sizes)} of {key!r} overlap")
+        active.append((offsets, sizes))
+    held, total = sum(math.prod(sizes) for _, sizes in boxes), math.prod(shape)
+    if held > total:  # only a scalar can get here: two chunks of one element
+        raise CheckpointError(blame, f"garbled DCP metadata: the chunks of {key!r} hold {held} elements, the tensor {list(shape)} has {total}")
+    return f"{key}: chunks hold {held} of its {total} elements" if held < total else None
 
 
 def _intersect(
@@ -346,10 +391,10 @@ def _intersect(
 def _sniff_safetensors(path: Path) -> StHeader | None:
     """Parse the file as safetensors when it starts like one (8-byte length, then a JSON object)."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "data file") as fh:
             head = fh.read(9)
-        size = path.stat().st_size
-    except OSError:
+            size = os.fstat(fh.fileno()).st_size
+    except (OSError, CheckpointError):
         return None
     if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") + 8 > size:
         return None
@@ -373,13 +418,13 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
     Unknown classes become placeholders and are added to `seen`.
     """
     zf = zipfile.ZipFile(io.BytesIO(buf))
-    index, data = zip_pickle("<bytes>", zf)
+    index, data = zip_pickle("<bytes>", zf)  # duplicate members, inflate budget: as for files
     storages: dict[str, torch.Tensor] = {}
 
     def persistent(pid: Any) -> torch.Tensor:
         dtype, key, numel = storage_id("<bytes>", pid)
         if key not in storages:
-            raw = bytearray(zf.read(f"{index.prefix}data/{key}"))
+            raw = bytearray(index.read(zf, f"{index.prefix}data/{key}"))
             if len(raw) < numel * dtype.itemsize:
                 raise CheckpointError("<bytes>", f"storage {key} holds {len(raw)} bytes, needs {numel * dtype.itemsize}")
             flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
@@ -393,7 +438,9 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
         flat = storage if not isinstance(dtype, torch.dtype) or dtype == storage.dtype else storage.view(dtype)
         if stride is None or len(stride) != len(shape):
             stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
-        return flat.as_strided(shape, tuple(int(s) for s in stride), int(offset)).clone()
+        stride = tuple(int(s) for s in stride)
+        check_view("<bytes>", "", flat.numel() * flat.dtype.itemsize, int(offset), shape, stride, flat.dtype.itemsize)
+        return flat.as_strided(shape, stride, int(offset)).clone()
 
     unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(make), persistent=persistent, seen=seen)
     return unpickler.load()

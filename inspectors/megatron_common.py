@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .files import parse_iteration, read_side_text
 from .safe_pickle import Placeholder, short_repr
 
 TRACKER = "latest_checkpointed_iteration.txt"
-ITER_RE = re.compile(r"^iter_(\d{7,})$")
+ITER_RE = re.compile(r"^iter_([0-9]{7,12})$")  # ASCII only: \\d also matches "١"
 LAYER_RE = re.compile(r"(?<![^.])layers\.(\d+)\.")
 LOCAL_EXPERT_RE = re.compile(r"(local_experts\.)(\d+)(\.)")
 GROUPED_EXPERT_RE = re.compile(r"(experts\.linear_fc[12]\.(?:weight|bias))(\d+)$")
@@ -39,15 +40,13 @@ def list_iterations(root: Path) -> list[int | str]:
 def read_tracker(root: Path) -> int | str:
     """Parse `latest_checkpointed_iteration.txt` (a number or `release`)."""
     tracker = root / TRACKER
-    try:
-        text = tracker.read_text(errors="replace").strip()
-    except OSError as exc:
-        raise CheckpointError(tracker, f"cannot read tracker: {exc.strerror}") from None
+    text = read_side_text(tracker, "tracker", "tracker").strip()
     if text == "release":
         return "release"
-    if not text.isdigit():
-        raise CheckpointError(tracker, f"tracker must hold an iteration number or 'release', found {text[:40]!r}")
-    return int(text)
+    iteration = parse_iteration(tracker, text)
+    if iteration is None:
+        raise CheckpointError(tracker, f"tracker must hold an iteration number or 'release' (at most 12 ASCII digits), found {text[:40]!r}")
+    return iteration
 
 
 def resolve_root(root: Path) -> tuple[Path, int | str, list[int | str], list[str]]:
@@ -144,6 +143,21 @@ def get_arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
         if args.get(name) is not None:
             return args[name]
     return default
+
+
+MAX_VIRTUAL_STAGES = 128  # virtual pipeline chunks per stage (real runs use a handful; <= layers / PP)
+MAX_DATA_PARALLEL = 1 << 20
+
+
+def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blame: str | Path, why: str, default: int = 1) -> int:
+    """A layout number from args: an int from 1 to `limit`, where the limit comes from what is on
+    disk (a billion pipeline stages would size loops and tables; -1 would print as TP-1)."""
+    value = get_arg(args, *names, default=None)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise CheckpointError(blame, f"args {names[0]} = {short_repr(value, 1)[:40]} is not a parallel size from 1 to {limit} ({why})")
+    return value
 
 
 def layer_offsets(args: dict[str, Any], pp: int, vpp: int) -> dict[tuple[int, int], int]:

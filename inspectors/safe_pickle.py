@@ -20,11 +20,14 @@ import argparse
 import collections
 import functools
 import io
+import math
 import pickle
 import reprlib
+import threading
 import types
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from itertools import repeat
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 
@@ -161,9 +164,36 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
 
 
 # Limits on what an allowlisted constructor may be asked to build: a few pickle bytes must not
-# allocate gigabytes (`bytes(10**10)`) or loop for hours (`set(range(10**12))`).
+# allocate gigabytes (`bytes(10**10)`) or loop for hours (`set(range(10**12))`). On top of these
+# per-object caps, one unpickling has a total budget (`MAX_TOTAL_ALLOC`, see `_Budget`): twenty
+# allowed-size `frozenset(range(...))` must not add up to gigabytes either.
 MAX_RANGE = 10_000_000
 MAX_ALLOC = 1 << 30
+MAX_TOTAL_ALLOC = 256 << 20  # bytes (estimated) that allowlisted constructors may build in one load
+MAX_DEPTH = 10_000  # nesting of containers/objects; C code recurses on deeper ones (dealloc, hash)
+ELEMENT_COST = 64  # estimated bytes per element an allowlisted constructor materialises
+
+
+class _Budget:
+    """What one unpickling may still allocate through allowlisted constructors (a counter, no pass)."""
+
+    def __init__(self, limit: int = MAX_TOTAL_ALLOC) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def charge(self, cost: int, what: str) -> None:
+        self.left -= cost
+        if self.left < 0:
+            raise pickle.UnpicklingError(f"{what} exceeds the allocation budget of one load ({self.limit >> 20} MiB); refused")
+
+
+_current = threading.local()  # the budget of the load running in this thread
+
+
+def _charge(cost: int, what: str) -> None:
+    budget = getattr(_current, "budget", None)
+    if budget is not None:
+        budget.charge(cost, what)
 
 
 def _safe_range(*args: Any) -> range:
@@ -177,8 +207,10 @@ def _sized(ctor: Callable[..., Any]) -> Callable[..., Any]:
     """`bytes(n)` / `bytearray(n)` with an integer size are allocation bombs; bound them."""
 
     def build(*args: Any) -> Any:
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and args[0] > MAX_ALLOC:
-            raise pickle.UnpicklingError(f"{ctor.__name__}({args[0]}) refused (limit {MAX_ALLOC} bytes)")
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            if args[0] > MAX_ALLOC:
+                raise pickle.UnpicklingError(f"{ctor.__name__}({args[0]}) refused (limit {MAX_ALLOC} bytes)")
+            _charge(args[0], f"{ctor.__name__}({args[0]})")
         return ctor(*args)
 
     build.__name__ = ctor.__name__
@@ -246,7 +278,15 @@ def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
         import numpy as np
     except Exception:  # noqa: BLE001
         return
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
+    numpy_reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+        # numpy pickles always ask for shape (0,); anything else is an allocation from the file.
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError("numpy _reconstruct of a class other than ndarray refused")
+        _charge(math.prod(_dims(shape)) * ELEMENT_COST, "numpy array")
+        return numpy_reconstruct(subtype, shape, dtype)
+
     scalar = np.float32(0).__reduce__()[0]
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allow[(mod, "_reconstruct")] = reconstruct
@@ -261,6 +301,33 @@ def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
         for name in dir(dtypes):
             if name.endswith("DType"):
                 allow[("numpy.dtypes", name)] = getattr(dtypes, name)
+
+
+def _dims(shape: Any) -> tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {short_repr(shape, 1)} refused")
+    return dims
+
+
+def _check_ndarray_state(state: Any) -> None:
+    """ndarray.__setstate__ allocates shape x itemsize before it looks at the data: a 60-byte pickle
+    could ask for gigabytes of object pointers. Check and charge the size first."""
+    import numpy as np
+
+    if not (isinstance(state, tuple) and len(state) in (4, 5)):
+        raise pickle.UnpicklingError("garbled numpy array state")
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError("numpy array state without a dtype")
+    count = math.prod(_dims(shape))
+    if dtype.hasobject:
+        if not isinstance(data, list) or len(data) != count:
+            raise pickle.UnpicklingError(f"numpy object array of {count} elements without as many values refused")
+    elif not isinstance(data, (bytes, bytearray, str)) or len(data) != count * dtype.itemsize:  # str: Python 2 pickles
+        got = len(data) if isinstance(data, (bytes, bytearray, str)) else "no"
+        raise pickle.UnpicklingError(f"numpy array of {count} x {dtype.itemsize} bytes with {got} data bytes refused")
+    _charge(count * max(dtype.itemsize, 8), "numpy array")
 
 
 _DCP_MODULES = ("torch.distributed.checkpoint.", "megatron.core.dist_checkpointing.")
@@ -376,6 +443,73 @@ def _benign(cls: type, key: str, value: Any) -> bool:
     return all(isinstance(n, str) for n in value) and set(value) <= declared
 
 
+_ATOMS = frozenset({str, bytes, int, float, bool, type(None), complex})  # hold no other object
+_SIZED = (range, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_LOAD_LOCK = threading.RLock()  # one load at a time: a refused mutation is blamed on the right file
+_DICT_STATE_KEYS = frozenset({"_metadata"})  # torch state dicts carry `_metadata` as an attribute
+
+
+def _build_op(name: str, arity: int = 0) -> Callable[[Any], None]:
+    """An opcode that builds one object from the items after a MARK (arity 0) or from the top
+    `arity` items (TUPLE1/2/3): record the new object's depth, charge its size."""
+    base = getattr(pickle._Unpickler, name)
+
+    def run(self: RestrictedUnpickler) -> None:
+        items = self.stack[-arity:] if arity else self.stack
+        budget = self._budget
+        budget.left -= len(items) * 8
+        if budget.left < 0:
+            budget.charge(0, "a container")
+        if _ATOMS.issuperset(map(type, items)):
+            base(self)
+            return
+        depth = 1 + max(map(self._depths.get, map(id, items), repeat(1)))
+        base(self)
+        if depth >= 2:
+            self._set_depth(self.stack[-1], depth)
+
+    return run
+
+
+def _call_op(name: str, arity: int) -> Callable[[Any], None]:
+    """REDUCE / NEWOBJ / NEWOBJ_EX: charge what an allowlisted callable materialises from its args."""
+    base = getattr(pickle._Unpickler, name)
+
+    def run(self: RestrictedUnpickler) -> None:
+        func = self.stack[-arity]
+        if id(func) in self._free:  # tensor rebuild hooks: a LazyTensor holds nothing pickled
+            base(self)
+            return
+        rest = self.stack[-arity + 1:]
+        # The result holds what the argument tuple holds: as deep as that tuple (not one more).
+        depth = max(map(self._depths.get, map(id, rest), repeat(1)))
+        if rest != [()]:
+            self._charge_call(func, rest)
+        base(self)
+        if depth >= 2:
+            self._set_depth(self.stack[-1], depth)
+
+    return run
+
+
+def _fill_op(name: str, marked: bool, arity: int = 0) -> Callable[[Any], None]:
+    """APPEND(S) / SETITEM(S) / ADDITEMS: items go into an existing container; it gets deeper."""
+    base = getattr(pickle._Unpickler, name)
+
+    def run(self: RestrictedUnpickler) -> None:
+        if marked:
+            items, target = self.stack, self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
+        else:
+            items, target = self.stack[-arity:], self.stack[-arity - 1] if len(self.stack) > arity else None
+        self._budget.charge(len(items) * 8, "a container")
+        depth = self._outer(items)
+        base(self)
+        if target is not None and depth >= 2 and depth > self._depth(target):
+            self._set_depth(target, depth)
+
+    return run
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """Allowlist unpickler. `hooks` add callables for (module, name) pairs, e.g. tensor rebuilds.
 
@@ -384,9 +518,17 @@ class RestrictedUnpickler(pickle._Unpickler):
     and zero gigabytes for 40 s (found by the fuzz tests). The price is ~35 % more time on a
     data.pkl of 100k tensors (3.4 s against 2.5 s), nothing on ordinary checkpoints.
 
+    Every opcode that builds or fills a container also records the nesting depth of the result
+    (a dict by object id, only for depth >= 2) and charges a per-load allocation budget: depth is
+    bounded without recursion (C code - dealloc of slices and numpy object arrays, tuple hashing -
+    recurses on deep structures and overflows the C stack), and no sequence of allowed-size
+    constructors adds up to gigabytes.
+
     `persistent_load` is routed to `persistent` (a callable) when given; otherwise persistent
     ids become placeholders.
     """
+
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(
         self,
@@ -400,7 +542,80 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._hooks = hooks or {}
         self._persistent = persistent
         self.placeholders: set[str] = seen if seen is not None else set()
+        self._depths: dict[int, int] = {}
+        self._budget = _Budget()
+        self._snap: list[tuple[Any, dict[str, Any]]] = []
+        self._snapped: set[int] = set()
+        self._free = frozenset(id(h) for h in self._hooks.values())
 
+    # ----- depth and budget ------------------------------------------------------------
+    def _outer(self, items: list[Any]) -> int:
+        """Depth of a new object holding `items` (exact: atoms are 0, unrecorded containers 1)."""
+        if _ATOMS.issuperset(map(type, items)):
+            return 1
+        return 1 + max(map(self._depths.get, map(id, items), repeat(1)))
+
+    def _depth(self, obj: Any) -> int:
+        if type(obj) in _ATOMS:
+            return 0
+        return self._depths.get(id(obj), 1)
+
+    def _set_depth(self, obj: Any, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"structure nested more than {MAX_DEPTH} levels deep; refused")
+        if depth >= 2 and type(obj) not in _ATOMS:
+            self._depths[id(obj)] = depth
+
+    def _charge_call(self, func: Any, args: list[Any]) -> None:
+        """An allowlisted callable copies what it is given (set(range(n)), list(d), Size(t))."""
+        if id(func) in self._free or isinstance(func, Placeholder) or (isinstance(func, type) and issubclass(func, Placeholder)):
+            return
+        for arg in args:
+            for item in arg if isinstance(arg, tuple) else (arg,):
+                if isinstance(item, _SIZED):
+                    self._budget.charge(len(item) * ELEMENT_COST, f"{getattr(func, '__name__', 'a constructor')}() of {len(item)} elements")
+
+    def load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, dict) and not (isinstance(state, dict) and state.keys() <= _DICT_STATE_KEYS):
+            # A dict has no state of its own: BUILD on it hides entries as attributes (or sets
+            # attributes torch would see and we would not). torch.save only ever adds `_metadata`.
+            raise pickle.UnpicklingError("pickle applies object state (BUILD) to a dict; refused")
+        if isinstance(inst, (list, tuple, set, frozenset)):
+            raise pickle.UnpicklingError(f"pickle applies object state (BUILD) to a {type(inst).__name__}; refused")
+        if type(inst).__module__ == "numpy" and type(inst).__name__ == "ndarray":
+            _check_ndarray_state(state)
+        slots = state[1] if isinstance(state, tuple) and len(state) == 2 else None
+        if callable(inst) and not isinstance(inst, Placeholder):  # a class or function itself
+            keys = [str(k) for part in (state if isinstance(state, tuple) else (state,)) if isinstance(part, dict) for k in part]
+            name = getattr(inst, "__qualname__", type(inst).__name__)
+            raise pickle.UnpicklingError(f"pickle tried to modify {', '.join(f'{name}.{k}' for k in sorted(keys)[:3]) or name}; refused")
+        if isinstance(slots, dict) and any(isinstance(k, str) and k.startswith("__") for k in slots):
+            raise pickle.UnpicklingError("pickle sets a special attribute through BUILD slot state; refused")
+        if isinstance(state, (dict, tuple)):
+            self._budget.charge(len(state) * 8, "object state")
+        depth = 1 + self._depth(state)
+        pickle._Unpickler.load_build(self)
+        if depth > self._depth(inst):
+            self._set_depth(inst, depth)
+
+    for _name in ("load_tuple", "load_list", "load_dict", "load_frozenset", "load_obj", "load_inst"):
+        dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _build_op(_name)
+    for _name, _arity in (("load_tuple1", 1), ("load_tuple2", 2), ("load_tuple3", 3)):
+        dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _build_op(_name, _arity)
+    for _name, _arity in (("load_reduce", 2), ("load_newobj", 2), ("load_newobj_ex", 3)):
+        dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _call_op(_name, _arity)
+    for _name, _marked, _arity in (("load_append", False, 1), ("load_appends", True, 0), ("load_setitem", False, 2),
+                                   ("load_setitems", True, 0), ("load_additems", True, 0)):
+        dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _fill_op(_name, _marked, _arity)
+    dispatch[pickle.BUILD[0]] = load_build
+    del _name, _arity, _marked
+
+    def _instantiate(self, klass: Any, args: list[Any]) -> None:  # OBJ and INST call the class
+        self._charge_call(klass, [tuple(args)])
+        super()._instantiate(klass, args)
+
+    # ----- classes ----------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
         # Python 2 era names (protocol < 3 pickles say `__builtin__`): normalise like pickle does.
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -409,27 +624,38 @@ class RestrictedUnpickler(pickle._Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
         if key in self._hooks:
-            return self._hooks[key]
-        if key in ALLOWLIST:
-            return ALLOWLIST[key]
-        if module.startswith(_DCP_MODULES) and key in _dcp_allowlist():
-            return _dcp_allowlist()[key]
-        self.placeholders.add(f"{module}.{name}")
-        return placeholder_class(module, name)
+            found = self._hooks[key]
+        elif key in ALLOWLIST:
+            found = ALLOWLIST[key]
+        elif module.startswith(_DCP_MODULES) and key in _dcp_allowlist():
+            found = _dcp_allowlist()[key]
+        else:
+            self.placeholders.add(f"{module}.{name}")
+            found = placeholder_class(module, name)
+        self._watch(found)
+        return found
+
+    def _watch(self, obj: Any) -> None:
+        """Snapshot a class or function the moment the pickle first names it (before it can touch it)."""
+        if id(obj) not in self._snapped:
+            self._snapped.add(id(obj))
+            self._snap += _snapshot([obj])
 
     def load(self) -> Any:
         """Unpickle; refuse (and undo) any attempt to modify an allowlisted class or function."""
-        targets: list[Any] = [*ALLOWLIST.values(), *self._hooks.values(), *_placeholder_classes.values(), Placeholder]
-        if _dcp_allowlist.cache_info().currsize:
-            targets += _dcp_allowlist().values()
-        snap = _snapshot(targets)
-        known = set(_placeholder_classes)
-        try:
-            return super().load()
-        finally:
-            changed = _restore(snap) + _fresh_placeholders(known)
-            if changed:
-                raise pickle.UnpicklingError(f"pickle tried to modify {', '.join(sorted(changed)[:3])}; refused")
+        with _LOAD_LOCK:
+            outer = getattr(_current, "budget", None)
+            _current.budget = self._budget
+            self._watch(Placeholder)
+            known = set(_placeholder_classes)
+            try:
+                return super().load()
+            finally:
+                _current.budget = outer
+                changed = _restore(self._snap) + _fresh_placeholders(known)
+                self._depths.clear()
+                if changed:
+                    raise pickle.UnpicklingError(f"pickle tried to modify {', '.join(sorted(changed)[:3])}; refused")
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is not None:

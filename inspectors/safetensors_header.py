@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from operator import attrgetter
@@ -24,6 +25,7 @@ import msgspec
 import torch
 
 from .errors import CheckpointError, reading
+from .files import open_regular
 from .model import dtype_from_name
 
 MAX_HEADER_BYTES = 100_000_000
@@ -83,7 +85,7 @@ class StEntry(msgspec.Struct, gc=False):
         """Read exactly this tensor's bytes into a new tensor (no mmap, no header re-parse)."""
         path = Path(self.path)
         raw = torch.empty(self.end - self.begin, dtype=torch.uint8)
-        with reading(path, f"cannot read tensor {self.name!r}"), open(path, "rb") as fh:
+        with reading(path, f"cannot read tensor {self.name!r}"), open_regular(path, "safetensors file") as fh:
             fh.seek(self.begin)
             got = fh.readinto(memoryview(raw.numpy())) if raw.numel() else 0
         if got != raw.numel():
@@ -112,8 +114,8 @@ def read_header(path: str | Path) -> StHeader:
     """Parse and validate; raises CheckpointError naming the file and the first problem."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+        with open_regular(path, "safetensors file") as fh:
+            size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(path, f"truncated: {len(prefix)} bytes, a safetensors file needs at least 8")

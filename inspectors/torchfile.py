@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import struct
 import threading
 import zipfile
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, reading
+from .files import open_regular
 from .safe_pickle import RestrictedUnpickler
 
 # Storage class names (as pickled in the persistent id) -> dtype
@@ -55,6 +57,12 @@ for _name, _dtype in _STORAGE_DTYPES.items():
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _MAX_PICKLE_BYTES = 1 << 30
+# torch.save stores every member uncompressed; a deflated member is hand-made. A small one is
+# inflated (torch would read it), within a budget per archive: 1 MB must not inflate to 1 GiB.
+MAX_INFLATE = 4 << 20
+# A view may have more elements than its storage (an `expand`ed tensor is saved with stride 0),
+# but not vastly more: a 4-byte storage viewed as [25000, 25000] costs 2.5 GB to read.
+MAX_VIEW_EXPANSION = 1 << 24
 
 
 class StorageType:
@@ -114,7 +122,7 @@ class LazyTensor:
             start = ref.data_offset() + self.storage_offset * size
             raw = torch.empty(extent * size, dtype=torch.uint8)  # read straight into a tensor: no bytearray copy
             buf = memoryview(raw.numpy())
-            with open(ref.file, "rb") as fh:
+            with open_regular(ref.file, "torch file") as fh:
                 fh.seek(start)
                 got = fh.readinto(buf)
             if got != len(buf):
@@ -126,17 +134,47 @@ class LazyTensor:
 
 
 class _ZipIndex:
-    """Zip central directory of a torch file: member -> absolute data offset (stored members)."""
+    """Zip central directory of a torch file: member -> absolute data offset (stored members).
+
+    Reads the members torch reads: the archive folder is the folder of the first entry (as in
+    `PyTorchFileReader`), and a name that occurs twice is refused (torch and Python's zipfile
+    would each pick a different copy: what we show would not be what torch loads).
+    """
 
     def __init__(self, path: Path, zf: zipfile.ZipFile) -> None:
         self.path = path
-        self.infos = {info.filename: info for info in zf.infolist()}
-        pkl = [n for n in self.infos if n.endswith("/data.pkl") or n == "data.pkl"]
-        if not pkl:
+        infos = zf.infolist()
+        self.infos = {info.filename: info for info in infos}
+        if len(self.infos) != len(infos):
+            seen: set[str] = set()
+            dup = next(i.filename for i in infos if i.filename in seen or seen.add(i.filename))  # type: ignore[func-returns-value]
+            raise CheckpointError(path, f"zip archive holds two members named {dup[:80]!r}; refusing an ambiguous file")
+        if not infos:
+            raise CheckpointError(path, "not a torch checkpoint: zip archive is empty")
+        archive = infos[0].filename.split("/", 1)[0] if "/" in infos[0].filename else ""
+        self.pkl = f"{archive}/data.pkl" if archive else "data.pkl"
+        if self.pkl not in self.infos:
             raise CheckpointError(path, "not a torch checkpoint: zip archive has no data.pkl")
-        self.pkl = sorted(pkl, key=len)[0]
         self.prefix = self.pkl[: -len("data.pkl")]
+        self.inflated = 0
         self._lock = threading.Lock()
+
+    def read(self, zf: zipfile.ZipFile, name: str) -> bytes:
+        """One member's bytes; a compressed one only within the inflate budget, in bounded steps."""
+        info = self.infos.get(name)
+        if info is None:
+            raise CheckpointError(self.path, f"zip archive is missing member {name!r}")
+        if info.compress_type == zipfile.ZIP_STORED:
+            return zf.read(info)
+        self.inflated += info.file_size
+        if self.inflated > MAX_INFLATE:
+            raise CheckpointError(self.path, f"member {name!r} is compressed and inflates to {info.file_size} bytes; "
+                                             f"torch files are stored uncompressed, refusing to inflate more than {MAX_INFLATE}")
+        parts = []
+        with zf.open(info) as fh:  # stops at the declared size; a lying size fails the CRC
+            while chunk := fh.read(1 << 20):
+                parts.append(chunk)
+        return b"".join(parts)
 
     def member_offset(self, key: str) -> int:
         name = f"{self.prefix}data/{key}"
@@ -145,7 +183,7 @@ class _ZipIndex:
             raise CheckpointError(self.path, f"zip archive is missing member {name!r}")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(self.path, f"member {name!r} is compressed; torch files are stored uncompressed")
-        with self._lock, open(self.path, "rb") as fh:
+        with self._lock, open_regular(self.path, "torch file") as fh:
             fh.seek(info.header_offset)
             header = fh.read(30)
             if len(header) != 30 or header[:4] != _ZIP_MAGIC:
@@ -177,7 +215,10 @@ def _rebuild_hooks(make: Any) -> dict[tuple[str, str], Any]:
         return data
 
     def from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-        return func(*args) if callable(func) else None
+        # torch passes its own rebuild function here; any other callable would run unbudgeted.
+        if not any(func is hook for hook in hooks.values()) or not isinstance(args, tuple):
+            raise pickle.UnpicklingError("_rebuild_from_type_v2 with a function other than a tensor rebuild refused")
+        return func(*args)
 
     def meta(dtype: Any, size: Any, stride: Any, *_: Any) -> Any:
         return make(None, 0, size, stride, dtype)
@@ -214,21 +255,42 @@ def _make_lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) ->
     ref = storage if isinstance(storage, StorageRef) else None
     if not isinstance(dtype, torch.dtype):
         dtype = ref.dtype if ref is not None else torch.uint8
-    return LazyTensor(ref, int(offset), shape, tuple(int(s) for s in stride), dtype)
+    stride = tuple(int(s) for s in stride)
+    if ref is not None:
+        check_view(ref.file, ref.key, ref.numel * ref.dtype.itemsize, int(offset), shape, stride, dtype.itemsize)
+    return LazyTensor(ref, int(offset), shape, stride, dtype)
+
+
+def check_view(file: Path | str, key: str, storage_bytes: int, offset: int, shape: tuple[int, ...],
+               stride: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a tensor view torch would not read from its own storage: a negative offset (we
+    would read the zip header), dimensions or strides below zero, a last element past the end of
+    the storage, or vastly more elements than the storage holds (a stride-0 memory bomb)."""
+    if offset < 0 or any(s < 0 for s in shape) or any(s < 0 for s in stride):
+        raise CheckpointError(file, f"tensor view of storage {key} has a negative offset, size or stride "
+                                    f"(offset {offset}, size {list(shape)[:8]}, stride {list(stride)[:8]}); refusing")
+    count = math.prod(shape)
+    if count == 0:
+        return
+    end = (offset + 1 + sum((s - 1) * st for s, st in zip(shape, stride))) * itemsize
+    if end > storage_bytes:
+        raise CheckpointError(file, f"tensor view of storage {key} ends at byte {end}, outside its {storage_bytes}-byte storage; refusing")
+    if count * itemsize > max(storage_bytes, MAX_VIEW_EXPANSION * itemsize):
+        raise CheckpointError(file, f"tensor view of {count} elements over storage {key} of {storage_bytes} bytes "
+                                    f"(overlapping, stride {list(stride)[:8]}); refusing")
 
 
 def open_torch_file(path: str | Path) -> TorchFile:
     """Unpickle a torch file lazily and safely. Raises CheckpointError on anything malformed."""
     path = Path(path)
-    with reading(path, "cannot read torch file"):
-        size = path.stat().st_size
-        if size == 0:
+    with reading(path, "cannot read torch file"), open_regular(path, "torch file") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
             raise CheckpointError(path, "file is empty")
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
+        magic = fh.read(4)
+        fh.seek(0)
         if magic == _ZIP_MAGIC:
-            return _open_zip(path)
-        return _open_legacy(path)
+            return _open_zip(path, fh)
+        return _open_legacy(path, fh)
 
 
 def zip_pickle(path: Path | str, zf: zipfile.ZipFile) -> tuple[_ZipIndex, bytes]:
@@ -238,9 +300,9 @@ def zip_pickle(path: Path | str, zf: zipfile.ZipFile) -> tuple[_ZipIndex, bytes]
     info = index.infos[index.pkl]
     if info.file_size > _MAX_PICKLE_BYTES:
         raise CheckpointError(path, f"data.pkl claims {info.file_size} bytes; refusing")
-    data = zf.read(index.pkl)
+    data = index.read(zf, index.pkl)
     byteorder = index.prefix + "byteorder"
-    if byteorder in index.infos and zf.read(byteorder).strip() not in (b"little", b""):
+    if byteorder in index.infos and index.read(zf, byteorder).strip() not in (b"little", b""):
         raise CheckpointError(path, "big-endian torch files are not supported")
     return index, data
 
@@ -253,9 +315,9 @@ def storage_id(path: Path | str, pid: Any) -> tuple[torch.dtype, str, int]:
     return (stype.dtype if isinstance(stype, StorageType) else torch.uint8), str(key), int(numel)
 
 
-def _open_zip(path: Path) -> TorchFile:
+def _open_zip(path: Path, fh: Any) -> TorchFile:
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(fh)
     except zipfile.BadZipFile as exc:
         raise CheckpointError(path, f"corrupt or truncated zip archive ({exc})") from None
     with zf:
@@ -281,56 +343,59 @@ def _open_zip(path: Path) -> TorchFile:
     return TorchFile(path, obj, seen)
 
 
-def _open_legacy(path: Path) -> TorchFile:
+def _open_legacy(path: Path, fh: Any) -> TorchFile:
     hooks = _rebuild_hooks(_make_lazy)
     seen: set[str] = set()
     storages: dict[str, StorageRef] = {}
-    with open(path, "rb") as fh:
 
-        def load_one(**kw: Any) -> Any:
-            return RestrictedUnpickler(fh, hooks=hooks, seen=seen, **kw).load()
+    def load_one(**kw: Any) -> Any:
+        return RestrictedUnpickler(fh, hooks=hooks, seen=seen, **kw).load()
 
-        try:
-            magic = load_one()
-        except Exception:  # noqa: BLE001
-            raise CheckpointError(path, "not a torch checkpoint (neither zip nor legacy pickle format)") from None
-        if magic != _LEGACY_MAGIC:
-            raise CheckpointError(path, "not a torch checkpoint (no torch magic number)")
-        protocol = load_one()
-        if protocol != 1001:
-            raise CheckpointError(path, f"unsupported legacy torch protocol {protocol!r}")
-        sys_info = load_one()
-        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-            raise CheckpointError(path, "big-endian torch files are not supported")
+    try:
+        magic = load_one()
+    except Exception:  # noqa: BLE001
+        raise CheckpointError(path, "not a torch checkpoint (neither zip nor legacy pickle format)") from None
+    if magic != _LEGACY_MAGIC:
+        raise CheckpointError(path, "not a torch checkpoint (no torch magic number)")
+    protocol = load_one()
+    if protocol != 1001:
+        raise CheckpointError(path, f"unsupported legacy torch protocol {protocol!r}")
+    sys_info = load_one()
+    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+        raise CheckpointError(path, "big-endian torch files are not supported")
 
-        def persistent(pid: Any) -> Any:
-            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-                raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
-            _, stype, key, _location, numel = pid[:5]
-            dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
-            key = str(key)
-            ref = storages.setdefault(key, StorageRef(path, key, dtype, int(numel)))
-            view = pid[5] if len(pid) > 5 else None
-            if view:  # (view_key, offset, numel): a slice of the storage
-                _vkey, voffset, vnumel = view
-                return StorageRef(path, key, dtype, int(vnumel), offset=-2 - int(voffset))
-            return ref
+    def persistent(pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
+        _, stype, key, _location, numel = pid[:5]
+        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        key = str(key)
+        ref = storages.setdefault(key, StorageRef(path, key, dtype, int(numel)))
+        view = pid[5] if len(pid) > 5 else None
+        if view:  # (view_key, offset, numel): a slice of the storage
+            _vkey, voffset, vnumel = (int(v) if i else v for i, v in enumerate(view))
+            if voffset < 0 or vnumel < 0 or voffset + vnumel > ref.numel:
+                raise CheckpointError(path, f"storage view {voffset}+{vnumel} is outside storage {key} ({ref.numel} elements)")
+            return StorageRef(path, key, dtype, vnumel, offset=-2 - voffset)
+        return ref
 
-        obj = load_one(persistent=persistent)
-        keys = load_one()
-        end = os.fstat(fh.fileno()).st_size
-        offsets: dict[str, int] = {}
-        for key in keys:
-            header = fh.read(8)
-            if len(header) != 8:
-                raise CheckpointError(path, f"truncated: storage {key} header missing")
-            (count,) = struct.unpack("<q", header)
-            ref = storages.get(str(key))
-            itemsize = ref.dtype.itemsize if ref else 1
-            offsets[str(key)] = fh.tell()
-            fh.seek(count * itemsize, io.SEEK_CUR)
-            if fh.tell() > end:
-                raise CheckpointError(path, f"truncated: storage {key} runs past end of file")
+    obj = load_one(persistent=persistent)
+    keys = load_one()
+    end = os.fstat(fh.fileno()).st_size
+    offsets: dict[str, int] = {}
+    for key in keys:
+        header = fh.read(8)
+        if len(header) != 8:
+            raise CheckpointError(path, f"truncated: storage {key} header missing")
+        (count,) = struct.unpack("<q", header)
+        ref = storages.get(str(key))
+        itemsize = ref.dtype.itemsize if ref else 1
+        if count < 0 or (ref is not None and count < ref.numel):
+            raise CheckpointError(path, f"storage {key} holds {count} elements, its tensors need {ref.numel if ref else 0}")
+        offsets[str(key)] = fh.tell()
+        fh.seek(count * itemsize, io.SEEK_CUR)
+        if fh.tell() > end:
+            raise CheckpointError(path, f"truncated: storage {key} runs past end of file")
     for ref in storages.values():
         ref.offset = offsets.get(ref.key, -1)
         if ref.offset < 0:

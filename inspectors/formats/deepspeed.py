@@ -20,6 +20,7 @@ from typing import Any
 
 from ..detect import Probe
 from ..errors import CheckpointError
+from ..files import read_side_text
 from ..megatron_common import TRACKER, args_to_dict, plain_value
 from ..model import (
     Checkpoint,
@@ -36,7 +37,7 @@ from ..torchfile import LazyTensor, flatten, open_torch_file
 
 KIND = "deepspeed"
 LATEST = "latest"
-STEP_RE = re.compile(r"^global_step(\d+)$")
+STEP_RE = re.compile(r"^global_step(\d+)$", re.ASCII)
 
 # File name -> role in the tag folder. Groups: mp (model-parallel rank), dp, tp, layer, ep.
 FILE_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -100,7 +101,7 @@ def resolve_root(root: Path) -> tuple[Path, list[str]] | None:
     latest = root / LATEST
     steps = list_steps(root)
     if latest.is_file():
-        tag = latest.read_text(errors="replace").strip()
+        tag = read_side_text(latest, "tracker", "`latest` file").strip()
         folder = root / tag if tag else None
         if folder is not None and folder.is_dir():
             problems = []

@@ -13,11 +13,12 @@ import torch
 
 from ..detect import Probe
 from ..errors import CheckpointError, reading
+from ..files import read_side_file, read_side_text
 from ..model import Checkpoint, ShardFile, TensorInfo, dtype_name, relpath
 from ..safetensors_header import read_header
 from ..torchfile import LazyTensor, flatten, open_torch_file
 
-SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$")
+SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$", re.ASCII)
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -107,8 +108,7 @@ class HfReader:
         return weights, None, None
 
     def _read_index(self, index_file: Path) -> dict[str, str]:
-        with reading(index_file, "cannot read index"):
-            raw = index_file.read_bytes()
+        raw = read_side_file(index_file, "index", "index")
         try:
             weight_map = _DECODE_INDEX.decode(raw).weight_map
         except msgspec.ValidationError:
@@ -164,9 +164,10 @@ class HfReader:
             ckpt.files.append(ShardFile(child, child.name, child.stat().st_size, role=role))
         for name, key in (("config.json", "config"), ("generation_config.json", "generation_config")):
             file = folder / name
-            if file.is_file():
+            if file.exists():  # a FIFO or a device named config.json is refused, not skipped
+                text = read_side_text(file, "json", name)
                 with reading(file, "cannot read JSON"):
-                    ckpt.metadata[key] = json.loads(file.read_text())
+                    ckpt.metadata[key] = json.loads(text)
         tokenizer = [f.rel for f in ckpt.files if f.role == "tokenizer"]
         if tokenizer:
             ckpt.metadata["tokenizer_files"] = tokenizer

@@ -21,12 +21,15 @@ import torch
 from ..dcp import METADATA_FILE, DcpBytes, DcpReader, DcpTensor
 from ..detect import Probe
 from ..errors import CheckpointError, reading
+from ..files import read_side_text
 from ..megatron_common import (
+    MAX_DATA_PARALLEL,
+    MAX_VIRTUAL_STAGES,
     TRACKER,
     args_to_dict,
-    get_arg,
     iteration_of_folder,
     list_iterations,
+    parallel_size,
     resolve_root,
 )
 from ..model import (
@@ -44,7 +47,7 @@ from ..torchfile import open_torch_file
 MARKER_FILE = "metadata.json"
 COMMON_FILE = "common.pt"
 COMMON_STATE_KEY = "common_state/shard_0_1"
-DISTCP_RE = re.compile(r"^(?:.*?)__(\d+)_(\d+)\.distcp$")
+DISTCP_RE = re.compile(r"^(?:.*?)__(\d+)_(\d+)\.distcp$", re.ASCII)
 LAYER_NUMBER_RE = re.compile(r"(?:^|\.)layers\.\d+\.")
 STACKED_LAYERS_RE = re.compile(r"(?:^|\.)layers\.(?!\d+\.)")
 OPTIMIZER_RE = re.compile(r"^(?:chained_\d+\.)?optimizer\.")
@@ -174,7 +177,8 @@ class MegatronDistReader:
         ckpt.tensors = [self._tensor_info(reader, t) for t in reader.tensors.values()]
         ckpt.objects = [self._object_info(o) for o in reader.objects.values()]
         self._fill_common(ckpt, folder, reader)
-        ckpt.parallel = self._layout(ckpt.metadata.get("args", {}))
+        blame = folder / COMMON_FILE if (folder / COMMON_FILE).is_file() else reader.metadata_path
+        ckpt.parallel = self._layout(ckpt.metadata.get("args", {}), len(reader.files()), blame)
         ckpt.format_detail = self._describe(ckpt)
         return ckpt
 
@@ -184,8 +188,9 @@ class MegatronDistReader:
         path = folder / MARKER_FILE
         if not path.is_file():
             return None
+        text = read_side_text(path, "json", "metadata.json")
         with reading(path, "cannot parse metadata.json"):
-            marker = json.loads(path.read_text())
+            marker = json.loads(text)
         if not isinstance(marker, dict):
             raise CheckpointError(path, f"metadata.json must hold an object, found {type(marker).__name__}")
         backend = marker.get("sharded_backend")
@@ -283,17 +288,18 @@ class MegatronDistReader:
         return value, COMMON_STATE_KEY
 
     @staticmethod
-    def _layout(args: dict[str, Any]) -> ParallelLayout:
-        """The layout the run saved with (from args); the stored tensors do not depend on it."""
-        def size(*names: str) -> int:
-            return int(get_arg(args, *names, default=1) or 1)
-
+    def _layout(args: dict[str, Any], files: int, blame: Path) -> ParallelLayout:
+        """The layout the run saved with (from args); the stored tensors do not depend on it.
+        Every model-parallel rank writes its own shards, so TP, PP and EP are at most the number
+        of data files."""
+        why = f"the checkpoint has {files} data files"
+        ranks = max(files, 1)
         return ParallelLayout(
-            tp=size("tensor_model_parallel_size"),
-            pp=size("pipeline_model_parallel_size"),
-            ep=size("expert_model_parallel_size"),
-            vpp=size("virtual_pipeline_model_parallel_size"),
-            dp=size("data_parallel_size"),
+            tp=parallel_size(args, ("tensor_model_parallel_size",), ranks, blame, why),
+            pp=parallel_size(args, ("pipeline_model_parallel_size",), ranks, blame, why),
+            ep=parallel_size(args, ("expert_model_parallel_size",), ranks, blame, why),
+            vpp=parallel_size(args, ("virtual_pipeline_model_parallel_size",), MAX_VIRTUAL_STAGES, blame, "virtual stages per pipeline stage"),
+            dp=parallel_size(args, ("data_parallel_size",), MAX_DATA_PARALLEL, blame, "data-parallel replicas"),
         )
 
     @staticmethod

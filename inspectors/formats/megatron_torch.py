@@ -17,12 +17,15 @@ from ..detect import Probe
 from ..errors import CheckpointError
 from ..model import Checkpoint, ObjectInfo, ParallelLayout, Ranks, ShardFile, TensorInfo, dtype_name, relpath
 from ..megatron_common import (
+    MAX_DATA_PARALLEL,
+    MAX_VIRTUAL_STAGES,
     TRACKER,
     args_to_dict,
     get_arg,
     globalise_name,
     iteration_of_folder,
     layer_offsets,
+    parallel_size,
     list_iterations,
     resolve_root,
 )
@@ -30,7 +33,7 @@ from ..safe_pickle import Placeholder
 from ..torchfile import LazyTensor, flatten, open_torch_file
 from .hf import LazySource
 
-RANK_DIR_RE = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
+RANK_DIR_RE = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$", re.ASCII)
 MODEL_FILES = ("model_optim_rng.pt", "model_rng.pt")
 MODEL_KEY_RE = re.compile(r"^model(\d*)$")
 
@@ -41,6 +44,9 @@ class RankDir:
     tp: int
     second: int | None  # PP or EP, decided by args
     third: int | None  # EP when both PP and EP
+
+
+MAX_RANKS = 1024  # TP, PP or EP; the rank folders on disk bound them further (`_check_complete`)
 
 
 def _rank_dirs(folder: Path) -> list[RankDir]:
@@ -111,7 +117,7 @@ class MegatronTorchReader:
         if not isinstance(first, dict):
             raise CheckpointError(opened[0][1].path, f"expected a dict at top level, found {type(first).__name__}")
         args = args_to_dict(first.get("args"))
-        layout = self._layout_from_args(args, [d for d, _ in opened])
+        layout = self._layout_from_args(args, [d for d, _ in opened], len(_rank_dirs(folder)), opened[0][1].path)
         self._check_complete(folder, [d for d, _ in opened], layout, args, single=path.is_file() or path != folder)
         ckpt.parallel = layout
         self._fill_metadata(ckpt, first, args)
@@ -152,14 +158,18 @@ class MegatronTorchReader:
                 )
 
     @staticmethod
-    def _layout_from_args(args: dict[str, Any], dirs: list[Path]) -> ParallelLayout:
+    def _layout_from_args(args: dict[str, Any], dirs: list[Path], on_disk: int, blame: Path) -> ParallelLayout:
         matches = [RANK_DIR_RE.match(d.name) for d in dirs]
         tp_disk = len({m.group(1) for m in matches})
-        tp = int(get_arg(args, "tensor_model_parallel_size", "model_parallel_size", default=tp_disk) or 1)
-        pp = int(get_arg(args, "pipeline_model_parallel_size", default=1) or 1)
-        ep = int(get_arg(args, "expert_model_parallel_size", default=1) or 1)
-        vpp = int(get_arg(args, "virtual_pipeline_model_parallel_size", default=1) or 1)
-        dp = int(get_arg(args, "data_parallel_size", default=1) or 1)
+        # A sanity bound here (a rank file opened alone may come from a bigger run); with the whole
+        # folder, `_check_complete` then requires TP x PP x EP rank folders on disk.
+        why = f"the iteration folder has {on_disk} rank folders"
+        ranks = MAX_RANKS
+        tp = parallel_size(args, ("tensor_model_parallel_size", "model_parallel_size"), ranks, blame, why, default=tp_disk or 1)
+        pp = parallel_size(args, ("pipeline_model_parallel_size",), ranks, blame, why)
+        ep = parallel_size(args, ("expert_model_parallel_size",), ranks, blame, why)
+        vpp = parallel_size(args, ("virtual_pipeline_model_parallel_size",), MAX_VIRTUAL_STAGES, blame, "virtual stages per pipeline stage")
+        dp = parallel_size(args, ("data_parallel_size",), MAX_DATA_PARALLEL, blame, "data-parallel replicas")
         if not args:  # no args: trust the folder names (suffix read as PP)
             pp = len({m.group(2) for m in matches}) if any(m.group(2) for m in matches) else 1
             ep = len({m.group(3) for m in matches}) if any(m.group(3) for m in matches) else 1

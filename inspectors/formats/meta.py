@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..detect import Probe
 from ..errors import CheckpointError, reading
+from ..files import read_side_text
 from ..model import (
     Checkpoint,
     ParallelLayout,
@@ -21,7 +22,7 @@ from ..model import (
 from ..torchfile import LazyTensor, flatten, open_torch_file
 from .hf import LazySource
 
-SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$", re.ASCII)
 SIDE_FILES = {"params.json": "config", "tokenizer.model": "tokenizer", "checklist.chk": "other"}
 
 
@@ -51,8 +52,9 @@ class MetaReader:
         if numbers != list(range(len(shards))):
             raise CheckpointError(folder, f"consolidated shards are not numbered 0..{len(shards) - 1}: {numbers}")
         ckpt = Checkpoint(kind=self.kind, path=folder, parallel=ParallelLayout(tp=len(shards)))
+        text = read_side_text(folder / "params.json", "json", "params.json")
         with reading(folder / "params.json", "cannot read params.json"):
-            params = json.loads((folder / "params.json").read_text())
+            params = json.loads(text)
         if not isinstance(params, dict):
             raise CheckpointError(folder / "params.json", "params.json is not a JSON object")
         ckpt.metadata["params"] = params

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..detect import Probe
 from ..errors import CheckpointError
+from ..files import read_side_text
 from ..model import (
     Checkpoint,
     ObjectInfo,
@@ -30,15 +33,15 @@ from ..model import (
     dtype_name,
     relpath,
 )
-from ..safe_pickle import Placeholder, XserTensorRef
+from ..safe_pickle import Placeholder, XserTensorRef, short_repr
 from ..torchfile import LazyTensor, flatten, open_torch_file
 
 KIND = "nxd"
 SHARD_RE = re.compile(
-    r"^dp_rank_(?P<dp>\d{2,})(?:_ep_rank_(?P<ep>\d{2,}))?_tp_rank_(?P<tp>\d{2,})_pp_rank_(?P<pp>\d{2,})\.pt$"
+    r"^dp_rank_(?P<dp>\d{2,})(?:_ep_rank_(?P<ep>\d{2,}))?_tp_rank_(?P<tp>\d{2,})_pp_rank_(?P<pp>\d{2,})\.pt$", re.ASCII
 )
 EP_IN_NAME_RE = re.compile(r"ep_rank_\d{2,}")
-STEP_RE = re.compile(r"step=(\d+)")
+STEP_RE = re.compile(r"step=(\d+)", re.ASCII)
 SAMPLES_RE = re.compile(r"consumed_samples=(\d+(?:\.\d*)?)")
 MODEL_DIR = "model"
 OPTIM_DIR = "optim"
@@ -94,7 +97,7 @@ def _newest_from_file(root: Path) -> Path | None:
     newest = root / NEWEST
     if not newest.is_file():
         return None
-    lines = [line.strip() for line in newest.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_side_text(newest, "tracker", "`newest` file").splitlines() if line.strip()]
     if not lines:
         raise CheckpointError(newest, "is empty; expected tag names one per line")
     folder = root / lines[-1]
@@ -283,7 +286,22 @@ def read_info(path: Path, seen: set[str] | None = None) -> dict[int, dict[str, A
     if not isinstance(raw, dict):
         raise CheckpointError(path, f"xser info file holds {type(raw).__name__}, expected a dict by tensor id")
     return {int(tid): meta for tid, meta in raw.items()
-            if isinstance(meta, dict) and (isinstance(tid, int) or (isinstance(tid, str) and tid.isdigit()))}
+            if isinstance(meta, dict) and (isinstance(tid, int) or (isinstance(tid, str) and tid.isascii() and tid.isdigit()))}
+
+
+def _info_entry(shard: Path, name: str, meta: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype name of one info-file entry, refused in one line unless they are what
+    torch_xla writes (a list of non-negative ints, a torch dtype or its name)."""
+    info = info_file(shard) or shard
+    raw_shape, raw_dtype = meta["shape"], meta["dtype"]
+    if not isinstance(raw_shape, (list, tuple)) or len(raw_shape) > 64 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 48 for s in raw_shape
+    ):
+        raise CheckpointError(info, f"xser info for {name!r} has shape {short_repr(raw_shape, 1)[:60]}, not a list of sizes")
+    dtype = dtype_name(raw_dtype) if isinstance(raw_dtype, torch.dtype) else raw_dtype.removeprefix("torch.") if isinstance(raw_dtype, str) else None
+    if dtype is None or not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise CheckpointError(info, f"xser info for {name!r} has dtype {short_repr(raw_dtype, 1)[:60]}, not a torch dtype")
+    return tuple(raw_shape), dtype
 
 
 def tensors_dir(shard: Path) -> Path:
@@ -333,8 +351,7 @@ def _add_xser_tensor(
     expert = bool(meta["expert_model_parallel"]) if meta and "expert_model_parallel" in meta else None
     tensor_path = _tensor_file(shard, tid, expert)
     if meta and "shape" in meta and "dtype" in meta:
-        shape = tuple(int(s) for s in meta["shape"])
-        dtype = dtype_name(meta["dtype"]) if not isinstance(meta["dtype"], str) else meta["dtype"].removeprefix("torch.")
+        shape, dtype = _info_entry(shard, name, meta)
     elif tensor_path.is_file():
         header = _single_tensor(tensor_path)  # reads the tensor file's pickle, not its bytes
         shape, dtype = header.shape, dtype_name(header.dtype)

@@ -261,7 +261,7 @@ MALICIOUS: list[Case] = [
     Case("megatron_args_memo_dag", "Megatron args (model_optim_rng.pt)", "2**64 paths through shared memo dicts", in_megatron_args(P.p_memo_dag), "placeholder", placeholder="posix.system"),
     Case("megatron_model_obj", "Megatron model dict", "OBJ opcode os.system", in_megatron_model(P.p_obj), "placeholder", placeholder="os.system"),
     Case("megatron_model_inst", "Megatron model dict", "INST opcode os.system", in_megatron_model(P.p_inst), "placeholder", placeholder="os.system"),
-    Case("megatron_model_deep", "Megatron model dict", "os.system inside 50 000 nested tuples", in_megatron_model(P.p_deep), "placeholder", placeholder="os.system"),
+    Case("megatron_model_deep", "Megatron model dict", "os.system inside 50 000 nested tuples", in_megatron_model(P.p_deep), "error", r"nested more than 10000 levels deep", "model_optim_rng.pt"),
     Case("megatron_model_memo_dag", "Megatron model dict", "2**64 paths through shared memo dicts", in_megatron_model(P.p_memo_dag), "placeholder", placeholder="posix.system"),
     Case("megatron_model_persistent_id", "Megatron model dict", "BINPERSID with a shell command as id", _persistent_in_megatron, "error", r"unexpected persistent id", "model_optim_rng.pt"),
     Case("megatron_model_ext", "Megatron model dict", "EXT1 extension-registry opcode", in_megatron_model(P.p_ext), "error", r"unregistered extension code", "model_optim_rng.pt"),
