@@ -256,6 +256,8 @@ def convert(
     if distributed and resume:
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
+    if not plan_only:  # refused before any work: output over / inside / around what is read, --force onto a file or /
+        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
     plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()),
                      from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
     console = render.make_console()
@@ -267,7 +269,6 @@ def convert(
         raise typer.Exit(EXIT_BAD_INPUT)
     if plan_only:
         return
-    check_destination(dst.expanduser().resolve(), force)
     if distributed:
         from ckptscope.converters.distributed import convert_distributed
 
