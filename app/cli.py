@@ -24,8 +24,10 @@ from ckptscope.inspectors.errors import reading
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
+from .safe import row, safe, safe_markup
 from . import options, render
 from .options import OptionError, validate
+
 
 class OneLineErrors(TyperGroup):
     """Usage errors (`--tp abc`, an unknown option, a missing argument) as one line, exit 2, like every other refusal."""
@@ -190,12 +192,12 @@ def demo(
     console = render.make_console()
     with console.status("writing demo checkpoints..."):
         items = write_demo(target, force=force)
-    table = Table(title=f"Demo workspace: {target}", title_justify="left", show_edge=False)
+    table = Table(title=safe(f"Demo workspace: {target}"), title_justify="left", show_edge=False)
     for col in ("folder", "format", "iteration", "layout", "tensors", "size"):
         table.add_column(col)
     for name, path in items.items():
         ckpt = detect(path)
-        table.add_row(name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
+        row(table, name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
                       str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
     console.print(table)
     if open_tui and sys.stdin.isatty() and sys.stdout.isatty():
@@ -294,6 +296,7 @@ def convert(
     if verify_after:
         from ckptscope.converters.verify import verify as run_verify
 
+        _quiet_transformers()
         fit = plan.vocab_fit  # (stored, trained, tokenizer): read the source trimmed as far as the output is
         report = run_verify(src, dst, config=_config_json(config),
                             from_optimizer_fp32=from_optimizer_fp32, true_vocab=true_vocab_size if true_vocab_size is not None else (
@@ -305,11 +308,25 @@ def convert(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        console.print(Text(f"wrote {final.output}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
+        console.print(Text(f"wrote {printable(final.output, 1000)}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
     if verify_after and summary["verify"]["logits"]["ok"] is False:
         raise typer.Exit(1)
     if distributed:
         _exit_rank(0)
+
+
+def _quiet_transformers() -> None:
+    """transformers prints its own load report (every unexpected tensor name, raw: escape sequences
+    included) and progress bars to the terminal while `verify` builds the models; our report says
+    what differs, so only its errors are let through."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _config_json(path: Path | None) -> dict[str, Any] | None:
@@ -334,7 +351,14 @@ def _exit_rank(code: int) -> None:
 
 def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
     """Drive the run generator under a rich progress bar (overall bytes, ETA, current layer)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     final = None
     with Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), DownloadColumn(binary_units=True),
@@ -344,7 +368,7 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
             for event in events:
                 if task is None:
                     task = bar.add_task(event.label, total=event.bytes_total)
-                bar.update(task, completed=event.bytes_done, description=event.label)
+                bar.update(task, completed=event.bytes_done, description=safe_markup(event.label))
                 final = event
         finally:
             events.close()  # an interrupt here, outside the generator, must still run its cleanup now
@@ -366,6 +390,7 @@ def verify(
     validate(locals(), options.VERIFY)
     from ckptscope.converters.verify import verify as run_verify
 
+    _quiet_transformers()
     report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
                         config=_config_json(config))
     if as_json:

@@ -30,8 +30,8 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 PARTIAL_TAG = ".ckptscope-partial-"
 LOCK_TAG = ".ckptscope-lock"
