@@ -45,10 +45,7 @@ class DcpStreamWriter:
 
     def add_chunk(self, key: str, offsets: tuple[int, ...], chunk: torch.Tensor, rank: int = 0) -> None:
         from torch.distributed.checkpoint.filesystem import _StorageInfo
-        from torch.distributed.checkpoint.metadata import (
-            ChunkStorageMetadata,
-            MetadataIndex,
-        )
+        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 
         buf = io.BytesIO()
         torch.save(chunk.detach().cpu().contiguous().clone(), buf)
