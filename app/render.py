@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import humanize
@@ -26,10 +27,13 @@ def make_console() -> Console:
     return console
 
 
+@functools.lru_cache(maxsize=4096)
 def size(n: int) -> str:
+    """Cached: a 300k-row listing repeats a few sizes, and humanize costs ~15 µs a call."""
     return humanize.naturalsize(n, binary=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def count(n: int) -> str:
     return humanize.intword(n, "%.2f") if n >= 1_000_000 else humanize.intcomma(n)
 
@@ -64,24 +68,53 @@ def files_table(ckpt: Checkpoint) -> Table:
     return table
 
 
+TENSOR_COLUMNS = (("tensor (layers collapsed)", "left"), ("shape (as stored)", "left"), ("dtype", "left"), ("shards", "right"),
+                  ("elements", "right"), ("bytes", "right"))
+STATS_COLUMNS = (("tensor", "left"), ("file", "left"), ("min", "right"), ("max", "right"), ("mean", "right"), ("std", "right"),
+                 ("NaN", "right"), ("Inf", "right"))
+MAX_TABLE_ROWS = 2000  # above this a rich Table costs ~1 ms a row and holds every line in memory: plain lines instead
+
+
+def tensor_rows(tensors: list[TensorInfo]) -> list[list[Any]]:
+    """One row per collapsed group: name, shape, dtype(s), shards, elements, bytes."""
+    return [[group.name, group.shape_label, ",".join(sorted(group.dtypes)),  # xser info files store dtype names as strings
+             str(group.shards), count(group.numel), size(group.nbytes)] for group in collapse(tensors)]  # str cells: escaped when shown
+
+
 def tensors_table(tensors: list[TensorInfo], title: str) -> Table:
+    return listing_table(title, TENSOR_COLUMNS, tensor_rows(tensors))
+
+
+def listing_table(title: str, columns: tuple[tuple[str, str], ...], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False)
-    table.add_column("tensor (layers collapsed)", overflow="fold", ratio=3)
-    table.add_column("shape (as stored)")
-    table.add_column("dtype")
-    table.add_column("shards", justify="right")
-    table.add_column("elements", justify="right")
-    table.add_column("bytes", justify="right")
-    for group in collapse(tensors):
-        row(table,
-            Text(printable(group.name)),
-            Text(group.shape_label),
-            Text(printable(",".join(sorted(group.dtypes)))),  # xser info files store dtype names as strings
-            str(group.shards),
-            count(group.numel),
-            size(group.nbytes),
-        )
+    for n, (name, justify) in enumerate(columns):
+        table.add_column(name, justify=justify, **({"overflow": "fold", "ratio": 3} if n == 0 else {}))  # type: ignore[arg-type]
+    for cells in rows:
+        row(table, *cells)
     return table
+
+
+def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], ...], rows: list[list[Any]]) -> None:
+    """A table, or for a very long one (300k tensor names that do not collapse) aligned plain lines:
+    the same cells, the name last, written in blocks, linear time and no whole-table layout."""
+    if len(rows) <= MAX_TABLE_ROWS:
+        console.print(listing_table(title, columns, rows))
+        return
+    cells = [[c.plain if isinstance(c, Text) else printable(c) for c in (*r[1:], r[0])] for r in rows]
+    heads = [name for name, _ in (*columns[1:], columns[0])]
+    justs = [just for _, just in (*columns[1:], columns[0])]
+    widths = [max(len(heads[i]), *(len(c[i]) for c in cells)) for i in range(len(heads) - 1)]
+
+    def line(values: list[str]) -> str:
+        padded = [v.rjust(w) if j == "right" else v.ljust(w) for v, w, j in zip(values, widths, justs)]
+        return "  ".join([*padded, values[-1]])
+
+    console.print(Text(f"{title} (plain listing: more than {MAX_TABLE_ROWS:,} rows)", style="italic"))
+    console.print(Text(line(heads), style="bold"))
+    console.file.flush()
+    for start in range(0, len(cells), 10_000):
+        console.file.write("\n".join(line(c) for c in cells[start:start + 10_000]) + "\n")
+    console.file.flush()
 
 
 def totals(ckpt: Checkpoint) -> Table:
@@ -155,11 +188,11 @@ def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo]
     console.print(files_table(ckpt))
     console.print()
     model = [t for t in tensors if t.group == "model"]
-    console.print(tensors_table(model, f"Model tensors ({len(model)} stored)"))
+    print_listing(console, f"Model tensors ({len(model)} stored)", TENSOR_COLUMNS, tensor_rows(model))
     if show_all:
         other = [t for t in tensors if t.group != "model"]
         if other:
-            console.print(tensors_table(other, f"Other tensors ({len(other)})"))
+            print_listing(console, f"Other tensors ({len(other)})", TENSOR_COLUMNS, tensor_rows(other))
     console.print()
     console.print(totals(ckpt))
     meta = metadata_table(ckpt)
@@ -168,22 +201,24 @@ def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo]
         console.print(meta)
     if stats:
         console.print()
-        console.print(stats_table(stats))
+        print_listing(console, "Statistics", STATS_COLUMNS, stats_rows(stats))
     panel = warnings_panel(ckpt)
     if panel is not None:
         console.print()
         console.print(panel)
 
 
-def stats_table(stats: list[TensorStats]) -> Table:
-    table = Table(title="Statistics", title_justify="left", show_edge=False)
-    for col in ("tensor", "file", "min", "max", "mean", "std", "NaN", "Inf"):
-        table.add_column(col, justify="left" if col in ("tensor", "file") else "right")
+def stats_rows(stats: list[TensorStats]) -> list[list[Any]]:
+    rows = []
     for s in stats:
         bad = "bold red" if (s.nan or s.inf) else ""
-        row(table, Text(printable(s.name)), Text(printable(s.file)), _g(s.min), _g(s.max), _g(s.mean), _g(s.std),
-                      Text(str(s.nan), style=bad), Text(str(s.inf), style=bad))
-    return table
+        rows.append([Text(printable(s.name)), Text(printable(s.file)), _g(s.min), _g(s.max), _g(s.mean), _g(s.std),
+                     Text(str(s.nan), style=bad), Text(str(s.inf), style=bad)])
+    return rows
+
+
+def stats_table(stats: list[TensorStats]) -> Table:
+    return listing_table("Statistics", STATS_COLUMNS, stats_rows(stats))
 
 
 def _g(x: Any) -> str:

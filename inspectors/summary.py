@@ -69,9 +69,12 @@ def select(tensors: Iterable[TensorInfo], pattern: str | None) -> list[TensorInf
     return [t for t in tensors if fnmatch.fnmatchcase(t.name, pattern) or fnmatch.fnmatchcase(t.global_name, pattern)]
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
-    """One collapsed group of tensors that differ only by layer (and expert) numbers."""
+    """One collapsed group of tensors that differ only by layer (and expert) numbers.
+
+    Slots: 300k names that do not collapse make 300k rows (~100 MB less without a `__dict__` each).
+    """
 
     pattern: str
     indices: list[tuple[int, ...]] = field(default_factory=list)

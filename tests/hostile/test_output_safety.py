@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import convert
 from ckptscope.converters.writers import TargetOptions
