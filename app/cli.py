@@ -187,11 +187,15 @@ def demo(
 ) -> None:
     """Write a demo workspace with one small checkpoint of every supported format, then open the app on it."""
     validate(locals(), options.DEMO)
+    from ckptscope.converters.writers.output import check_destination, publish_permissions
+
+    check_destination(target, force)  # --force replaces a folder only: never a file, /, home or a cwd ancestor
     from ckptscope.converters.samples.demo import write_demo
 
     console = render.make_console()
     with console.status("writing demo checkpoints..."):
         items = write_demo(target, force=force)
+    publish_permissions(Path(target).expanduser())  # built in a private temporary folder
     table = Table(title=safe(f"Demo workspace: {target}"), title_justify="left", show_edge=False)
     for col in ("folder", "format", "iteration", "layout", "tensors", "size"):
         table.add_column(col)

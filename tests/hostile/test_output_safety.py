@@ -288,3 +288,19 @@ def test_atomic_folder_is_private_while_written(tmp_path: Path) -> None:
         assert stat.S_IMODE(tmp.stat().st_mode) == 0o700
         (tmp / "a").write_text("1")
     assert (tmp_path / "out" / "a").read_text() == "1"
+
+
+# ----- demo --force ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["home", "cwd-parent", "file"])
+def test_demo_force_is_refused_where_convert_force_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """`demo --force` replaced its target with `shutil.rmtree`: `ckptscope demo ~ --force` removed the home directory."""
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    (home / "precious.txt").write_text("x")
+    (home / "notes.txt").write_text("keep")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home / "work")
+    target = {"home": home, "cwd-parent": home, "file": home / "notes.txt"}[where]
+    names = listing(home)
+    refused(run_cli("demo", str(target), "--force", "--no-open"))
+    assert listing(home) == names and (home / "notes.txt").read_text() == "keep"
