@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperGroup
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from ckptscope.inspectors import CheckpointError, detect
 from ckptscope.inspectors.errors import reading
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
-from .safe import row, safe, safe_markup
 from . import options, render
 from .options import OptionError, validate
+from .safe import row, safe, safe_markup
 
 
 class OneLineErrors(TyperGroup):
@@ -202,7 +202,7 @@ def demo(
     for name, path in items.items():
         ckpt = detect(path)
         row(table, name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
-                      str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
+            str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
     console.print(table)
     if open_tui and sys.stdin.isatty() and sys.stdout.isatty():
         open_app(Path(target))
@@ -337,10 +337,10 @@ def _config_json(path: Path | None) -> dict[str, Any] | None:
     """The `--config` JSON object (its size and kind were checked with the other options)."""
     if path is None:
         return None
-    with reading(path, "cannot read --config"):
+    with reading(path, "cannot read config"):
         doc = json.loads(path.read_text())
     if not isinstance(doc, dict):
-        raise CheckpointError(path, "--config must hold a JSON object")
+        raise CheckpointError(path, "cannot read config: --config must hold a JSON object")
     return doc
 
 

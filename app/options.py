@@ -75,10 +75,11 @@ def number(lo: float, hi: float) -> Check:
     return check
 
 
-def choice(*names: str) -> Check:
+def choice(*names: str, what: str = "") -> Check:
     def check(value: Any) -> str:
         if value not in names:
-            raise ValueError(f"choose {', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else f"must be {names[0]}")
+            options = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            raise ValueError(f"unknown {what}; choose {options}" if what else f"choose {options}")
         return str(value)
     return check
 
@@ -138,8 +139,22 @@ def each(inner: Check) -> Check:
     return check
 
 
-def path(kind: str = "any", max_bytes: int | None = None) -> Check:
-    """An existing path: `any`, `file` (a regular file, at most `max_bytes`) or `dir`."""
+def path(kind: str = "any", max_bytes: int | None = None, what: str = "") -> Check:
+    """An existing path: `any`, `file` (a regular file, at most `max_bytes`) or `dir`;
+    `what` names it in the problem (`cannot read config: no such file or directory`)."""
+    inner = _path(kind, max_bytes)
+    if not what:
+        return inner
+
+    def check(value: Any) -> Path:
+        try:
+            return inner(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot read {what}: {exc}") from None
+    return check
+
+
+def _path(kind: str, max_bytes: int | None) -> Check:
     def check(value: Any) -> Path:
         p = Path(value).expanduser()
         if "\x00" in str(value):
@@ -174,7 +189,7 @@ def output_path() -> Check:
 
 # ----- the tables --------------------------------------------------------------------------------
 LAYOUT = integer(1, MAX_LAYOUT)
-CONFIG = Rule("--config", path("file", MAX_CONFIG_BYTES))
+CONFIG = Rule("--config", path("file", MAX_CONFIG_BYTES, what="config"))
 TARGETS = ("hf", "megatron", "megatron-dist", "nxd")
 
 INSPECT = {
@@ -183,7 +198,7 @@ INSPECT = {
 }
 CHECK = {
     "path": Rule("", path()),
-    "to": Rule("--to", choice(*TARGETS)),
+    "to": Rule("--to", choice(*TARGETS, what="target format")),
     "tp": Rule("--tp", LAYOUT), "pp": Rule("--pp", LAYOUT), "ep": Rule("--ep", LAYOUT),
     "config": CONFIG,
     "ignore": Rule("--ignore", each(text(MAX_PATTERN))),
@@ -197,7 +212,7 @@ VERIFY = {
 CONVERT = {
     "src": Rule("", path()),
     "dst": Rule("", output_path()),
-    "to": Rule("--to", choice(*TARGETS)),
+    "to": Rule("--to", choice(*TARGETS, what="target format")),
     "tp": Rule("--tp", LAYOUT), "pp": Rule("--pp", LAYOUT), "ep": Rule("--ep", LAYOUT),
     "pp_layers": Rule("--pp-layers", int_list((1, MAX_LAYOUT), (0, 1_000_000))),
     "dtype": Rule("--dtype", choice("fp32", "bf16", "fp16")),

@@ -239,11 +239,11 @@ def render_plan(console: Console, plan: Any) -> None:
         f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
     row(grid, "target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
     row(grid, "model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
-                               f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
-                               + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
-                               + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
+                            f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
+                            + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
+                            + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
     row(grid, "tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "
-                                 f"{len(acc.missing)} missing"))
+                              f"{len(acc.missing)} missing"))
     row(grid, "output", Text(f"{len(plan.files)} files, {size(plan.total_bytes)} of tensors"))
     console.print(grid)
     if acc.ignored:
@@ -281,15 +281,15 @@ def render_verify(console: Console, report: Any) -> None:
     grid.add_column(style="bold cyan")
     grid.add_column()
     row(grid, "tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
-                                 f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
-                                 style="green" if report.identical else "yellow"))
+                              f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
+                              style="green" if report.identical else "yellow"))
     if differing:
         worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
         row(grid, "largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
     if report.logits_max_abs is not None:
         ok = report.logits_ok
         row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}; "
-                                    f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
+                                 f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
     for note in report.notes:
         row(grid, "note", Text(printable(note)))
     console.print(grid)
@@ -356,7 +356,7 @@ def unplaced_table(title: str, unplaced: list[Any], side_label: str | None = Non
     for u in unplaced:
         side = [side_label] if side_label is not None else []
         row(table, *side, Text(printable(u.name)), _shape_text(u.shape), u.dtype, Text(printable(u.nearest or "-")),
-                      Text(printable(", ".join(u.canonical) or "-")))
+                   Text(printable(", ".join(u.canonical) or "-")))
     return table
 
 

@@ -142,7 +142,7 @@ class DiffScreen(Screen):
             self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
             for u in message.report.unplaced:
                 row(table, Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
-                              printable(u.nearest or ""))
+                           printable(u.nearest or ""))
             for name in message.report.missing:
                 row(table, Text("missing", style="bold red"), printable(name), "", "", "", "", "", "")
             return

@@ -253,13 +253,13 @@ class InspectScreen(Screen):
         if view.spec is not None:
             s = view.spec
             row(table, "model", f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} kv, "
-                                   f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
-                                   + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
-                                   + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
+                                f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
+                                + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
+                                + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
             if view.quirks:  # the same list `ckptscope inspect` and diff print
                 row(table, "quirks", "; ".join(view.quirks))
             row(table, "mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
-                                     f"{len(view.unmatched)} unmatched")
+                                  f"{len(view.unmatched)} unmatched")
         elif view.problem:
             row(table, "model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
         for warning in ckpt.warnings:
@@ -445,7 +445,7 @@ class InspectScreen(Screen):
         for s in message.stats:
             bad = "bold red" if s.nan or s.inf else ""
             row(table, ranks.get(s.file, "-"), f"{s.min:.3g}", f"{s.max:.3g}", f"{s.mean:.2g}", f"{s.std:.3g}",
-                          Text(f"{s.nan}/{s.inf}", style=bad))
+                       Text(f"{s.nan}/{s.inf}", style=bad))
             hist = [a + b for a, b in zip(hist, s.histogram)] if hist else list(map(float, s.histogram))
         self.query_one("#details-stats", Static).update(table)
         self.query_one("#histogram", Sparkline).data = hist

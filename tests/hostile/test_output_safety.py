@@ -164,6 +164,16 @@ def test_destination_created_meanwhile_is_not_replaced(hf: Path, tmp_path: Path)
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name or "lock" in p.name]
 
 
+def test_empty_destination_filled_meanwhile_is_not_replaced(hf: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    dst.mkdir()
+    run = _started(make_plan(hf, TargetOptions("hf")), dst)
+    (dst / "theirs.bin").write_bytes(b"x" * 10)
+    with pytest.raises(OutputExists, match="filled by someone else"):
+        list(run)
+    assert listing(dst) == {"theirs.bin"}
+
+
 def test_file_created_meanwhile_is_not_replaced(hf: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out"
     run = _started(make_plan(hf, TargetOptions("hf")), dst)
