@@ -11,10 +11,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ckptscope.app.safe import row
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
-from ckptscope.app.safe import row
 
 MAX_FILE_ROWS = 24
 

@@ -34,11 +34,12 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
+from ckptscope.app.safe import row
+from ckptscope.converters.writers.output import check_destination
 from ckptscope.inspectors.summary import printable
 
-from ckptscope.app.safe import row
-from .safe_input import SafeInput
 from .capture import capture
+from .safe_input import SafeInput
 from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
@@ -203,6 +204,13 @@ class ConvertScreen(Screen):
         if non_empty and not self.query_one("#force", Checkbox).value:
             status.set_class(False, "ok")
             status.update(f"{printable(out)} exists and is not empty: tick the box to replace it")
+            return False
+        try:  # the refusals `convert` would give (inside / around the source, a file, /, home), shown up front
+            source = self.query_one("#src", Input).value.strip()
+            check_destination(out, True, [Path(source).expanduser()] if source else [])
+        except OSError as exc:
+            status.set_class(False, "ok")
+            status.update(printable(exc, 1000))
             return False
         status.set_class(True, "ok")
         status.update(f"will write {printable(out)}" + (" (replacing it)" if non_empty else ""))

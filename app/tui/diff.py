@@ -17,12 +17,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Select, Static
 
+from ckptscope.app.safe import row
 from ckptscope.inspectors.summary import printable
 
-from ckptscope.app.safe import row
-from .safe_input import SafeInput
 from .capture import capture
 from .messages import DiffDone
+from .safe_input import SafeInput
 
 STATUS_STYLE = {"same": "green", "missing": "bold red", "unexpected": "bold yellow", "shape": "bold red",
                 "dtype": "yellow", "values": "bold magenta"}

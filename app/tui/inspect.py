@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static,
 from textual.widgets._tree import TreeNode
 from textual.worker import get_current_worker
 
+from ckptscope.app.safe import row, safe, safe_text
 from ckptscope.inspectors.jsonable import jsonable
 from ckptscope.inspectors.megatron_common import ARCH_FIELDS
 from ckptscope.inspectors.stats import tensor_stats
@@ -30,10 +31,9 @@ from ckptscope.inspectors.tree import NON_MODEL, ModuleNode, build_tree
 
 from ckptscope.themes import dtype_variable
 
-from ckptscope.app.safe import row, safe, safe_text
-from .safe_input import SafeInput
 from .messages import CheckpointExplained, StatsReady, TreeFiltered
 from .opening import Explained, Opened, explain
+from .safe_input import SafeInput
 
 MAX_FILTER_EXPAND = 200
 TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-summary": "#summary-scroll",
