@@ -17,14 +17,40 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from ckptscope.inspectors import CheckpointError, detect
+from ckptscope.inspectors.errors import reading
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
-from . import render
+from . import options, render
+from .options import OptionError, validate
+from .safe import row, safe, safe_markup
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (`--tp abc`, an unknown option, a missing argument) as one line, exit 2, like every other refusal."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            typer.echo("ckptscope: aborted", err=True)
+            sys.exit(1)
+        except typer.TyperException as exc:  # typer's own click: usage errors and bad parameters
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.echo(f"ckptscope: error: {printable(message, 1000)}{where}", err=True)
+            sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="ckptscope",
     help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).",
     no_args_is_help=False,
@@ -63,6 +89,10 @@ def guarded(func: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except CheckpointError as exc:
+            if _state["debug"]:
+                raise
+            fail(str(exc))
+        except OptionError as exc:
             if _state["debug"]:
                 raise
             fail(str(exc))
@@ -126,6 +156,7 @@ def inspect(
     show_all: Annotated[bool, typer.Option("--all", help="Also list optimizer / rng tensors.")] = False,
 ) -> None:
     """Show format, layout, files, tensors, totals and training args of a checkpoint."""
+    validate(locals(), options.INSPECT)
     ckpt = detect(path)
     tensors = select(ckpt.tensors, filter_)
     if filter_ and not tensors:
@@ -155,32 +186,28 @@ def demo(
     open_tui: Annotated[bool, typer.Option("--open/--no-open", help="Open the app on the demo (when run in a terminal).")] = True,
 ) -> None:
     """Write a demo workspace with one small checkpoint of every supported format, then open the app on it."""
+    validate(locals(), options.DEMO)
+    from ckptscope.converters.writers.output import check_destination, publish_permissions
+
+    check_destination(target, force)  # --force replaces a folder only: never a file, /, home or a cwd ancestor
     from ckptscope.converters.samples.demo import write_demo
 
     console = render.make_console()
     with console.status("writing demo checkpoints..."):
         items = write_demo(target, force=force)
-    table = Table(title=f"Demo workspace: {target}", title_justify="left", show_edge=False)
+    publish_permissions(Path(target).expanduser())  # built in a private temporary folder
+    table = Table(title=safe(f"Demo workspace: {target}"), title_justify="left", show_edge=False)
     for col in ("folder", "format", "iteration", "layout", "tensors", "size"):
         table.add_column(col)
     for name, path in items.items():
         ckpt = detect(path)
-        table.add_row(name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
-                      str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
+        row(table, name, ckpt.kind, str(ckpt.iteration if ckpt.iteration is not None else "-"), ckpt.parallel.label(),
+            str(len(ckpt.model_tensors())), render.size(ckpt.total_bytes))
     console.print(table)
     if open_tui and sys.stdin.isatty() and sys.stdout.isatty():
         open_app(Path(target))
         return
     console.print(Text(f"\nNext: ckptscope {target}   (the app)   or   ckptscope inspect {target}/megatron-torch-tp2pp2", style="bold"))
-
-
-def _parse_size(text: str) -> int:
-    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "b": 1}
-    low = text.strip().lower()
-    for unit in sorted(units, key=len, reverse=True):
-        if low.endswith(unit):
-            return int(float(low[: -len(unit)]) * units[unit])
-    return int(low)
 
 
 @app.command()
@@ -189,23 +216,23 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
     to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist | nxd.")] = "hf",
-    tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel size (Megatron targets).")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel size.")] = 1,
-    ep: Annotated[int, typer.Option("--ep", min=1, help="Target expert-parallel size (MoE).")] = 1,
+    tp: Annotated[int, typer.Option("--tp", help="Target tensor-parallel size (Megatron targets).")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Target pipeline-parallel size.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
     pp_layers: Annotated[str | None, typer.Option("--pp-layers", help="Uneven pipeline split, e.g. 7,9.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 | bf16 | fp16 (default: keep the source dtype).")] = None,
     true_vocab_size: Annotated[int | None, typer.Option("--true-vocab-size", help="Vocabulary rows to keep (drops Megatron padding).")] = None,
     tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="HF tokenizer folder, sentencepiece tokenizer.model, or GPT-2 vocab.json (+ merges.txt): written into an HF output as a complete HF tokenizer; its size trims or pads the vocab.")] = None,
     tokenizer_root: Annotated[Path | None, typer.Option("--tokenizer-root", help="Folder holding the tokenizer files the Megatron args name (tokenizer_model / vocab_file / merge_file), used when --tokenizer is not given.")] = None,
-    vocab_extra_ids: Annotated[int, typer.Option("--vocab-extra-ids", min=0, help="Append <extra_id_0..N-1> special tokens to the tokenizer (as Megatron's --vocab-extra-ids).")] = 0,
+    vocab_extra_ids: Annotated[int, typer.Option("--vocab-extra-ids", help="Append <extra_id_0..N-1> special tokens to the tokenizer (as Megatron's --vocab-extra-ids).")] = 0,
     override_special_tokens: Annotated[list[str] | None, typer.Option("--override-special-tokens", help="Set special tokens, e.g. eos=<|im_end|> (repeatable, or space-separated).")] = None,
     rotary_layout: Annotated[str, typer.Option("--rotary-layout", help="How the source stores q/k for RoPE: auto (detect) | half (rotate-half, HF / Megatron-Core) | interleaved (Meta consolidated.*.pth, --rotary-interleaved runs, Megatron-LLM).")] = "auto",
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron names to write: local | te (Megatron-Core specs) | megatron-llm (epfLLM Megatron-LLM: nested names, interleaved q/k, [up; gate] SwiGLU; --to megatron).")] = "local",
-    iteration: Annotated[int, typer.Option("--iteration", min=0, help="Iteration number for Megatron targets.")] = 1,
+    iteration: Annotated[int, typer.Option("--iteration", help="Iteration number for Megatron targets.")] = 1,
     nxd_style: Annotated[str, typer.Option("--nxd-style", help="NxD target names: hf | megatron.")] = "hf",
     fuse_qkv: Annotated[bool, typer.Option("--fuse-qkv/--no-fuse-qkv", help="NxD target: one fused qkv_proj.weight_qkv per rank.")] = False,
-    kv_size_multiplier: Annotated[int, typer.Option("--kv-size-multiplier", min=1, help="NxD target: replicate KV heads N times (TP > KV heads).")] = 1,
+    kv_size_multiplier: Annotated[int, typer.Option("--kv-size-multiplier", help="NxD target: replicate KV heads N times (TP > KV heads).")] = 1,
     xser: Annotated[bool, typer.Option("--xser/--no-xser", help="NxD target: torch_xla xser layout (tensor files + references).")] = False,
     from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help="DeepSpeed source: rebuild fp32 weights from the ZeRO optimizer partitions (needed for ZeRO-3).")] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="HF shard size limit, e.g. 5GB, 500MB.")] = "5GB",
@@ -214,7 +241,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to convert when a source tensor holds NaN or Inf (default: warn).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted conversion from its last complete HF shard / Megatron stage; keep the partial folder if this run stops too.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading and gathering layers ahead of the writer (each holds about one layer).")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Threads reading and gathering layers ahead of the writer (each holds about one layer).")] = 2,
     distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: each rank writes its share of the output files, rank 0 finishes the output (gloo; see docs/performance.md).")] = False,
     verify_after: Annotated[bool, typer.Option("--verify", help="Compare tensors and logits of the result with the source.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output (plan and summary as JSON).")] = False,
@@ -226,36 +253,26 @@ def convert(
     from ckptscope.converters.writers import TargetOptions
     from ckptscope.converters.writers.output import check_destination
 
-    if dtype is not None and dtype not in DTYPES:
-        fail(f"--dtype {dtype}: choose fp32, bf16 or fp16")
-    if megatron_spec not in ("local", "te", "megatron-llm"):
-        fail(f"--megatron-spec {megatron_spec}: choose local, te or megatron-llm")
+    v = validate(locals(), options.CONVERT)
+    src, dst, layers, max_shard_bytes = v["src"], v["dst"], v["pp_layers"], v["max_shard_size"]
     if megatron_spec == "megatron-llm" and to != "megatron":
         fail("--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron")
-    if nxd_style not in ("hf", "megatron"):
-        fail(f"--nxd-style {nxd_style}: choose hf or megatron")
-    if rotary_layout not in ("auto", "half", "interleaved"):
-        fail(f"--rotary-layout {rotary_layout}: choose auto, half or interleaved")
     from ckptscope.converters.tokenizers import parse_overrides
 
     try:
         special_tokens = parse_overrides([item for value in override_special_tokens or () for item in value.split()])
     except ValueError as exc:
         fail(str(exc))
-    layers = None
-    if pp_layers:
-        try:
-            layers = [int(x) for x in pp_layers.split(",")]
-        except ValueError:
-            fail(f"--pp-layers {pp_layers}: expected comma-separated integers")
     opts = TargetOptions(to, tp=tp, pp=pp, ep=ep, pp_layers=layers, dtype=DTYPES[dtype] if dtype else None,
-                         megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=_parse_size(max_shard_size),
+                         megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=max_shard_bytes,
                          tokenizer=tokenizer, tokenizer_root=tokenizer_root, vocab_extra_ids=vocab_extra_ids,
                          special_tokens=special_tokens, nxd_style=nxd_style, fuse_qkv=fuse_qkv,
                          kv_size_multiplier=kv_size_multiplier, xser=xser, workers=workers)
     if distributed and resume:
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
+    if not plan_only:  # refused before any work: output over / inside / around what is read, --force onto a file or /
+        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
     plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()),
                      from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
     console = render.make_console()
@@ -267,7 +284,6 @@ def convert(
         raise typer.Exit(EXIT_BAD_INPUT)
     if plan_only:
         return
-    check_destination(dst.expanduser().resolve(), force)
     if distributed:
         from ckptscope.converters.run import convert_distributed
 
@@ -284,8 +300,9 @@ def convert(
     if verify_after:
         from ckptscope.converters.verify import verify as run_verify
 
+        _quiet_transformers()
         fit = plan.vocab_fit  # (stored, trained, tokenizer): read the source trimmed as far as the output is
-        report = run_verify(src, dst, config=json.loads(config.read_text()) if config else None,
+        report = run_verify(src, dst, config=_config_json(config),
                             from_optimizer_fp32=from_optimizer_fp32, true_vocab=true_vocab_size if true_vocab_size is not None else (
                                 min(fit[1], fit[2]) if fit is not None and plan.ckpt.kind != "hf" else None),
                             rotary_layout=rotary_layout)
@@ -295,11 +312,36 @@ def convert(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        console.print(Text(f"wrote {final.output}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
+        console.print(Text(f"wrote {printable(final.output, 1000)}: {render.size(final.bytes_done)} in {final.elapsed:.1f}s", style="bold green"))
     if verify_after and summary["verify"]["logits"]["ok"] is False:
         raise typer.Exit(1)
     if distributed:
         _exit_rank(0)
+
+
+def _quiet_transformers() -> None:
+    """transformers prints its own load report (every unexpected tensor name, raw: escape sequences
+    included) and progress bars to the terminal while `verify` builds the models; our report says
+    what differs, so only its errors are let through."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _config_json(path: Path | None) -> dict[str, Any] | None:
+    """The `--config` JSON object (its size and kind were checked with the other options)."""
+    if path is None:
+        return None
+    with reading(path, "cannot read config"):
+        doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise CheckpointError(path, "cannot read config: --config must hold a JSON object")
+    return doc
 
 
 def _exit_rank(code: int) -> None:
@@ -313,7 +355,14 @@ def _exit_rank(code: int) -> None:
 
 def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
     """Drive the run generator under a rich progress bar (overall bytes, ETA, current layer)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     final = None
     with Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), DownloadColumn(binary_units=True),
@@ -323,7 +372,7 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
             for event in events:
                 if task is None:
                     task = bar.add_task(event.label, total=event.bytes_total)
-                bar.update(task, completed=event.bytes_done, description=event.label)
+                bar.update(task, completed=event.bytes_done, description=safe_markup(event.label))
                 final = event
         finally:
             events.close()  # an interrupt here, outside the generator, must still run its cleanup now
@@ -336,16 +385,18 @@ def verify(
     a: Annotated[Path, typer.Argument(help="First checkpoint (any format).")],
     b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).")],
     logits: Annotated[bool, typer.Option("--logits/--no-logits", help="Also compare logits on a fixed token batch.")] = True,
-    tokens: Annotated[int, typer.Option("--tokens", min=1, help="Sequence length of the token batch.")] = 16,
+    tokens: Annotated[int, typer.Option("--tokens", help="Sequence length of the token batch.")] = 16,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json for sources that lack the architecture.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Compare two checkpoints through the canonical model: tensors and logits."""
+    validate(locals(), options.VERIFY)
     from ckptscope.converters.verify import verify as run_verify
 
+    _quiet_transformers()
     report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
-                        config=json.loads(config.read_text()) if config else None)
+                        config=_config_json(config))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -365,6 +416,7 @@ def diff(
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
 ) -> None:
     """Debug mismatched tensor names: missing, unexpected, shape- and dtype-mismatched tensors, with suggestions."""
+    validate(locals(), options.DIFF)
     from ckptscope.converters.diff import diff_checkpoints
 
     report = diff_checkpoints(a, b, numeric=numeric, config=config)
@@ -381,14 +433,15 @@ def diff(
 def check(
     path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
     to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")],
-    tp: Annotated[int, typer.Option("--tp", min=1, help="Target tensor-parallel size (Megatron targets).")] = 1,
-    pp: Annotated[int, typer.Option("--pp", min=1, help="Target pipeline-parallel size.")] = 1,
-    ep: Annotated[int, typer.Option("--ep", min=1, help="Target expert-parallel size (MoE).")] = 1,
+    tp: Annotated[int, typer.Option("--tp", help="Target tensor-parallel size (Megatron targets).")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Target pipeline-parallel size.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """What converting PATH --to a format and layout would do (mapped, ignored, unplaceable, missing, layout errors); writes nothing."""
+    validate(locals(), options.CHECK)
     from ckptscope.converters.diff import check_target
 
     report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import humanize
@@ -10,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ckptscope.app.safe import row
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
@@ -25,10 +27,13 @@ def make_console() -> Console:
     return console
 
 
+@functools.lru_cache(maxsize=4096)
 def size(n: int) -> str:
+    """Cached: a 300k-row listing repeats a few sizes, and humanize costs ~15 µs a call."""
     return humanize.naturalsize(n, binary=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def count(n: int) -> str:
     return humanize.intword(n, "%.2f") if n >= 1_000_000 else humanize.intcomma(n)
 
@@ -37,15 +42,15 @@ def overview(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan", no_wrap=True)
     grid.add_column()
-    grid.add_row("path", Text(printable(ckpt.path)))
-    grid.add_row("format", Text(f"{ckpt.kind}  ({printable(ckpt.format_detail)})" if ckpt.format_detail else ckpt.kind))
+    row(grid, "path", Text(printable(ckpt.path)))
+    row(grid, "format", Text(f"{ckpt.kind}  ({printable(ckpt.format_detail)})" if ckpt.format_detail else ckpt.kind))
     if ckpt.iteration is not None:
         others = [str(i) for i in ckpt.iterations]
         extra = f"  (available: {', '.join(others)})" if len(others) > 1 else ""
-        grid.add_row("iteration", Text(printable(f"{ckpt.iteration}{extra}")))  # NxD tags are folder names
-    grid.add_row("layout", Text(ckpt.parallel.label()))
-    grid.add_row("files", Text(f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {size(ckpt.total_bytes)}"))
-    grid.add_row("complete", Text("yes" if ckpt.complete else "NO", style="green" if ckpt.complete else "bold red"))
+        row(grid, "iteration", Text(printable(f"{ckpt.iteration}{extra}")))  # NxD tags are folder names
+    row(grid, "layout", Text(ckpt.parallel.label()))
+    row(grid, "files", Text(f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {size(ckpt.total_bytes)}"))
+    row(grid, "complete", Text("yes" if ckpt.complete else "NO", style="green" if ckpt.complete else "bold red"))
     return grid
 
 
@@ -56,45 +61,74 @@ def files_table(ckpt: Checkpoint) -> Table:
     table.add_column("ranks")
     table.add_column("size", justify="right")
     for f in ckpt.files[:MAX_FILE_ROWS]:
-        table.add_row(Text(printable(f.rel)), f.role, f.ranks.label(), size(f.size))
+        row(table, Text(printable(f.rel)), f.role, f.ranks.label(), size(f.size))
     if len(ckpt.files) > MAX_FILE_ROWS:
         rest = ckpt.files[MAX_FILE_ROWS:]
-        table.add_row(Text(f"... {len(rest)} more", style="dim"), "", "", size(sum(f.size for f in rest)))
+        row(table, Text(f"... {len(rest)} more", style="dim"), "", "", size(sum(f.size for f in rest)))
     return table
+
+
+TENSOR_COLUMNS = (("tensor (layers collapsed)", "left"), ("shape (as stored)", "left"), ("dtype", "left"), ("shards", "right"),
+                  ("elements", "right"), ("bytes", "right"))
+STATS_COLUMNS = (("tensor", "left"), ("file", "left"), ("min", "right"), ("max", "right"), ("mean", "right"), ("std", "right"),
+                 ("NaN", "right"), ("Inf", "right"))
+MAX_TABLE_ROWS = 2000  # above this a rich Table costs ~1 ms a row and holds every line in memory: plain lines instead
+
+
+def tensor_rows(tensors: list[TensorInfo]) -> list[list[Any]]:
+    """One row per collapsed group: name, shape, dtype(s), shards, elements, bytes."""
+    return [[group.name, group.shape_label, ",".join(sorted(group.dtypes)),  # xser info files store dtype names as strings
+             str(group.shards), count(group.numel), size(group.nbytes)] for group in collapse(tensors)]  # str cells: escaped when shown
 
 
 def tensors_table(tensors: list[TensorInfo], title: str) -> Table:
+    return listing_table(title, TENSOR_COLUMNS, tensor_rows(tensors))
+
+
+def listing_table(title: str, columns: tuple[tuple[str, str], ...], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False)
-    table.add_column("tensor (layers collapsed)", overflow="fold", ratio=3)
-    table.add_column("shape (as stored)")
-    table.add_column("dtype")
-    table.add_column("shards", justify="right")
-    table.add_column("elements", justify="right")
-    table.add_column("bytes", justify="right")
-    for row in collapse(tensors):
-        table.add_row(
-            Text(printable(row.name)),
-            Text(row.shape_label),
-            Text(printable(",".join(sorted(row.dtypes)))),  # xser info files store dtype names as strings
-            str(row.shards),
-            count(row.numel),
-            size(row.nbytes),
-        )
+    for n, (name, justify) in enumerate(columns):
+        table.add_column(name, justify=justify, **({"overflow": "fold", "ratio": 3} if n == 0 else {}))  # type: ignore[arg-type]
+    for cells in rows:
+        row(table, *cells)
     return table
+
+
+def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], ...], rows: list[list[Any]]) -> None:
+    """A table, or for a very long one (300k tensor names that do not collapse) aligned plain lines:
+    the same cells, the name last, written in blocks, linear time and no whole-table layout."""
+    if len(rows) <= MAX_TABLE_ROWS:
+        console.print(listing_table(title, columns, rows))
+        return
+    cells = [[c.plain if isinstance(c, Text) else printable(c) for c in (*r[1:], r[0])] for r in rows]
+    heads = [name for name, _ in (*columns[1:], columns[0])]
+    justs = [just for _, just in (*columns[1:], columns[0])]
+    widths = [max(len(heads[i]), *(len(c[i]) for c in cells)) for i in range(len(heads) - 1)]
+
+    def line(values: list[str]) -> str:
+        padded = [v.rjust(w) if j == "right" else v.ljust(w) for v, w, j in zip(values, widths, justs)]
+        return "  ".join([*padded, values[-1]])
+
+    console.print(Text(f"{title} (plain listing: more than {MAX_TABLE_ROWS:,} rows)", style="italic"))
+    console.print(Text(line(heads), style="bold"))
+    console.file.flush()
+    for start in range(0, len(cells), 10_000):
+        console.file.write("\n".join(line(c) for c in cells[start:start + 10_000]) + "\n")
+    console.file.flush()
 
 
 def totals(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
     grid.add_column()
-    grid.add_row("parameters", f"{count(logical_param_count(ckpt))} (stored elements across shards: {count(ckpt.param_count())})")
+    row(grid, "parameters", f"{count(logical_param_count(ckpt))} (stored elements across shards: {count(ckpt.param_count())})")
     for dtype, n in ckpt.bytes_by_dtype().items():
-        grid.add_row(Text(printable(f"  {dtype}")), size(n))
+        row(grid, Text(printable(f"  {dtype}")), size(n))
     other = [t for t in ckpt.tensors if t.group != "model"]
     if other:
-        grid.add_row("non-model tensors", f"{len(other)} (optimizer/rng), {size(sum(t.nbytes for t in other))}")
+        row(grid, "non-model tensors", f"{len(other)} (optimizer/rng), {size(sum(t.nbytes for t in other))}")
     if ckpt.objects:
-        grid.add_row("objects", f"{len(ckpt.objects)} non-tensor entries (e.g. {printable(ckpt.objects[0].name, 80)})")
+        row(grid, "objects", f"{len(ckpt.objects)} non-tensor entries (e.g. {printable(ckpt.objects[0].name, 80)})")
     return grid
 
 
@@ -107,7 +141,7 @@ def metadata_table(ckpt: Checkpoint) -> Table | None:
     table.add_column(style="cyan")
     table.add_column()
     for key, value in {**fields, **extra}.items():
-        table.add_row(key, Text(printable(value, 120)))
+        row(table, key, Text(printable(value, 120)))
     return table
 
 
@@ -140,10 +174,10 @@ def family_and_quirks(ckpt: Checkpoint) -> dict[str, Any]:
 def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
     """`family` and `quirks` rows (from `family_and_quirks`) under an overview grid."""
     if info["family"]:
-        grid.add_row("family", Text(printable(info["family"])))
-        grid.add_row("quirks", Text(printable("; ".join(info["quirks"]) or "none", 1000)))
+        row(grid, "family", Text(printable(info["family"])))
+        row(grid, "quirks", Text(printable("; ".join(info["quirks"]) or "none", 1000)))
     else:
-        grid.add_row("family", Text(printable(f"unknown ({info['problem'] or 'no architecture'})", 300), style="dim"))
+        row(grid, "family", Text(printable(f"unknown ({info['problem'] or 'no architecture'})", 300), style="dim"))
     return grid
 
 
@@ -154,11 +188,11 @@ def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo]
     console.print(files_table(ckpt))
     console.print()
     model = [t for t in tensors if t.group == "model"]
-    console.print(tensors_table(model, f"Model tensors ({len(model)} stored)"))
+    print_listing(console, f"Model tensors ({len(model)} stored)", TENSOR_COLUMNS, tensor_rows(model))
     if show_all:
         other = [t for t in tensors if t.group != "model"]
         if other:
-            console.print(tensors_table(other, f"Other tensors ({len(other)})"))
+            print_listing(console, f"Other tensors ({len(other)})", TENSOR_COLUMNS, tensor_rows(other))
     console.print()
     console.print(totals(ckpt))
     meta = metadata_table(ckpt)
@@ -167,22 +201,24 @@ def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo]
         console.print(meta)
     if stats:
         console.print()
-        console.print(stats_table(stats))
+        print_listing(console, "Statistics", STATS_COLUMNS, stats_rows(stats))
     panel = warnings_panel(ckpt)
     if panel is not None:
         console.print()
         console.print(panel)
 
 
-def stats_table(stats: list[TensorStats]) -> Table:
-    table = Table(title="Statistics", title_justify="left", show_edge=False)
-    for col in ("tensor", "file", "min", "max", "mean", "std", "NaN", "Inf"):
-        table.add_column(col, justify="left" if col in ("tensor", "file") else "right")
+def stats_rows(stats: list[TensorStats]) -> list[list[Any]]:
+    rows = []
     for s in stats:
         bad = "bold red" if (s.nan or s.inf) else ""
-        table.add_row(Text(printable(s.name)), Text(printable(s.file)), _g(s.min), _g(s.max), _g(s.mean), _g(s.std),
-                      Text(str(s.nan), style=bad), Text(str(s.inf), style=bad))
-    return table
+        rows.append([Text(printable(s.name)), Text(printable(s.file)), _g(s.min), _g(s.max), _g(s.mean), _g(s.std),
+                     Text(str(s.nan), style=bad), Text(str(s.inf), style=bad)])
+    return rows
+
+
+def stats_table(stats: list[TensorStats]) -> Table:
+    return listing_table("Statistics", STATS_COLUMNS, stats_rows(stats))
 
 
 def _g(x: Any) -> str:
@@ -197,18 +233,18 @@ def render_plan(console: Console, plan: Any) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan", no_wrap=True)
     grid.add_column()
-    grid.add_row("source", Text(f"{printable(plan.source_path)}  ({plan.ckpt.kind}, {plan.ckpt.parallel.label()})"))
+    row(grid, "source", Text(f"{printable(plan.source_path)}  ({plan.ckpt.kind}, {plan.ckpt.parallel.label()})"))
     t = plan.target
     layout = "" if t.format == "hf" else f", TP{t.tp}×PP{t.pp}" + (f"×EP{t.ep}" if t.ep > 1 else "") + (
         f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
-    grid.add_row("target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
-    grid.add_row("model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
-                               f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
-                               + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
-                               + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
-    grid.add_row("tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "
-                                 f"{len(acc.missing)} missing"))
-    grid.add_row("output", Text(f"{len(plan.files)} files, {size(plan.total_bytes)} of tensors"))
+    row(grid, "target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
+    row(grid, "model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
+                            f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
+                            + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
+                            + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
+    row(grid, "tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "
+                              f"{len(acc.missing)} missing"))
+    row(grid, "output", Text(f"{len(plan.files)} files, {size(plan.total_bytes)} of tensors"))
     console.print(grid)
     if acc.ignored:
         rules: dict[str, int] = {}
@@ -227,9 +263,9 @@ def print_files_and_messages(console: Console, title: str, files: list[tuple[str
     table.add_column("tensors", justify="right")
     table.add_column("≈ size", justify="right")
     for rel, tensors, nbytes in files[:MAX_FILE_ROWS]:
-        table.add_row(Text(printable(rel)), str(tensors or ""), size(nbytes) if nbytes else "")
+        row(table, Text(printable(rel)), str(tensors or ""), size(nbytes) if nbytes else "")
     if len(files) > MAX_FILE_ROWS:
-        table.add_row(Text(f"... {len(files) - MAX_FILE_ROWS} more", style="dim"), "", "")
+        row(table, Text(f"... {len(files) - MAX_FILE_ROWS} more", style="dim"), "", "")
     console.print(table)
     for note in notes:
         console.print(Text("note: " + printable(note), style="dim"))
@@ -244,18 +280,18 @@ def render_verify(console: Console, report: Any) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
     grid.add_column()
-    grid.add_row("tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
-                                 f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
-                                 style="green" if report.identical else "yellow"))
+    row(grid, "tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
+                              f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
+                              style="green" if report.identical else "yellow"))
     if differing:
         worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
-        grid.add_row("largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
+        row(grid, "largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
     if report.logits_max_abs is not None:
         ok = report.logits_ok
-        grid.add_row("logits", Text(f"max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}; "
-                                    f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
+        row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}; "
+                                 f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
     for note in report.notes:
-        grid.add_row("note", Text(printable(note)))
+        row(grid, "note", Text(printable(note)))
     console.print(grid)
 
 
@@ -303,7 +339,7 @@ def diff_table(report: Any, rows: list[Any]) -> Table:
             cells.append("-" if r.max_abs is None else f"{r.max_abs:.3g}")
         if suggest:
             cells.append(Text(printable(r.suggestion)))
-        table.add_row(*cells)
+        row(table, *cells)
     return table
 
 
@@ -319,8 +355,8 @@ def unplaced_table(title: str, unplaced: list[Any], side_label: str | None = Non
     table.add_column("would fill", overflow="fold")
     for u in unplaced:
         side = [side_label] if side_label is not None else []
-        table.add_row(*side, Text(printable(u.name)), _shape_text(u.shape), u.dtype, Text(printable(u.nearest or "-")),
-                      Text(printable(", ".join(u.canonical) or "-")))
+        row(table, *side, Text(printable(u.name)), _shape_text(u.shape), u.dtype, Text(printable(u.nearest or "-")),
+                   Text(printable(", ".join(u.canonical) or "-")))
     return table
 
 
@@ -357,7 +393,7 @@ def render_check(console: Console, report: Any) -> None:
     mapped.add_column("canonical", overflow="fold", ratio=2)
     mapped.add_column("count", justify="right")
     for rule in report.mapped:
-        mapped.add_row(Text(printable(rule.stored)), Text(printable(rule.canonical)), str(rule.count))
+        row(mapped, Text(printable(rule.stored)), Text(printable(rule.canonical)), str(rule.count))
     console.print(mapped)
     if report.ignored:
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in report.ignored.items()), style="dim"))

@@ -24,7 +24,9 @@ import dataclasses
 import errno
 import hashlib
 import json
+import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,13 +117,23 @@ def fingerprint(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def source_paths(plan: Plan) -> list[Path]:
+    """Everything a conversion reads: the output may not be, hold or lie inside any of it."""
+    ckpt, target = plan.ckpt, plan.target
+    paths = [Path(plan.source_path), Path(ckpt.path), *(f.path for f in ckpt.files)]
+    paths += [p for p in (ckpt.root, getattr(target, "tokenizer", None), getattr(target, "tokenizer_root", None)) if p is not None]
+    return paths
+
+
 def find_partial(dst: Path, key: str) -> Path | None:
-    """The newest partial folder of `dst` whose journal has this plan's fingerprint."""
+    """The newest partial folder of `dst` whose journal has this plan's fingerprint (ours, a real folder)."""
     dst = Path(dst).expanduser().resolve()
     found = []
     for child in dst.parent.glob(f".{dst.name}{PARTIAL_TAG}*"):
+        if child.is_symlink() or not child.is_dir() or child.lstat().st_uid != os.geteuid():
+            continue
         try:
-            journal = json.loads((child / JOURNAL).read_text())
+            journal = json.loads(_read_private(child / JOURNAL, 1 << 20))
         except (OSError, ValueError):
             continue
         if isinstance(journal, dict) and journal.get("fingerprint") == key:
@@ -129,11 +141,22 @@ def find_partial(dst: Path, key: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _read_private(path: Path, limit: int) -> str:
+    """A small file of our own partial folder, never through a symlink, FIFO or device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return fh.read(limit + 1)[:limit].decode("utf-8", "replace")
+
+
 def _write_journal(folder: Path, key: str, plan: Plan, done: list[str]) -> None:
     doc = {"version": JOURNAL_VERSION, "fingerprint": key, "source": str(plan.source_path), "target": plan.target.format,
            "completed_files": sorted(done), "updated": time.time()}
     tmp = folder / (JOURNAL + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, indent=1))
     tmp.replace(folder / JOURNAL)  # atomic: a kill leaves the old or the new journal, never half of one
 
 
@@ -188,12 +211,21 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         raise CheckpointError(plan.source_path, "--resume and --distributed do not combine")
     units = resume_units(plan) if dist is None else []  # ranks write concurrently: no resume journal
     mine, foreign = share(plan, dist) if dist is not None else (set(groups), set())
-    partial = find_partial(Path(dst), key) if resume else None
-    if partial is not None and not units:
-        shutil.rmtree(partial, ignore_errors=True)  # our own partial of the same plan, but not resumable
-        warnings.append(f"--resume: a {plan.target.format} output cannot be resumed; started again")
-        partial = None
-    atomic = AtomicFolder(dst, force, reuse=partial, keep_on_error=resume) if dist is None or dist.rank == 0 else _Joined(dst)
+    atomic = AtomicFolder(dst, force, keep_on_error=resume, sources=source_paths(plan)) if dist is None or dist.rank == 0 else _Joined(dst)
+    if isinstance(atomic, AtomicFolder):
+        atomic.acquire()  # refusals and the destination lock come before anything is written or removed
+    try:
+        partial = find_partial(Path(dst), key) if resume else None
+        if partial is not None and not units:
+            shutil.rmtree(partial, ignore_errors=True)  # our own partial of the same plan, but not resumable
+            warnings.append(f"--resume: a {plan.target.format} output cannot be resumed; started again")
+            partial = None
+    except BaseException:
+        if isinstance(atomic, AtomicFolder):
+            atomic.lock.release()
+        raise
+    if isinstance(atomic, AtomicFolder):
+        atomic.reuse = partial
     with atomic as tmp:
         if dist is not None:  # rank 0 made the temporary folder; every rank writes into it
             tmp = Path(dist.broadcast(str(tmp) if dist.rank == 0 else None))

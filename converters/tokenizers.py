@@ -22,6 +22,7 @@ afterwards, repeating the last row as Megatron's saver does (those rows are neve
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +88,26 @@ def classify(path: Path) -> tuple[Path, str]:
 
 
 def _find(root: Path, stored: str) -> Path | None:
-    """A training-machine path found inside `root`: as a relative path, then by its trailing parts."""
+    """A training-machine path found inside `root`: as a relative path, then by its trailing parts.
+
+    The path comes from the checkpoint: `..` parts are never followed, and a candidate whose real
+    path (symlinks resolved) leaves `root`, or that is not a regular file or folder, is refused.
+    """
     parts = Path(stored).parts
+    base = Path(os.path.realpath(root))
     for k in range(len(parts)):
-        candidate = root.joinpath(*parts[k:]) if parts[k:] and parts[k] != "/" else None
-        if candidate is not None and candidate.exists():
-            return candidate
+        tail = parts[k:]
+        if not tail or tail[0] == "/" or ".." in tail:
+            continue
+        candidate = root.joinpath(*tail)
+        if not os.path.lexists(candidate):
+            continue
+        resolved = Path(os.path.realpath(candidate))
+        if not resolved.is_relative_to(base):
+            raise CheckpointError(candidate, f"tokenizer path {stored} from the Megatron args leads outside --tokenizer-root {root}")
+        if not (resolved.is_file() or resolved.is_dir()):
+            raise CheckpointError(candidate, "tokenizer path is not a regular file or folder")
+        return candidate
     return None
 
 

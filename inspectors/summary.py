@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,16 @@ from .model import Checkpoint, TensorInfo
 
 _NUM_RE = re.compile(r"(\d+)")
 _INDEX_RE = re.compile(r"(?<=\.)(\d+)(?=\.)")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Characters that must not reach a terminal raw: C0/C1 controls and DEL (Cc), format characters (Cf:
+# bidi overrides and marks, zero-width spaces and joiners, BOM, soft hyphen, tags), surrogates (Cs: a
+# lone one cannot even be encoded), line/paragraph separators (Zl, Zp). tests/test_render_fuzz.py
+# checks this table against unicodedata for every code point.
+_UNSAFE_RANGES = (
+    "\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+_CONTROL_RE = re.compile(f"[{_UNSAFE_RANGES}]")
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -29,11 +38,27 @@ def natural_key(text: str) -> tuple[Any, ...]:
 
 
 def printable(text: Any, limit: int = 500) -> str:
-    """Escape terminal control characters (and bidi overrides) in untrusted text."""
+    """Escape terminal control and invisible format characters in untrusted text (`\\x1b`, `\\u200f`).
+
+    Markup is not this function's business: rich/Textual widgets get the result as literal text
+    through `ckptscope.app.safe` (the one way checkpoint text reaches a screen).
+    """
     s = str(text)
     if len(s) > limit:
         s = s[: limit - 3] + "..."
-    return _CONTROL_RE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
+    if s.isascii() and s.isprintable():
+        return s  # the common case, without a regex pass
+    return _CONTROL_RE.sub(_escape_char, s)
+
+
+def unsafe_characters(text: str) -> Iterator[re.Match[str]]:
+    """Where `printable` would escape something (for widgets that must keep the text's length)."""
+    return _CONTROL_RE.finditer(text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def select(tensors: Iterable[TensorInfo], pattern: str | None) -> list[TensorInfo]:
@@ -44,9 +69,12 @@ def select(tensors: Iterable[TensorInfo], pattern: str | None) -> list[TensorInf
     return [t for t in tensors if fnmatch.fnmatchcase(t.name, pattern) or fnmatch.fnmatchcase(t.global_name, pattern)]
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
-    """One collapsed group of tensors that differ only by layer (and expert) numbers."""
+    """One collapsed group of tensors that differ only by layer (and expert) numbers.
+
+    Slots: 300k names that do not collapse make 300k rows (~100 MB less without a `__dict__` each).
+    """
 
     pattern: str
     indices: list[tuple[int, ...]] = field(default_factory=list)

@@ -111,3 +111,39 @@ def test_control_characters_in_names_are_escaped(tmp_path: Path) -> None:
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     proc = _cli("--debug", "inspect", str(tmp_path / "missing"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def _many_names(folder: Path, names: list[str]) -> Path:
+    """A safetensors file with one 1-element tensor per name (header written directly: fast)."""
+    import struct
+
+    folder.mkdir()
+    header = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * (4 * len(names)))
+    return folder
+
+
+def test_names_that_do_not_collapse_are_listed_without_a_table_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: 300k names without a numeric pattern took 135 s and 1.8 GB in rich's table layout.
+    Above MAX_TABLE_ROWS the rows are plain aligned lines: every name still listed, escaped, once."""
+    import random
+    import string
+
+    from ckptscope.app import render
+
+    monkeypatch.setattr(render, "MAX_TABLE_ROWS", 50)
+    laid_out: list[int] = []
+    table = render.listing_table
+    monkeypatch.setattr(render, "listing_table", lambda title, cols, rows: laid_out.append(len(rows)) or table(title, cols, rows))
+    rnd = random.Random(0)
+    names = sorted({"".join(rnd.choices(string.ascii_lowercase, k=10)) for _ in range(300)}) + ["evil\x1b]52;c;x\x07[/b]"]
+    result = runner.invoke(app, ["inspect", str(_many_names(tmp_path / "many", names))])
+    assert result.exit_code == 0, result.stderr
+    assert not [n for n in laid_out if n > 50], "a long listing went through the table layout"
+    lines = result.stdout.splitlines()
+    for name in names[:-1]:
+        assert sum(line.endswith("  " + name) for line in lines) == 1, name
+    assert "evil\\x1b]52;c;x\\x07[/b]" in result.stdout and "\x1b" not in result.stdout
+    assert "plain listing" in result.stdout

@@ -275,6 +275,24 @@ async def test_wizard_end_to_end_megatron_to_hf(demo: Path, tmp_path: Path) -> N
     assert report.identical and report.logits_ok
 
 
+async def test_wizard_refuses_an_output_inside_the_source(demo: Path) -> None:
+    """The wizard shows convert's destination refusals on its output step, before planning (issue 15)."""
+    src = demo / "megatron-torch-tp2pp2"
+    app = CkptscopeApp(demo)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await settle(app, pilot)
+        wizard = app.screen
+        for out, why in ((src / "converted", "inside the source"), (src, "is the source"), (demo, "contains the source")):
+            wizard.query_one("#force").value = True
+            wizard.query_one("#out").value = str(out)
+            await pilot.pause(0.05)
+            assert not wizard._validate_output()
+            assert why in str(wizard.query_one("#out-status").render())
+        assert not (src / "converted").exists()
+
+
 async def test_wizard_cancel_leaves_no_output(tmp_path: Path) -> None:
     src = write_megatron_torch(SampleSpec(layers=24, hidden=512, heads=8, kv_heads=2, ffn=2048, vocab=4096), tmp_path / "big", tp=2, pp=2)
     out = tmp_path / "out"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import App, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
@@ -47,6 +48,11 @@ class CkptscopeApp(App):
         Binding("ctrl+x", "convert", "Convert", id="convert"),
         Binding("ctrl+t", "toggle_theme", "Theme", id="toggle-theme", show=False),
     ]
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every toast is literal text: messages carry checkpoint names and paths (markup off, characters escaped)."""
+        super().notify(printable(message, 2000), title=printable(title, 200), severity=severity, timeout=timeout, markup=False)
 
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()

@@ -22,7 +22,7 @@ from textual.widgets._directory_tree import DirEntry
 from textual.widgets._tree import TreeNode
 
 from ckptscope.inspectors.browse import FolderLabel, label_path
-from ckptscope.inspectors.summary import printable
+from ckptscope.app.safe import printable, safe, safe_text
 
 from .messages import FolderLabelled
 
@@ -40,6 +40,10 @@ class CheckpointTree(DirectoryTree):
     def __init__(self, path: str | Path, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(path, **kwargs)
         self.labels: dict[Path, FolderLabel] = {}
+
+    def process_label(self, label: str | Text) -> Text:
+        """File names are literal text (Tree parses a `str` label as markup: a file named `[/b]` crashed it)."""
+        return super().process_label(safe(label) if isinstance(label, str) else safe_text(label))
 
     def render_label(self, node: TreeNode[DirEntry], base_style: Style, style: Style) -> Text:
         label = super().render_label(node, base_style, style)

@@ -34,9 +34,12 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
+from ckptscope.app.safe import row
+from ckptscope.converters.writers.output import check_destination
 from ckptscope.inspectors.summary import printable
 
 from .capture import capture
+from .safe_input import SafeInput
 from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
@@ -72,7 +75,7 @@ class ConvertScreen(Screen):
         yield Static("", id="wizard-steps")
         with ContentSwitcher(initial="step-source", id="wizard-body"):
             with Vertical(id="step-source"):
-                yield _row("Source", Input(str(self.source_path or ""), placeholder="checkpoint path", id="src"))
+                yield _row("Source", SafeInput(str(self.source_path or ""), placeholder="checkpoint path", id="src"))
                 yield Static("", id="src-status", classes="validation", markup=False)
             with Vertical(id="step-target"):
                 yield _row("Target format", Select(FORMATS, value="hf", allow_blank=False, id="fmt"))
@@ -81,14 +84,14 @@ class ConvertScreen(Screen):
                 yield _row("Tensor parallel", Input("1", id="tp", type="integer"))
                 yield _row("Pipeline parallel", Input("1", id="pp", type="integer"))
                 yield _row("Expert parallel", Input("1", id="ep", type="integer"))
-                yield _row("Layers per stage", Input("", placeholder="optional, e.g. 7,9", id="pp-layers"))
+                yield _row("Layers per stage", SafeInput("", placeholder="optional, e.g. 7,9", id="pp-layers"))
                 yield Static("", id="layout-status", classes="validation", markup=False)
             with Vertical(id="step-dtype"):
                 yield _row("Dtype", Select(DTYPES, value="", allow_blank=False, id="dtype"))
-                yield _row("Tokenizer folder", Input("", placeholder="optional HF tokenizer folder", id="tokenizer"))
+                yield _row("Tokenizer folder", SafeInput("", placeholder="optional HF tokenizer folder", id="tokenizer"))
                 yield _row("True vocab size", Input("", placeholder="optional, drops Megatron padding", id="true-vocab", type="integer"))
             with Vertical(id="step-output"):
-                yield _row("Output folder", Input("", placeholder="where to write", id="out"))
+                yield _row("Output folder", SafeInput("", placeholder="where to write", id="out"))
                 yield Checkbox("Replace the folder if it is not empty", id="force")
                 yield Static("", id="out-status", classes="validation", markup=False)
             with Vertical(id="step-plan"):
@@ -151,8 +154,8 @@ class ConvertScreen(Screen):
             return
         s = self.spec
         status.set_class(True, "ok")
-        status.update(f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} query groups, "
-                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else ""))
+        status.update(printable(f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} query groups, "
+                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else ""), 1000))
         self._validate_layout()
 
     @on(Input.Submitted, "#src")
@@ -201,6 +204,13 @@ class ConvertScreen(Screen):
         if non_empty and not self.query_one("#force", Checkbox).value:
             status.set_class(False, "ok")
             status.update(f"{printable(out)} exists and is not empty: tick the box to replace it")
+            return False
+        try:  # the refusals `convert` would give (inside / around the source, a file, /, home), shown up front
+            source = self.query_one("#src", Input).value.strip()
+            check_destination(out, True, [Path(source).expanduser()] if source else [])
+        except OSError as exc:
+            status.set_class(False, "ok")
+            status.update(printable(exc, 1000))
             return False
         status.set_class(True, "ok")
         status.update(f"will write {printable(out)}" + (" (replacing it)" if non_empty else ""))
@@ -270,7 +280,7 @@ class ConvertScreen(Screen):
         from ckptscope.converters.sources import group_label
 
         for group in self.plan.groups:
-            table.add_row("·", group_label(self.plan.spec, group), "", key=group_label(self.plan.spec, group))
+            row(table, "·", group_label(self.plan.spec, group), "", key=group_label(self.plan.spec, group))
         bar = self.query_one("#run-bar", ProgressBar)
         bar.update(total=self.plan.total_bytes, progress=0)
         self.running = self.app.converting = True  # type: ignore[attr-defined]

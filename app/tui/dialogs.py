@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from ckptscope.app.safe import row, safe
+
 
 class ErrorDialog(ModalScreen[None]):
     BINDINGS = [Binding("escape,enter", "dismiss", "Close", id="close-error")]
@@ -19,8 +21,8 @@ class ErrorDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"[b]{self.title_text}[/b]", markup=True)
-            yield Static(self.message, markup=False, id="error-message")
+            yield Label(safe(self.title_text, style="bold"))
+            yield Static(safe(self.message, 4000), id="error-message")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Close", variant="error", id="close")
 
@@ -40,7 +42,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, markup=False)
+            yield Static(safe(self.question, 4000))
             with Horizontal(id="dialog-buttons"):
                 yield Button(self.no, id="no")
                 yield Button(self.yes, variant="warning", id="yes")
@@ -69,7 +71,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column("action")
         table.add_column("id", style="dim")
         for key, description, binding_id in self.rows:
-            table.add_row(key, description, binding_id)
+            row(table, key, description, binding_id)
         with Vertical(id="dialog"):
             yield Label("[b]Keys[/b]  (mouse works everywhere; Ctrl+P opens the command palette)", markup=True)
             with VerticalScroll():

@@ -17,10 +17,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Select, Static
 
+from ckptscope.app.safe import row
 from ckptscope.inspectors.summary import printable
 
 from .capture import capture
 from .messages import DiffDone
+from .safe_input import SafeInput
 
 STATUS_STYLE = {"same": "green", "missing": "bold red", "unexpected": "bold yellow", "shape": "bold red",
                 "dtype": "yellow", "values": "bold magenta"}
@@ -50,10 +52,10 @@ class DiffScreen(Screen):
         with Vertical(id="diff-form"):
             with Horizontal(classes="form-row"):
                 yield Label("A")
-                yield Input(str(self.path or ""), placeholder="first checkpoint", id="diff-a")
+                yield SafeInput(str(self.path or ""), placeholder="first checkpoint", id="diff-a")
             with Horizontal(classes="form-row"):
                 yield Label("B")
-                yield Input("", placeholder="second checkpoint (e.g. the HF folder it was converted to)", id="diff-b")
+                yield SafeInput("", placeholder="second checkpoint (e.g. the HF folder it was converted to)", id="diff-b")
             with Horizontal(classes="form-row"):
                 yield Checkbox("compare values (max abs diff)", id="numeric")
                 yield Checkbox("problems only", id="only-problems")
@@ -139,10 +141,10 @@ class DiffScreen(Screen):
                                                                 style="green" if message.report.ok else "bold red"))
             self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
             for u in message.report.unplaced:
-                table.add_row(Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
-                              printable(u.nearest or ""))
+                row(table, Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
+                           printable(u.nearest or ""))
             for name in message.report.missing:
-                table.add_row(Text("missing", style="bold red"), printable(name), "", "", "", "", "", "")
+                row(table, Text("missing", style="bold red"), printable(name), "", "", "", "", "", "")
             return
         self._fill(message.report)
         self.query_one("#diff-extra", Static).update(capture(render.render_diff, message.report, only_problems=True))
@@ -153,8 +155,7 @@ class DiffScreen(Screen):
         table = self.query_one("#diff-table", DataTable)
         table.clear()
         only = self.query_one("#only-problems", Checkbox).value
-        for row in report.rows(only_problems=only):
-            table.add_row(Text(row.status, style=STATUS_STYLE.get(row.status, "")), printable(row.name), _shape(row.shape_a),
-                          _shape(row.shape_b), row.dtype_a or "—", row.dtype_b or "—",
-                          "" if row.max_abs is None else f"{row.max_abs:.3g}", printable(row.suggestion or ""))
+        for r in report.rows(only_problems=only):
+            row(table, Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.name, _shape(r.shape_a), _shape(r.shape_b),
+                r.dtype_a or "—", r.dtype_b or "—", "" if r.max_abs is None else f"{r.max_abs:.3g}", r.suggestion or "")
         self.query_one("#diff-summary", Static).update(render.diff_summary(report))

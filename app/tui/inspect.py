@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static,
 from textual.widgets._tree import TreeNode
 from textual.worker import get_current_worker
 
+from ckptscope.app.safe import row, safe, safe_text
 from ckptscope.inspectors.jsonable import jsonable
 from ckptscope.inspectors.megatron_common import ARCH_FIELDS
 from ckptscope.inspectors.stats import tensor_stats
@@ -32,6 +33,7 @@ from ckptscope.themes import dtype_variable
 
 from .messages import CheckpointExplained, StatsReady, TreeFiltered
 from .opening import Explained, Opened, explain
+from .safe_input import SafeInput
 
 MAX_FILTER_EXPAND = 200
 TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-summary": "#summary-scroll",
@@ -71,6 +73,10 @@ class TensorTree(Tree[ModuleNode]):
         self.populate(self.root)
         self.root.expand()
 
+    def process_label(self, label: str | Text) -> Text:
+        """A label is literal text (Tree parses a `str` label as markup)."""
+        return super().process_label(safe(label) if isinstance(label, str) else safe_text(label))
+
     def label_for(self, node: ModuleNode) -> Text:
         text = Text(printable(node.name), style="bold" if not node.shards else "")
         parts: list[tuple[str, str]] = []
@@ -78,7 +84,7 @@ class TensorTree(Tree[ModuleNode]):
             first = node.shards[0]
             shapes = {t.shape for t in node.shards}
             parts.append(("[" + ", ".join(map(str, first.shape)) + "]" if len(shapes) == 1 else "mixed shapes", "dim"))
-            parts.append((first.dtype, self.colours.get(first.dtype, "")))
+            parts.append((printable(first.dtype), self.colours.get(first.dtype, "")))
             if len(node.shards) > 1:
                 parts.append((f"×{len(node.shards)} shards", "italic"))
             parts.append((_size(node.nbytes), "dim"))
@@ -174,7 +180,7 @@ class InspectScreen(Screen):
             with TabPane("Tensors", id="tab-tensors"):
                 with Horizontal():
                     with Vertical(id="tensor-pane"):
-                        yield Input(placeholder="filter tensors: substring or glob (e.g. *layers.3.*qkv*)", id="tensor-filter")
+                        yield SafeInput(placeholder="filter tensors: substring or glob (e.g. *layers.3.*qkv*)", id="tensor-filter")
                         yield TensorTree(self.opened.tree, self._dtype_colours(), id="tensor-tree")
                     with VerticalScroll(id="details"):
                         yield Static("Select a tensor.", id="details-info", markup=False)
@@ -182,7 +188,7 @@ class InspectScreen(Screen):
                         yield Sparkline([], id="histogram", summary_function=max)
             # Hidden panes mount after the first refresh: the tensor tree shows first.
             with TabPane("Metadata", id="tab-metadata"), Lazy(Vertical(id="meta-pane")):
-                yield Input(placeholder="search training args / config", id="meta-filter")
+                yield SafeInput(placeholder="search training args / config", id="meta-filter")
                 yield DataTable(id="meta-table", zebra_stripes=True, cursor_type="row")
             with TabPane("Summary", id="tab-summary"), Lazy(VerticalScroll(id="summary-scroll")):
                 yield Static(self._summary(), id="summary")
@@ -230,36 +236,36 @@ class InspectScreen(Screen):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("format", f"{ckpt.kind} ({printable(ckpt.format_detail)})")
-        table.add_row("path", printable(ckpt.path))
+        row(table, "format", f"{ckpt.kind} ({printable(ckpt.format_detail)})")
+        row(table, "path", printable(ckpt.path))
         if ckpt.iteration is not None:
-            table.add_row("iteration", f"{ckpt.iteration}" + (f" (available: {', '.join(map(str, ckpt.iterations))})" if len(ckpt.iterations) > 1 else ""))
-        table.add_row("layout", ckpt.parallel.label())
-        table.add_row("files", f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {_size(ckpt.total_bytes)}")
-        table.add_row("complete", "yes" if ckpt.complete else "NO")
+            row(table, "iteration", f"{ckpt.iteration}" + (f" (available: {', '.join(map(str, ckpt.iterations))})" if len(ckpt.iterations) > 1 else ""))
+        row(table, "layout", ckpt.parallel.label())
+        row(table, "files", f"{len(ckpt.files)} ({shard_files_label(ckpt)}), {_size(ckpt.total_bytes)}")
+        row(table, "complete", "yes" if ckpt.complete else "NO")
         if explained is None:
-            table.add_row("parameters", Text("counting… (mapping tensors to canonical names)", style="italic"))
+            row(table, "parameters", Text("counting… (mapping tensors to canonical names)", style="italic"))
             return table
         view = explained.view
-        table.add_row("parameters", _count(explained.parameters))
+        row(table, "parameters", _count(explained.parameters))
         for dtype, n in explained.bytes_by_dtype.items():
-            table.add_row(f"  {dtype}", _size(n))
+            row(table, f"  {dtype}", _size(n))
         if view.spec is not None:
             s = view.spec
-            table.add_row("model", f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} kv, "
-                                   f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
-                                   + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
-                                   + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
+            row(table, "model", f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} kv, "
+                                f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
+                                + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
+                                + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
             if view.quirks:  # the same list `ckptscope inspect` and diff print
-                table.add_row("quirks", "; ".join(view.quirks))
-            table.add_row("mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
-                                     f"{len(view.unmatched)} unmatched")
+                row(table, "quirks", "; ".join(view.quirks))
+            row(table, "mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
+                                  f"{len(view.unmatched)} unmatched")
         elif view.problem:
-            table.add_row("model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
+            row(table, "model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
         for warning in ckpt.warnings:
-            table.add_row("warning", Text(printable(warning), style="yellow"))
+            row(table, "warning", Text(printable(warning), style="yellow"))
         if ckpt.placeholders:
-            table.add_row("placeholders", Text(", ".join(printable(p) for p in sorted(set(ckpt.placeholders))[:8]), style="yellow"))
+            row(table, "placeholders", Text(", ".join(printable(p) for p in sorted(set(ckpt.placeholders))[:8]), style="yellow"))
         return table
 
     def _files(self) -> Table:
@@ -267,7 +273,7 @@ class InspectScreen(Screen):
         for col in ("file", "role", "ranks", "size"):
             table.add_column(col, justify="right" if col == "size" else "left")
         for f in self.ckpt.files:
-            table.add_row(printable(f.rel), f.role, f.ranks.label(), _size(f.size))
+            row(table, printable(f.rel), f.role, f.ranks.label(), _size(f.size))
         return table
 
     # ----- metadata ----------------------------------------------------------------------------
@@ -297,7 +303,7 @@ class InspectScreen(Screen):
                 continue
             leaf = key.rsplit(".", 1)[-1]
             style = f"bold {accent}" if leaf in arch else ""
-            table.add_row(Text(key, style=style), Text(value, style=style))
+            row(table, Text(key, style=style), Text(value, style=style))
 
     @on(Input.Changed, "#meta-filter")
     def _meta_filter(self, event: Input.Changed) -> None:
@@ -396,18 +402,18 @@ class InspectScreen(Screen):
             text.append(f"stored as {printable(first.name)}\n", style="dim")
         canonical = self.explained.view.canonical_for(first.global_name) if self.explained else "(mapping…)"
         text.append(f"\ncanonical  {printable(canonical)}\n")
-        text.append(f"dtype      {first.dtype}\n")
+        text.append(f"dtype      {printable(first.dtype)}\n")
         text.append(f"elements   {_count(node.numel)} in {len(node.shards)} shard(s), {_size(node.nbytes)}\n")
         if first.stacked:
-            text.append(f"stacked    leading axes: {', '.join(first.stacked)}\n")
+            text.append(f"stacked    leading axes: {printable(', '.join(first.stacked))}\n")
         text.append("\nwhere it lives\n", style="bold")
         shards = Table(box=None, padding=(0, 1))
         for col in ("ranks", "shape", "file"):
             shards.add_column(col)
         for t in node.shards[:64]:
-            shards.add_row(t.ranks.label(), "[" + ", ".join(map(str, t.shape)) + "]", printable(t.file))
+            row(shards, t.ranks.label(), "[" + ", ".join(map(str, t.shape)) + "]", printable(t.file))
             for c in t.chunks[:16]:
-                shards.add_row("", f"  chunk @{list(c.offsets)} {list(c.sizes)}", printable(c.file))
+                row(shards, "", f"  chunk @{list(c.offsets)} {list(c.sizes)}", printable(c.file))
         info.update(_stack(text, shards))
 
     def action_stats(self) -> None:
@@ -438,8 +444,8 @@ class InspectScreen(Screen):
         ranks = {t.file: t.ranks.label() for t in (self.selected.shards if self.selected else [])}
         for s in message.stats:
             bad = "bold red" if s.nan or s.inf else ""
-            table.add_row(ranks.get(s.file, "-"), f"{s.min:.3g}", f"{s.max:.3g}", f"{s.mean:.2g}", f"{s.std:.3g}",
-                          Text(f"{s.nan}/{s.inf}", style=bad))
+            row(table, ranks.get(s.file, "-"), f"{s.min:.3g}", f"{s.max:.3g}", f"{s.mean:.2g}", f"{s.std:.3g}",
+                       Text(f"{s.nan}/{s.inf}", style=bad))
             hist = [a + b for a, b in zip(hist, s.histogram)] if hist else list(map(float, s.histogram))
         self.query_one("#details-stats", Static).update(table)
         self.query_one("#histogram", Sparkline).data = hist

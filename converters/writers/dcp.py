@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .output import open_output
+
 
 class DcpStreamWriter:
     def __init__(self, folder: Path) -> None:
@@ -27,7 +29,7 @@ class DcpStreamWriter:
     def _file(self, rank: int) -> tuple[str, io.BufferedWriter]:
         name = f"__{rank}_0.distcp"
         if name not in self._files:
-            self._files[name] = open(self.folder / name, "wb")
+            self._files[name] = open_output(self.folder / name)
         return name, self._files[name]
 
     def _append(self, rank: int, payload: bytes | memoryview) -> tuple[str, int, int]:

@@ -14,6 +14,8 @@ import torch
 
 from ckptscope.inspectors.safetensors_header import TORCH_TO_ST
 
+from .output import open_output
+
 
 class SafetensorsStreamWriter:
     def __init__(self, path: str | Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -30,7 +32,7 @@ class SafetensorsStreamWriter:
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data section starts 8-byte aligned
-        self._fh = open(self.path, "wb")
+        self._fh = open_output(self.path)
         self._fh.write(len(raw).to_bytes(8, "little") + raw)
         self._next = 0
         self.bytes_written = 0

@@ -19,6 +19,8 @@ import torch._utils
 
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
+from .output import refuse_special
+
 
 class _Storage:
     def __init__(self, key: str, dtype: torch.dtype, numel: int) -> None:
@@ -41,6 +43,7 @@ class TorchZipWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_special(self.path)
         self._zip = torch._C.PyTorchFileWriter(str(self.path))
         self._count = 0
         self.bytes_written = 0
