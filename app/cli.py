@@ -20,7 +20,6 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ckptscope.inspectors import CheckpointError, detect
-from ckptscope.inspectors.errors import reading
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
@@ -210,71 +209,88 @@ def demo(
     console.print(Text(f"\nNext: ckptscope {target}   (the app)   or   ckptscope inspect {target}/megatron-torch-tp2pp2", style="bold"))
 
 
+def _help(name: str) -> str:
+    """A convert option's help, as the core declares it (converters/options.py)."""
+    from ckptscope.converters.options import option
+
+    opt = option(name)
+    return opt.help + (f" ({', '.join(opt.formats)} targets)" if opt.formats and name not in ("tp", "pp", "ep") else "")
+
+
+def _default(name: str) -> str:
+    """A default the core declares (`to`: the first registered target)."""
+    from ckptscope.converters.formats import TARGETS
+    from ckptscope.converters.options import option
+
+    return next(iter(TARGETS)) if name == "to" else option(name).default
+
+
+def _targets_help() -> str:
+    from ckptscope.converters.formats import TARGETS
+
+    return "Target format: " + " | ".join(f"{f.name} ({f.label})" for f in TARGETS.values()) + "."
+
+
 @app.command()
 @guarded
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
-    to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist | nxd.")] = "hf",
-    tp: Annotated[int, typer.Option("--tp", help="Target tensor-parallel size (Megatron targets).")] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Target pipeline-parallel size.")] = 1,
-    ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
-    pp_layers: Annotated[str | None, typer.Option("--pp-layers", help="Uneven pipeline split, e.g. 7,9.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 | bf16 | fp16 (default: keep the source dtype).")] = None,
-    true_vocab_size: Annotated[int | None, typer.Option("--true-vocab-size", help="Vocabulary rows to keep (drops Megatron padding).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="HF tokenizer folder, sentencepiece tokenizer.model, or GPT-2 vocab.json (+ merges.txt): written into an HF output as a complete HF tokenizer; its size trims or pads the vocab.")] = None,
-    tokenizer_root: Annotated[Path | None, typer.Option("--tokenizer-root", help="Folder holding the tokenizer files the Megatron args name (tokenizer_model / vocab_file / merge_file), used when --tokenizer is not given.")] = None,
-    vocab_extra_ids: Annotated[int, typer.Option("--vocab-extra-ids", help="Append <extra_id_0..N-1> special tokens to the tokenizer (as Megatron's --vocab-extra-ids).")] = 0,
-    override_special_tokens: Annotated[list[str] | None, typer.Option("--override-special-tokens", help="Set special tokens, e.g. eos=<|im_end|> (repeatable, or space-separated).")] = None,
-    rotary_layout: Annotated[str, typer.Option("--rotary-layout", help="How the source stores q/k for RoPE: auto (detect) | half (rotate-half, HF / Megatron-Core) | interleaved (Meta consolidated.*.pth, --rotary-interleaved runs, Megatron-LLM).")] = "auto",
-    config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
-    megatron_spec: Annotated[str, typer.Option("--megatron-spec", help="Megatron names to write: local | te (Megatron-Core specs) | megatron-llm (epfLLM Megatron-LLM: nested names, interleaved q/k, [up; gate] SwiGLU; --to megatron).")] = "local",
-    iteration: Annotated[int, typer.Option("--iteration", help="Iteration number for Megatron targets.")] = 1,
-    nxd_style: Annotated[str, typer.Option("--nxd-style", help="NxD target names: hf | megatron.")] = "hf",
-    fuse_qkv: Annotated[bool, typer.Option("--fuse-qkv/--no-fuse-qkv", help="NxD target: one fused qkv_proj.weight_qkv per rank.")] = False,
-    kv_size_multiplier: Annotated[int, typer.Option("--kv-size-multiplier", help="NxD target: replicate KV heads N times (TP > KV heads).")] = 1,
-    xser: Annotated[bool, typer.Option("--xser/--no-xser", help="NxD target: torch_xla xser layout (tensor files + references).")] = False,
-    from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help="DeepSpeed source: rebuild fp32 weights from the ZeRO optimizer partitions (needed for ZeRO-3).")] = False,
-    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="HF shard size limit, e.g. 5GB, 500MB.")] = "5GB",
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
+    to: Annotated[str, typer.Option("--to", help=_targets_help())] = _default("to"),
+    tp: Annotated[int, typer.Option("--tp", help=_help("tp"))] = 1,
+    pp: Annotated[int, typer.Option("--pp", help=_help("pp"))] = 1,
+    ep: Annotated[int, typer.Option("--ep", help=_help("ep"))] = 1,
+    pp_layers: Annotated[str | None, typer.Option("--pp-layers", help=_help("pp_layers"))] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help=_help("dtype"))] = None,
+    true_vocab_size: Annotated[int | None, typer.Option("--true-vocab-size", help=_help("true_vocab"))] = None,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help=_help("tokenizer"))] = None,
+    tokenizer_root: Annotated[Path | None, typer.Option("--tokenizer-root", help=_help("tokenizer_root"))] = None,
+    vocab_extra_ids: Annotated[int, typer.Option("--vocab-extra-ids", help=_help("vocab_extra_ids"))] = 0,
+    override_special_tokens: Annotated[list[str] | None, typer.Option("--override-special-tokens", help=_help("special_tokens"))] = None,
+    rotary_layout: Annotated[str, typer.Option("--rotary-layout", help=_help("rotary_layout"))] = "auto",
+    config: Annotated[Path | None, typer.Option("--config", help=_help("config"))] = None,
+    megatron_spec: Annotated[str, typer.Option("--megatron-spec", help=_help("megatron_spec"))] = "local",
+    iteration: Annotated[int, typer.Option("--iteration", help=_help("iteration"))] = 1,
+    nxd_style: Annotated[str, typer.Option("--nxd-style", help=_help("nxd_style"))] = _default("nxd_style"),
+    fuse_qkv: Annotated[bool, typer.Option("--fuse-qkv/--no-fuse-qkv", help=_help("fuse_qkv"))] = False,
+    kv_size_multiplier: Annotated[int, typer.Option("--kv-size-multiplier", help=_help("kv_size_multiplier"))] = 1,
+    xser: Annotated[bool, typer.Option("--xser/--no-xser", help=_help("xser"))] = False,
+    from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help=_help("from_optimizer_fp32"))] = False,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help=_help("max_shard_size"))] = "5GB",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help=_help("ignore"))] = None,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse to convert when a source tensor holds NaN or Inf (default: warn).")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted conversion from its last complete HF shard / Megatron stage; keep the partial folder if this run stops too.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Threads reading and gathering layers ahead of the writer (each holds about one layer).")] = 2,
+    force: Annotated[bool, typer.Option("--force", help=_help("force"))] = False,
+    strict: Annotated[bool, typer.Option("--strict", help=_help("strict"))] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=_help("resume"))] = False,
+    workers: Annotated[int, typer.Option("--workers", help=_help("workers"))] = 2,
     distributed: Annotated[bool, typer.Option("--distributed", help="Under torchrun: each rank writes its share of the output files, rank 0 finishes the output (gloo; see docs/performance.md).")] = False,
     verify_after: Annotated[bool, typer.Option("--verify", help="Compare tensors and logits of the result with the source.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output (plan and summary as JSON).")] = False,
 ) -> None:
     """Convert a checkpoint to another format and parallel layout, streaming layer by layer."""
-    from ckptscope.converters.plan import make_plan
+    from ckptscope.converters.request import ConvertRequest
     from ckptscope.converters.run import convert as run_convert
-    from ckptscope.converters.spec import DTYPES
-    from ckptscope.converters.writers import TargetOptions
     from ckptscope.converters.writers.output import check_destination
 
-    v = validate(locals(), options.CONVERT)
-    src, dst, layers, max_shard_bytes = v["src"], v["dst"], v["pp_layers"], v["max_shard_size"]
-    if megatron_spec == "megatron-llm" and to != "megatron":
-        fail("--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron")
-    from ckptscope.converters.tokenizers import parse_overrides
-
-    try:
-        special_tokens = parse_overrides([item for value in override_special_tokens or () for item in value.split()])
-    except ValueError as exc:
-        fail(str(exc))
-    opts = TargetOptions(to, tp=tp, pp=pp, ep=ep, pp_layers=layers, dtype=DTYPES[dtype] if dtype else None,
-                         megatron_spec=megatron_spec, iteration=iteration, max_shard_bytes=max_shard_bytes,
-                         tokenizer=tokenizer, tokenizer_root=tokenizer_root, vocab_extra_ids=vocab_extra_ids,
-                         special_tokens=special_tokens, nxd_style=nxd_style, fuse_qkv=fuse_qkv,
-                         kv_size_multiplier=kv_size_multiplier, xser=xser, workers=workers)
+    v = validate(locals(), options.CONVERT)  # paths: they exist, are what they should be
+    src, dst = v["src"], v["dst"]
+    given = {"tp": tp, "pp": pp, "ep": ep, "pp_layers": pp_layers, "dtype": dtype, "true_vocab": true_vocab_size,
+             "tokenizer": tokenizer, "tokenizer_root": tokenizer_root, "vocab_extra_ids": vocab_extra_ids,
+             "special_tokens": override_special_tokens or (), "rotary_layout": rotary_layout, "config": config,
+             "megatron_spec": megatron_spec, "iteration": iteration, "nxd_style": nxd_style, "fuse_qkv": fuse_qkv,
+             "kv_size_multiplier": kv_size_multiplier, "xser": xser, "from_optimizer_fp32": from_optimizer_fp32,
+             "max_shard_size": max_shard_size, "ignore": ignore or (), "force": force, "strict": strict, "resume": resume,
+             "workers": workers}
+    request = ConvertRequest(str(src), str(dst), to, {k: value for k, value in given.items() if value is not None})
+    problems = request.errors()  # every option against the core's tables: one line naming the first bad one
+    if problems:
+        fail(problems[0])
     if distributed and resume:
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
     if not plan_only:  # refused before any work: output over / inside / around what is read, --force onto a file or /
         check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
-    plan = make_plan(src, opts, config=config, true_vocab=true_vocab_size, ignore=tuple(ignore or ()),
-                     from_optimizer_fp32=from_optimizer_fp32, rotary_layout=rotary_layout)
+    plan = request.plan()
     console = render.make_console()
     if as_json and (plan_only or not plan.ok):
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
@@ -289,7 +305,7 @@ def convert(
 
         events = convert_distributed(plan, dst, force=force, strict=strict)
     else:
-        events = run_convert(plan, dst, force=force, strict=strict, resume=resume)
+        events = run_convert(plan, dst, **request.policies())
     final = _run_with_progress(console, events, quiet=as_json or follower)
     if follower:
         _exit_rank(0)
@@ -298,14 +314,10 @@ def convert(
     summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
                "files": len(plan.files), "format": to, "resumed_groups": final.skipped, "warnings": list(final.warnings)}
     if verify_after:
-        from ckptscope.converters.verify import verify as run_verify
+        from ckptscope.converters.verify import verify_conversion
 
         _quiet_transformers()
-        fit = plan.vocab_fit  # (stored, trained, tokenizer): read the source trimmed as far as the output is
-        report = run_verify(src, dst, config=_config_json(config),
-                            from_optimizer_fp32=from_optimizer_fp32, true_vocab=true_vocab_size if true_vocab_size is not None else (
-                                min(fit[1], fit[2]) if fit is not None and plan.ckpt.kind != "hf" else None),
-                            rotary_layout=rotary_layout)
+        report = verify_conversion(request, plan)
         summary["verify"] = report.to_json()
         if not as_json:
             render.render_verify(console, report)
@@ -333,15 +345,10 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _config_json(path: Path | None) -> dict[str, Any] | None:
-    """The `--config` JSON object (its size and kind were checked with the other options)."""
-    if path is None:
-        return None
-    with reading(path, "cannot read config"):
-        doc = json.loads(path.read_text())
-    if not isinstance(doc, dict):
-        raise CheckpointError(path, "cannot read config: --config must hold a JSON object")
-    return doc
+def _read_config(path: Path | None) -> dict[str, Any] | None:
+    from ckptscope.converters.discovery import read_config
+
+    return read_config(path) if path is not None else None
 
 
 def _exit_rank(code: int) -> None:
@@ -396,7 +403,7 @@ def verify(
 
     _quiet_transformers()
     report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
-                        config=_config_json(config))
+                        config=_read_config(config))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:

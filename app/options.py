@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ckptscope.converters.formats import TARGETS as _TARGETS
+
 Check = Callable[[Any], Any]
 
 MAX_LAYOUT = 1024  # TP, PP, EP of a target layout
@@ -190,7 +192,7 @@ def output_path() -> Check:
 # ----- the tables --------------------------------------------------------------------------------
 LAYOUT = integer(1, MAX_LAYOUT)
 CONFIG = Rule("--config", path("file", MAX_CONFIG_BYTES, what="config"))
-TARGETS = ("hf", "megatron", "megatron-dist", "nxd")
+TARGETS = tuple(_TARGETS)  # the registry's (converters/formats.py)
 
 INSPECT = {
     "path": Rule("", path()),
@@ -209,25 +211,12 @@ VERIFY = {
     "tokens": Rule("--tokens", integer(1, 65_536)),
     "tolerance": Rule("--tolerance", number(0.0, 1e30)),
 }
-CONVERT = {
+CONVERT = {  # the paths only: every other convert option is the core's (converters/options.py, ConvertRequest)
     "src": Rule("", path()),
     "dst": Rule("", output_path()),
-    "to": Rule("--to", choice(*TARGETS, what="target format")),
-    "tp": Rule("--tp", LAYOUT), "pp": Rule("--pp", LAYOUT), "ep": Rule("--ep", LAYOUT),
-    "pp_layers": Rule("--pp-layers", int_list((1, MAX_LAYOUT), (0, 1_000_000))),
-    "dtype": Rule("--dtype", choice("fp32", "bf16", "fp16")),
-    "true_vocab_size": Rule("--true-vocab-size", integer(1, 2**31 - 1)),
     "tokenizer": Rule("--tokenizer", path()),
     "tokenizer_root": Rule("--tokenizer-root", path("dir")),
-    "vocab_extra_ids": Rule("--vocab-extra-ids", integer(0, 1_000_000)),
-    "rotary_layout": Rule("--rotary-layout", choice("auto", "half", "interleaved")),
     "config": CONFIG,
-    "megatron_spec": Rule("--megatron-spec", choice("local", "te", "megatron-llm")),
-    "iteration": Rule("--iteration", integer(0, MAX_INT64)),
-    "nxd_style": Rule("--nxd-style", choice("hf", "megatron")),
-    "kv_size_multiplier": Rule("--kv-size-multiplier", integer(1, MAX_LAYOUT)),
-    "max_shard_size": Rule("--max-shard-size", byte_size(1, MAX_INT64)),
     "ignore": Rule("--ignore", each(text(MAX_PATTERN))),
-    "workers": Rule("--workers", integer(1, 256)),
 }
 DEMO = {"target": Rule("", output_path())}

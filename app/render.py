@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ckptscope.app.safe import row
+from ckptscope.converters.formats import TARGETS
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
@@ -235,7 +236,7 @@ def render_plan(console: Console, plan: Any) -> None:
     grid.add_column()
     row(grid, "source", Text(f"{printable(plan.source_path)}  ({plan.ckpt.kind}, {plan.ckpt.parallel.label()})"))
     t = plan.target
-    layout = "" if t.format == "hf" else f", TP{t.tp}×PP{t.pp}" + (f"×EP{t.ep}" if t.ep > 1 else "") + (
+    layout = "" if TARGETS[t.format].whole_model else f", TP{t.tp}×PP{t.pp}" + (f"×EP{t.ep}" if t.ep > 1 else "") + (
         f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
     row(grid, "target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
     row(grid, "model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
@@ -382,7 +383,7 @@ def render_diff(console: Console, report: Any, only_problems: bool = False) -> N
 def render_check(console: Console, report: Any) -> None:
     c = report.counts
     t = report.target
-    layout = "" if t["format"] == "hf" else f" TP{t['tp']}×PP{t['pp']}" + (f"×EP{t['ep']}" if t["ep"] > 1 else "")
+    layout = "" if TARGETS[t["format"]].whole_model else f" TP{t['tp']}×PP{t['pp']}" + (f"×EP{t['ep']}" if t["ep"] > 1 else "")
     verdict, style = ("COMPATIBLE", "bold green") if report.ok else ("NOT CONVERTIBLE", "bold red")
     console.print(Text(f"{verdict}: {report.source_format} {report.source_layout} -> {t['format']}{layout}: "
                        f"{c['mapped']} mapped, {c['ignored']} ignored by rule, {c['unplaced']} unplaced, {c['missing']} missing, "

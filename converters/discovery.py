@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import Checkpoint
 
 MAX_UP = 3  # checkpoint-500/global_step500/ and run/checkpoints/step_N/model are within reach
@@ -39,3 +40,18 @@ def find_hf_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
         if isinstance(data, dict) and isinstance(data.get("model_type"), str):
             return data, candidate
     return None
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A `--config` file: one JSON object, at most `MAX_CONFIG_BYTES` (one-line errors naming it)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise CheckpointError(path, f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes")
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(path, f"cannot read config: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(path, "cannot read config: it must hold a JSON object")
+    return doc

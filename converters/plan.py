@@ -10,7 +10,6 @@ from the tokenizer's size, whatever the source format: the plan notes say trimme
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,13 @@ from typing import Any
 from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 
+from .discovery import read_config
 from .sources import Accounting, CanonicalSource, groups, open_source
 from .tokenizers import TokenizerSource, VocabFit, classify, from_megatron_args, vocab_action
 from .tokenizers import size as tokenizer_size
 from .spec import SpecError
-from .writers import WRITERS, PlannedFile, TargetOptions, Writer
+from .formats import TARGETS
+from .writers import PlannedFile, TargetOptions, Writer
 
 MAX_LISTED = 20
 
@@ -124,12 +125,7 @@ def make_plan(
     """Inspect the source, derive the architecture and lay out the target; write nothing."""
     src = Path(src)
     ckpt = detect(src)
-    config_dict = None
-    if config is not None:
-        try:
-            config_dict = json.loads(Path(config).read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(config, f"cannot read config: {exc}") from None
+    config_dict = read_config(config) if config is not None else None
     vocab_note = "--true-vocab-size" if true_vocab is not None else ""
     tokenizer = _tokenizer_source(target, ckpt)
     target.tokenizer_source = tokenizer
@@ -158,8 +154,8 @@ def make_plan(
     spec = source.spec
     errors: list[str] = []
     warnings: list[str] = list(ckpt.warnings)
-    if target.format not in WRITERS:
-        raise CheckpointError(src, f"unknown target format {target.format!r} (choose from {', '.join(WRITERS)})")
+    if target.format not in TARGETS:
+        raise CheckpointError(src, f"unknown target format {target.format!r} (choose from {', '.join(TARGETS)})")
     if target.format != "hf":
         errors += [f"target layout: {p}" for p in spec.check_parallel(target.tp, target.pp, target.ep, target.pp_layers)]
     elif (target.tp, target.pp, target.ep) != (1, 1, 1):
@@ -177,7 +173,7 @@ def make_plan(
     if target.dtype is not None and target.dtype != spec.dtype:
         warnings.append(f"casting {str(spec.dtype)[6:]} -> {str(target.dtype)[6:]}")
     try:
-        writer = WRITERS[target.format](spec, target)
+        writer = TARGETS[target.format].writer_class()(spec, target)
         files = writer.files()
     except SpecError as exc:
         errors.append(str(exc))

@@ -18,6 +18,7 @@ from .options import ALL_OPTIONS, POLICY_OPTIONS, SOURCE_OPTIONS, TARGET_OPTIONS
 
 if TYPE_CHECKING:
     from .plan import Plan
+    from .sources.base import CanonicalSource
     from .writers.base import TargetOptions
 
 
@@ -82,6 +83,24 @@ class ConvertRequest:
         from .plan import make_plan
 
         return make_plan(self.src, self.target_options(), **self.plan_kwargs())
+
+    def open_source(self) -> CanonicalSource:
+        """The source as this request's conversion reads it (architecture and where it came from),
+        without planning a target; errors are one line naming the checkpoint."""
+        from ckptscope.inspectors import detect
+        from ckptscope.inspectors.errors import CheckpointError
+
+        from .discovery import read_config
+        from .sources import open_source
+        from .spec import SpecError
+
+        v = self.source_options()
+        try:
+            return open_source(detect(self.src), config=read_config(v["config"]) if v["config"] else None,
+                               true_vocab=v["true_vocab"], from_optimizer_fp32=v["from_optimizer_fp32"],
+                               rotary_layout=v["rotary_layout"])
+        except SpecError as exc:
+            raise CheckpointError(self.src, str(exc)) from None
 
     def source_options(self) -> dict[str, Any]:
         """The options that say how to read the source (for `verify` after the conversion)."""

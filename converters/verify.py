@@ -179,3 +179,17 @@ def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 1
         report.logits_max_abs = float((la[..., :vocab].float() - lb[..., :vocab].float()).abs().max())
         report.logits_how = (how_a, how_b)
     return report
+
+
+def verify_conversion(request: Any, plan: Any) -> VerifyReport:
+    """Verify a finished `ConvertRequest`, reading the source exactly as its conversion did (the
+    same source options; a vocabulary fitted to a tokenizer read as far as the output keeps it)."""
+    from .discovery import read_config
+
+    v = request.source_options()
+    fit = plan.vocab_fit  # (stored, trained, tokenizer)
+    true_vocab = v["true_vocab"]
+    if true_vocab is None and fit is not None and plan.ckpt.kind != "hf":
+        true_vocab = min(fit[1], fit[2])
+    return verify(request.src, request.dst, config=read_config(v["config"]) if v["config"] else None,
+                  from_optimizer_fp32=v["from_optimizer_fp32"], true_vocab=true_vocab, rotary_layout=v["rotary_layout"])

@@ -250,13 +250,9 @@ async def test_wizard_end_to_end_megatron_to_hf(demo: Path, tmp_path: Path) -> N
         wizard = app.screen
         assert type(wizard).__name__ == "ConvertScreen" and wizard.spec is not None
         await click(pilot, "#next")  # target (hf)
-        await click(pilot, "#next")  # layout
-        wizard.query_one("#tp").value = "3"
-        await pilot.pause(0.1)
-        assert "must be 1" in str(wizard.query_one("#layout-status").render())
-        wizard.query_one("#tp").value = "1"
-        await pilot.pause(0.1)
-        await click(pilot, "#next")  # dtype
+        assert not wizard.query_one("#row-megatron-spec").display  # a Megatron option has no place in an HF target
+        await click(pilot, "#next")  # an HF target holds the whole model: no layout step, straight to dtype
+        assert wizard.query_one("#wizard-body").current == "step-dtype"
         await click(pilot, "#next")  # output
         wizard.query_one("#out").value = str(out)
         await click(pilot, "#next")  # plan

@@ -38,14 +38,19 @@ from ckptscope.app.safe import row
 from ckptscope.converters.writers.output import check_destination
 from ckptscope.inspectors.summary import printable
 
+from ckptscope.converters.formats import TARGETS
+from ckptscope.converters.options import ALL_OPTIONS, Option, OptionError
+
 from .capture import capture
+from .option_fields import field, read, show_for
 from .safe_input import SafeInput
 from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
          ("step-output", "Output"), ("step-plan", "Plan"), ("step-run", "Run"))
-FORMATS = (("Hugging Face (safetensors)", "hf"), ("Megatron-LM torch", "megatron"), ("Megatron-Core torch_dist", "megatron-dist"))
-DTYPES = (("keep source dtype", ""), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
+# the fields of each step: the core's option tables, by the step each option names
+FIELDS: dict[str, tuple[Option, ...]] = {step: tuple(o for o in ALL_OPTIONS.values() if o.step == step)
+                                         for step in ("source", "target", "layout", "dtype", "output")}
 
 
 def _row(label: str, widget: Any) -> Horizontal:
@@ -77,22 +82,19 @@ class ConvertScreen(Screen):
             with Vertical(id="step-source"):
                 yield _row("Source", SafeInput(str(self.source_path or ""), placeholder="checkpoint path", id="src"))
                 yield Static("", id="src-status", classes="validation", markup=False)
+                yield from (field(o) for o in FIELDS["source"])
             with Vertical(id="step-target"):
-                yield _row("Target format", Select(FORMATS, value="hf", allow_blank=False, id="fmt"))
-                yield _row("Megatron spec", Select((("local", "local"), ("transformer-engine", "te")), value="local", allow_blank=False, id="mspec"))
+                yield _row("Target format", Select([(f.label, f.name) for f in TARGETS.values()], value=next(iter(TARGETS)), allow_blank=False,
+                                                   id="fmt"))
+                yield from (field(o) for o in FIELDS["target"])
             with Vertical(id="step-layout"):
-                yield _row("Tensor parallel", Input("1", id="tp", type="integer"))
-                yield _row("Pipeline parallel", Input("1", id="pp", type="integer"))
-                yield _row("Expert parallel", Input("1", id="ep", type="integer"))
-                yield _row("Layers per stage", SafeInput("", placeholder="optional, e.g. 7,9", id="pp-layers"))
+                yield from (field(o) for o in FIELDS["layout"])
                 yield Static("", id="layout-status", classes="validation", markup=False)
             with Vertical(id="step-dtype"):
-                yield _row("Dtype", Select(DTYPES, value="", allow_blank=False, id="dtype"))
-                yield _row("Tokenizer folder", SafeInput("", placeholder="optional HF tokenizer folder", id="tokenizer"))
-                yield _row("True vocab size", Input("", placeholder="optional, drops Megatron padding", id="true-vocab", type="integer"))
+                yield from (field(o) for o in FIELDS["dtype"])
             with Vertical(id="step-output"):
                 yield _row("Output folder", SafeInput("", placeholder="where to write", id="out"))
-                yield Checkbox("Replace the folder if it is not empty", id="force")
+                yield from (field(o) for o in FIELDS["output"])
                 yield Static("", id="out-status", classes="validation", markup=False)
             with Vertical(id="step-plan"):
                 with VerticalScroll(id="plan-view"):
@@ -114,6 +116,7 @@ class ConvertScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._format_changed()
         self._show_step(0)
         if self.source_path:
             self.load_spec(str(self.source_path))
@@ -138,11 +141,16 @@ class ConvertScreen(Screen):
     # ----- step 1: source ----------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="spec", exit_on_error=False, description="read architecture")
     def load_spec(self, path: str) -> None:
-        from ckptscope.converters.canonical_view import canonical_view
-        from ckptscope.inspectors import detect
+        """The architecture as the conversion will read it: the source options of the first step apply."""
+        from ckptscope.inspectors.errors import CheckpointError
 
-        view = canonical_view(detect(path))
-        self.post_message(SpecReady(view.spec, view.problem))
+        request = self._request(src=path)
+        try:
+            source = request.open_source()
+        except (CheckpointError, OptionError, OSError) as exc:
+            self.post_message(SpecReady(None, str(exc)))
+            return
+        self.post_message(SpecReady(source.spec, "", source.architecture_from))
 
     @on(SpecReady)
     def _spec_ready(self, message: SpecReady) -> None:
@@ -155,7 +163,8 @@ class ConvertScreen(Screen):
         s = self.spec
         status.set_class(True, "ok")
         status.update(printable(f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} query groups, "
-                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else ""), 1000))
+                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else "")
+                      + (f"\narchitecture from {message.origin}" if message.origin else ""), 1000))
         self._validate_layout()
 
     @on(Input.Submitted, "#src")
@@ -165,31 +174,35 @@ class ConvertScreen(Screen):
         self.load_spec(event.value)
 
     # ----- step 3: layout validation -----------------------------------------------------------
-    def _layout(self) -> tuple[int, int, int, list[int] | None]:
-        def num(widget_id: str) -> int:
-            try:
-                return max(1, int(self.query_one(f"#{widget_id}", Input).value or 1))
-            except ValueError:
-                return 1
+    def _format(self) -> Any:
+        return TARGETS[str(self.query_one("#fmt", Select).value)]
 
-        raw = self.query_one("#pp-layers", Input).value.strip()
-        layers = [int(x) for x in raw.split(",") if x.strip().isdigit()] if raw else None
-        return num("tp"), num("pp"), num("ep"), layers
+    @on(Select.Changed, "#fmt")
+    def _format_changed(self, _event: object = None) -> None:
+        show_for(self, (*FIELDS["target"], *FIELDS["layout"], *FIELDS["dtype"]), self._format().name)
+        self._validate_layout()
 
     @on(Input.Changed, "#tp, #pp, #ep, #pp-layers")
-    @on(Select.Changed, "#fmt")
     def _validate_layout(self, _event: object = None) -> list[str]:
+        """The layout options against the core's tables, then against the model (`check_parallel`)."""
         status = self.query_one("#layout-status", Static)
         if self.spec is None:
             status.update("waiting for the source architecture…")
             return ["source not read yet"]
-        tp, pp, ep, layers = self._layout()
-        if self.query_one("#fmt", Select).value == "hf":
-            problems = [] if (tp, pp, ep) == (1, 1, 1) else ["an HF target holds the full model: TP, PP and EP must be 1"]
-        else:
-            problems = self.spec.check_parallel(tp, pp, ep, layers)
+        if self._format().whole_model:
+            return []
+        request = self._request()
+        flags = {o.flag for o in FIELDS["layout"]}
+        problems = [p for p in request.errors() if p.split(" ", 1)[0] in flags]
+        if not problems:
+            v = request.values()
+            problems = self.spec.check_parallel(v["tp"], v["pp"], v["ep"], v["pp_layers"])
         status.set_class(not problems, "ok")
-        status.update("\n".join(f"✗ {p}" for p in problems) if problems else f"✓ TP{tp} × PP{pp} × EP{ep} fits the model")
+        if problems:
+            status.update("\n".join(f"✗ {printable(p, 500)}" for p in problems))
+        else:
+            v = request.values()
+            status.update(f"✓ TP{v['tp']} × PP{v['pp']} × EP{v['ep']} fits the model")
         return problems
 
     def _validate_output(self) -> bool:
@@ -230,8 +243,11 @@ class ConvertScreen(Screen):
             return
         if step == "step-output" and not self._validate_output():
             return
+        if step == "step-output" and (problems := self._request().errors()):
+            self.notify(printable(problems[0], 500), severity="warning")
+            return
         if self.step + 1 < len(STEPS):
-            self._show_step(self.step + 1)
+            self._show_step(self._skip(self.step + 1, +1))
         if STEPS[self.step][0] == "step-plan":
             self.plan = None
             self.query_one("#plan-text", Static).update("planning…")
@@ -240,22 +256,23 @@ class ConvertScreen(Screen):
     @on(Button.Pressed, "#back")
     def _back(self) -> None:
         if self.step > 0 and not self.running:
-            self._show_step(min(self.step - 1, STEPS.index(("step-output", "Output"))))
+            self._show_step(self._skip(min(self.step - 1, STEPS.index(("step-output", "Output"))), -1))
+
+    def _skip(self, index: int, direction: int) -> int:
+        """The step to show: the layout step has nothing to ask for a whole-model target (HF)."""
+        if STEPS[index][0] == "step-layout" and self._format().whole_model:
+            return index + direction
+        return index
 
     # ----- plan --------------------------------------------------------------------------------
-    def _request(self) -> Any:
+    def _request(self, src: str | None = None) -> Any:
+        """Every field as a raw option value: the engine validates and plans from this alone."""
         from ckptscope.converters.request import ConvertRequest
 
-        tp, pp, ep, layers = self._layout()
-        fmt = str(self.query_one("#fmt", Select).value)
-        options: dict[str, Any] = {"dtype": self.query_one("#dtype", Select).value or None,
-                                   "tokenizer": self.query_one("#tokenizer", Input).value.strip() or None,
-                                   "true_vocab": self.query_one("#true-vocab", Input).value.strip() or None,
-                                   "force": self.query_one("#force", Checkbox).value}
-        if fmt != "hf":
-            options.update(tp=tp, pp=pp, ep=ep, pp_layers=",".join(map(str, layers)) if layers else None,
-                           megatron_spec=str(self.query_one("#mspec", Select).value))
-        return ConvertRequest(self.query_one("#src", Input).value, str(self.output or ""), fmt, options)
+        fmt = self._format().name
+        options = {o.name: value for step in FIELDS.values() for o in step
+                   if o.applies_to(fmt) and (value := read(self, o)) is not None}
+        return ConvertRequest(src if src is not None else self.query_one("#src", Input).value, str(self.output or ""), fmt, options)
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False, description="plan conversion")
     def make_plan(self) -> None:
@@ -363,10 +380,10 @@ class ConvertScreen(Screen):
 
     @work(thread=True, exclusive=True, group="verify", exit_on_error=False, description="verification")
     def verify_output(self) -> None:
-        from ckptscope.converters.verify import verify
+        from ckptscope.converters.verify import verify_conversion
 
-        assert self.output is not None
-        self.post_message(VerifyDone(verify(self.query_one("#src", Input).value, self.output)))
+        assert self.output is not None and self.plan is not None
+        self.post_message(VerifyDone(verify_conversion(self._request(), self.plan)))
 
     @on(VerifyDone)
     def _verified(self, message: VerifyDone) -> None:

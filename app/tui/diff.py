@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Select, Static
 
 from ckptscope.app.safe import row
+from ckptscope.converters.formats import TARGETS as FORMAT_TARGETS
 from ckptscope.inspectors.summary import printable
 
 from .capture import capture
@@ -26,7 +27,7 @@ from .safe_input import SafeInput
 
 STATUS_STYLE = {"same": "green", "missing": "bold red", "unexpected": "bold yellow", "shape": "bold red",
                 "dtype": "yellow", "values": "bold magenta"}
-TARGETS = (("Hugging Face", "hf"), ("Megatron torch", "megatron"), ("Megatron torch_dist", "megatron-dist"))
+TARGETS = tuple((f.label, f.name) for f in FORMAT_TARGETS.values())  # the registry's (converters/formats.py)
 
 
 def _shape(shape: Any) -> str:
@@ -62,7 +63,7 @@ class DiffScreen(Screen):
                 yield Button("Compare", variant="primary", id="compare")
             with Horizontal(classes="form-row"):
                 yield Label("or check A as")
-                yield Select(TARGETS, value="megatron", allow_blank=False, id="check-target")
+                yield Select(TARGETS, value=TARGETS[1][1], allow_blank=False, id="check-target")
                 yield Label("TP", classes="short")
                 yield Input("1", id="check-tp", type="integer", placeholder="TP")
                 yield Label("PP", classes="short")
@@ -116,7 +117,7 @@ class DiffScreen(Screen):
     def run_check(self, path: str, target: str, tp: int, pp: int) -> None:
         from ckptscope.converters.diff import check_target
 
-        layout = {} if target == "hf" else {"tp": tp, "pp": pp}
+        layout = {} if FORMAT_TARGETS[target].whole_model else {"tp": tp, "pp": pp}
         self.post_message(DiffDone(check_target(path, target, **layout), "check"))
 
     @on(Checkbox.Changed, "#only-problems")

@@ -43,6 +43,7 @@ class StatsReady(Message):
 class SpecReady(Message):
     spec: Any  # ModelSpec or None
     problem: str = ""
+    origin: str = ""  # where the architecture came from when not the checkpoint itself (a found config.json)
 
 
 @dataclass
