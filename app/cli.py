@@ -285,6 +285,8 @@ def convert(
     problems = request.errors()  # every option against the core's tables: one line naming the first bad one
     if problems:
         fail(problems[0])
+    for warning in request.warnings():
+        typer.echo(f"ckptscope: warning: {warning}", err=True)
     if distributed and resume:
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only

@@ -44,10 +44,21 @@ class ConvertRequest:
             except OptionError as exc:
                 problems.append(str(exc))
                 continue
-            if name in self.options and typed[name] != opt.default and not opt.applies_to(self.to):
-                where = ", ".join(opt.formats or ())
-                problems.append(f"{opt.flag} applies to {where} targets, not --to {self.to}")
+            if opt.step == "layout" and self._misplaced(name, typed[name]):  # a layout no such target can have
+                problems.append(f"{opt.flag} applies to {', '.join(opt.formats or ())} targets, not --to {self.to}")
         return problems  # rules between options and against the model are the plan's (plan.py)
+
+    def warnings(self) -> list[str]:
+        """Options given for another kind of target: ignored, and said so."""
+        out = []
+        for name, opt in ALL_OPTIONS.items():
+            if opt.step != "layout" and self._misplaced(name, opt.value(self.options.get(name))):
+                out.append(f"{opt.flag} applies to {', '.join(opt.formats or ())} targets; ignored for --to {self.to}")
+        return out
+
+    def _misplaced(self, name: str, value: Any) -> bool:
+        opt = ALL_OPTIONS[name]
+        return name in self.options and value != opt.value(None) and not opt.applies_to(self.to)
 
     def values(self) -> dict[str, Any]:
         """Every option's typed value (defaults filled in); `OptionError` with the first problem."""
