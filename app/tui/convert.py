@@ -287,7 +287,7 @@ class ConvertScreen(Screen):
         self.running = self.app.converting = True  # type: ignore[attr-defined]
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
-        self.query_one("#run-log", Log).write_line(f"converting to {self.output}")
+        self.query_one("#run-log", Log).write_line(f"converting to {printable(self.output, 1000)}")
         from ckptscope.converters.background import ConvertRequest
 
         raw_vocab = self.query_one("#true-vocab", Input).value.strip()
@@ -349,7 +349,7 @@ class ConvertScreen(Screen):
             self.query_one("#run-status", Static).update("cancelled")
             self.notify("conversion cancelled", severity="warning")
             return
-        log.write_line(f"wrote {message.output} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
+        log.write_line(f"wrote {printable(message.output, 1000)} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
         self.query_one("#run-status", Static).update(f"done: {printable(message.output)}")
         self.query_one("#verify", Button).disabled = False
         self.query_one("#open", Button).disabled = False
