@@ -34,13 +34,16 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
+from ckptscope.app import options
+from ckptscope.app.options import OptionError, validate
 from ckptscope.app.safe import row
 from ckptscope.converters.writers.output import check_destination
+from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.summary import printable
 
 from .capture import capture
-from .safe_input import SafeInput
 from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
+from .safe_input import SafeInput
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
          ("step-output", "Output"), ("step-plan", "Plan"), ("step-run", "Run"))
@@ -184,13 +187,25 @@ class ConvertScreen(Screen):
             status.update("waiting for the source architecture…")
             return ["source not read yet"]
         tp, pp, ep, layers = self._layout()
-        if self.query_one("#fmt", Select).value == "hf":
+        problems = self._option_problems("tp", "pp", "ep", "pp_layers")  # the command line's bounds first
+        if not problems and self.query_one("#fmt", Select).value == "hf":
             problems = [] if (tp, pp, ep) == (1, 1, 1) else ["an HF target holds the full model: TP, PP and EP must be 1"]
-        else:
+        elif not problems:
             problems = self.spec.check_parallel(tp, pp, ep, layers)
         status.set_class(not problems, "ok")
-        status.update("\n".join(f"✗ {p}" for p in problems) if problems else f"✓ TP{tp} × PP{pp} × EP{ep} fits the model")
+        status.update("\n".join(f"✗ {printable(p)}" for p in problems) if problems else f"✓ TP{tp} × PP{pp} × EP{ep} fits the model")
         return problems
+
+    def _option_problems(self, *names: str) -> list[str]:
+        """The command line's option rules (app/options.py) applied to the wizard's fields."""
+        fields = {"tp": "tp", "pp": "pp", "ep": "ep", "pp_layers": "pp-layers", "true_vocab_size": "true-vocab"}
+        values = {name: self.query_one(f"#{widget}", Input).value.strip() or None for name, widget in fields.items()
+                  if not names or name in names}
+        try:
+            validate(values, {name: options.CONVERT[name] for name in values})
+        except OptionError as exc:
+            return [str(exc)]
+        return []
 
     def _validate_output(self) -> bool:
         status = self.query_one("#out-status", Static)
@@ -259,6 +274,8 @@ class ConvertScreen(Screen):
         from ckptscope.converters.plan import make_plan
 
         raw_vocab = self.query_one("#true-vocab", Input).value.strip()
+        for problem in self._option_problems("true_vocab_size"):
+            raise CheckpointError("--true-vocab-size", problem)
         plan = make_plan(self.query_one("#src", Input).value, self._options(), true_vocab=int(raw_vocab) if raw_vocab else None)
         self.post_message(PlanReady(plan))
 
