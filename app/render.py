@@ -101,7 +101,9 @@ def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], 
     if len(rows) <= MAX_TABLE_ROWS:
         console.print(listing_table(title, columns, rows))
         return
-    cells = [[c.plain if isinstance(c, Text) else printable(c) for c in (*r[1:], r[0])] for r in rows]
+    cell = functools.lru_cache(maxsize=65536)(printable)  # shapes, dtypes, sizes repeat across rows
+    cells = [[*(cell(c.plain if isinstance(c, Text) else c) for c in r[1:]), printable(r[0].plain if isinstance(r[0], Text) else r[0])]
+             for r in rows]
     heads = [name for name, _ in (*columns[1:], columns[0])]
     justs = [just for _, just in (*columns[1:], columns[0])]
     widths = [max(len(heads[i]), *(len(c[i]) for c in cells)) for i in range(len(heads) - 1)]

@@ -34,6 +34,8 @@ _CONTROL_RE = re.compile(f"[{_UNSAFE_RANGES}]")
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
+    if _NUM_RE.search(text) is None:
+        return (text,)  # no number: the split below would give the same; 300k such names are common enough
     return tuple(int(p) if p.isdigit() else p for p in _NUM_RE.split(text))
 
 
@@ -117,8 +119,11 @@ def collapse(tensors: Iterable[TensorInfo], by_global: bool = True) -> list[Row]
     rows: dict[tuple[str, str], Row] = {}
     for t in tensors:
         name = t.global_name if by_global else t.name
-        numbers = tuple(int(n) for n in _INDEX_RE.findall(name))
-        pattern = _INDEX_RE.sub("{}", name)
+        if _NUM_RE.search(name) is None:  # nothing to fold: skip two regex passes
+            numbers, pattern = (), name
+        else:
+            numbers = tuple(int(n) for n in _INDEX_RE.findall(name))
+            pattern = _INDEX_RE.sub("{}", name)
         row = rows.get((t.group, pattern))
         if row is None:
             row = rows[(t.group, pattern)] = Row(pattern, group=t.group)

@@ -287,6 +287,10 @@ async def test_wizard_refuses_an_output_inside_the_source(demo: Path) -> None:
             assert not wizard._validate_output()
             assert why in str(wizard.query_one("#out-status").render())
         assert not (src / "converted").exists()
+        for value, flag in (("0", "--tp"), ("9" * 300, "--tp"), ("-3", "--tp")):  # the command line's bounds, same words
+            wizard.query_one("#tp").value = value
+            await pilot.pause(0.05)
+            assert wizard._validate_layout() and flag in str(wizard.query_one("#layout-status").render())
 
 
 async def test_wizard_cancel_leaves_no_output(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from ckptscope.app.safe import printable, safe
+
 
 def subsequence(query: str):  # type: ignore[no-untyped-def]
     """A matcher for names holding the query's characters in order, or None for an empty query.
@@ -38,7 +40,8 @@ class TensorJumpProvider(Provider):
 
     async def discover(self) -> Hits:
         for name in self._names()[:10]:
-            yield DiscoveryHit(f"tensor: {name}", partial(self._jump, name), help="jump to this tensor")
+            yield DiscoveryHit(safe(f"tensor: {name}", 1000), partial(self._jump, name), text=printable(name, 1000),
+                               help="jump to this tensor")
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
@@ -49,7 +52,8 @@ class TensorJumpProvider(Provider):
                 continue
             score = matcher.match(name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), partial(self._jump, name), help="jump to tensor")
+                shown = printable(name, 1000)  # a tensor name is checkpoint text: escaped, never parsed as markup
+                yield Hit(score, matcher.highlight(shown), partial(self._jump, name), text=shown, help="jump to tensor")
                 found += 1
                 if found >= self.MAX_HITS * 5:
                     break

@@ -35,16 +35,15 @@ from textual.widgets import (
 from textual.worker import get_current_worker
 
 from ckptscope.app.safe import row
+from ckptscope.converters.formats import TARGETS
+from ckptscope.converters.options import ALL_OPTIONS, Option, OptionError
 from ckptscope.converters.writers.output import check_destination
 from ckptscope.inspectors.summary import printable
 
-from ckptscope.converters.formats import TARGETS
-from ckptscope.converters.options import ALL_OPTIONS, Option, OptionError
-
 from .capture import capture
+from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
 from .option_fields import field, read, show_for
 from .safe_input import SafeInput
-from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
          ("step-output", "Output"), ("step-plan", "Plan"), ("step-run", "Run"))
@@ -303,7 +302,7 @@ class ConvertScreen(Screen):
         self.running = self.app.converting = True  # type: ignore[attr-defined]
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
-        self.query_one("#run-log", Log).write_line(f"converting to {self.output}")
+        self.query_one("#run-log", Log).write_line(f"converting to {printable(self.output, 1000)}")
         self.run_conversion(self._request())
 
     @work(thread=True, exclusive=True, group="convert", exit_on_error=False, description="conversion")
@@ -360,7 +359,7 @@ class ConvertScreen(Screen):
             self.query_one("#run-status", Static).update("cancelled")
             self.notify("conversion cancelled", severity="warning")
             return
-        log.write_line(f"wrote {message.output} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
+        log.write_line(f"wrote {printable(message.output, 1000)} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
         self.query_one("#run-status", Static).update(f"done: {printable(message.output)}")
         self.query_one("#verify", Button).disabled = False
         self.query_one("#open", Button).disabled = False

@@ -17,6 +17,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Label, Select, Static
 
+from ckptscope.app import options
+from ckptscope.app.options import OptionError, validate
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS as FORMAT_TARGETS
 from ckptscope.inspectors.summary import printable
@@ -99,13 +101,14 @@ class DiffScreen(Screen):
         if not a:
             self.notify("give a checkpoint in A", severity="warning")
             return
-        def num(wid: str) -> int:
-            try:
-                return max(1, int(self.query_one(wid, Input).value or 1))
-            except ValueError:
-                return 1
+        values = {"tp": self.query_one("#check-tp", Input).value.strip() or "1", "pp": self.query_one("#check-pp", Input).value.strip() or "1"}
+        try:  # the command line's bounds (app/options.py)
+            layout = validate(values, {name: options.CHECK[name] for name in values})
+        except OptionError as exc:
+            self.notify(str(exc), severity="warning")
+            return
         self.query_one("#diff-summary", Static).update("checking…")
-        self.run_check(a, str(self.query_one("#check-target", Select).value), num("#check-tp"), num("#check-pp"))
+        self.run_check(a, str(self.query_one("#check-target", Select).value), layout["tp"], layout["pp"])
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="diff")
     def run_diff(self, a: str, b: str, numeric: bool) -> None:

@@ -30,7 +30,7 @@ from .corpus import TINY, _load_own
 OSC52 = "\x1b]52;c;cHduZWQ=\x07"
 TITLE = "\x1b]0;pwned\x07"
 INVISIBLE = "\u200f\u200b\ufeff\xad\u202e\U000e0041\u2028"
-MARKUP = ["[link=https://evil.example]x[/link]", "[/]", "[/b]", "[@click=app.quit]q[/]", "[bold red]"]
+MARKUP = ["[link=https://evil.example]x[/link]", "[/]", "[/b]", "[@click=app.quit]q[/]", "[bold red]", "evil[/b]"]
 HOSTILE = [OSC52, TITLE, "\x1b[2J\x9b31m\x9d0;t\x9c\x7f", INVISIBLE, *MARKUP]
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own colours, when a terminal is forced
 
@@ -197,6 +197,14 @@ async def test_every_screen_on_hostile_strings(hostile: Path, xser_dtypes: Path)
             screen.query_one("#tensor-filter").value = "*[/]*"
             await _settle(app, pilot)
             shots.append(("tensor filter", _screen_text(app)))
+            await pilot.press("ctrl+p")  # the command palette lists tensor names
+            await pilot.pause(0.3)
+            shots.append(("palette", _screen_text(app)))
+            await pilot.press(*"evil")
+            await pilot.pause(0.5)
+            shots.append(("palette search", _screen_text(app)))
+            await pilot.press("escape")
+            await pilot.pause(0.2)
             app.open_diff(ckpt)
             await pilot.pause(0.3)
             app.screen.query_one("#diff-b").value = str(hostile)
