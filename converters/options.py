@@ -113,13 +113,13 @@ SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib"
 
 
 def parse_size(text: str) -> int:
-    """`5GB`, `500MB`, `2GiB`, `1000000` -> bytes (at least 1 MB: smaller shards are a typo)."""
+    """`5GB`, `500MB`, `2GiB`, `1000000` -> bytes."""
     match = re.fullmatch(r"\s*([0-9]{1,12}(?:\.[0-9]{1,6})?)\s*([a-zA-Z]{0,3})\s*", text)
     if not match or match.group(2).lower() not in (*SIZE_UNITS, ""):
         raise OptionError(f"--max-shard-size {_shown(text)}: expected a size such as 5GB, 500MB or 2GiB")
     nbytes = int(float(match.group(1)) * SIZE_UNITS.get(match.group(2).lower() or "b", 1))
-    if not 10**6 <= nbytes <= 2**50:
-        raise OptionError(f"--max-shard-size {_shown(text)}: choose between 1MB and 1PiB")
+    if not 1 <= nbytes <= MAX_INT:
+        raise OptionError(f"--max-shard-size {_shown(text)}: must be from 1 byte to {MAX_INT:,} bytes")
     return nbytes
 
 
@@ -147,7 +147,7 @@ TARGET_OPTIONS: tuple[Option, ...] = (
            minimum=1, maximum=MAX_DEGREE, formats=("nxd",)),
     Option("xser", "xser layout", "NxD target: torch_xla xser layout (tensor files + references).", "bool", False, formats=("nxd",)),
     Option("iteration", "Iteration", "Iteration number written into Megatron / NxD targets.", "int", 1, minimum=0,
-           maximum=10**12, formats=RANKED),
+           maximum=2**63 - 1, formats=RANKED),
     Option("max_shard_size", "Max shard size", "HF shard size limit, e.g. 5GB, 500MB.", "text", "5GB", parse=parse_size,
            formats=("hf",)),
     Option("tp", "Tensor parallel", "Target tensor-parallel size.", "int", 1, minimum=1, maximum=MAX_DEGREE, formats=RANKED,

@@ -112,6 +112,13 @@ def _tokenizer_source(target: TargetOptions, ckpt: Checkpoint) -> TokenizerSourc
     return TokenizerSource(path, kind, target.vocab_extra_ids, dict(target.special_tokens), origin, merges)
 
 
+def option_conflicts(target: TargetOptions) -> list[str]:
+    """Target options that do not go together (each option's own range is `options.py`'s)."""
+    if target.megatron_spec == "megatron-llm" and target.format != "megatron":
+        return ["--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron"]
+    return []
+
+
 def make_plan(
     src: str | Path,
     target: TargetOptions,
@@ -160,8 +167,7 @@ def make_plan(
         errors += [f"target layout: {p}" for p in spec.check_parallel(target.tp, target.pp, target.ep, target.pp_layers)]
     elif (target.tp, target.pp, target.ep) != (1, 1, 1):
         errors.append("an HF target holds the full model: --tp/--pp/--ep do not apply")
-    if target.megatron_spec == "megatron-llm" and target.format != "megatron":
-        errors.append("--megatron-spec megatron-llm writes Megatron-LLM's torch format: use --to megatron")
+    errors += option_conflicts(target)
     acc = source.account(ignore)
     if acc.unmatched:
         listed = [f"{name}" + (f" (nearest rule: {near})" if near else "") for name, near in list(acc.unmatched.items())[:MAX_LISTED]]

@@ -32,6 +32,18 @@ class ConvertRequest:
     # ----- validation --------------------------------------------------------------------------
     def errors(self) -> list[str]:
         """Every problem with the options, one line each (empty when the request can be planned)."""
+        problems = self._option_errors()
+        if not problems:
+            from .plan import option_conflicts
+
+            try:
+                problems += option_conflicts(self.target_options())
+            except OptionError as exc:
+                problems.append(str(exc))
+        return problems  # rules against the model are the plan's
+
+    def _option_errors(self) -> list[str]:
+        """Each option on its own: known, parseable, in range, given for this kind of target."""
         problems: list[str] = []
         if self.to not in TARGETS:
             return [f"--to {self.to}: unknown target format (choose from {', '.join(TARGETS)})"]
@@ -46,7 +58,7 @@ class ConvertRequest:
                 continue
             if opt.step == "layout" and self._misplaced(name, typed[name]):  # a layout no such target can have
                 problems.append(f"{opt.flag} applies to {', '.join(opt.formats or ())} targets, not --to {self.to}")
-        return problems  # rules between options and against the model are the plan's (plan.py)
+        return problems
 
     def warnings(self) -> list[str]:
         """Options given for another kind of target: ignored, and said so."""
@@ -62,7 +74,7 @@ class ConvertRequest:
 
     def values(self) -> dict[str, Any]:
         """Every option's typed value (defaults filled in); `OptionError` with the first problem."""
-        problems = self.errors()
+        problems = self._option_errors()
         if problems:
             raise OptionError(problems[0])
         return {name: opt.value(self.options.get(name)) for name, opt in ALL_OPTIONS.items()}

@@ -287,6 +287,8 @@ async def test_wizard_refuses_an_output_inside_the_source(demo: Path) -> None:
             assert not wizard._validate_output()
             assert why in str(wizard.query_one("#out-status").render())
         assert not (src / "converted").exists()
+        wizard.query_one("#fmt").value = "megatron"  # a layout is asked for ranked targets only
+        await pilot.pause(0.05)
         for value, flag in (("0", "--tp"), ("9" * 300, "--tp"), ("-3", "--tp")):  # the command line's bounds, same words
             wizard.query_one("#tp").value = value
             await pilot.pause(0.05)
