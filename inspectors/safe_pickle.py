@@ -21,6 +21,7 @@ import collections
 import functools
 import io
 import math
+import os
 import pickle
 import reprlib
 import threading
@@ -169,7 +170,7 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
 # allowed-size `frozenset(range(...))` must not add up to gigabytes either.
 MAX_RANGE = 10_000_000
 MAX_ALLOC = 1 << 30
-MAX_TOTAL_ALLOC = 256 << 20  # bytes (estimated) that allowlisted constructors may build in one load
+MAX_TOTAL_ALLOC = 256 << 20  # bytes (estimated) that allowlisted constructors may build in one load, plus 2x the pickle
 MAX_DEPTH = 10_000  # nesting of containers/objects; C code recurses on deeper ones (dealloc, hash)
 ELEMENT_COST = 64  # estimated bytes per element an allowlisted constructor materialises
 
@@ -327,7 +328,8 @@ def _check_ndarray_state(state: Any) -> None:
     elif not isinstance(data, (bytes, bytearray, str)) or len(data) != count * dtype.itemsize:  # str: Python 2 pickles
         got = len(data) if isinstance(data, (bytes, bytearray, str)) else "no"
         raise pickle.UnpicklingError(f"numpy array of {count} x {dtype.itemsize} bytes with {got} data bytes refused")
-    _charge(count * max(dtype.itemsize, 8), "numpy array")
+    if dtype.hasobject:  # a pointer per element; other arrays keep the pickle's own bytes
+        _charge(count * 8, "numpy object array")
 
 
 _DCP_MODULES = ("torch.distributed.checkpoint.", "megatron.core.dist_checkpointing.")
@@ -527,6 +529,17 @@ def _fill_op(name: str, marked: bool, arity: int = 0) -> Callable[[Any], None]:
     return run
 
 
+def _size_of(file: BinaryIO) -> int:
+    """Bytes in the pickle stream: a big pickle may legitimately build as much again (protocol 2
+    turns every `bytes` into `_codecs.encode(text)`, a copy), so the budget grows with it."""
+    if isinstance(file, io.BytesIO):
+        return file.getbuffer().nbytes
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """Allowlist unpickler. `hooks` add callables for (module, name) pairs, e.g. tensor rebuilds.
 
@@ -562,7 +575,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._persistent = persistent
         self.placeholders: set[str] = seen if seen is not None else set()
         self._depths: dict[int, int] = {}
-        self._budget = _Budget()
+        self._budget = _Budget(MAX_TOTAL_ALLOC + 2 * _size_of(file))
         self._snap: list[tuple[Any, dict[str, Any]]] = []
         self._snapped: set[int] = set()
         self._free = frozenset(id(h) for h in self._hooks.values())
@@ -591,8 +604,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             return
         for arg in args:
             for item in arg if isinstance(arg, tuple) else (arg,):
-                if isinstance(item, _SIZED):
-                    self._budget.charge(len(item) * ELEMENT_COST, f"{getattr(func, '__name__', 'a constructor')}() of {len(item)} elements")
+                if isinstance(item, _SIZED):  # text and bytes are copied byte for byte; containers make objects
+                    cost = len(item) * (1 if isinstance(item, (str, bytes, bytearray)) else ELEMENT_COST)
+                    self._budget.charge(cost, f"{getattr(func, '__name__', 'a constructor')}() of {len(item)} elements")
 
     def load_build(self) -> None:
         state, inst = self.stack[-1], self.stack[-2]
@@ -600,7 +614,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             # A dict has no state of its own: BUILD on it hides entries as attributes (or sets
             # attributes torch would see and we would not). torch.save only ever adds `_metadata`.
             raise pickle.UnpicklingError("pickle applies object state (BUILD) to a dict; refused")
-        if isinstance(inst, (list, tuple, set, frozenset)):
+        if isinstance(inst, (list, tuple, set, frozenset)) or type(inst) in self._atoms:  # atoms: a lazy tensor's offset
             raise pickle.UnpicklingError(f"pickle applies object state (BUILD) to a {type(inst).__name__}; refused")
         if type(inst).__module__ == "numpy" and type(inst).__name__ == "ndarray":
             _check_ndarray_state(state)
