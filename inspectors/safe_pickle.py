@@ -21,6 +21,7 @@ import collections
 import functools
 import io
 import math
+import os
 import pickle
 import reprlib
 import threading
@@ -169,7 +170,7 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
 # allowed-size `frozenset(range(...))` must not add up to gigabytes either.
 MAX_RANGE = 10_000_000
 MAX_ALLOC = 1 << 30
-MAX_TOTAL_ALLOC = 256 << 20  # bytes (estimated) that allowlisted constructors may build in one load
+MAX_TOTAL_ALLOC = 256 << 20  # bytes (estimated) that allowlisted constructors may build in one load, plus 2x the pickle
 MAX_DEPTH = 10_000  # nesting of containers/objects; C code recurses on deeper ones (dealloc, hash)
 ELEMENT_COST = 64  # estimated bytes per element an allowlisted constructor materialises
 
@@ -327,7 +328,8 @@ def _check_ndarray_state(state: Any) -> None:
     elif not isinstance(data, (bytes, bytearray, str)) or len(data) != count * dtype.itemsize:  # str: Python 2 pickles
         got = len(data) if isinstance(data, (bytes, bytearray, str)) else "no"
         raise pickle.UnpicklingError(f"numpy array of {count} x {dtype.itemsize} bytes with {got} data bytes refused")
-    _charge(count * max(dtype.itemsize, 8), "numpy array")
+    if dtype.hasobject:  # a pointer per element; other arrays keep the pickle's own bytes
+        _charge(count * 8, "numpy object array")
 
 
 _DCP_MODULES = ("torch.distributed.checkpoint.", "megatron.core.dist_checkpointing.")
@@ -445,22 +447,23 @@ def _benign(cls: type, key: str, value: Any) -> bool:
 
 _ATOMS = frozenset({str, bytes, int, float, bool, type(None), complex})  # hold no other object
 _SIZED = (range, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_EMPTY = ()  # EMPTY_TUPLE pushes this very object: `f()` takes nothing to charge or nest
 _LOAD_LOCK = threading.RLock()  # one load at a time: a refused mutation is blamed on the right file
 _DICT_STATE_KEYS = frozenset({"_metadata"})  # torch state dicts carry `_metadata` as an attribute
 
 
-def _build_op(name: str, arity: int = 0) -> Callable[[Any], None]:
-    """An opcode that builds one object from the items after a MARK (arity 0) or from the top
-    `arity` items (TUPLE1/2/3): record the new object's depth, charge its size."""
+def _build_op(name: str) -> Callable[[Any], None]:
+    """An opcode that builds one object from the items after a MARK: record the new object's
+    depth, charge its size."""
     base = getattr(pickle._Unpickler, name)
 
     def run(self: RestrictedUnpickler) -> None:
-        items = self.stack[-arity:] if arity else self.stack
+        items = self.stack
         budget = self._budget
         budget.left -= len(items) * 8
         if budget.left < 0:
             budget.charge(0, "a container")
-        if _ATOMS.issuperset(map(type, items)):
+        if self._atoms.issuperset(map(type, items)):
             base(self)
             return
         depth = 1 + max(map(self._depths.get, map(id, items), repeat(1)))
@@ -471,13 +474,29 @@ def _build_op(name: str, arity: int = 0) -> Callable[[Any], None]:
     return run
 
 
+def _tuple_op(arity: int) -> Callable[[Any], None]:
+    """TUPLE1/2/3 done inline (the commonest opcodes of a torch pickle: sizes and strides)."""
+
+    def run(self: RestrictedUnpickler) -> None:
+        stack = self.stack
+        items = stack[-arity:]
+        stack[-arity:] = [tuple(items)]
+        if self._atoms.issuperset(map(type, items)):
+            return
+        depth = 1 + max(map(self._depths.get, map(id, items), repeat(1)))
+        if depth >= 2:
+            self._set_depth(stack[-1], depth)
+
+    return run
+
+
 def _call_op(name: str, arity: int) -> Callable[[Any], None]:
     """REDUCE / NEWOBJ / NEWOBJ_EX: charge what an allowlisted callable materialises from its args."""
     base = getattr(pickle._Unpickler, name)
 
     def run(self: RestrictedUnpickler) -> None:
         func = self.stack[-arity]
-        if id(func) in self._free:  # tensor rebuild hooks: a LazyTensor holds nothing pickled
+        if id(func) in self._free or self.stack[-1] is _EMPTY:  # rebuild hooks (a LazyTensor holds nothing pickled), f()
             base(self)
             return
         rest = self.stack[-arity + 1:]
@@ -510,6 +529,17 @@ def _fill_op(name: str, marked: bool, arity: int = 0) -> Callable[[Any], None]:
     return run
 
 
+def _size_of(file: BinaryIO) -> int:
+    """Bytes in the pickle stream: a big pickle may legitimately build as much again (protocol 2
+    turns every `bytes` into `_codecs.encode(text)`, a copy), so the budget grows with it."""
+    if isinstance(file, io.BytesIO):
+        return file.getbuffer().nbytes
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """Allowlist unpickler. `hooks` add callables for (module, name) pairs, e.g. tensor rebuilds.
 
@@ -537,13 +567,15 @@ class RestrictedUnpickler(pickle._Unpickler):
         hooks: dict[tuple[str, str], Any] | None = None,
         persistent: Callable[[Any], Any] | None = None,
         seen: set[str] | None = None,
+        atoms: frozenset[type] = frozenset(),
     ) -> None:
         super().__init__(file, encoding="latin1")
+        self._atoms = _ATOMS | atoms  # types that hold no pickled object (a caller's storage refs)
         self._hooks = hooks or {}
         self._persistent = persistent
         self.placeholders: set[str] = seen if seen is not None else set()
         self._depths: dict[int, int] = {}
-        self._budget = _Budget()
+        self._budget = _Budget(MAX_TOTAL_ALLOC + 2 * _size_of(file))
         self._snap: list[tuple[Any, dict[str, Any]]] = []
         self._snapped: set[int] = set()
         self._free = frozenset(id(h) for h in self._hooks.values())
@@ -551,19 +583,19 @@ class RestrictedUnpickler(pickle._Unpickler):
     # ----- depth and budget ------------------------------------------------------------
     def _outer(self, items: list[Any]) -> int:
         """Depth of a new object holding `items` (exact: atoms are 0, unrecorded containers 1)."""
-        if _ATOMS.issuperset(map(type, items)):
+        if self._atoms.issuperset(map(type, items)):
             return 1
         return 1 + max(map(self._depths.get, map(id, items), repeat(1)))
 
     def _depth(self, obj: Any) -> int:
-        if type(obj) in _ATOMS:
+        if type(obj) in self._atoms:
             return 0
         return self._depths.get(id(obj), 1)
 
     def _set_depth(self, obj: Any, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise pickle.UnpicklingError(f"structure nested more than {MAX_DEPTH} levels deep; refused")
-        if depth >= 2 and type(obj) not in _ATOMS:
+        if depth >= 2 and type(obj) not in self._atoms:
             self._depths[id(obj)] = depth
 
     def _charge_call(self, func: Any, args: list[Any]) -> None:
@@ -572,8 +604,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             return
         for arg in args:
             for item in arg if isinstance(arg, tuple) else (arg,):
-                if isinstance(item, _SIZED):
-                    self._budget.charge(len(item) * ELEMENT_COST, f"{getattr(func, '__name__', 'a constructor')}() of {len(item)} elements")
+                if isinstance(item, _SIZED):  # text and bytes are copied byte for byte; containers make objects
+                    cost = len(item) * (1 if isinstance(item, (str, bytes, bytearray)) else ELEMENT_COST)
+                    self._budget.charge(cost, f"{getattr(func, '__name__', 'a constructor')}() of {len(item)} elements")
 
     def load_build(self) -> None:
         state, inst = self.stack[-1], self.stack[-2]
@@ -581,7 +614,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             # A dict has no state of its own: BUILD on it hides entries as attributes (or sets
             # attributes torch would see and we would not). torch.save only ever adds `_metadata`.
             raise pickle.UnpicklingError("pickle applies object state (BUILD) to a dict; refused")
-        if isinstance(inst, (list, tuple, set, frozenset)):
+        if isinstance(inst, (list, tuple, set, frozenset)) or type(inst) in self._atoms:  # atoms: a lazy tensor's offset
             raise pickle.UnpicklingError(f"pickle applies object state (BUILD) to a {type(inst).__name__}; refused")
         if type(inst).__module__ == "numpy" and type(inst).__name__ == "ndarray":
             _check_ndarray_state(state)
@@ -601,15 +634,15 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     for _name in ("load_tuple", "load_list", "load_dict", "load_frozenset", "load_obj", "load_inst"):
         dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _build_op(_name)
-    for _name, _arity in (("load_tuple1", 1), ("load_tuple2", 2), ("load_tuple3", 3)):
-        dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _build_op(_name, _arity)
+    for _arity, _code in ((1, pickle.TUPLE1), (2, pickle.TUPLE2), (3, pickle.TUPLE3)):
+        dispatch[_code[0]] = _tuple_op(_arity)
     for _name, _arity in (("load_reduce", 2), ("load_newobj", 2), ("load_newobj_ex", 3)):
         dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _call_op(_name, _arity)
     for _name, _marked, _arity in (("load_append", False, 1), ("load_appends", True, 0), ("load_setitem", False, 2),
                                    ("load_setitems", True, 0), ("load_additems", True, 0)):
         dispatch[getattr(pickle, _name.removeprefix("load_").upper())[0]] = _fill_op(_name, _marked, _arity)
     dispatch[pickle.BUILD[0]] = load_build
-    del _name, _arity, _marked
+    del _name, _arity, _marked, _code
 
     def _instantiate(self, klass: Any, args: list[Any]) -> None:  # OBJ and INST call the class
         self._charge_call(klass, [tuple(args)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import operator
 import os
 import pickle
 import struct
@@ -202,6 +203,9 @@ class _ZipIndex:
         return -1 if info is None else info.file_size
 
 
+LAZY_ATOMS = frozenset({StorageType, StorageRef, LazyTensor})  # hold no pickled containers: depth 0
+
+
 def _rebuild_hooks(make: Any) -> dict[tuple[str, str], Any]:
     """Map torch's tensor-rebuild functions to constructors of LazyTensor."""
 
@@ -266,13 +270,13 @@ def check_view(file: Path | str, key: str, storage_bytes: int, offset: int, shap
     """Refuse a tensor view torch would not read from its own storage: a negative offset (we
     would read the zip header), dimensions or strides below zero, a last element past the end of
     the storage, or vastly more elements than the storage holds (a stride-0 memory bomb)."""
-    if offset < 0 or any(s < 0 for s in shape) or any(s < 0 for s in stride):
+    if offset < 0 or min(shape, default=0) < 0 or min(stride, default=0) < 0:  # C-level scans: 100k tensors
         raise CheckpointError(file, f"tensor view of storage {key} has a negative offset, size or stride "
                                     f"(offset {offset}, size {list(shape)[:8]}, stride {list(stride)[:8]}); refusing")
     count = math.prod(shape)
     if count == 0:
         return
-    end = (offset + 1 + sum((s - 1) * st for s, st in zip(shape, stride))) * itemsize
+    end = (offset + 1 + sum(map(operator.mul, shape, stride)) - sum(stride)) * itemsize  # sum of (size - 1) * stride
     if end > storage_bytes:
         raise CheckpointError(file, f"tensor view of storage {key} ends at byte {end}, outside its {storage_bytes}-byte storage; refusing")
     if count * itemsize > max(storage_bytes, MAX_VIEW_EXPANSION * itemsize):
@@ -338,7 +342,8 @@ def _open_zip(path: Path, fh: Any) -> TorchFile:
         return ref
 
     seen: set[str] = set()
-    unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(_make_lazy), persistent=persistent, seen=seen)
+    unpickler = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(_make_lazy), persistent=persistent, seen=seen,
+                                    atoms=LAZY_ATOMS)
     obj = unpickler.load()
     return TorchFile(path, obj, seen)
 

@@ -18,9 +18,11 @@ import collections
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -190,3 +192,146 @@ def test_torch_file_mutated_container(work: Path, edits: list[tuple[int, int]], 
     except CheckpointError as exc:
         assert "\n" not in str(exc)
     assert_inert()
+
+
+# ----- zip central directory: the member a reader picks must be the one torch picks -------------
+def _zip_members(state: dict) -> list[tuple[str, bytes]]:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with zipfile.ZipFile(buf) as zf:
+        return [(i.filename, zf.read(i.filename)) for i in zf.infolist()]
+
+
+BASE_MEMBERS = _zip_members({"w": torch.arange(4.0)})
+
+
+def _member_pool() -> list[tuple[str, bytes]]:
+    """Members of a different torch file with the same names, plus a decoy archive folder."""
+    other = _zip_members({"w": torch.arange(4.0) + 100, "x": torch.ones(2)})
+    decoy = [(name.replace("archive/", "decoy/", 1), raw) for name, raw in BASE_MEMBERS if name.endswith(("data.pkl", "data/0"))]
+    return BASE_MEMBERS + other + decoy
+
+
+MEMBER_POOL = _member_pool()
+
+
+def _flat_tensors(obj: object) -> dict[str, torch.Tensor]:
+    from ckptscope.inspectors.torchfile import LazyTensor, flatten
+
+    out = {}
+    for name, value in flatten(obj):
+        if isinstance(value, (LazyTensor, torch.Tensor)):
+            out[name] = value.load() if isinstance(value, LazyTensor) else value
+    return out
+
+
+@FUZZ
+@given(inserts=st.lists(st.tuples(st.integers(0, 20), st.sampled_from(range(len(MEMBER_POOL)))), max_size=4),
+       drops=st.lists(st.integers(0, 20), max_size=2))
+def test_zip_directory_reads_what_torch_reads(work: Path, inserts: list[tuple[int, int]], drops: list[int]) -> None:
+    """A valid torch file with members of another file (same names), decoy folders inserted
+    anywhere and members dropped: we refuse with a CheckpointError, or we show exactly the
+    tensors torch.load shows (duplicate names once made us read the last copy, torch the first)."""
+    order = list(range(len(BASE_MEMBERS)))
+    for pos in drops:
+        if len(order) > 1:
+            order.pop(pos % len(order))
+    for pos, member in inserts:
+        order.insert(pos % (len(order) + 1), member)
+    path = work / "members.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name": wanted here
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i in order:
+                zf.writestr(*MEMBER_POOL[i])
+    try:
+        ours = _flat_tensors(open_torch_file(path).obj)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+        return
+    try:
+        theirs = _flat_tensors(torch.load(path, weights_only=True))
+    except Exception:  # noqa: BLE001 - torch refusing is fine; we opened something torch cannot
+        return
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+
+
+# ----- DCP chunk table: chunks must tile each tensor exactly ---------------------------------------
+def _write_dcp(folder: Path, value: torch.Tensor, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
+    """A DCP folder whose chunks are the given boxes of `value`, stored as raw bytes in one file."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    storage, chunks, blob = {}, [], b""
+    for offsets, sizes in boxes:
+        data = value[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))].contiguous().numpy().tobytes()
+        storage[MetadataIndex("w", torch.Size(offsets))] = _StorageInfo("__0_0.distcp", len(blob), len(data))
+        chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes)))
+        blob += data
+    (folder / "__0_0.distcp").write_bytes(blob)
+    meta = Metadata({"w": TensorStorageMetadata(TensorProperties(dtype=value.dtype), value.shape, chunks)}, storage_data=storage)
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+
+
+@st.composite
+def chunk_tables(draw: st.DrawFn) -> tuple[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """A grid tiling of a small shape, then maybe one box moved, dropped or doubled."""
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    cuts = [sorted(set(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=2))) - {n}) for n in shape]
+    edges = [[0, *c, n] for c, n in zip(cuts, shape)]
+    grid = [[(e[i], e[i + 1] - e[i]) for i in range(len(e) - 1)] for e in edges]
+    boxes = [(tuple(p[0] for p in parts), tuple(p[1] for p in parts)) for parts in _product(grid)]
+    action = draw(st.sampled_from(["none", "move", "drop", "double"]))
+    k = draw(st.integers(0, len(boxes) - 1))
+    if action == "drop" and len(boxes) > 1:
+        boxes.pop(k)
+    elif action == "double":
+        boxes.append(boxes[k])
+    elif action == "move":
+        axis = draw(st.integers(0, len(shape) - 1))
+        offsets, sizes = boxes[k]
+        new = draw(st.integers(0, shape[axis] - sizes[axis]))
+        boxes[k] = (offsets[:axis] + (new,) + offsets[axis + 1:], sizes)
+    return shape, boxes
+
+
+def _product(grid: list[list[tuple[int, int]]]) -> list[tuple[tuple[int, int], ...]]:
+    import itertools
+
+    return list(itertools.product(*grid))
+
+
+@FUZZ
+@given(table=chunk_tables())
+def test_dcp_chunk_table_must_tile(work: Path, table: tuple) -> None:
+    """Opened complete => every element stored exactly once and read back right; overlaps refused."""
+    from ckptscope.inspectors.dcp import DcpReader
+
+    shape, boxes = table
+    value = torch.arange(math.prod(shape), dtype=torch.int32).reshape(shape)
+    folder = work / f"dcp{abs(hash(repr(table)))}"
+    _write_dcp(folder, value, boxes)
+    count = np.zeros(shape, dtype=np.int64)
+    for offsets, sizes in boxes:
+        count[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))] += 1
+    try:
+        reader = DcpReader(folder)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+        assert count.max() > 1, "refused a chunk table without overlaps"
+        return
+    assert count.max() <= 1, "opened a chunk table with overlapping chunks"
+    if not reader.problems:
+        assert (count == 1).all(), "opened as complete with a hole"
+        assert torch.equal(reader.read_tensor("w"), value)
+    else:
+        assert (count == 0).any()

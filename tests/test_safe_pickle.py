@@ -139,3 +139,38 @@ def test_memo_index_from_the_file_does_not_size_an_allocation() -> None:
     before = psutil.Process().memory_info().rss
     assert safe_loads(bomb) is None
     assert psutil.Process().memory_info().rss - before < 64 * 2**20
+
+
+def test_budget_grows_with_the_pickle_so_real_bytes_and_arrays_load(tmp_path: Path) -> None:
+    """Protocol 2 turns every `bytes` into `_codecs.encode(text)` (a copy): 40 MB of TE extra
+    state and an 80 MB numpy array must still load; only amplification hits the budget."""
+    import numpy as np
+
+    path = tmp_path / "big.pt"
+    torch.save({"blob": io.BytesIO(b"x" * (40 << 20)), "np": np.zeros(20_000_000, dtype=np.float32)}, path)
+    obj = open_torch_file(path).obj
+    assert obj["blob"].getbuffer().nbytes == 40 << 20
+    assert obj["np"].shape == (20_000_000,)
+
+
+def test_one_memoised_string_encoded_many_times_hits_the_budget() -> None:
+    """GET of a 4 MB memoised string into `_codecs.encode` 200 times: 800 MB from a 4 MB pickle."""
+    text = b"X" + (4 << 20).to_bytes(4, "little") + b"a" * (4 << 20) + b"q\x00"
+    call = b"c_codecs\nencode\nh\x00X\x06\x00\x00\x00latin1\x86R"
+    with pytest.raises(pickle.UnpicklingError, match="allocation budget"):
+        safe_loads(b"\x80\x02" + text + b"(" + call * 200 + b"l.")
+
+
+def test_build_cannot_rewrite_a_lazy_tensor(tmp_path: Path) -> None:
+    """BUILD on the result of a tensor rebuild would move its offset past the view checks."""
+    from ckptscope.inspectors.errors import CheckpointError
+    from tests.hostile import pickles as P
+
+    path = tmp_path / "x.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    state = b"}" + P.ustr("storage_offset") + b"J" + (-64).to_bytes(4, "little", signed=True) + b"s"
+    # `... <tensor> s.`: the tensor is on top of the stack just before the final SETITEM
+    P.rewrite_zip_pickle(path, lambda pkl: pkl[:-2] + state + b"b" + pkl[-2:])
+    with pytest.raises(CheckpointError, match=r"BUILD\) to a LazyTensor"):
+        open_torch_file(path)
+
