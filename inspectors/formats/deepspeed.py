@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError
 from ..files import read_side_text
 from ..megatron_common import TRACKER, args_to_dict, plain_value

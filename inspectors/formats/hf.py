@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import torch
 
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError, reading
 from ..files import read_side_file, read_side_text
 from ..model import Checkpoint, ShardFile, TensorInfo, dtype_name, relpath

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..dcp import METADATA_FILE, DcpBytes, DcpReader, DcpTensor
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError, reading
 from ..files import read_side_text
 from ..megatron_common import (

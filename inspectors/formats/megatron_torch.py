@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError
 from ..model import Checkpoint, ObjectInfo, ParallelLayout, Ranks, ShardFile, TensorInfo, dtype_name, relpath
 from ..megatron_common import (

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError, reading
 from ..files import read_side_text
 from ..model import (

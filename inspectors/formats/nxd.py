@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..detect import Probe
+from ..probing import Probe
 from ..errors import CheckpointError
 from ..files import read_side_text
 from ..model import (
