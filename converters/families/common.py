@@ -121,8 +121,10 @@ def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
     return ModelSpec(**base)
 
 
-def llama_config_kwargs(spec: ModelSpec, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments of a Llama-style transformers config class for the spec."""
+def llama_config_kwargs(spec: ModelSpec, *, derived_head_dim: str = "", **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of a Llama-style transformers config class for the spec. A class that
+    derives head_dim from hidden / heads (`derived_head_dim` names it) gets none, and a spec
+    whose head_dim differs is refused."""
     out: dict[str, Any] = dict(
         vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
@@ -132,6 +134,9 @@ def llama_config_kwargs(spec: ModelSpec, **extra: Any) -> dict[str, Any]:
         out["rope_scaling"] = dict(spec.rope_scaling)
     if spec.layer_types is not None:
         out["layer_types"] = list(spec.layer_types)
+    if derived_head_dim:
+        need(spec.head_dim * spec.heads == spec.hidden, f"HF {derived_head_dim} needs head_dim = hidden / heads")
+        del out["head_dim"]
     out.update(extra)
     return out
 

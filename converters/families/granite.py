@@ -29,9 +29,8 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     kwargs = llama_config_kwargs(
         spec, attention_bias=spec.qkv_bias, mlp_bias=spec.mlp_bias, embedding_multiplier=spec.embedding_multiplier,
         residual_multiplier=spec.residual_multiplier, logits_scaling=spec.logits_scaling,
-        attention_multiplier=spec.attention_multiplier if spec.attention_multiplier is not None else spec.head_dim ** -0.5)
-    kwargs.pop("head_dim")
-    need(spec.head_dim * spec.heads == spec.hidden, "HF Granite needs head_dim = hidden / heads")
+        attention_multiplier=spec.attention_multiplier if spec.attention_multiplier is not None else spec.head_dim ** -0.5,
+        derived_head_dim="Granite")
     config = transformers.GraniteConfig(**kwargs)
     return finish_hf_config(config, spec, "GraniteForCausalLM")
 

@@ -25,9 +25,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     need(spec.qk_norm and spec.qk_norm_full and not spec.pre_norms and spec.out_norms,
          "HF OLMo2 needs full-width QK-norm and norms on the branch outputs only")
     need(not spec.moe and not spec.mlp_bias and spec.qkv_bias == spec.o_bias, "HF OLMo2 has no experts or MLP bias")
-    kwargs = llama_config_kwargs(spec, attention_bias=spec.qkv_bias)
-    kwargs.pop("head_dim")
-    need(spec.head_dim * spec.heads == spec.hidden, "HF OLMo2 needs head_dim = hidden / heads")
+    kwargs = llama_config_kwargs(spec, attention_bias=spec.qkv_bias, derived_head_dim="OLMo2")
     config = transformers.Olmo2Config(**kwargs)
     return finish_hf_config(config, spec, "Olmo2ForCausalLM")
 

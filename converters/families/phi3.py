@@ -23,9 +23,8 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     need(not (spec.qkv_bias or spec.o_bias or spec.mlp_bias or spec.qk_norm or spec.moe),
          "HF Phi-3 has no biases, QK-norm or experts")
     kwargs = llama_config_kwargs(spec, sliding_window=spec.sliding_window, rope_parameters=rope_parameters(spec),
+                                 derived_head_dim="Phi-3",
                                  **({"partial_rotary_factor": spec.rotary_percent} if spec.rotary_percent != 1.0 else {}))
-    kwargs.pop("head_dim")  # Phi-3 derives it from hidden / heads
-    need(spec.head_dim * spec.heads == spec.hidden, "HF Phi-3 needs head_dim = hidden / heads")
     config = transformers.Phi3Config(**kwargs)
     return finish_hf_config(config, spec, "Phi3ForCausalLM")
 

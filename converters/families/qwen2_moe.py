@@ -29,14 +29,12 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.shared_expert_ffn > 0 and spec.shared_expert_gate, "HF Qwen2-MoE needs experts and a gated shared expert")
     need(not (spec.o_bias or spec.mlp_bias or spec.qk_norm), "HF Qwen2-MoE has q/k/v biases only and no QK-norm")
-    need(spec.head_dim * spec.heads == spec.hidden, "HF Qwen2-MoE needs head_dim = hidden / heads")
     window = spec.sliding_window
     kwargs = llama_config_kwargs(
         spec, qkv_bias=spec.qkv_bias, num_experts=spec.experts, num_experts_per_tok=spec.topk, moe_intermediate_size=spec.expert_ffn,
         shared_expert_intermediate_size=spec.shared_expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1,
         mlp_only_layers=[], use_sliding_window=window is not None, sliding_window=window,
-        **({"max_window_layers": 0} if window else {}))
-    kwargs.pop("head_dim")
+        derived_head_dim="Qwen2-MoE", **({"max_window_layers": 0} if window else {}))
     config = transformers.Qwen2MoeConfig(**kwargs)
     return finish_hf_config(config, spec, "Qwen2MoeForCausalLM")
 

@@ -30,10 +30,8 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     need(len({spec.qkv_bias, spec.o_bias, spec.mlp_bias}) == 1 and not spec.qk_norm and not spec.moe,
          "HF StarCoder2 has biases on every linear or none, no QK-norm, no experts")
     kwargs = llama_config_kwargs(spec, norm_epsilon=spec.norm_eps, use_bias=spec.qkv_bias, hidden_act=HF_ACTIVATION[spec.activation],
-                                 sliding_window=spec.sliding_window)
-    for key in ("head_dim", "rms_norm_eps"):
-        kwargs.pop(key)
-    need(spec.head_dim * spec.heads == spec.hidden, "HF StarCoder2 needs head_dim = hidden / heads")
+                                 sliding_window=spec.sliding_window, derived_head_dim="StarCoder2")
+    del kwargs["rms_norm_eps"]
     config = transformers.Starcoder2Config(**kwargs)
     return finish_hf_config(config, spec, "Starcoder2ForCausalLM")
 
