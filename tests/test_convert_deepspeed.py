@@ -10,6 +10,7 @@ GeLU, learned positions, embedding norm) are in `test_convert_deepspeed_families
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ckptscope.converters.samples.hf import hf_name, write_hf
 from ckptscope.converters.samples.spec import SampleSpec
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.converters.writers.xser import pickled_as
+from ckptscope.inspectors import detect
 from ckptscope.inspectors.errors import CheckpointError
 from safetensors.torch import load_file
 
@@ -131,6 +133,33 @@ def test_pipeline_tp2_to_hf(tmp_path: Path, style: str, tied: bool) -> None:
     assert any(style in note for note in plan.notes), plan.notes
     run_to_end(plan, tmp_path / "hf")
     _assert_spec_tensors(tmp_path / "hf", spec)
+
+
+@pytest.mark.parametrize("style", dss.PIPELINE_STYLES)
+def test_pipeline_without_model_axis_names_files_without_rank(tmp_path: Path, style: str) -> None:
+    """A plain PipelineModule run without model parallelism saves `layer_XX-model_states.pt`
+    (no `-model_YY`) beside `mp_rank_XX` files whose module is None (issue 14)."""
+    root = dss.write_deepspeed_pipeline(SPEC, tmp_path / "ds", tp=1, pp=2, style=style, model_axis=False)
+    names = [p.name for p in (root / "global_step2").glob("layer_*")]
+    assert names and all(re.fullmatch(r"layer_\d\d-model_states\.pt", n) for n in names), names
+    ckpt = detect(root)
+    assert ckpt.parallel.tp == 1 and ckpt.model_tensors()
+    assert all(not t.name[0].isdigit() and t.global_name[0].isdigit() for t in ckpt.model_tensors())  # stored vs global
+    _assert_spec_tensors(_convert(root, tmp_path / "hf", true_vocab=SPEC.vocab), SPEC)
+
+
+def test_corpus_pipeline_files_without_rank_suffix(corpus: Path, tmp_path: Path) -> None:
+    """DeepSpeed's own pipe2_mp files renamed as a topology without a model axis names them."""
+    import shutil
+
+    item = tmp_path / "pipe"
+    shutil.copytree(corpus / "deepspeed" / "pipe2_mp", item)
+    for path in (item / "global_step2").glob("layer_*-model_00-model_states.pt"):
+        path.rename(path.with_name(path.name.replace("-model_00-", "-")))
+    hparams = item / "hparams.json"
+    config = _config_from_hparams(item, tmp_path / "config.json") if hparams.exists() else None
+    plan = make_plan(item, TargetOptions("hf"), config=config)
+    assert plan.ok, plan.errors
 
 
 @pytest.mark.parametrize("layout", [dict(tp=1, pp=1), dict(tp=4, pp=2), dict(tp=1, pp=4)], ids=str)

@@ -273,13 +273,15 @@ def test_corpus_pipe2_mp(corpus: Path) -> None:
     for path in layer_files:
         number = int(path.name.split("-")[0].removeprefix("layer_"))
         state = trusted_load(path)
-        expected = {f"{number}.{k}": (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
-        assert listed(ckpt, path.name) == expected
+        expected = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
+        assert listed(ckpt, path.name) == expected  # `name` as stored in the file (issue 14)
+        assert {t.global_name for t in ckpt.tensors if t.file == path.name} == {f"{number}.{k}" for k in state}
         for key, value in state.items():
             assert torch.equal(ckpt.load(f"{number}.{key}", {"tp": 0}), value)
     mp = {f.rel: (f.ranks.tp, f.ranks.pp) for f in ckpt.files if f.rel.startswith("mp_rank_")}
     assert mp == {"mp_rank_00_model_states.pt": (0, 0), "mp_rank_01_model_states.pt": (0, 1)}
-    assert "0.embed_tokens.weight" in {t.name for t in ckpt.tensors}
+    assert "embed_tokens.weight" in {t.name for t in ckpt.tensors}
+    assert "0.embed_tokens.weight" in {t.global_name for t in ckpt.tensors}
 
 
 def test_corpus_single_file_and_copy_with_bad_latest(corpus: Path, tmp_path: Path) -> None:

@@ -170,9 +170,14 @@ def engine_state(*, step: int, dp: int, mp: int, tp: int, pp: int, ds_config: di
 
 
 def write_deepspeed_pipeline(
-    spec: SampleSpec, out_dir: str | Path, *, tp: int = 1, pp: int = 2, style: str = "microsoft", step: int = 2
+    spec: SampleSpec, out_dir: str | Path, *, tp: int = 1, pp: int = 2, style: str = "microsoft", step: int = 2,
+    model_axis: bool = True,
 ) -> Path:
-    """Write a Megatron-DeepSpeed pipeline checkpoint root; returns the root."""
+    """Write a Megatron-DeepSpeed pipeline checkpoint root; returns the root. Without a
+    model-parallel axis in the topology (`model_axis=False`, TP 1), DeepSpeed's
+    `PipelineModule.ckpt_layer_path` names layer files `layer_LL-model_states.pt`."""
+    if not model_axis and tp != 1:
+        raise ValueError("a topology without a model axis has TP 1")
     if style not in PIPE_INDEX_MAPS:
         raise ValueError(f"style must be one of {PIPELINE_STYLES}, got {style!r}")
     if spec.experts:
@@ -182,7 +187,8 @@ def write_deepspeed_pipeline(
     for number, make in sorted(pipeline_layer_files(spec, tp, style).items()):
         for rank in range(tp):
             state = {k: _owned(v) for k, v in make(rank).items()}
-            torch.save(state, tag / f"layer_{number:02d}-model_{rank:02d}-model_states.pt")
+            rank_repr = f"-model_{rank:02d}" if model_axis else ""
+            torch.save(state, tag / f"layer_{number:02d}{rank_repr}-model_states.pt")
     _pipeline_engine_files(tag, megatron_args(spec, tp, pp, step), tp=tp, pp=pp, step=step, bf16=spec.dtype == torch.bfloat16)
     return root
 

@@ -73,7 +73,7 @@ class DeepSpeedSource(CanonicalSource):
         if not view.model_tensors():
             raise SpecError(f"no module weights and no pipeline layer files (module=None); {REBUILD_HINT}")
         self.view, self.from_optimizer = view, from_optimizer_fp32
-        self.pipeline = all(LAYER_KEY_RE.match(t.name) for t in view.model_tensors())
+        self.pipeline = all(LAYER_KEY_RE.match(t.global_name) for t in view.model_tensors())
         spec = spec or self._spec_from_args(true_vocab, vocab_note)
         dtype = _stored_dtype(view.model_tensors())
         self.spec = spec.with_(dtype=dtype) if dtype else spec
@@ -107,7 +107,7 @@ class DeepSpeedSource(CanonicalSource):
     def _index_pipeline(self) -> None:
         self.layers: dict[str, dict[str, dict[int, TensorInfo]]] = {}
         for t in self.view.model_tensors():
-            key, rel = LAYER_KEY_RE.match(t.name).groups()  # type: ignore[union-attr]
+            key, rel = LAYER_KEY_RE.match(t.global_name).groups()  # type: ignore[union-attr]
             self.layers.setdefault(key, {}).setdefault(rel, {})[t.ranks.tp or 0] = t
         rels = [rel for layer in self.layers.values() for rel in layer]
         self.naming = "megatron" if any(m in rel for rel in rels for m in ds.MEGATRON_MARKERS) else "hf"
@@ -162,7 +162,7 @@ class DeepSpeedSource(CanonicalSource):
             return self.inner.account(user_ignores)
         expected = {f"{key}.{rel}": canon for g in groups(self.spec) for _, key, rel, canon in self._expected(g)}
         acc = Accounting()
-        acc.settle((t.name for t in self.view.model_tensors()), expected, ds.IGNORED_PATTERNS, user_ignores)
+        acc.settle((t.global_name for t in self.view.model_tensors()), expected, ds.IGNORED_PATTERNS, user_ignores)
         return acc
 
     def notes(self) -> list[str]:

@@ -43,7 +43,8 @@ STEP_RE = re.compile(r"^global_step(\d+)$", re.ASCII)
 FILE_PATTERNS: dict[str, re.Pattern[str]] = {
     "model_states": re.compile(r"^mp_rank_(?P<mp>\d+)_model_states\.pt$"),
     "zero3_model_states": re.compile(r"^zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_model_states\.pt$"),
-    "layer": re.compile(r"^layer_(?P<layer>\d+)-model_(?P<tp>\d+)-model_states\.pt$"),
+    # PipelineModule.ckpt_layer_path: `-model_TT` only when the topology has a model-parallel axis
+    "layer": re.compile(r"^layer_(?P<layer>\d+)(?:-model_(?P<tp>\d+))?-model_states\.pt$"),
     "expert": re.compile(r"^layer_(?P<layer>\d+)_expert_(?P<ep>\d+)_mp_rank_(?P<mp>\d+)_model_states\.pt$"),
     "optim": re.compile(r"^(?:bf16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_?optim_states\.pt$"),
     "expert_optim": re.compile(r"^expp_rank_(?P<ep>\d+)_mp_rank_(?P<mp>\d+)_?optim_states\.pt$"),
@@ -217,7 +218,7 @@ class _Index:
         return engine_metadata(state)
 
     def _tp_size(self, meta: dict[str, Any]) -> int | None:
-        layer_tps = {g["tp"] for _, role, g in self.files if role == "layer"}
+        layer_tps = {g.get("tp", 0) for _, role, g in self.files if role == "layer"}
         if layer_tps:
             return len(layer_tps)
         dims = meta.get("checkpoint_parallel_dimensions") or {}
@@ -250,12 +251,15 @@ class _Index:
         self.placeholders |= torch_file.placeholders
         return torch_file.obj
 
-    def _add_tensors(self, ckpt: Checkpoint, items: Iterable[tuple[str, Any]], rel: str, ranks: Ranks) -> None:
+    def _add_tensors(self, ckpt: Checkpoint, items: Iterable[tuple[str, Any]], rel: str, ranks: Ranks, prefix: str = "") -> None:
+        """Tensors under their stored names; `prefix` gives the model-wide name (a pipeline layer
+        file's index, `3.` for `layer_03-...`) as `global_name`."""
         for name, value in items:
             if isinstance(value, LazyTensor):
-                ckpt.tensors.append(TensorInfo(name, value.shape, dtype_name(value.dtype), rel, ranks, source=value))
+                ckpt.tensors.append(TensorInfo(name, value.shape, dtype_name(value.dtype), rel, ranks, global_name=prefix + name,
+                                               source=value))
             elif isinstance(value, Placeholder):
-                ckpt.objects.append(ObjectInfo(name, "placeholder", rel, ranks, value.describe()))
+                ckpt.objects.append(ObjectInfo(prefix + name, "placeholder", rel, ranks, value.describe()))
 
     def _model_states(self, ckpt: Checkpoint, path: Path, groups: dict[str, int]) -> None:
         ranks = self._mp_ranks(groups["mp"])
@@ -286,11 +290,9 @@ class _Index:
                 self._add_tensors(ckpt, [(name, value)], rel, ranks)
 
     def _layer(self, ckpt: Checkpoint, path: Path, groups: dict[str, int]) -> None:
-        ranks = Ranks(tp=groups["tp"])
+        ranks = Ranks(tp=groups.get("tp", 0))
         rel = self._shard(ckpt, path, ranks, "model")
-        state = self._open(path)
-        prefix = f"{groups['layer']}."
-        self._add_tensors(ckpt, ((prefix + name, value) for name, value in flatten(state)), rel, ranks)
+        self._add_tensors(ckpt, flatten(self._open(path)), rel, ranks, prefix=f"{groups['layer']}.")
 
     def _expert(self, ckpt: Checkpoint, path: Path, groups: dict[str, int]) -> None:
         ranks = self._mp_ranks(groups["mp"], ep=groups["ep"])
