@@ -124,7 +124,9 @@ def totals(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
     grid.add_column()
-    row(grid, "parameters", f"{count(logical_param_count(ckpt))} (stored elements across shards: {count(ckpt.param_count())})")
+    buffers = logical_param_count(ckpt, buffers=True)
+    row(grid, "parameters", f"{count(logical_param_count(ckpt))}" + (f" + {count(buffers)} in buffers" if buffers else "")
+        + f" (stored elements across shards: {count(ckpt.param_count())})")
     for dtype, n in ckpt.bytes_by_dtype().items():
         row(grid, Text(printable(f"  {dtype}")), size(n))
     other = [t for t in ckpt.tensors if t.group != "model"]

@@ -147,6 +147,7 @@ def get_arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
 
 MAX_VIRTUAL_STAGES = 128  # virtual pipeline chunks per stage (real runs use a handful; <= layers / PP)
 MAX_DATA_PARALLEL = 1 << 20
+MAX_MODEL_PARALLEL = 4096  # TP, PP or EP of any run; beyond it an args value is corrupt or hostile
 
 
 def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blame: str | Path, why: str, default: int = 1) -> int:

@@ -7,6 +7,7 @@ one tensor at a time, through each `TensorInfo.source`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +263,9 @@ class Checkpoint:
                 for o in self.objects
             ],
             "totals": {
-                "parameters": self.param_count(),
+                "parameters": logical_param_count(self),
+                "buffer_elements": logical_param_count(self, buffers=True),
+                "stored_elements": self.param_count(),
                 "tensor_bytes": sum(t.nbytes for t in self.model_tensors()),
                 "file_bytes": self.total_bytes,
                 "bytes_by_dtype": self.bytes_by_dtype(),
@@ -285,3 +288,32 @@ def unique(items: Iterable[Any]) -> list[Any]:
     for item in items:
         seen.setdefault(item, None)
     return list(seen)
+
+
+# Tensors every tensor-parallel rank stores whole (reference §4.2): norms, routers, row-parallel
+# biases, position embeddings. Everything else is split, so its shards add up.
+REPLICATED_RE = re.compile(
+    r"(norm|layernorm|layer_norm_(weight|bias)|router|expert_bias|position_embeddings|"
+    r"(linear_proj|linear_fc2|dense|dense_4h_to_h|o_proj|down_proj)\.bias)"
+)
+
+
+# Stored tensors that are buffers, not parameters (the model's `parameters()` does not hold them):
+# rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's expert bias.
+BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias|_extra_state)$")
+
+
+def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:
+    """Parameters of the model (or, with `buffers`, the elements of its stored buffers): one TP
+    slice of each tensor per rank, EP / DP replicas of a slice once, replicated tensors once."""
+    by_name: dict[str, dict[int, TensorInfo]] = {}
+    for t in ckpt.model_tensors():
+        if bool(BUFFER_RE.search(t.global_name)) == buffers:
+            by_name.setdefault(t.global_name, {}).setdefault(t.ranks.tp or 0, t)  # other EP ranks hold replicas
+    total = 0
+    for name, slices in by_name.items():
+        if len(slices) > 1 and REPLICATED_RE.search(name):
+            total += next(iter(slices.values())).numel
+        else:
+            total += sum(t.numel for t in slices.values())
+    return total

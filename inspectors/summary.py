@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .megatron_common import ARCH_FIELDS
+from .model import REPLICATED_RE, logical_param_count  # noqa: F401 - re-exported
 from .model import Checkpoint, TensorInfo
 
 _NUM_RE = re.compile(r"(\d+)")
@@ -157,23 +158,3 @@ def shard_files_label(ckpt: Checkpoint) -> str:
     return ", ".join(f"{n} {role}" for role, n in roles.items())
 
 
-# Tensors every tensor-parallel rank stores whole (reference §4.2): norms, routers, row-parallel
-# biases, position embeddings. Everything else is split, so its shards add up.
-REPLICATED_RE = re.compile(
-    r"(norm|layernorm|layer_norm_(weight|bias)|router|expert_bias|position_embeddings|"
-    r"(linear_proj|linear_fc2|dense|dense_4h_to_h|o_proj|down_proj)\.bias)"
-)
-
-
-def logical_param_count(ckpt: Checkpoint) -> int:
-    """Parameters of the model, counting replicated shards once and split shards in full."""
-    by_name: dict[str, list[TensorInfo]] = {}
-    for t in ckpt.model_tensors():
-        by_name.setdefault(t.global_name, []).append(t)
-    total = 0
-    for name, shards in by_name.items():
-        if len(shards) > 1 and REPLICATED_RE.search(name):
-            total += shards[0].numel
-        else:
-            total += sum(t.numel for t in shards)
-    return total

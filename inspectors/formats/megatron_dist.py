@@ -24,6 +24,7 @@ from ..errors import CheckpointError, reading
 from ..files import read_side_text
 from ..megatron_common import (
     MAX_DATA_PARALLEL,
+    MAX_MODEL_PARALLEL,
     MAX_VIRTUAL_STAGES,
     TRACKER,
     args_to_dict,
@@ -289,11 +290,10 @@ class MegatronDistReader:
 
     @staticmethod
     def _layout(args: dict[str, Any], files: int, blame: Path) -> ParallelLayout:
-        """The layout the run saved with (from args); the stored tensors do not depend on it.
-        Every model-parallel rank writes its own shards, so TP, PP and EP are at most the number
-        of data files."""
-        why = f"the checkpoint has {files} data files"
-        ranks = max(files, 1)
+        """The layout the run saved with (from args); the stored tensors are global and do not
+        depend on it, so it is only bounded (a single-process writer saves an EP2 run in one file)."""
+        why = "the largest model-parallel degree read"
+        ranks = MAX_MODEL_PARALLEL
         return ParallelLayout(
             tp=parallel_size(args, ("tensor_model_parallel_size",), ranks, blame, why),
             pp=parallel_size(args, ("pipeline_model_parallel_size",), ranks, blame, why),
