@@ -228,7 +228,7 @@ class _Index:
             return None
         ranks = max(len(self.files), 1)  # every TP rank writes its own model-states file
         return parallel_size({"tp_degree": value}, ("tp_degree",), ranks, self._rank0_file() or Path("."),
-                             f"the folder has {len(self.files)} DeepSpeed files")
+                             f"the folder has {len(self.files)} DeepSpeed files", where="checkpoint_parallel_dimensions")
 
     def _mp_ranks(self, mp: int, **extra: int) -> Ranks:
         if self.tp_size:
