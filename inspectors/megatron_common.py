@@ -150,14 +150,15 @@ MAX_DATA_PARALLEL = 1 << 20
 MAX_MODEL_PARALLEL = 4096  # TP, PP or EP of any run; beyond it an args value is corrupt or hostile
 
 
-def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blame: str | Path, why: str, default: int = 1) -> int:
+def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blame: str | Path, why: str, default: int = 1,
+                  where: str = "args") -> int:
     """A layout number from args: an int from 1 to `limit`, where the limit comes from what is on
     disk (a billion pipeline stages would size loops and tables; -1 would print as TP-1)."""
     value = get_arg(args, *names, default=None)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise CheckpointError(blame, f"args {names[0]} = {short_repr(value, 1)[:40]} is not a parallel size from 1 to {limit} ({why})")
+        raise CheckpointError(blame, f"{where} {names[0]} = {short_repr(value, 1)[:40]} is not a parallel size from 1 to {limit} ({why})")
     return value
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..probing import Probe
 from ..errors import CheckpointError
 from ..files import read_side_text
-from ..megatron_common import TRACKER, args_to_dict, plain_value
+from ..megatron_common import TRACKER, args_to_dict, parallel_size, plain_value
 from ..model import (
     Checkpoint,
     ObjectInfo,
@@ -223,8 +223,13 @@ class _Index:
             return len(layer_tps)
         dims = meta.get("checkpoint_parallel_dimensions") or {}
         args = meta.get("args") or {}
-        value = dims.get("tp_degree") or args.get("tensor_model_parallel_size")
-        return int(value) if value else None
+        value = dims.get("tp_degree") if isinstance(dims, dict) else None
+        value = value or (args.get("tensor_model_parallel_size") if isinstance(args, dict) else None)
+        if not value:
+            return None
+        ranks = max(len(self.files), 1)  # every TP rank writes its own model-states file
+        return parallel_size({"tp_degree": value}, ("tp_degree",), ranks, self._rank0_file() or Path("."),
+                             f"the folder has {len(self.files)} DeepSpeed files", where="checkpoint_parallel_dimensions")
 
     def _mp_ranks(self, mp: int, **extra: int) -> Ranks:
         if self.tp_size:

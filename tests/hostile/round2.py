@@ -316,6 +316,22 @@ def _set_args(**values: object) -> Callable[[Path, Path], Path]:
     return build
 
 
+def _ds_tp(value: object) -> Callable[[Path, Path], Path]:
+    """DeepSpeed model states whose `checkpoint_parallel_dimensions` claim tp_degree = `value`."""
+    def build(work: Path, canary: Path) -> Path:
+        from ckptscope.converters.samples.deepspeed import write_deepspeed_zero
+
+        from .corpus import TINY
+
+        root = write_deepspeed_zero(TINY, work / "ds")
+        path = root / "global_step2/mp_rank_00_model_states.pt"
+        state = _load_own(path)
+        state["checkpoint_parallel_dimensions"] = {"tp_degree": value}  # type: ignore[index]
+        torch.save(state, path)
+        return root
+    return build
+
+
 def _tracker(text: str | bytes) -> Callable[[Path, Path], Path]:
     def build(work: Path, canary: Path) -> Path:
         root = megatron(work)
@@ -422,6 +438,8 @@ BOMBS: list[Case] = [
     C("args_negative_tp", "Megatron args (model_optim_rng.pt)", "tensor_model_parallel_size = -1", _set_args(tensor_model_parallel_size=-1), "error", r"tensor_model_parallel_size = -1 is not a parallel size", MEGATRON_RANK0),
     C("args_negative_ep", "Megatron args (model_optim_rng.pt)", "expert_model_parallel_size = -4", _set_args(expert_model_parallel_size=-4), "error", r"expert_model_parallel_size = -4 is not a parallel size", MEGATRON_RANK0),
     C("args_pp_string", "Megatron args (model_optim_rng.pt)", "pipeline_model_parallel_size = 'two'", _set_args(pipeline_model_parallel_size="two"), "error", r"is not a parallel size", MEGATRON_RANK0),
+    C("ds_tp_negative", "DeepSpeed", "checkpoint_parallel_dimensions tp_degree = -1", _ds_tp(-1), "error", r"tp_degree = -1 is not a parallel size", "mp_rank_00_model_states.pt"),
+    C("ds_tp_billion", "DeepSpeed", "checkpoint_parallel_dimensions tp_degree = 10**9", _ds_tp(10**9), "error", r"tp_degree = 1000000000 is not a parallel size", "mp_rank_00_model_states.pt"),
     C("hf_big_config", "HF safetensors", "config.json of 20 MB", big_config, "error", r"config.json is larger than \d+ bytes", "config.json"),
     C("tracker_5000_digits", "Megatron torch", "tracker holds 5000 digits", _tracker("7" * 5000), "error", r"larger than 4096 bytes|at most 12 ASCII digits", TRACKER),
     C("tracker_300_digits", "Megatron torch", "tracker holds 300 digits", _tracker("7" * 300), "error", r"at most 12 ASCII digits", TRACKER),
