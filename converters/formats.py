@@ -45,6 +45,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("deepspeed", "DeepSpeed / Megatron-DeepSpeed", "global_stepN/ model states, pipeline layer files, ZeRO partitions",
            reads=("deepspeed",)),
     Format("meta", "Meta original", "consolidated.NN.pth + params.json", reads=("meta",)),
+    Format("dcp", "PyTorch DCP (FSDP / Accelerate / torchtitan)", ".metadata + __R_N.distcp, HF or torchtitan names",
+           reads=("dcp",)),
 )}
 
 TARGETS: dict[str, Format] = {name: f for name, f in FORMATS.items() if f.writer}

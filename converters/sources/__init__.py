@@ -16,6 +16,7 @@ from ..discovery import find_hf_config
 from ..families import spec_from_hf_config
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
+from .dcp import DcpSource
 from .deepspeed import DeepSpeedSource
 from .hf import HfSource
 from .megatron_dist import MegatronDistSource
@@ -30,6 +31,7 @@ SOURCES: dict[str, type[CanonicalSource]] = {
     "nxd": NxdSource,
     "deepspeed": DeepSpeedSource,
     "meta": MetaSource,
+    "dcp": DcpSource,
 }
 
 ROTARY_LAYOUTS = ("auto", "half", "interleaved")
@@ -65,7 +67,7 @@ def _open(ckpt: Checkpoint, config: dict[str, Any] | None, true_vocab: int | Non
     if from_optimizer_fp32 and cls is not DeepSpeedSource:
         raise SpecError(f"--from-optimizer-fp32 applies to DeepSpeed checkpoints, not {ckpt.kind}")
     architecture_from = "--config" if config else ""
-    if config is None and (cls is NxdSource or (cls is DeepSpeedSource and not ckpt.metadata.get("args"))):
+    if config is None and (cls in (NxdSource, DcpSource) or (cls is DeepSpeedSource and not ckpt.metadata.get("args"))):
         found = find_hf_config(ckpt)
         if found is not None:
             config, where = found

@@ -111,6 +111,15 @@ def object_kind(key: str) -> str:
     return "bytes"
 
 
+PLAIN_DCP_KIND = "dcp"
+MEGATRON_KEY_RE = re.compile(r"^(?:decoder\.|embedding\.|output_layer\.|language_model\.|common_state|rerun_state_machine)")
+
+
+def is_plain_dcp(keys: list[str], folder: Path) -> bool:
+    """A DCP folder saved by a plain torch trainer: no Megatron marker, common state or key."""
+    return not (folder / COMMON_FILE).is_file() and not any(MEGATRON_KEY_RE.match(k) for k in keys)
+
+
 # ----- probing -------------------------------------------------------------------------------
 def _is_dist_folder(folder: Path) -> bool:
     """Names only: `.metadata`, or `metadata.json` beside `common.pt`/distcp files (zarr too)."""
@@ -161,14 +170,18 @@ class MegatronDistReader:
         if probe.root is not None:
             ckpt.warnings.extend(resolve_root(probe.root)[3])
         marker = self._read_marker(folder)
-        if marker is None:
+        reader = DcpReader(folder)
+        if marker is None and is_plain_dcp(reader.keys(), folder):
+            # torch.distributed.checkpoint.save from an FSDP trainer (Accelerate, torchtitan): its
+            # `.metadata` is written last, after every rank's data, so it is complete as it stands
+            ckpt.kind, ckpt.complete = PLAIN_DCP_KIND, True
+        elif marker is None:
             ckpt.complete = False
             ckpt.warnings.append(
                 f"no {MARKER_FILE}: an interrupted (async) save - Megatron writes it last - or a plain torch DCP checkpoint"
             )
         else:
             ckpt.metadata["dist"] = marker
-        reader = DcpReader(folder)
         ckpt.placeholders.extend(sorted(reader.placeholders))
         if reader.problems:
             ckpt.complete = False
@@ -177,7 +190,8 @@ class MegatronDistReader:
         ckpt.files = self._files(folder)
         ckpt.tensors = [self._tensor_info(reader, t) for t in reader.tensors.values()]
         ckpt.objects = [self._object_info(o) for o in reader.objects.values()]
-        self._fill_common(ckpt, folder, reader)
+        if ckpt.kind != PLAIN_DCP_KIND:
+            self._fill_common(ckpt, folder, reader)
         blame = folder / COMMON_FILE if (folder / COMMON_FILE).is_file() else reader.metadata_path
         ckpt.parallel = self._layout(ckpt.metadata.get("args", {}), len(reader.files()), blame)
         ckpt.format_detail = self._describe(ckpt)
@@ -305,6 +319,8 @@ class MegatronDistReader:
     @staticmethod
     def _describe(ckpt: Checkpoint) -> str:
         distcp = sum(1 for f in ckpt.files if f.role == "tensors")
+        if ckpt.kind == PLAIN_DCP_KIND:
+            return f"torch DCP (FSDP / torchtitan), {distcp} .distcp files; tensors are global"
         saved = f"saved with {ckpt.parallel.label()}" if "args" in ckpt.metadata else "saving layout unknown"
         return f"torch_dist, {distcp} .distcp files, {saved}; tensors are global (TP/PP independent)"
 
