@@ -74,3 +74,31 @@ async def test_wizard_zero_source_with_config_to_nxd(tmp_path: Path) -> None:
     assert ckpt.kind == "nxd" and (ckpt.parallel.tp, ckpt.parallel.pp) == (2, 2)
     fused = [t for t in ckpt.model_tensors() if "weight_qkv" in t.name]
     assert fused and all(t.dtype == "float32" for t in fused)  # fp32 rebuilt from the ZeRO partitions
+
+
+async def test_wizard_from_the_keyboard_alone(tmp_path: Path) -> None:
+    """Focus lands in each step's first field, Enter advances, Esc steps back (issue 16)."""
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)
+    app = CkptscopeApp(tmp_path)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await settle(app, pilot)
+        wizard = app.screen
+        await until(pilot, lambda: wizard.spec is not None)
+        await pilot.press("ctrl+n")  # source -> target
+        await pilot.pause(0.2)
+        assert app.focused is wizard.query_one("#fmt")
+        wizard.query_one("#fmt").value = "megatron"
+        await pilot.press("ctrl+n")  # -> layout: TP has the keys
+        await pilot.pause(0.2)
+        assert app.focused is wizard.query_one("#tp")
+        await pilot.press("end", "backspace", "2", "enter")  # typed into TP; Enter advances
+        await pilot.pause(0.2)
+        assert wizard.query_one("#wizard-body").current == "step-dtype" and wizard.query_one("#tp").value == "2"
+        await pilot.press("escape")  # one step back, inputs kept
+        await pilot.pause(0.2)
+        assert wizard.query_one("#wizard-body").current == "step-layout" and wizard.query_one("#tp").value == "2"
+        assert app.screen is wizard

@@ -58,7 +58,7 @@ def _row(label: str, widget: Any) -> Horizontal:
 
 class ConvertScreen(Screen):
     BINDINGS = [
-        Binding("escape", "app.back", "Back", id="convert-back"),
+        Binding("escape", "step_back", "Back", id="convert-back"),
         Binding("ctrl+n", "next", "Next", id="wizard-next"),
         Binding("ctrl+r", "run", "Run", id="wizard-run"),
         Binding("ctrl+c", "cancel_run", "Cancel run", id="wizard-cancel", show=False),
@@ -136,6 +136,28 @@ class ConvertScreen(Screen):
         self.query_one("#back", Button).disabled = index == 0 or self.running
         self.query_one("#next", Button).disabled = index >= STEPS.index(("step-plan", "Plan"))
         self.query_one("#run", Button).disabled = not (STEPS[index][0] == "step-plan" and self.plan is not None and self.plan.ok)
+        self.call_after_refresh(self._focus_step)
+
+    def _focus_step(self) -> None:
+        """The first field of the step takes the keys (typing "3" goes to TP, not to the app)."""
+        body = self.query_one(f"#{STEPS[self.step][0]}")
+        fields = [w for w in body.query("Input, Select, Checkbox") if w.display and w.parent is not None and w.parent.display]
+        (fields[0] if fields else self.query_one("#run" if STEPS[self.step][0] == "step-plan" else "#next", Button)).focus()
+
+    def action_step_back(self) -> None:
+        """Esc steps back through the wizard; on the first step (or after a run) it leaves."""
+        if self.running:
+            return
+        if self.step == 0 or STEPS[self.step][0] == "step-run" and self.plan is None:
+            self.app.action_back()  # type: ignore[attr-defined]
+            return
+        self._back()
+
+    @on(Input.Submitted)
+    def _field_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field advances (the source field reads the source first)."""
+        if event.input.id != "src":
+            self.action_next()
 
     # ----- step 1: source ----------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="spec", exit_on_error=False, description="read architecture")
@@ -282,7 +304,8 @@ class ConvertScreen(Screen):
         from ckptscope.app.render import render_plan
 
         self.plan = message.plan
-        self.query_one("#plan-text", Static).update(capture(render_plan, self.plan))
+        where = Text.assemble(("output  ", "bold"), printable(self.output, 1000), "\n")  # where the run will write
+        self.query_one("#plan-text", Static).update(where + capture(render_plan, self.plan))
         self._show_step(self.step)
 
     # ----- run ---------------------------------------------------------------------------------
@@ -357,6 +380,8 @@ class ConvertScreen(Screen):
         if message.cancelled:
             log.write_line("cancelled: the partial output was removed")
             self.query_one("#run-status", Static).update("cancelled")
+            self.query_one("#back", Button).disabled = False  # go back, change, run again
+            self.query_one("#run", Button).disabled = self.plan is None or not self.plan.ok
             self.notify("conversion cancelled", severity="warning")
             return
         log.write_line(f"wrote {printable(message.output, 1000)} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
