@@ -291,10 +291,15 @@ def render_verify(console: Console, report: Any) -> None:
     if differing:
         worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
         row(grid, "largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
+    row(grid, "architecture", Text("every field the same" if not report.config_differences else
+                                   f"{len(report.config_differences)} field(s) differ", style="green" if not report.config_differences else "bold red"))
+    for difference in report.config_differences:
+        row(grid, "", Text(printable(difference), style="red"))
     if report.logits_max_abs is not None:
         ok = report.logits_ok
-        row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}; "
-                                 f"tolerance {report.tolerance:g}) {'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
+        row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} over {report.probe_tokens} tokens "
+                                 f"({report.logits_how[0]} vs {report.logits_how[1]}; tolerance {report.tolerance:g}) "
+                                 f"{'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
     for note in report.notes:
         row(grid, "note", Text(printable(note)))
     console.print(grid)

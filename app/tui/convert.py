@@ -415,6 +415,8 @@ class ConvertScreen(Screen):
         log = self.query_one("#run-log", Log)
         differing = sum(not t.equal for t in report.tensors)
         log.write_line(f"tensors: {len(report.tensors)} compared, {differing} differ")
+        log.write_line("architecture: every field the same" if not report.config_differences else
+                       "architecture differs: " + printable("; ".join(report.config_differences), 1000))
         if report.logits_max_abs is not None:
             verdict = "OK" if report.logits_ok else "MISMATCH"
             log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}) {verdict}")
