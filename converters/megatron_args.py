@@ -43,7 +43,9 @@ def _activation_from_args(args: dict[str, Any]) -> str:
         return "xielu"
     if args.get("swiglu") or str(args.get("glu_activation") or "").lower() == "swiglu":
         return "swiglu"
-    for unsupported in ("squared_relu", "xiprelu", "xiprelup", "onnx_safe"):
+    if args.get("squared_relu"):
+        return "relu2"
+    for unsupported in ("xiprelu", "xiprelup", "onnx_safe"):
         if args.get(unsupported):
             raise SpecError(f"Megatron activation {unsupported} has no HF equivalent here")
     if args.get("glu_activation"):
@@ -170,7 +172,8 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
     )
-    return spec.with_(family=families.recognise_megatron(args, spec))
+    family = families.family(families.recognise_megatron(args, spec))
+    return family.megatron.finish(spec.with_(family=family.name))
 
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -188,7 +191,7 @@ INEXPRESSIBLE = (
     (lambda s: bool(s.attn_softcap or s.final_softcap), "attention / logit soft-capping"),
     (lambda s: s.layer_types is not None and len(set(s.layer_types)) > 1, "sliding window on some layers only"),
     (lambda s: s.rope_local_theta is not None, "a separate RoPE base for the sliding layers"),
-    (lambda s: s.norm_zero_centered and not s.layernorm_1p, "zero-centred (1 + w) norms with an embedding scale (Gemma)"),
+    (lambda s: s.norm_zero_centered and s.norm == "rmsnorm", "zero-centred (1 + w) RMSNorm (apply_layernorm_1p covers LayerNorm)"),
 )
 
 
@@ -254,12 +257,13 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "make_vocab_size_divisible_by": spec.make_vocab_size_divisible_by,
         "normalization": "RMSNorm" if spec.norm == "rmsnorm" else "LayerNorm",
         "norm_epsilon": spec.norm_eps,
-        "apply_layernorm_1p": spec.layernorm_1p,
+        "apply_layernorm_1p": spec.layernorm_1p or spec.norm_zero_centered,  # megatron-core stores w, normalises with w + 1
         "swiglu": spec.gated,
         "openai_gelu": spec.activation == "gelu_tanh",
         "bias_gelu_fusion": spec.activation != "gelu",
         "bias_activation_fusion": spec.activation != "gelu",
         "xielu": spec.activation == "xielu",
+        "squared_relu": spec.activation == "relu2",
         "embed_layernorm": spec.embed_norm,
         "parallel_attn": spec.parallel_attn,
         "parallel_layernorm": spec.parallel_attn and spec.parallel_norms == 2,

@@ -101,8 +101,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def norm(spec: ModelSpec, w: Getter, name: str, x: torch.Tensor) -> torch.Tensor:
     """The model's hidden-size norm (RMSNorm, or LayerNorm with `<name>.bias`)."""
-    if spec.norm == "layernorm":
-        return F.layer_norm(x, x.shape[-1:], w(name), w(name + ".bias"), spec.norm_eps)
+    if spec.norm == "layernorm":  # Nemotron's LayerNorm1P stores w and normalises with w + 1
+        gamma = w(name) + 1.0 if spec.norm_zero_centered else w(name)
+        return F.layer_norm(x, x.shape[-1:], gamma, w(name + ".bias"), spec.norm_eps)
     if spec.norm_zero_centered:
         return gemma_rms_norm(x, w(name), spec.norm_eps)
     return rms_norm(x, w(name), spec.norm_eps)
@@ -239,6 +240,8 @@ def mlp(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, bias: bool | None =
         act = F.gelu(up)
     elif spec.activation == "gelu_tanh":
         act = F.gelu(up, approximate="tanh")
+    elif spec.activation == "relu2":  # squared ReLU (Nemotron)
+        act = torch.square(F.relu(up))
     elif spec.activation == "xielu":
         act = xielu(up, w(p + "act.alpha_p"), w(p + "act.alpha_n"))
     else:

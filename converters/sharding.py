@@ -17,11 +17,11 @@ from .spec import ModelSpec
 
 def _norm_in(t: torch.Tensor, param: Param, spec: ModelSpec) -> torch.Tensor:
     """Stored -> true gamma (layernorm-1p stores gamma - 1)."""
-    return t + 1 if param.pack is Pack.NORM and spec.layernorm_1p else t
+    return t + 1 if param.pack is Pack.NORM and spec.layernorm_1p and not spec.norm_zero_centered else t
 
 
 def _norm_out(t: torch.Tensor, param: Param, spec: ModelSpec) -> torch.Tensor:
-    return t - 1 if param.pack is Pack.NORM and spec.layernorm_1p else t
+    return t - 1 if param.pack is Pack.NORM and spec.layernorm_1p and not spec.norm_zero_centered else t
 
 
 def _rotary_dim(spec: ModelSpec) -> int:

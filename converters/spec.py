@@ -25,7 +25,7 @@ import torch
 
 from . import vocab
 
-ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu")
+ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu", "relu2")
 GATED = ("swiglu", "geglu_tanh", "geglu")  # fc1 holds gate and up
 POSITIONS = ("rope", "learned", "alibi")
 

@@ -23,6 +23,10 @@ def _nothing(spec: ModelSpec) -> list[str]:
     return []
 
 
+def _same(spec: ModelSpec) -> ModelSpec:
+    return spec
+
+
 @dataclass(frozen=True)
 class HfParam:
     """One stored HF tensor: its name (relative to the layer prefix for layer rows; `{e}` for an
@@ -60,6 +64,7 @@ class MegatronTraits:
     match: Callable[[dict[str, Any], ModelSpec], bool] | None = None
     rank: int = 0  # more specific families are tried first
     problems: Callable[[ModelSpec], list[str]] = _nothing
+    finish: Callable[[ModelSpec], ModelSpec] = _same  # the family's reading of generic args (e.g. layernorm-1p)
 
 
 @dataclass(frozen=True)

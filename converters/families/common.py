@@ -110,7 +110,7 @@ def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
         family=family, layers=int(config["num_hidden_layers"]), hidden=hidden, heads=heads,
         kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(config.get("head_dim") or hidden // heads),
         ffn=int(config.get("intermediate_size") or 4 * hidden), vocab=int(config["vocab_size"]), norm="rmsnorm",
-        norm_eps=float(first(config, "rms_norm_eps", "layer_norm_eps", "norm_epsilon", default=1e-6)),
+        norm_eps=float(first(config, "rms_norm_eps", "layer_norm_eps", "norm_epsilon", "norm_eps", default=1e-6)),
         activation=fields.pop("activation", None) or one_of(config.get("hidden_act", "silu"), {"silu": "swiglu", "swish": "swiglu"},
                                                           f"{family} hidden_act"),
         rope_theta=theta, rope_scaling=scaling, rotary_percent=partial_rotary(config),
@@ -160,6 +160,7 @@ FEATURES: dict[str, Callable[[ModelSpec], bool]] = {
     "norms on the branch outputs": lambda s: s.out_norms,
     "a block without pre-norms": lambda s: not s.pre_norms,
     "a GeGLU MLP": lambda s: s.activation in ("geglu_tanh", "geglu"),
+    "a squared-ReLU MLP": lambda s: s.activation == "relu2",
 }
 
 
