@@ -57,6 +57,7 @@ CASES: dict[str, tuple] = {
                                                                                 "rope_theta": 1e6},
                                                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
                                             **SMALL), "sliding window on some layers only"),
+    "nemotron": (lambda t: t.NemotronConfig(intermediate_size=96, head_dim=16, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
