@@ -1,6 +1,8 @@
 """Where real runs keep the architecture of a checkpoint whose format stores none.
 
-NxD shards and DeepSpeed model states without Megatron-DeepSpeed args hold weights only. The
+Megatron-Bridge saves no Megatron-LM `args`: the model's TransformerConfig is the `model:` section
+of `run_config.yaml` in the iteration folder (`find_bridge_model_config`). NxD shards and
+DeepSpeed model states without Megatron-DeepSpeed args hold weights only. The
 Hugging Face Trainer saves `config.json` at the checkpoint root (`checkpoint-500/config.json`
 beside `global_step500/`), NxD runs keep the HF config beside their checkpoint folder; so the
 folders from the checkpoint up to `MAX_UP` levels above it are searched for a `config.json`
@@ -55,3 +57,39 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CheckpointError(path, "cannot read config: it must hold a JSON object")
     return doc
+
+
+BRIDGE_RUN_CONFIG = "run_config.yaml"
+
+
+def _regular_text(path: Path) -> str | None:
+    """A small regular file's text (no link, FIFO or device followed), else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+
+
+def find_bridge_model_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
+    """Megatron-Bridge's `run_config.yaml` `model:` section (iteration folder, then the root)."""
+    import yaml
+
+    folder = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    for candidate in dict.fromkeys(p / BRIDGE_RUN_CONFIG for p in (folder, ckpt.root) if p is not None):
+        text = _regular_text(candidate)
+        if text is None:
+            continue
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CheckpointError(candidate, f"cannot parse {BRIDGE_RUN_CONFIG}: {' '.join(str(exc).split())[:200]}") from None
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if isinstance(model, dict):
+            return model, candidate
+    return None

@@ -316,3 +316,41 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         args["decoder_last_pipeline_num_layers"] = pp_layers[-1]
     return args
 
+
+
+# megatron-core TransformerConfig field -> Megatron-LM argument (Megatron-Bridge's run_config.yaml
+# `model:` section holds the former); fields with the same name in both pass through.
+TRANSFORMER_CONFIG_RENAMES = {
+    "num_moe_experts": "num_experts",
+    "layernorm_epsilon": "norm_epsilon",
+    "layernorm_zero_centered_gamma": "apply_layernorm_1p",
+}
+# activation_func (serialised as `{_target_: torch.nn.functional.silu, _call_: false}` or a name)
+ACTIVATION_FUNCS = {"silu": "swiglu", "gelu": "gelu", "fast_gelu": "openai_gelu", "openai_gelu": "openai_gelu",
+                    "squared_relu": "squared_relu", "relu2": "squared_relu"}
+
+
+def args_from_transformer_config(model: dict[str, Any]) -> dict[str, Any]:
+    """Megatron-LM args (what `spec_from_megatron_args` reads) from a TransformerConfig mapping."""
+    args = {TRANSFORMER_CONFIG_RENAMES.get(k, k): v for k, v in model.items() if not str(k).startswith("_")}
+    func = model.get("activation_func")
+    name = func.get("_target_", "") if isinstance(func, dict) else str(func or "")
+    kind = ACTIVATION_FUNCS.get(name.rsplit(".", 1)[-1])
+    if kind is None and name:
+        raise SpecError(f"activation_func {name!r} is not supported (silu, gelu, fast_gelu, squared_relu)")
+    gated = bool(model.get("gated_linear_unit"))
+    if kind == "swiglu" and not gated:
+        raise SpecError("activation silu without gated_linear_unit (SiLU MLP without a gate) is not supported")
+    if kind == "swiglu" or kind is None and gated:
+        args["swiglu"] = True
+    elif kind == "gelu":
+        args["bias_gelu_fusion"] = args["bias_activation_fusion"] = False  # exact GELU
+    elif kind is not None:
+        args[kind] = True
+    heads, groups = model.get("num_attention_heads"), model.get("num_query_groups")
+    args["group_query_attention"] = groups is not None and groups != heads
+    args["untie_embeddings_and_output_weights"] = not model.get("share_embeddings_and_output_weights", True)
+    window = model.get("window_size")
+    if isinstance(window, list):
+        args["window_size"] = tuple(window)
+    return args

@@ -12,8 +12,9 @@ from typing import Any
 
 from ckptscope.inspectors.model import Checkpoint
 
-from ..discovery import find_hf_config
+from ..discovery import find_bridge_model_config, find_hf_config
 from ..families import spec_from_hf_config
+from ..megatron_args import args_from_transformer_config, spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
 from .dcp import DcpSource
@@ -73,6 +74,11 @@ def _open(ckpt: Checkpoint, config: dict[str, Any] | None, true_vocab: int | Non
             config, where = found
             architecture_from = str(where)
     spec = spec_from_hf_config(config) if config else None
+    if spec is None and cls in (MegatronDistSource, MegatronTorchSource) and not ckpt.metadata.get("args"):
+        bridge = find_bridge_model_config(ckpt)  # Megatron-Bridge: the TransformerConfig in run_config.yaml
+        if bridge is not None:
+            spec = spec_from_megatron_args(args_from_transformer_config(bridge[0]), true_vocab=true_vocab, vocab_note=vocab_note)
+            architecture_from = str(bridge[1])
     source = _construct(cls, ckpt, spec, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
     source.architecture_from = architecture_from or source.architecture_from
     return source
