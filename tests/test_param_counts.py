@@ -58,3 +58,27 @@ def test_buffers_are_shown_apart(tmp_path: Path) -> None:
     stored_buffers = sum(b.numel() for name, b in model.state_dict().items() if name.endswith((".beta", ".eps")))
     assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters())
     assert logical_param_count(ckpt, buffers=True) == stored_buffers > 0
+
+
+@pytest.mark.parametrize("item", ["hf/llama_gqa_sharded", "hf/llama_gqa_pytorch_bin_sharded", "hf/mixtral_moe_sharded"])
+def test_corpus_hf_counts_equal_the_model(corpus: Path, item: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(corpus / item), local_files_only=True)
+    assert logical_param_count(detect(corpus / item)) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("item", ["megatron/gpt_tp2pp1", "megatron/moe_ep2", "deepspeed/zero2_bf16"])
+def test_corpus_megatron_layouts_agree(corpus: Path, item: str) -> None:
+    """megatron-core's own torch and torch_dist saves of one model count the same parameters: the
+    model's canonical tensors plus Megatron's padded vocabulary rows (EP replicas counted once)."""
+    import math
+
+    from ckptscope.converters.sources import open_source
+
+    folders = [corpus / item / "legacy", corpus / item / "dist"] if item.startswith("megatron") else [corpus / item]
+    for folder in folders:
+        ckpt = detect(folder)
+        spec = open_source(ckpt).spec
+        padding = ((spec.padded_vocab or spec.vocab) - spec.vocab) * spec.hidden * (1 if spec.tied else 2)
+        assert logical_param_count(ckpt) == sum(math.prod(s) for s in spec.canonical_shapes().values()) + padding, folder
