@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS
-from ckptscope.inspectors.model import Checkpoint, TensorInfo
+from ckptscope.inspectors.model import Checkpoint, TensorInfo, training_state
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
 
@@ -134,6 +134,9 @@ def totals(ckpt: Checkpoint) -> Table:
         row(grid, "non-model tensors", f"{len(other)} (optimizer/rng), {size(sum(t.nbytes for t in other))}")
     if ckpt.objects:
         row(grid, "objects", f"{len(ckpt.objects)} non-tensor entries (e.g. {printable(ckpt.objects[0].name, 80)})")
+    for what, text in training_state(ckpt).items():
+        if what != "iteration":  # the header names it
+            row(grid, what, Text(printable(text, 500)))
     return grid
 
 

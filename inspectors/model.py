@@ -262,6 +262,7 @@ class Checkpoint:
                 {"name": o.name, "kind": o.kind, "file": o.file, "ranks": o.ranks.as_dict(), "detail": o.detail}
                 for o in self.objects
             ],
+            "training_state": training_state(self),
             "totals": {
                 "parameters": logical_param_count(self),
                 "buffer_elements": logical_param_count(self, buffers=True),
@@ -317,3 +318,47 @@ def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:
         else:
             total += sum(t.numel for t in slices.values())
     return total
+
+
+# ----- what else a training checkpoint holds -----------------------------------------------------------
+ADAM_RE = re.compile(r"(^|\.)(exp_avg|exp_avg_sq)($|\.)")
+MASTER_RE = re.compile(r"(fp32_param|fp32_from_fp16|master)")
+SCHEDULER_KEYS = ("opt_param_scheduler", "lr_scheduler", "scheduler")
+RNG_KEYS = ("rng_state", "rng_tracker_states", "random_rng_state", "cuda_rng_state")
+
+
+def training_state(ckpt: Checkpoint) -> dict[str, str]:
+    """What a user checks before deleting or resuming: optimizer state (kind, fp32 master weights,
+    distributed-optimizer or ZeRO files, sizes), scheduler and RNG state, iteration and samples."""
+    out: dict[str, str] = {}
+    meta, args = ckpt.metadata, ckpt.metadata.get("args") or {}
+    step = ckpt.iteration if ckpt.iteration is not None else meta.get("iteration", meta.get("global_steps"))
+    if step is not None:
+        out["iteration"] = str(step)
+    samples = args.get("consumed_train_samples") if isinstance(args, dict) else None
+    samples = samples if samples is not None else meta.get("global_samples")
+    if samples is not None:
+        out["consumed samples"] = str(samples)
+    keys = {str(k) for k in meta.get("top_level_keys") or ()} | {o.kind for o in ckpt.objects} | {o.name.split(".")[0] for o in ckpt.objects}
+    opt_files = [f for f in ckpt.files if f.role == "optimizer" or "distrib_optim" in f.rel.rsplit("/", 1)[-1]]
+    opt_tensors = [t for t in ckpt.tensors if t.group == "optimizer"]
+    parts = []
+    if opt_tensors:
+        names = [t.name for t in opt_tensors]
+        kind = "Adam moments" if any(ADAM_RE.search(n) for n in names) else "state"
+        master = ", fp32 master weights" if any(MASTER_RE.search(n) for n in names) else ""
+        parts.append(f"{len(opt_tensors)} tensors ({kind}{master}), {sum(t.nbytes for t in opt_tensors):,} bytes")
+    if opt_files:
+        zero = meta.get("zero_stage")
+        what = f"ZeRO-{zero} partitions" if zero else "distributed-optimizer files" if any("distrib_optim" in f.rel for f in opt_files) else "files"
+        bf16 = " (bf16 run: fp32 master weights inside)" if any(f.rel.rsplit("/", 1)[-1].startswith("bf16_") for f in opt_files) else ""
+        parts.append(f"{len(opt_files)} {what}{bf16}, {sum(f.size for f in opt_files):,} bytes")
+    if not parts and "optimizer" in keys:
+        parts.append("in the rank files (not listed as tensors)")
+    if parts or meta.get("optimizer_in_model_states"):
+        out["optimizer"] = "; ".join(parts) or "in the model states"
+    if keys & set(SCHEDULER_KEYS):
+        out["scheduler"] = "present"
+    if keys & set(RNG_KEYS) or any(t.name.startswith(RNG_KEYS) for t in ckpt.tensors):
+        out["rng state"] = "present"
+    return out
