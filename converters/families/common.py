@@ -205,6 +205,12 @@ def lm_head(spec: ModelSpec) -> bool:
     return not spec.tied
 
 
+def norm_rows(name: str, canon: str, when: Callable[[ModelSpec], bool] = lambda s: True) -> tuple[HfParam, HfParam]:
+    """A norm's weight and, for LayerNorm models, its bias (`name` without `.weight`)."""
+    return (HfParam(f"{name}.weight", (canon,), when=when),
+            HfParam(f"{name}.bias", (f"{canon}.bias",), when=lambda s: when(s) and s.norm_bias))
+
+
 def _qkv_bias(s: ModelSpec) -> bool:
     return s.qkv_bias
 

@@ -13,7 +13,8 @@ from typing import Any
 from ..layouts import GroupedQKV
 from ..spec import ModelSpec, SpecError
 from .base import Family, HfParam, MegatronTraits
-from .common import LN_F_AND_HEAD, first, hf_common, one_of, refuse_features, rope_from_config, rope_parameters
+from .common import (LN_F_AND_HEAD, first, hf_common, norm_rows, one_of, refuse_features, rope_from_config,
+                     rope_parameters)
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -79,9 +80,6 @@ def config_from_spec(spec: ModelSpec) -> Any:
     return config
 
 
-def _norm(name: str, canon: str, when) -> tuple[HfParam, HfParam]:  # type: ignore[no-untyped-def]
-    return HfParam(f"{name}.weight", (canon,), when=when), HfParam(f"{name}.bias", (f"{canon}.bias",), when=when)
-
 
 FAMILY = Family(
     name="falcon",
@@ -89,15 +87,15 @@ FAMILY = Family(
     layer_prefix="transformer.h.{i}.",
     pre=(HfParam("transformer.word_embeddings.weight", ("embed",)),),
     layer=(
-        *_norm("input_layernorm", "input_norm", lambda s: not _two_norms(s)),
-        *_norm("ln_attn", "input_norm", _two_norms),
+        *norm_rows("input_layernorm", "input_norm", lambda s: not _two_norms(s)),
+        *norm_rows("ln_attn", "input_norm", _two_norms),
         HfParam("self_attention.query_key_value.weight", ("attn.q", "attn.k", "attn.v"), GroupedQKV()),
         HfParam("self_attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), GroupedQKV(),
                 when=lambda s: s.qkv_bias),
         HfParam("self_attention.dense.weight", ("attn.o",)),
         HfParam("self_attention.dense.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
-        *_norm("post_attention_layernorm", "post_attn_norm", lambda s: not s.parallel_attn),
-        *_norm("ln_mlp", "post_attn_norm", _two_norms),
+        *norm_rows("post_attention_layernorm", "post_attn_norm", lambda s: not s.parallel_attn),
+        *norm_rows("ln_mlp", "post_attn_norm", _two_norms),
         HfParam("mlp.dense_h_to_4h.weight", ("mlp.up",)),
         HfParam("mlp.dense_h_to_4h.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
         HfParam("mlp.dense_4h_to_h.weight", ("mlp.down",)),

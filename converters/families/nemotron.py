@@ -9,7 +9,7 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import HfParam, MegatronTraits
-from .common import (finish_hf_config, lm_head, llama_config_kwargs, llama_family, llama_spec, need, one_of,
+from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, lm_head, need, norm_rows, one_of,
                      refuse_features, rope_parameters)
 
 
@@ -32,9 +32,6 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     return finish_hf_config(transformers.NemotronConfig(**kwargs), spec, "NemotronForCausalLM")
 
 
-def _norm(name: str, canon: str) -> tuple[HfParam, HfParam]:
-    return HfParam(f"{name}.weight", (canon,)), HfParam(f"{name}.bias", (f"{canon}.bias",))
-
 
 def _qkv_bias(s: ModelSpec) -> bool:
     return s.qkv_bias
@@ -44,18 +41,18 @@ FAMILY = llama_family(
     name="nemotron",
     model_types=("nemotron",),
     layer=(
-        *_norm("input_layernorm", "input_norm"),
+        *norm_rows("input_layernorm", "input_norm"),
         *(row for n in "qkv" for row in (HfParam(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
                                          HfParam(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
         HfParam("self_attn.o_proj.weight", ("attn.o",)),
         HfParam("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
-        *_norm("post_attention_layernorm", "post_attn_norm"),
+        *norm_rows("post_attention_layernorm", "post_attn_norm"),
         HfParam("mlp.up_proj.weight", ("mlp.up",)),
         HfParam("mlp.up_proj.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
         HfParam("mlp.down_proj.weight", ("mlp.down",)),
         HfParam("mlp.down_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
-    post=(*_norm("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
+    post=(*norm_rows("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     megatron=MegatronTraits(match=lambda args, s: s.activation == "relu2", rank=3,

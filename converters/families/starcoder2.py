@@ -8,7 +8,7 @@ from typing import Any
 from ..spec import ModelSpec
 from .base import HfParam, MegatronTraits
 from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, lm_head, need,
-                     one_of, refuse_features)
+                     norm_rows, one_of, refuse_features)
 
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
@@ -36,9 +36,6 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     return finish_hf_config(config, spec, "Starcoder2ForCausalLM")
 
 
-def _norm(name: str, canon: str) -> tuple[HfParam, HfParam]:
-    return HfParam(f"{name}.weight", (canon,)), HfParam(f"{name}.bias", (f"{canon}.bias",), when=lambda s: s.norm_bias)
-
 
 def _megatron(args: dict[str, Any], s: ModelSpec) -> bool:
     """Sequential GELU block with RoPE: Falcon's classic block is multi-head, exact GELU, no window."""
@@ -51,14 +48,14 @@ FAMILY = llama_family(
     model_types=("starcoder2",),
     layer=(
         *(row for row in llama_attention() if row.name != "input_layernorm.weight" and row.name != "post_attention_layernorm.weight"),
-        *_norm("input_layernorm", "input_norm"),
-        *_norm("post_attention_layernorm", "post_attn_norm"),
+        *norm_rows("input_layernorm", "input_norm"),
+        *norm_rows("post_attention_layernorm", "post_attn_norm"),
         HfParam("mlp.c_fc.weight", ("mlp.up",)),
         HfParam("mlp.c_fc.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
         HfParam("mlp.c_proj.weight", ("mlp.down",)),
         HfParam("mlp.c_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
-    post=(*_norm("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
+    post=(*norm_rows("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     megatron=MegatronTraits(match=_megatron, rank=3),
