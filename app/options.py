@@ -20,7 +20,6 @@ from ckptscope.converters.formats import TARGETS as _TARGETS
 
 Check = Callable[[Any], Any]
 
-MAX_LAYOUT = 1024  # TP, PP, EP of a target layout
 MAX_INT64 = 2**63 - 1
 MAX_CONFIG_BYTES = 16 * 2**20  # a --config JSON is a few KB
 MAX_PATTERN = 4096  # --filter / --ignore globs
@@ -190,7 +189,19 @@ def output_path() -> Check:
 
 
 # ----- the tables --------------------------------------------------------------------------------
-LAYOUT = integer(1, MAX_LAYOUT)
+def core(name: str) -> Check:
+    """The converter's own rule for an option (converters/options.py): one place decides its range."""
+    from ckptscope.converters.options import OptionError as CoreOptionError, option
+
+    def check(value: Any) -> Any:
+        try:
+            return option(name).value(value)
+        except CoreOptionError as exc:  # "--tp 0: must be at least 1" -> the problem after the value
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+    return check
+
+
+LAYOUT = {name: Rule(f"--{name}", core(name)) for name in ("tp", "pp", "ep")}
 CONFIG = Rule("--config", path("file", MAX_CONFIG_BYTES, what="config"))
 TARGETS = tuple(_TARGETS)  # the registry's (converters/formats.py)
 
@@ -201,7 +212,7 @@ INSPECT = {
 CHECK = {
     "path": Rule("", path()),
     "to": Rule("--to", choice(*TARGETS, what="target format")),
-    "tp": Rule("--tp", LAYOUT), "pp": Rule("--pp", LAYOUT), "ep": Rule("--ep", LAYOUT),
+    **LAYOUT,
     "config": CONFIG,
     "ignore": Rule("--ignore", each(text(MAX_PATTERN))),
 }
