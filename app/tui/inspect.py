@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 from ckptscope.app.safe import row, safe, safe_text
 from ckptscope.inspectors.jsonable import jsonable
 from ckptscope.inspectors.megatron_common import ARCH_FIELDS
+from ckptscope.inspectors.model import training_state
 from ckptscope.inspectors.stats import tensor_stats
 from ckptscope.inspectors.summary import arch_fields, printable, shard_files_label
 from ckptscope.inspectors.tree import NON_MODEL, ModuleNode, build_tree
@@ -262,6 +263,9 @@ class InspectScreen(Screen):
                                   f"{len(view.unmatched)} unmatched")
         elif view.problem:
             row(table, "model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
+        for what, text in training_state(ckpt).items():  # what else the run saved (as `ckptscope inspect`)
+            if what != "iteration":
+                row(table, what, printable(text))
         for warning in ckpt.warnings:
             row(table, "warning", Text(printable(warning), style="yellow"))
         if ckpt.placeholders:
