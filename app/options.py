@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ckptscope.converters.formats import TARGETS as _TARGETS
+from ckptscope.inspectors.files import SIDE_FILE_LIMITS
 
 Check = Callable[[Any], Any]
 
 MAX_INT64 = 2**63 - 1
-MAX_CONFIG_BYTES = 16 * 2**20  # a --config JSON is a few KB
+MAX_CONFIG_BYTES = SIDE_FILE_LIMITS["json"]  # a --config JSON is a few KB; the readers' own cap
 MAX_PATTERN = 4096  # --filter / --ignore globs
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -36,6 +35,7 @@ from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import RANK_AXES, Checkpoint, TensorInfo
 from ckptscope.inspectors.summary import Row, natural_key
 
+from .discovery import read_config
 from .plan import make_plan
 from .sources import Accounting, CanonicalSource, group_label, open_source
 from .verify import VerifyReport, compare_tensors
@@ -262,10 +262,7 @@ def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
 def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
     if config is None or isinstance(config, Mapping):
         return dict(config) if config is not None else None
-    try:
-        return json.loads(Path(config).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(config, f"cannot read config: {exc}") from None
+    return read_config(config)
 
 
 def _side(path: str, ckpt: Checkpoint) -> Side:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.files import SIDE_FILE_LIMITS, read_side_file
 from ckptscope.inspectors.model import Checkpoint
 
 MAX_UP = 3  # checkpoint-500/global_step500/ and run/checkpoints/step_N/model are within reach
-MAX_CONFIG_BYTES = 16 * 2**20
+MAX_CONFIG_BYTES = SIDE_FILE_LIMITS["json"]
 
 
 def find_hf_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
@@ -29,15 +30,10 @@ def find_hf_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
     start = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
     for folder in [start, *start.parents][: MAX_UP + 1]:
         candidate = folder / "config.json"
+        text = _regular_text(candidate)
         try:
-            st = os.lstat(candidate)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
-            continue
-        try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json.loads(text) if text is not None else None
+        except ValueError:
             continue
         if isinstance(data, dict) and isinstance(data.get("model_type"), str):
             return data, candidate
@@ -45,14 +41,11 @@ def find_hf_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """A `--config` file: one JSON object, at most `MAX_CONFIG_BYTES` (one-line errors naming it)."""
+    """A `--config` file: one JSON object in a regular file of at most `MAX_CONFIG_BYTES` (the side-file
+    reader never blocks on a FIFO); errors are one line naming the file."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise CheckpointError(path, f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes")
-        doc = json.loads(raw)
-    except (OSError, ValueError) as exc:
+        doc = json.loads(read_side_file(path, "json", "config"))
+    except ValueError as exc:
         raise CheckpointError(path, f"cannot read config: {exc}") from None
     if not isinstance(doc, dict):
         raise CheckpointError(path, "cannot read config: it must hold a JSON object")
