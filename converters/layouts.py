@@ -1,9 +1,11 @@
-"""Typed, reversible stored-tensor layouts for HF family tables.
+"""Typed, reversible ops: the canonical half of a mapping row (`row.py`), for every format.
 
-A layout says how the canonical tensors of one rule row (in `canon` order) become the one
-tensor stored under an HF name, and back. Every layout has `pack` and its inverse `unpack`,
-plus `shape` so writers can plan files before reading anything. GPT-2's `Conv1D` keeps weights
-as `[in, out]`, the transpose of `nn.Linear`: that is `Transposed(...)`, not a special case.
+An op says how the canonical tensors of one row (in `canon` order) become the one whole
+tensor stored under the row's name, and back. Every op has `pack` and its inverse `unpack`,
+plus `shape` so writers can plan files before reading anything. How tensor parallelism then
+cuts the whole tensor is the row's other half (`shards.py`). GPT-2's `Conv1D` keeps weights as
+`[in, out]`, the transpose of `nn.Linear`: that is `Transposed(...)`, not a special case;
+Megatron's SwiGLU fc1 is `ConcatRows` (`[gate; up]`) cut by `shards.Blocks`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ops import fuse_qkv, rotary_to_half, rotary_to_interleaved, split_qkv
+from .ops import fuse_qkv, pad_rows, rotary_to_half, rotary_to_interleaved, split_qkv
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -64,16 +66,63 @@ class ConcatRows(Layout):
 @dataclass(frozen=True)
 class GroupedQKV(Layout):
     """q, k, v fused per query group `[q.., k, v]` (Megatron's layout; BLOOM's per-head
-    `[heads, 3, d]` is the case groups == heads, Falcon multi-query the case groups == 1)."""
+    `[heads, 3, d]` is the case groups == heads, Falcon multi-query the case groups == 1).
+
+    `keeps_rotary`: the stored q/k rows keep the spec's rotary layout (a Megatron target of a
+    Meta or Megatron-LLM source stays interleaved); canonical q/k are always rotate-half."""
+
+    keeps_rotary: bool = False
+
+    def _rotary(self, spec: ModelSpec) -> int | None:
+        return int(spec.head_dim * spec.rotary_percent) if self.keeps_rotary and spec.rotary_interleaved else None
 
     def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
-        return fuse_qkv(parts[0], parts[1], parts[2], spec.heads, spec.kv_heads)
+        q, k, v = parts
+        if (r := self._rotary(spec)) is not None:
+            q, k = rotary_to_interleaved(q, spec.heads, r), rotary_to_interleaved(k, spec.kv_heads, r)
+        return fuse_qkv(q, k, v, spec.heads, spec.kv_heads)
 
     def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
-        return list(split_qkv(stored, spec.heads, spec.kv_heads))
+        q, k, v = split_qkv(stored, spec.heads, spec.kv_heads)
+        if (r := self._rotary(spec)) is not None:
+            q, k = rotary_to_half(q, spec.heads, r), rotary_to_half(k, spec.kv_heads, r)
+        return [q, k, v]
 
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+@dataclass(frozen=True)
+class NormOffset(Layout):
+    """A norm weight stored as `gamma - 1` under Megatron's layernorm-1p. A zero-centred norm
+    (Gemma-style `w + 1` in the forward) is already stored as `w`: kept as is."""
+
+    def _offset(self, spec: ModelSpec) -> bool:
+        return spec.layernorm_1p and not spec.norm_zero_centered
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return parts[0] - 1 if self._offset(spec) else parts[0]
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return [(stored + 1).contiguous() if self._offset(spec) else stored]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return shapes[0]
+
+
+@dataclass(frozen=True)
+class PadVocab(Layout):
+    """Vocabulary rows stored padded to `spec.padded_vocab` (Megatron repeats the last row);
+    read back trimmed to the canonical vocabulary, or padded up to a larger tokenizer."""
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return pad_rows(parts[0], spec.padded_vocab or spec.vocab)
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        return [pad_rows(stored, shapes[0][0]) if stored.shape[0] != shapes[0][0] else stored.contiguous()]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return (spec.padded_vocab or shapes[0][0], *shapes[0][1:])
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
     interleaved = args.get("rotary_interleaved")
     interleaved = bool(interleaved) if interleaved is not None else (mllm and position == "rope")
     window = _window_from_args(args)
+    layer_types = _layer_types_from_args(args, layers) if window else None
     shared_ffn = int(args.get("moe_shared_expert_intermediate_size") or 0) if experts else 0
     spec = ModelSpec(
         family="",
@@ -168,6 +169,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         shared_expert_ffn=shared_ffn,
         shared_expert_gate=bool(shared_ffn and args.get("moe_shared_expert_gate")),
         sliding_window=window,
+        layer_types=layer_types,
         dtype=_dtype_from_args(args),
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
@@ -189,7 +191,6 @@ INEXPRESSIBLE = (
     (lambda s: _rope_problem(s), "this RoPE scaling (megatron-core has linear and llama3 with factors 1 / 4 / 8192 only)"),
     (lambda s: s.activation in ("geglu_tanh", "geglu"), "a GeGLU MLP (Megatron-LM's arguments select SwiGLU only)"),
     (lambda s: bool(s.attn_softcap or s.final_softcap), "attention / logit soft-capping"),
-    (lambda s: s.layer_types is not None and len(set(s.layer_types)) > 1, "sliding window on some layers only"),
     (lambda s: s.rope_local_theta is not None, "a separate RoPE base for the sliding layers"),
     (lambda s: s.norm_zero_centered and s.norm == "rmsnorm", "zero-centred (1 + w) RMSNorm (apply_layernorm_1p covers LayerNorm)"),
 )
@@ -231,9 +232,37 @@ def _window_from_args(args: dict[str, Any]) -> int | None:
     left, right = window
     if right != 0 or left < 0:
         raise SpecError(f"Megatron window_size {tuple(window)} looks ahead or is negative: no HF model attends that way")
-    if args.get("window_attn_skip_freq"):
-        raise SpecError("Megatron window_attn_skip_freq (sliding window on some layers only) is not supported yet")
     return left + 1
+
+
+def _layer_types_from_args(args: dict[str, Any], layers: int) -> tuple[str, ...] | None:
+    """megatron-core `window_attn_skip_freq` (`is_layer_window_attention`, 1-based layer numbers):
+    an int N makes every N-th layer full attention, a list marks sliding layers with 1. None when
+    every layer slides (HF's `layer_types` is then left out)."""
+    freq = args.get("window_attn_skip_freq")
+    if freq is None:
+        return None
+    if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        sliding = [(i + 1) % freq != 0 for i in range(layers)]
+    elif isinstance(freq, (list, tuple)) and len(freq) == layers and all(v in (0, 1) for v in freq):
+        sliding = [bool(v) for v in freq]
+    else:
+        raise SpecError(f"Megatron window_attn_skip_freq {freq!r} is neither a positive int nor {layers} flags of 0/1")
+    if all(sliding):
+        return None
+    return tuple("sliding_attention" if v else "full_attention" for v in sliding)
+
+
+def _skip_freq(spec: ModelSpec) -> int | list[int] | None:
+    """Inverse of `_layer_types_from_args`: the int form when the pattern is periodic (N-1 sliding
+    layers, then one full), else the per-layer list."""
+    if spec.layer_types is None:
+        return None
+    flags = [int(t == "sliding_attention") for t in spec.layer_types]
+    for n in range(2, spec.layers + 1):
+        if flags == [int((i + 1) % n != 0) for i in range(spec.layers)]:
+            return n
+    return flags
 
 
 def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, padded_vocab: int,
@@ -305,6 +334,7 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         raise SpecError(f"megatron-core cannot express this {spec.family} model: {'; '.join(problems)}")
     args.update({
         "window_size": (spec.sliding_window - 1, 0) if spec.sliding_window else None,
+        "window_attn_skip_freq": _skip_freq(spec),
         "moe_router_pre_softmax": spec.moe and not spec.norm_topk_prob,
         "moe_shared_expert_intermediate_size": spec.shared_expert_ffn or None,
         "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),

@@ -56,7 +56,7 @@ CASES: dict[str, tuple] = {
                                             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                                 "rope_theta": 1e6},
                                                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
-                                            **SMALL), "sliding window on some layers only"),
+                                            **SMALL), "a separate RoPE base for the sliding layers"),
     "nemotron": (lambda t: t.NemotronConfig(intermediate_size=96, head_dim=16, **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
@@ -209,3 +209,36 @@ def test_layouts_pack_unpack_are_inverse(layout) -> None:
     assert all(torch.equal(a, b) for a, b in zip(parts, back))
     if isinstance(layout, InterleavedRotary):
         assert not torch.equal(stored, parts[0])  # the rotary half of each head really moved
+
+
+# Sliding window on some layers only: megatron-core's `window_attn_skip_freq` (an int N: every N-th
+# layer full; or one 0/1 flag per layer) carries the pattern through Megatron.
+PATTERNS = {
+    "periodic": (lambda t: t.Qwen2Config(intermediate_size=96, use_sliding_window=True, sliding_window=5,
+                                         layer_types=["sliding_attention", "full_attention"] * 2, **SMALL), 2),
+    "listed": (lambda t: t.Qwen3Config(intermediate_size=96, head_dim=32, use_sliding_window=True, sliding_window=5,
+                                       max_window_layers=2, **SMALL), [0, 0, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_sliding_pattern_survives_megatron(tmp_path: Path, pattern: str) -> None:
+    import transformers as t
+
+    make, skip_freq = PATTERNS[pattern]
+    torch.manual_seed(0)
+    model = t.AutoModelForCausalLM.from_config(make(t)).eval()
+    assert len(set(model.config.layer_types)) == 2
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2)
+    args = detect(mt).metadata["args"]
+    assert (tuple(args["window_size"]), args["window_attn_skip_freq"]) == ((4, 0), skip_freq)
+    dist = convert_to(src, tmp_path / "dist", "megatron-dist", tp=2)
+    for i, stored in enumerate((mt, dist)):
+        back = convert_to(stored, tmp_path / f"hf{i}", "hf")
+        assert_same_hf_state(src, back)
+        assert_same_config(src, back)
+        assert logits_diff(back, model, VOCAB) <= 1e-5
+    report = verify(src, mt)
+    assert report.identical and report.logits_ok and not report.config_differences, report.to_json()

@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from ckptscope.converters import families, vocab
-from ckptscope.converters.nxd_sharding import Geometry
-from ckptscope.converters.nxd_sharding import gather as nxd_gather
-from ckptscope.converters.nxd_sharding import scatter as nxd_scatter
-from ckptscope.converters.rules import deepspeed, megatron, megatron_llm, nxd
-from ckptscope.converters.sharding import from_global, gather, scatter, to_global
+from ckptscope.converters.layouts import Constant, Layout, NormOffset
+from ckptscope.converters.row import Row, canon_shapes, from_stored, gather, gather_stacked, scatter, scatter_stacked, to_stored
+from ckptscope.converters.rules import deepspeed, megatron, megatron_llm, meta, nxd
+from ckptscope.converters.shards import Geometry
 from ckptscope.converters.spec import ModelSpec
 
 
@@ -27,16 +26,26 @@ def test_every_table_row_names_declared_canonical_tensors() -> None:
     rows: list[tuple[str, tuple[str, ...]]] = []
     for family in families.FAMILIES.values():
         rows += [(f"{family.name}:{r.name}", r.canon) for r in (*family.pre, *family.layer, *family.post)]
-    rows += [(f"megatron:{p.names['local']}", p.canon) for p in megatron.LAYER_PARAMS]
-    rows += [(f"megatron:{p.names['local']}", p.canon) for p, _ in megatron.GLOBAL_PARAMS]
-    rows += [(f"megatron-llm:{p.names['local']}", p.canon) for p in megatron_llm.LAYER_PARAMS]
-    for table in deepspeed.ROLE_ROWS.values():
-        rows += [(f"deepspeed:{p.names['local']}", p.canon) for naming in table.values() for p in naming]
-    rows += [(f"nxd:{p.hf}", p.canon) for p in nxd.LAYER_PARAMS] + [(f"nxd:{p.hf}", p.canon) for p, _ in nxd.GLOBAL_PARAMS]
-    rows += [(f"nxd:{p.hf}", p.canon) for form in nxd.ATTENTION_FORMS.values() for p in form]
+    for where, table in ALL_TABLES.items():
+        rows += [(f"{where}:{r.name}", r.canon) for r in table]
     undeclared = [(where, c) for where, canon in rows for c in canon if not vocab.is_declared(_rel(c))]
     assert not undeclared, undeclared
     assert len(rows) > 300
+
+
+ALL_TABLES: dict[str, tuple[Row, ...]] = {
+    "megatron": (*megatron.LAYER_PARAMS, *(p for p, _ in megatron.GLOBAL_PARAMS)),
+    "megatron-llm": (*megatron_llm.LAYER_PARAMS, *(p for p, _ in megatron_llm.GLOBAL_PARAMS)),
+    "deepspeed": tuple(p for table in deepspeed.ROLE_ROWS.values() for naming in table.values() for p in naming),
+    "nxd": (*nxd.LAYER_PARAMS, *(p for p, _ in nxd.GLOBAL_PARAMS), *(p for form in nxd.ATTENTION_FORMS.values() for p in form)),
+    "meta": (meta.EMBED_BY_DIM, meta.EMBED_BY_VOCAB, *meta.LAYER_ROWS, *meta.POST_ROWS),
+}
+
+
+def test_every_table_is_made_of_the_one_row_type() -> None:
+    family_rows = [r for f in families.FAMILIES.values() for r in (*f.pre, *f.layer, *f.post)]
+    assert all(type(r) is Row for table in ALL_TABLES.values() for r in table)
+    assert all(type(r) is Row for r in family_rows)
 
 
 SPECS = {
@@ -48,6 +57,11 @@ SPECS = {
     "moe-shared-qknorm": ModelSpec(family="qwen2_moe", layers=1, hidden=64, heads=8, kv_heads=4, head_dim=8, ffn=96, vocab=100,
                                    experts=4, expert_ffn=32, shared_expert_ffn=48, shared_expert_gate=True, qk_norm=True),
 }
+
+
+def _one_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """(x - 1) + 1 in fp32: each step rounds to half an ulp of |x| + 1."""
+    return bool(((a - b).abs() <= 2.4e-7 * (a.abs() + 1)).all())
 
 
 def _canon_tensors(spec: ModelSpec, canon: tuple[str, ...]) -> list[torch.Tensor]:
@@ -64,11 +78,12 @@ def test_megatron_rows_scatter_then_gather_is_identity(kind: str, tp: int) -> No
         canon = tuple(("layers.0." + c.format(e=1)) if not c.startswith(("embed", "pos_embed", "final_norm", "lm_head")) else c
                       for c in param.canon)
         parts = _canon_tensors(spec, canon)
-        back = gather(param, scatter(param, parts, spec, tp, padded), spec)
-        full = from_global(param, to_global(param, parts, spec, padded), spec)  # torch_dist's global tensor
+        geo = Geometry(spec.with_(padded_vocab=padded), tp)
+        back = gather(param, scatter(param, parts, geo), geo)
+        full = from_stored(param, to_stored(param, parts, geo.spec), geo.spec)  # torch_dist's global tensor
         for a, b, c in zip(parts, back, full):
-            if param.pack is megatron.Pack.NORM and spec.layernorm_1p:  # stored gamma - 1: exact to one rounding
-                assert torch.allclose(a, b, rtol=0, atol=2e-7) and torch.allclose(a, c, rtol=0, atol=2e-7)
+            if isinstance(param.op, NormOffset) and spec.layernorm_1p:  # stored gamma - 1: exact to one rounding
+                assert _one_rounding(a, b) and _one_rounding(a, c)
             else:
                 assert torch.equal(a, b) and torch.equal(a, c), (kind, tp, param.canon)
 
@@ -79,9 +94,56 @@ def test_nxd_rows_scatter_then_gather_is_identity(form: str, tp: int, kv_mult: i
     spec = ModelSpec(family="llama", layers=1, hidden=64, heads=8, kv_heads=4, head_dim=8, ffn=96, vocab=128)
     geo = Geometry(spec, tp, 1, kv_mult)
     for param in nxd.layer_params(spec, form):
-        if param.expert:
-            continue
         canon = tuple(f"layers.0.{c}" for c in param.canon)
         parts = _canon_tensors(spec, canon)
-        back = nxd_gather(param, nxd_scatter(param, parts, geo), geo)
+        back = gather(param, scatter(param, parts, geo), geo)
         assert all(torch.equal(a, b) for a, b in zip(parts, back)), (form, tp, param.canon)
+
+
+@pytest.mark.parametrize(("tp", "ep"), [(1, 1), (2, 1), (2, 2), (1, 4)])
+def test_nxd_stacked_expert_rows_scatter_then_gather_is_identity(tp: int, ep: int) -> None:
+    spec = ModelSpec(family="mixtral", layers=1, hidden=64, heads=8, kv_heads=4, head_dim=8, ffn=96, vocab=128,
+                     experts=4, expert_ffn=32)
+    geo = Geometry(spec, tp, ep)
+    for param in (p for p in nxd.layer_params(spec, "gqa") if p.stacked):
+        shapes = canon_shapes(param, spec)
+        parts = [torch.randn(shapes[k]) for _ in range(spec.experts) for k in range(len(param.canon))]
+        pieces = scatter_stacked(param, parts, geo)
+        assert len(pieces) == ep and all(len(by_tp) == tp and by_tp[0].shape[0] == spec.experts // ep for by_tp in pieces)
+        back = gather_stacked(param, pieces, geo)
+        assert all(torch.equal(a, b) for a, b in zip(parts, back)), (param.name, tp, ep)
+
+
+def _op_cases() -> list[tuple[str, Row, ModelSpec]]:
+    """Every row of every table (family tables under a spec that has the row), with a spec it applies to."""
+    specs = [*SPECS.values(),
+             ModelSpec(family="llama", layers=1, hidden=64, heads=8, kv_heads=2, head_dim=8, ffn=96, vocab=100,
+                       rotary_interleaved=True, padded_vocab=128)]
+    cases = []
+    for where, table in ALL_TABLES.items():
+        for row in table:
+            spec = next((s for s in specs if row.when(s)), None)
+            if spec is not None and row.canon:
+                cases.append((f"{where}:{row.name}", row, spec))
+    for family in families.FAMILIES.values():
+        for row in (*family.pre, *family.layer, *family.post):
+            spec = next((s for s in specs if row.when(s)), None)
+            if spec is not None and row.canon and all(vocab.declared[vocab.pattern_of(c)].present(spec) for c in row.canon):
+                cases.append((f"{family.name}:{row.name}", row, spec))
+    return cases
+
+
+def test_every_op_unpacks_what_it_packs() -> None:
+    """pack then unpack is the identity for every row's op on random tensors of its shapes, and
+    `shape` predicts the packed shape (norm offsets exact to one rounding)."""
+    cases = _op_cases()
+    every_op = set(Layout.__subclasses__()) - {Constant}  # Constant stores no canonical tensor
+    assert {type(row.op) for _, row, _ in cases} == every_op
+    for where, row, spec in cases:
+        shapes = canon_shapes(row, spec)
+        parts = [torch.randn(s) for s in shapes]
+        packed = to_stored(row, parts, spec)
+        assert tuple(packed.shape) == row.op.shape(shapes, spec), where
+        back = from_stored(row, packed, spec)
+        for a, b in zip(parts, back):
+            assert _one_rounding(a, b) if isinstance(row.op, NormOffset) else torch.equal(a, b), where

@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import Family, FusedExperts, HfEntry, HfParam, MegatronTraits
+from .base import Family, FusedExperts, HfEntry, MegatronTraits
 from .base import hf_entries as _entries
 from .common import finish_hf_config
 
@@ -87,6 +88,6 @@ def hf_ignored(spec: ModelSpec) -> tuple[str, ...]:
     return HF_IGNORED + family(spec.family).ignored
 
 
-__all__ = ["FAMILIES", "Family", "FusedExperts", "HfEntry", "HfParam", "MegatronTraits", "family", "for_model_type",
+__all__ = ["FAMILIES", "Family", "FusedExperts", "HfEntry", "MegatronTraits", "Row", "family", "for_model_type",
            "hf_config_from_spec", "hf_entries", "hf_ignored", "megatron_problems", "recognise_megatron",
            "spec_from_hf_config", "supported_model_types"]

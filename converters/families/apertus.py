@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import Constant
+from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import Family, HfParam, MegatronTraits
+from .base import Family, MegatronTraits
 from .common import hf_common, lm_head, refuse_features, rope_from_config, rope_parameters
 
 XIELU_BETA, XIELU_EPS = 0.5, -1e-6
@@ -60,26 +61,26 @@ FAMILY = Family(
     name="apertus",
     model_types=("apertus", "swissai"),
     layer_prefix="model.layers.{i}.",
-    pre=(HfParam("model.embed_tokens.weight", ("embed",)),),
+    pre=(Row("model.embed_tokens.weight", ("embed",)),),
     layer=(
-        HfParam("attention_layernorm.weight", ("input_norm",)),
-        *(HfParam(f"self_attn.{n}_proj.weight", (f"attn.{n}",)) for n in "qkv"),
-        *(HfParam(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_bias) for n in "qkv"),
-        HfParam("self_attn.o_proj.weight", ("attn.o",)),
-        HfParam("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
-        HfParam("self_attn.q_norm.weight", ("attn.q_norm",)),
-        HfParam("self_attn.k_norm.weight", ("attn.k_norm",)),
-        HfParam("feedforward_layernorm.weight", ("post_attn_norm",)),
-        HfParam("mlp.up_proj.weight", ("mlp.up",)),
-        HfParam("mlp.down_proj.weight", ("mlp.down",)),
-        HfParam("mlp.act_fn.alpha_p", ("mlp.act.alpha_p",)),
-        HfParam("mlp.act_fn.alpha_n", ("mlp.act.alpha_n",)),
-        HfParam("mlp.act_fn.beta", (), Constant(XIELU_BETA)),
-        HfParam("mlp.act_fn.eps", (), Constant(XIELU_EPS)),
+        Row("attention_layernorm.weight", ("input_norm",)),
+        *(Row(f"self_attn.{n}_proj.weight", (f"attn.{n}",)) for n in "qkv"),
+        *(Row(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_bias) for n in "qkv"),
+        Row("self_attn.o_proj.weight", ("attn.o",)),
+        Row("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+        Row("self_attn.q_norm.weight", ("attn.q_norm",)),
+        Row("self_attn.k_norm.weight", ("attn.k_norm",)),
+        Row("feedforward_layernorm.weight", ("post_attn_norm",)),
+        Row("mlp.up_proj.weight", ("mlp.up",)),
+        Row("mlp.down_proj.weight", ("mlp.down",)),
+        Row("mlp.act_fn.alpha_p", ("mlp.act.alpha_p",)),
+        Row("mlp.act_fn.alpha_n", ("mlp.act.alpha_n",)),
+        Row("mlp.act_fn.beta", (), Constant(XIELU_BETA)),
+        Row("mlp.act_fn.eps", (), Constant(XIELU_EPS)),
     ),
     post=(
-        HfParam("model.norm.weight", ("final_norm",)),
-        HfParam("lm_head.weight", ("lm_head",), when=lm_head),
+        Row("model.norm.weight", ("final_norm",)),
+        Row("lm_head.weight", ("lm_head",), when=lm_head),
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,

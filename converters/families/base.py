@@ -11,12 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..layouts import IDENTITY, Layout
+from ..layouts import Layout
+from ..row import Row
 from ..spec import ModelSpec
-
-
-def _always(spec: ModelSpec) -> bool:
-    return True
 
 
 def _nothing(spec: ModelSpec) -> list[str]:
@@ -25,22 +22,6 @@ def _nothing(spec: ModelSpec) -> list[str]:
 
 def _same(spec: ModelSpec) -> ModelSpec:
     return spec
-
-
-@dataclass(frozen=True)
-class HfParam:
-    """One stored HF tensor: its name (relative to the layer prefix for layer rows; `{e}` for an
-    expert), the canonical tensors it holds (relative to `layers.{i}.` for layer rows), the
-    typed layout between them, and when the model has it."""
-
-    name: str
-    canon: tuple[str, ...]
-    layout: Layout = IDENTITY
-    when: Callable[[ModelSpec], bool] = _always
-
-    @property
-    def per_expert(self) -> bool:
-        return "{e}" in self.name
 
 
 @dataclass(frozen=True)
@@ -72,9 +53,9 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.json model_type values read as this family (first: written)
     layer_prefix: str
-    pre: tuple[HfParam, ...]  # embedding group
-    layer: tuple[HfParam, ...]
-    post: tuple[HfParam, ...]  # final norm + head group
+    pre: tuple[Row, ...]  # embedding group
+    layer: tuple[Row, ...]
+    post: tuple[Row, ...]  # final norm + head group
     spec_from_config: Callable[[dict[str, Any]], ModelSpec]
     config_from_spec: Callable[[ModelSpec], Any]  # a transformers config object or a config.json dict
     ignored: tuple[str, ...] = field(default=())  # stored non-weights (regexes)
@@ -89,22 +70,22 @@ class HfEntry:
 
     name: str
     canon: tuple[str, ...]
-    layout: Layout
+    op: Layout
     group: int
 
 
 def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
     """Every stored HF tensor of the model, in model order (per-expert rows expanded expert-major)."""
-    out = [HfEntry(p.name, p.canon, p.layout, -1) for p in family.pre if p.when(spec)]
+    out = [HfEntry(p.name, p.canon, p.op, -1) for p in family.pre if p.when(spec)]
     rows = [p for p in family.layer if p.when(spec)]
     for i in range(spec.layers):
         prefix = family.layer_prefix.format(i=i)
-        pending: list[HfParam] = []
+        pending: list[Row] = []
 
         def flush() -> None:
             for e in range(spec.experts):
                 out.extend(HfEntry(prefix + p.name.format(e=e), tuple(f"layers.{i}." + c.format(e=e) for c in p.canon),
-                                   p.layout, i) for p in pending)
+                                   p.op, i) for p in pending)
             pending.clear()
 
         for p in rows:
@@ -112,7 +93,7 @@ def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
                 pending.append(p)
                 continue
             flush()
-            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}.{c}" for c in p.canon), p.layout, i))
+            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}.{c}" for c in p.canon), p.op, i))
         flush()
-    out += [HfEntry(p.name, p.canon, p.layout, spec.layers) for p in family.post if p.when(spec)]
+    out += [HfEntry(p.name, p.canon, p.op, spec.layers) for p in family.post if p.when(spec)]
     return out

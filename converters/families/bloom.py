@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import GroupedQKV
+from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import Family, HfParam, MegatronTraits
+from .base import Family, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common, refuse_features
 
 
@@ -45,23 +46,23 @@ FAMILY = Family(
     model_types=("bloom",),
     layer_prefix="transformer.h.{i}.",
     pre=(
-        HfParam("transformer.word_embeddings.weight", ("embed",)),
-        HfParam("transformer.word_embeddings_layernorm.weight", ("embed_norm",)),
-        HfParam("transformer.word_embeddings_layernorm.bias", ("embed_norm.bias",)),
+        Row("transformer.word_embeddings.weight", ("embed",)),
+        Row("transformer.word_embeddings_layernorm.weight", ("embed_norm",)),
+        Row("transformer.word_embeddings_layernorm.bias", ("embed_norm.bias",)),
     ),
     layer=(
-        HfParam("input_layernorm.weight", ("input_norm",)),
-        HfParam("input_layernorm.bias", ("input_norm.bias",)),
-        HfParam("self_attention.query_key_value.weight", ("attn.q", "attn.k", "attn.v"), GroupedQKV()),
-        HfParam("self_attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), GroupedQKV()),
-        HfParam("self_attention.dense.weight", ("attn.o",)),
-        HfParam("self_attention.dense.bias", ("attn.o.bias",)),
-        HfParam("post_attention_layernorm.weight", ("post_attn_norm",)),
-        HfParam("post_attention_layernorm.bias", ("post_attn_norm.bias",)),
-        HfParam("mlp.dense_h_to_4h.weight", ("mlp.up",)),
-        HfParam("mlp.dense_h_to_4h.bias", ("mlp.up.bias",)),
-        HfParam("mlp.dense_4h_to_h.weight", ("mlp.down",)),
-        HfParam("mlp.dense_4h_to_h.bias", ("mlp.down.bias",)),
+        Row("input_layernorm.weight", ("input_norm",)),
+        Row("input_layernorm.bias", ("input_norm.bias",)),
+        Row("self_attention.query_key_value.weight", ("attn.q", "attn.k", "attn.v"), GroupedQKV()),
+        Row("self_attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), GroupedQKV()),
+        Row("self_attention.dense.weight", ("attn.o",)),
+        Row("self_attention.dense.bias", ("attn.o.bias",)),
+        Row("post_attention_layernorm.weight", ("post_attn_norm",)),
+        Row("post_attention_layernorm.bias", ("post_attn_norm.bias",)),
+        Row("mlp.dense_h_to_4h.weight", ("mlp.up",)),
+        Row("mlp.dense_h_to_4h.bias", ("mlp.up.bias",)),
+        Row("mlp.dense_4h_to_h.weight", ("mlp.down",)),
+        Row("mlp.dense_4h_to_h.bias", ("mlp.down.bias",)),
     ),
     post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,

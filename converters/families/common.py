@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..row import Row
 from ..spec import DTYPES, ModelSpec, SpecError
-from .base import Family, HfParam
+from .base import Family
 
 LLAMA_PREFIX = "model.layers.{i}."
 
@@ -101,6 +102,22 @@ def sliding_layers(config: dict[str, Any]) -> tuple[int | None, tuple[str, ...] 
     return int(window), None if "full_attention" not in types else tuple(types)
 
 
+def qwen_window_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """Qwen config fields of the sliding window: `use_sliding_window`, `sliding_window`, and
+    `max_window_layers` (layers below it attend fully) when it states the pattern: 0 for a window
+    on every layer, k for k full layers then sliding ones. Any other pattern is `layer_types`
+    alone (written by `llama_config_kwargs`), `max_window_layers` left at the class default."""
+    window = spec.sliding_window
+    out: dict[str, Any] = {"use_sliding_window": window is not None, "sliding_window": window}
+    if window is None:
+        return out
+    types = spec.layer_types or ("sliding_attention",) * spec.layers
+    full = types.index("sliding_attention")
+    if all(t == "sliding_attention" for t in types[full:]):
+        out["max_window_layers"] = full
+    return out
+
+
 def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
     """The Llama-style fields of config.json (RMSNorm, RoPE, GQA, SwiGLU); `fields` override."""
     hidden = int(config["hidden_size"])
@@ -121,10 +138,12 @@ def llama_spec(config: dict[str, Any], family: str, **fields: Any) -> ModelSpec:
     return ModelSpec(**base)
 
 
-def llama_config_kwargs(spec: ModelSpec, *, derived_head_dim: str = "", **extra: Any) -> dict[str, Any]:
+def llama_config_kwargs(spec: ModelSpec, *, derived_head_dim: str = "", optional_head_dim: bool = False,
+                        **extra: Any) -> dict[str, Any]:
     """Keyword arguments of a Llama-style transformers config class for the spec. A class that
     derives head_dim from hidden / heads (`derived_head_dim` names it) gets none, and a spec
-    whose head_dim differs is refused."""
+    whose head_dim differs is refused; a class that has no head_dim field but reads one when set
+    (`optional_head_dim`: Qwen2) gets it only when it differs."""
     out: dict[str, Any] = dict(
         vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
@@ -136,6 +155,8 @@ def llama_config_kwargs(spec: ModelSpec, *, derived_head_dim: str = "", **extra:
         out["layer_types"] = list(spec.layer_types)
     if derived_head_dim:
         need(spec.head_dim * spec.heads == spec.hidden, f"HF {derived_head_dim} needs head_dim = hidden / heads")
+        del out["head_dim"]
+    elif optional_head_dim and spec.head_dim * spec.heads == spec.hidden:
         del out["head_dim"]
     out.update(extra)
     return out
@@ -205,62 +226,62 @@ def lm_head(spec: ModelSpec) -> bool:
     return not spec.tied
 
 
-def norm_rows(name: str, canon: str, when: Callable[[ModelSpec], bool] = lambda s: True) -> tuple[HfParam, HfParam]:
+def norm_rows(name: str, canon: str, when: Callable[[ModelSpec], bool] = lambda s: True) -> tuple[Row, Row]:
     """A norm's weight and, for LayerNorm models, its bias (`name` without `.weight`)."""
-    return (HfParam(f"{name}.weight", (canon,), when=when),
-            HfParam(f"{name}.bias", (f"{canon}.bias",), when=lambda s: when(s) and s.norm_bias))
+    return (Row(f"{name}.weight", (canon,), when=when),
+            Row(f"{name}.bias", (f"{canon}.bias",), when=lambda s: when(s) and s.norm_bias))
 
 
 def _qkv_bias(s: ModelSpec) -> bool:
     return s.qkv_bias
 
 
-def llama_attention(input_norm: str = "input_layernorm", post_norm: str = "post_attention_layernorm") -> tuple[HfParam, ...]:
+def llama_attention(input_norm: str = "input_layernorm", post_norm: str = "post_attention_layernorm") -> tuple[Row, ...]:
     """`self_attn.{q,k,v,o}_proj` with optional biases and per-head QK-norm, and the two norms."""
     return (
-        HfParam(f"{input_norm}.weight", ("input_norm",), when=lambda s: s.pre_norms),
-        *(row for n in "qkv" for row in (HfParam(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
-                                         HfParam(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
-        HfParam("self_attn.o_proj.weight", ("attn.o",)),
-        HfParam("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
-        HfParam("self_attn.q_norm.weight", ("attn.q_norm",), when=lambda s: s.qk_norm),
-        HfParam("self_attn.k_norm.weight", ("attn.k_norm",), when=lambda s: s.qk_norm),
-        HfParam(f"{post_norm}.weight", ("post_attn_norm",), when=lambda s: s.pre_norms),
+        Row(f"{input_norm}.weight", ("input_norm",), when=lambda s: s.pre_norms),
+        *(row for n in "qkv" for row in (Row(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
+                                         Row(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
+        Row("self_attn.o_proj.weight", ("attn.o",)),
+        Row("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+        Row("self_attn.q_norm.weight", ("attn.q_norm",), when=lambda s: s.qk_norm),
+        Row("self_attn.k_norm.weight", ("attn.k_norm",), when=lambda s: s.qk_norm),
+        Row(f"{post_norm}.weight", ("post_attn_norm",), when=lambda s: s.pre_norms),
     )
 
 
-def swiglu_mlp(prefix: str = "mlp.") -> tuple[HfParam, ...]:
+def swiglu_mlp(prefix: str = "mlp.") -> tuple[Row, ...]:
     """`{prefix}gate_proj / up_proj / down_proj`, biases after the weights."""
     return (
-        HfParam(f"{prefix}gate_proj.weight", ("mlp.gate",), when=lambda s: not s.moe),
-        HfParam(f"{prefix}up_proj.weight", ("mlp.up",), when=lambda s: not s.moe),
-        HfParam(f"{prefix}down_proj.weight", ("mlp.down",), when=lambda s: not s.moe),
-        HfParam(f"{prefix}gate_proj.bias", ("mlp.gate.bias",), when=lambda s: not s.moe and s.mlp_bias),
-        HfParam(f"{prefix}up_proj.bias", ("mlp.up.bias",), when=lambda s: not s.moe and s.mlp_bias),
-        HfParam(f"{prefix}down_proj.bias", ("mlp.down.bias",), when=lambda s: not s.moe and s.mlp_bias),
+        Row(f"{prefix}gate_proj.weight", ("mlp.gate",), when=lambda s: not s.moe),
+        Row(f"{prefix}up_proj.weight", ("mlp.up",), when=lambda s: not s.moe),
+        Row(f"{prefix}down_proj.weight", ("mlp.down",), when=lambda s: not s.moe),
+        Row(f"{prefix}gate_proj.bias", ("mlp.gate.bias",), when=lambda s: not s.moe and s.mlp_bias),
+        Row(f"{prefix}up_proj.bias", ("mlp.up.bias",), when=lambda s: not s.moe and s.mlp_bias),
+        Row(f"{prefix}down_proj.bias", ("mlp.down.bias",), when=lambda s: not s.moe and s.mlp_bias),
     )
 
 
-def experts(router: str, expert: str, gate: str = "gate_proj", up: str = "up_proj", down: str = "down_proj") -> tuple[HfParam, ...]:
+def experts(router: str, expert: str, gate: str = "gate_proj", up: str = "up_proj", down: str = "down_proj") -> tuple[Row, ...]:
     """A router and per-expert SwiGLU rows (`expert` holds `{e}`)."""
     return (
-        HfParam(router, ("router",), when=lambda s: s.moe),
-        HfParam(f"{expert}.{gate}.weight", ("experts.{e}.gate",), when=lambda s: s.moe),
-        HfParam(f"{expert}.{up}.weight", ("experts.{e}.up",), when=lambda s: s.moe),
-        HfParam(f"{expert}.{down}.weight", ("experts.{e}.down",), when=lambda s: s.moe),
+        Row(router, ("router",), when=lambda s: s.moe),
+        Row(f"{expert}.{gate}.weight", ("experts.{e}.gate",), when=lambda s: s.moe),
+        Row(f"{expert}.{up}.weight", ("experts.{e}.up",), when=lambda s: s.moe),
+        Row(f"{expert}.{down}.weight", ("experts.{e}.down",), when=lambda s: s.moe),
     )
 
 
-LLAMA_PRE = (HfParam("model.embed_tokens.weight", ("embed",)),)
-LLAMA_POST = (HfParam("model.norm.weight", ("final_norm",)), HfParam("lm_head.weight", ("lm_head",), when=lm_head))
+LLAMA_PRE = (Row("model.embed_tokens.weight", ("embed",)),)
+LLAMA_POST = (Row("model.norm.weight", ("final_norm",)), Row("lm_head.weight", ("lm_head",), when=lm_head))
 LLAMA_IGNORED = (r"\.rotary_emb\.inv_freq$",)
 
 # The end of a `transformer.h`-style model (GPT-2, BLOOM, Falcon): final LayerNorm with bias and
 # the LM head unless it is tied to the embedding.
 LN_F_AND_HEAD = (
-    HfParam("transformer.ln_f.weight", ("final_norm",)),
-    HfParam("transformer.ln_f.bias", ("final_norm.bias",)),
-    HfParam("lm_head.weight", ("lm_head",), when=lm_head),
+    Row("transformer.ln_f.weight", ("final_norm",)),
+    Row("transformer.ln_f.bias", ("final_norm.bias",)),
+    Row("lm_head.weight", ("lm_head",), when=lm_head),
 )
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import GroupedQKV
+from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import Family, HfParam, MegatronTraits
+from .base import Family, MegatronTraits
 from .common import (LN_F_AND_HEAD, first, hf_common, norm_rows, one_of, refuse_features, rope_from_config,
                      rope_parameters)
 
@@ -85,21 +86,21 @@ FAMILY = Family(
     name="falcon",
     model_types=("falcon", "RefinedWeb", "RefinedWebModel"),
     layer_prefix="transformer.h.{i}.",
-    pre=(HfParam("transformer.word_embeddings.weight", ("embed",)),),
+    pre=(Row("transformer.word_embeddings.weight", ("embed",)),),
     layer=(
         *norm_rows("input_layernorm", "input_norm", lambda s: not _two_norms(s)),
         *norm_rows("ln_attn", "input_norm", _two_norms),
-        HfParam("self_attention.query_key_value.weight", ("attn.q", "attn.k", "attn.v"), GroupedQKV()),
-        HfParam("self_attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), GroupedQKV(),
+        Row("self_attention.query_key_value.weight", ("attn.q", "attn.k", "attn.v"), GroupedQKV()),
+        Row("self_attention.query_key_value.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), GroupedQKV(),
                 when=lambda s: s.qkv_bias),
-        HfParam("self_attention.dense.weight", ("attn.o",)),
-        HfParam("self_attention.dense.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+        Row("self_attention.dense.weight", ("attn.o",)),
+        Row("self_attention.dense.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
         *norm_rows("post_attention_layernorm", "post_attn_norm", lambda s: not s.parallel_attn),
         *norm_rows("ln_mlp", "post_attn_norm", _two_norms),
-        HfParam("mlp.dense_h_to_4h.weight", ("mlp.up",)),
-        HfParam("mlp.dense_h_to_4h.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
-        HfParam("mlp.dense_4h_to_h.weight", ("mlp.down",)),
-        HfParam("mlp.dense_4h_to_h.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.dense_h_to_4h.weight", ("mlp.up",)),
+        Row("mlp.dense_h_to_4h.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.dense_4h_to_h.weight", ("mlp.down",)),
+        Row("mlp.dense_4h_to_h.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
     post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import finish_hf_config, llama_attention, llama_family, swiglu_mlp
 from .gemma import attention_multiplier, gemma_kwargs, gemma_spec, query_pre_attn_scalar
 
@@ -17,9 +18,9 @@ GEMMA2_FEATURES = ("soft-capping", "norms on the branch outputs", "a sliding win
 # -> MLP -> post_feedforward_layernorm (+ residual)
 GEMMA2_LAYER = (
     *(row for row in llama_attention(post_norm="pre_feedforward_layernorm")),
-    HfParam("post_attention_layernorm.weight", ("attn_out_norm",)),
+    Row("post_attention_layernorm.weight", ("attn_out_norm",)),
     *swiglu_mlp(),
-    HfParam("post_feedforward_layernorm.weight", ("mlp_out_norm",)),
+    Row("post_feedforward_layernorm.weight", ("mlp_out_norm",)),
 )
 
 

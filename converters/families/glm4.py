@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import ConcatRows, InterleavedRotary
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
 
@@ -38,19 +39,19 @@ FAMILY = llama_family(
     name="glm4",
     model_types=("glm4",),
     layer=(
-        HfParam("input_layernorm.weight", ("input_norm",)),
-        HfParam("self_attn.q_proj.weight", ("attn.q",), Q),
-        HfParam("self_attn.q_proj.bias", ("attn.q.bias",), Q, when=_bias),
-        HfParam("self_attn.k_proj.weight", ("attn.k",), K),
-        HfParam("self_attn.k_proj.bias", ("attn.k.bias",), K, when=_bias),
-        HfParam("self_attn.v_proj.weight", ("attn.v",)),
-        HfParam("self_attn.v_proj.bias", ("attn.v.bias",), when=_bias),
-        HfParam("self_attn.o_proj.weight", ("attn.o",)),
-        HfParam("post_self_attn_layernorm.weight", ("attn_out_norm",)),
-        HfParam("post_attention_layernorm.weight", ("post_attn_norm",)),
-        HfParam("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), ConcatRows()),
-        HfParam("mlp.down_proj.weight", ("mlp.down",)),
-        HfParam("post_mlp_layernorm.weight", ("mlp_out_norm",)),
+        Row("input_layernorm.weight", ("input_norm",)),
+        Row("self_attn.q_proj.weight", ("attn.q",), Q),
+        Row("self_attn.q_proj.bias", ("attn.q.bias",), Q, when=_bias),
+        Row("self_attn.k_proj.weight", ("attn.k",), K),
+        Row("self_attn.k_proj.bias", ("attn.k.bias",), K, when=_bias),
+        Row("self_attn.v_proj.weight", ("attn.v",)),
+        Row("self_attn.v_proj.bias", ("attn.v.bias",), when=_bias),
+        Row("self_attn.o_proj.weight", ("attn.o",)),
+        Row("post_self_attn_layernorm.weight", ("attn_out_norm",)),
+        Row("post_attention_layernorm.weight", ("post_attn_norm",)),
+        Row("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), ConcatRows()),
+        Row("mlp.down_proj.weight", ("mlp.down",)),
+        Row("post_mlp_layernorm.weight", ("mlp_out_norm",)),
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import CONV1D, ConcatRows, Transposed
+from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import Family, HfParam, MegatronTraits
+from .base import Family, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common, one_of, refuse_features
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -51,22 +52,22 @@ FAMILY = Family(
     model_types=("gpt2",),
     layer_prefix="transformer.h.{i}.",
     pre=(
-        HfParam("transformer.wte.weight", ("embed",)),
-        HfParam("transformer.wpe.weight", ("pos_embed",)),
+        Row("transformer.wte.weight", ("embed",)),
+        Row("transformer.wpe.weight", ("pos_embed",)),
     ),
     layer=(
-        HfParam("ln_1.weight", ("input_norm",)),
-        HfParam("ln_1.bias", ("input_norm.bias",)),
-        HfParam("attn.c_attn.weight", ("attn.q", "attn.k", "attn.v"), Transposed(ConcatRows())),
-        HfParam("attn.c_attn.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), ConcatRows()),
-        HfParam("attn.c_proj.weight", ("attn.o",), CONV1D),
-        HfParam("attn.c_proj.bias", ("attn.o.bias",)),
-        HfParam("ln_2.weight", ("post_attn_norm",)),
-        HfParam("ln_2.bias", ("post_attn_norm.bias",)),
-        HfParam("mlp.c_fc.weight", ("mlp.up",), CONV1D),
-        HfParam("mlp.c_fc.bias", ("mlp.up.bias",)),
-        HfParam("mlp.c_proj.weight", ("mlp.down",), CONV1D),
-        HfParam("mlp.c_proj.bias", ("mlp.down.bias",)),
+        Row("ln_1.weight", ("input_norm",)),
+        Row("ln_1.bias", ("input_norm.bias",)),
+        Row("attn.c_attn.weight", ("attn.q", "attn.k", "attn.v"), Transposed(ConcatRows())),
+        Row("attn.c_attn.bias", ("attn.q.bias", "attn.k.bias", "attn.v.bias"), ConcatRows()),
+        Row("attn.c_proj.weight", ("attn.o",), CONV1D),
+        Row("attn.c_proj.bias", ("attn.o.bias",)),
+        Row("ln_2.weight", ("post_attn_norm",)),
+        Row("ln_2.bias", ("post_attn_norm.bias",)),
+        Row("mlp.c_fc.weight", ("mlp.up",), CONV1D),
+        Row("mlp.c_fc.bias", ("mlp.up.bias",)),
+        Row("mlp.c_proj.weight", ("mlp.down",), CONV1D),
+        Row("mlp.c_proj.bias", ("mlp.down.bias",)),
     ),
     post=LN_F_AND_HEAD,
     spec_from_config=spec_from_config,

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, lm_head, need, norm_rows, one_of,
                      refuse_features, rope_parameters)
 
@@ -42,17 +43,17 @@ FAMILY = llama_family(
     model_types=("nemotron",),
     layer=(
         *norm_rows("input_layernorm", "input_norm"),
-        *(row for n in "qkv" for row in (HfParam(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
-                                         HfParam(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
-        HfParam("self_attn.o_proj.weight", ("attn.o",)),
-        HfParam("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+        *(row for n in "qkv" for row in (Row(f"self_attn.{n}_proj.weight", (f"attn.{n}",)),
+                                         Row(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), when=_qkv_bias))),
+        Row("self_attn.o_proj.weight", ("attn.o",)),
+        Row("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
         *norm_rows("post_attention_layernorm", "post_attn_norm"),
-        HfParam("mlp.up_proj.weight", ("mlp.up",)),
-        HfParam("mlp.up_proj.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
-        HfParam("mlp.down_proj.weight", ("mlp.down",)),
-        HfParam("mlp.down_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.up_proj.weight", ("mlp.up",)),
+        Row("mlp.up_proj.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.down_proj.weight", ("mlp.down",)),
+        Row("mlp.down_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
-    post=(*norm_rows("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
+    post=(*norm_rows("model.norm", "final_norm"), Row("lm_head.weight", ("lm_head",), when=lm_head)),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     megatron=MegatronTraits(match=lambda args, s: s.activation == "relu2", rank=3,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need,
                      refuse_features, swiglu_mlp)
 
@@ -35,9 +36,9 @@ FAMILY = llama_family(
     model_types=("olmo2",),
     layer=(
         *llama_attention(),
-        HfParam("post_attention_layernorm.weight", ("attn_out_norm",)),
+        Row("post_attention_layernorm.weight", ("attn_out_norm",)),
         *swiglu_mlp(),
-        HfParam("post_feedforward_layernorm.weight", ("mlp_out_norm",)),
+        Row("post_feedforward_layernorm.weight", ("mlp_out_norm",)),
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,

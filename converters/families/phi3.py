@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..layouts import ConcatRows
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
 
@@ -33,12 +34,12 @@ FAMILY = llama_family(
     name="phi3",
     model_types=("phi3",),
     layer=(
-        HfParam("input_layernorm.weight", ("input_norm",)),
-        HfParam("self_attn.qkv_proj.weight", ("attn.q", "attn.k", "attn.v"), ConcatRows()),
-        HfParam("self_attn.o_proj.weight", ("attn.o",)),
-        HfParam("post_attention_layernorm.weight", ("post_attn_norm",)),
-        HfParam("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), ConcatRows()),
-        HfParam("mlp.down_proj.weight", ("mlp.down",)),
+        Row("input_layernorm.weight", ("input_norm",)),
+        Row("self_attn.qkv_proj.weight", ("attn.q", "attn.k", "attn.v"), ConcatRows()),
+        Row("self_attn.o_proj.weight", ("attn.o",)),
+        Row("post_attention_layernorm.weight", ("post_attn_norm",)),
+        Row("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), ConcatRows()),
+        Row("mlp.down_proj.weight", ("mlp.down",)),
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,

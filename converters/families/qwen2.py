@@ -6,7 +6,8 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, qwen_window_kwargs,
+                     refuse_features)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -19,9 +20,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     refuse_features(spec, "Qwen2", ("a sliding window", "a per-layer sliding pattern"))
     need(not (spec.o_bias or spec.mlp_bias), "Qwen2 has q/k/v biases only; this model also has output / MLP biases")
     need(not spec.qk_norm and not spec.moe, "HF Qwen2 has no QK-norm or experts (Qwen3, Qwen2-MoE have)")
-    window = spec.sliding_window
-    config = transformers.Qwen2Config(**llama_config_kwargs(
-        spec, use_sliding_window=window is not None, sliding_window=window, **({'max_window_layers': 0} if window else {})))
+    config = transformers.Qwen2Config(**llama_config_kwargs(spec, optional_head_dim=True, **qwen_window_kwargs(spec)))
     return finish_hf_config(config, spec, "Qwen2ForCausalLM")
 
 

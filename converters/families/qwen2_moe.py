@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
-from .base import FusedExperts, HfParam, MegatronTraits
+from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
-                     need, refuse_features)
+                     need, qwen_window_kwargs, refuse_features)
 from .qwen3_moe import every_layer_sparse
 
 
@@ -29,12 +30,10 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.shared_expert_ffn > 0 and spec.shared_expert_gate, "HF Qwen2-MoE needs experts and a gated shared expert")
     need(not (spec.o_bias or spec.mlp_bias or spec.qk_norm), "HF Qwen2-MoE has q/k/v biases only and no QK-norm")
-    window = spec.sliding_window
     kwargs = llama_config_kwargs(
         spec, qkv_bias=spec.qkv_bias, num_experts=spec.experts, num_experts_per_tok=spec.topk, moe_intermediate_size=spec.expert_ffn,
         shared_expert_intermediate_size=spec.shared_expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1,
-        mlp_only_layers=[], use_sliding_window=window is not None, sliding_window=window,
-        derived_head_dim="Qwen2-MoE", **({"max_window_layers": 0} if window else {}))
+        mlp_only_layers=[], derived_head_dim="Qwen2-MoE", **qwen_window_kwargs(spec))
     config = transformers.Qwen2MoeConfig(**kwargs)
     return finish_hf_config(config, spec, "Qwen2MoeForCausalLM")
 
@@ -53,10 +52,10 @@ FAMILY = llama_family(
     layer=(
         *llama_attention(),
         *experts("mlp.gate.weight", "mlp.experts.{e}"),
-        HfParam("mlp.shared_expert.gate_proj.weight", ("shared.gate",), when=_shared),
-        HfParam("mlp.shared_expert.up_proj.weight", ("shared.up",), when=_shared),
-        HfParam("mlp.shared_expert.down_proj.weight", ("shared.down",), when=_shared),
-        HfParam("mlp.shared_expert_gate.weight", ("shared_gate",), when=lambda s: _shared(s) and s.shared_expert_gate),
+        Row("mlp.shared_expert.gate_proj.weight", ("shared.gate",), when=_shared),
+        Row("mlp.shared_expert.up_proj.weight", ("shared.up",), when=_shared),
+        Row("mlp.shared_expert.down_proj.weight", ("shared.down",), when=_shared),
+        Row("mlp.shared_expert_gate.weight", ("shared_gate",), when=lambda s: _shared(s) and s.shared_expert_gate),
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,

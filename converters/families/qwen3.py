@@ -7,7 +7,8 @@ from typing import Any
 
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, qwen_window_kwargs,
+                     refuse_features)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -21,10 +22,8 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     refuse_features(spec, "Qwen3", ("QK-norm", "a sliding window", "a per-layer sliding pattern"))
     need(spec.qk_norm and not spec.qk_norm_full and not spec.moe and spec.qkv_bias == spec.o_bias and not spec.mlp_bias,
          "HF Qwen3 needs per-head QK-norm, no experts, attention biases on q/k/v/o or none, no MLP bias")
-    window = spec.sliding_window
     config = transformers.Qwen3Config(**llama_config_kwargs(
-        spec, attention_bias=spec.qkv_bias, use_sliding_window=window is not None, sliding_window=window,
-        **({"max_window_layers": 0} if window else {})))
+        spec, attention_bias=spec.qkv_bias, **qwen_window_kwargs(spec)))
     return finish_hf_config(config, spec, "Qwen3ForCausalLM")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from ..spec import ModelSpec, SpecError
 from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
-                     need, refuse_features)
+                     need, qwen_window_kwargs, refuse_features)
 
 
 def every_layer_sparse(config: dict[str, Any]) -> None:
@@ -35,11 +35,10 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     need(spec.moe and spec.qk_norm and not spec.qk_norm_full and not spec.shared_expert_ffn,
          "HF Qwen3-MoE needs experts without a shared expert and per-head QK-norm")
     need(spec.qkv_bias == spec.o_bias, "HF Qwen3-MoE's attention_bias covers q/k/v and o together")
-    window = spec.sliding_window
     config = transformers.Qwen3MoeConfig(**llama_config_kwargs(
         spec, attention_bias=spec.qkv_bias, num_local_experts=spec.experts, num_experts_per_tok=spec.topk,
         moe_intermediate_size=spec.expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
-        use_sliding_window=window is not None, sliding_window=window, **({'max_window_layers': 0} if window else {})))
+        **qwen_window_kwargs(spec)))
     return finish_hf_config(config, spec, "Qwen3MoeForCausalLM")
 
 

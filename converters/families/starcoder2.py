@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
-from .base import HfParam, MegatronTraits
+from .base import MegatronTraits
 from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, lm_head, need,
                      norm_rows, one_of, refuse_features)
 
@@ -50,12 +51,12 @@ FAMILY = llama_family(
         *(row for row in llama_attention() if row.name != "input_layernorm.weight" and row.name != "post_attention_layernorm.weight"),
         *norm_rows("input_layernorm", "input_norm"),
         *norm_rows("post_attention_layernorm", "post_attn_norm"),
-        HfParam("mlp.c_fc.weight", ("mlp.up",)),
-        HfParam("mlp.c_fc.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
-        HfParam("mlp.c_proj.weight", ("mlp.down",)),
-        HfParam("mlp.c_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.c_fc.weight", ("mlp.up",)),
+        Row("mlp.c_fc.bias", ("mlp.up.bias",), when=lambda s: s.mlp_bias),
+        Row("mlp.c_proj.weight", ("mlp.down",)),
+        Row("mlp.c_proj.bias", ("mlp.down.bias",), when=lambda s: s.mlp_bias),
     ),
-    post=(*norm_rows("model.norm", "final_norm"), HfParam("lm_head.weight", ("lm_head",), when=lm_head)),
+    post=(*norm_rows("model.norm", "final_norm"), Row("lm_head.weight", ("lm_head",), when=lm_head)),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     megatron=MegatronTraits(match=_megatron, rank=3),

@@ -3,56 +3,37 @@
 Variants: `local` (Megatron-Core local spec), `te` (Transformer-Engine spec: norms fused into
 the next linear), `legacy` (pre-mcore nested `language_model`, flattened), `dist` (torch_dist keys:
 local and TE specs share them). epfLLM Megatron-LLM checkpoints have their own table
-(`rules/megatron_llm.py`: other names, `[up; gate]` SwiGLU) built from the same `Param` rows. Each row says which canonical tensors it holds (`canon`,
-relative to `layers.{i}.` for layer rows), how tensor parallelism splits it (`split`) and how the
-canonical tensors are packed into it (`pack`). Readers and writers both walk this table, so a
+(`rules/megatron_llm.py`: other names, `[up; gate]` SwiGLU) of the same `Row`s. Each row says which
+canonical tensors it holds (`canon`, relative to `layers.{i}.` for layer rows), the op that
+packs them (`layouts.py`: grouped QKV, `[gate; up]`, layernorm-1p offset, vocab padding) and how
+tensor parallelism cuts the result (`shards.py`). Readers and writers both walk this table, so a
 name is never mapped in one direction only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 
+from ..layouts import IDENTITY, ConcatRows, GroupedQKV, Layout, NormOffset, PadVocab
+from ..row import Row
+from ..shards import COLUMN, GATE_UP, REPLICATED, ROW, QkvCut, Shard
 from ..spec import ModelSpec
 
-
-class Split(Enum):
-    COLUMN = "column"  # output rows split over TP (dim 0)
-    ROW = "row"  # input columns split over TP (dim 1)
-    REPLICATED = "replicated"  # every TP rank holds it whole
-    VOCAB = "vocab"  # rows = padded vocabulary, split over TP (dim 0)
-
-
-class Pack(Enum):
-    NONE = "none"
-    QKV = "qkv"  # q, k, v fused per query group
-    SWIGLU = "swiglu"  # gate, up: per-rank [gate_r; up_r] (torch) / [gate; up] (dist)
-    NORM = "norm"  # norm weight: stored as gamma - 1 under layernorm-1p
+QKV = GroupedQKV(keeps_rotary=True)  # a Megatron target of an interleaved source keeps its layout
+QKV_CUT = QkvCut(0)
+NORM = NormOffset()
+VOCAB = PadVocab()
+SWIGLU = ConcatRows()  # [gate; up]; GATE_UP cuts it per rank into [gate_r; up_r]
 
 
 def _always(spec: ModelSpec) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Param:
-    canon: tuple[str, ...]
-    names: dict[str, str]  # variant -> name ("local" is the fallback); may contain {e}
-    split: Split
-    pack: Pack = Pack.NONE
-    when: Callable[[ModelSpec], bool] = _always
-    expert: bool = False  # per-expert row: {e} in names and canon
-    aliases: tuple[str, ...] = field(default=())  # other spellings accepted on read
-
-    def name(self, variant: str, spec: ModelSpec) -> str:
-        if spec.moe and f"{variant}_moe" in self.names:
-            return self.names[f"{variant}_moe"]
-        return self.names.get(variant, self.names["local"])
-
-    def read_names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.names.values(), *self.aliases)))
+def mrow(canon: tuple[str, ...], names: dict[str, str], op: Layout = IDENTITY, shard: Shard = REPLICATED,
+         when: Callable[[ModelSpec], bool] = _always, aliases: tuple[str, ...] = ()) -> Row:
+    """A Megatron row: `names` maps naming variant -> spelling (`local` is the row's name)."""
+    return Row(names["local"], canon, op, when, shard, variants=names, aliases=aliases)
 
 
 def _dense(spec: ModelSpec) -> bool:
@@ -76,84 +57,84 @@ def _post_norm(spec: ModelSpec) -> bool:
     return spec.has_post_attn_norm
 
 
-LAYER_PARAMS: tuple[Param, ...] = (
-    Param(("input_norm",), {"local": "input_layernorm.weight", "te": "self_attention.linear_qkv.layer_norm_weight",
+LAYER_PARAMS: tuple[Row, ...] = (
+    mrow(("input_norm",), {"local": "input_layernorm.weight", "te": "self_attention.linear_qkv.layer_norm_weight",
                             "legacy": "input_norm.weight", "dist": "self_attention.linear_qkv.layer_norm_weight"},
-          Split.REPLICATED, Pack.NORM, aliases=("input_layernorm.weight",)),
-    Param(("input_norm.bias",), {"local": "input_layernorm.bias", "te": "self_attention.linear_qkv.layer_norm_bias",
+          NORM, REPLICATED, aliases=("input_layernorm.weight",)),
+    mrow(("input_norm.bias",), {"local": "input_layernorm.bias", "te": "self_attention.linear_qkv.layer_norm_bias",
                                  "legacy": "input_norm.bias", "dist": "self_attention.linear_qkv.layer_norm_bias"},
-          Split.REPLICATED, when=_norm_bias, aliases=("input_layernorm.bias",)),
-    Param(("attn.q", "attn.k", "attn.v"), {"local": "self_attention.linear_qkv.weight",
+          IDENTITY, REPLICATED, when=_norm_bias, aliases=("input_layernorm.bias",)),
+    mrow(("attn.q", "attn.k", "attn.v"), {"local": "self_attention.linear_qkv.weight",
                                            "legacy": "self_attention.query_key_value.weight"},
-          Split.COLUMN, Pack.QKV, aliases=("attention.query_key_value.weight",)),
-    Param(("attn.q.bias", "attn.k.bias", "attn.v.bias"), {"local": "self_attention.linear_qkv.bias",
+          QKV, QKV_CUT, aliases=("attention.query_key_value.weight",)),
+    mrow(("attn.q.bias", "attn.k.bias", "attn.v.bias"), {"local": "self_attention.linear_qkv.bias",
                                                           "legacy": "self_attention.query_key_value.bias"},
-          Split.COLUMN, Pack.QKV, when=lambda s: s.qkv_bias, aliases=("attention.query_key_value.bias",)),
-    Param(("attn.q_norm",), {"local": "self_attention.q_layernorm.weight"}, Split.REPLICATED, when=lambda s: s.qk_norm),
-    Param(("attn.k_norm",), {"local": "self_attention.k_layernorm.weight"}, Split.REPLICATED, when=lambda s: s.qk_norm),
-    Param(("attn.o",), {"local": "self_attention.linear_proj.weight", "legacy": "self_attention.dense.weight"},
-          Split.ROW, aliases=("attention.dense.weight",)),
-    Param(("attn.o.bias",), {"local": "self_attention.linear_proj.bias", "legacy": "self_attention.dense.bias"},
-          Split.REPLICATED, when=lambda s: s.o_bias, aliases=("attention.dense.bias",)),
-    Param(("post_attn_norm",), {"local": "pre_mlp_layernorm.weight", "te": "mlp.linear_fc1.layer_norm_weight",
+          QKV, QKV_CUT, when=lambda s: s.qkv_bias, aliases=("attention.query_key_value.bias",)),
+    mrow(("attn.q_norm",), {"local": "self_attention.q_layernorm.weight"}, IDENTITY, REPLICATED, when=lambda s: s.qk_norm),
+    mrow(("attn.k_norm",), {"local": "self_attention.k_layernorm.weight"}, IDENTITY, REPLICATED, when=lambda s: s.qk_norm),
+    mrow(("attn.o",), {"local": "self_attention.linear_proj.weight", "legacy": "self_attention.dense.weight"},
+          IDENTITY, ROW, aliases=("attention.dense.weight",)),
+    mrow(("attn.o.bias",), {"local": "self_attention.linear_proj.bias", "legacy": "self_attention.dense.bias"},
+          IDENTITY, REPLICATED, when=lambda s: s.o_bias, aliases=("attention.dense.bias",)),
+    mrow(("post_attn_norm",), {"local": "pre_mlp_layernorm.weight", "te": "mlp.linear_fc1.layer_norm_weight",
                                 "te_moe": "pre_mlp_layernorm.weight", "legacy": "post_attention_norm.weight",
                                 "dist": "mlp.linear_fc1.layer_norm_weight"},
-          Split.REPLICATED, Pack.NORM, when=_post_norm, aliases=("post_attention_layernorm.weight", "mlp_layernorm.weight")),
-    Param(("post_attn_norm.bias",), {"local": "pre_mlp_layernorm.bias", "te": "mlp.linear_fc1.layer_norm_bias",
+          NORM, REPLICATED, when=_post_norm, aliases=("post_attention_layernorm.weight", "mlp_layernorm.weight")),
+    mrow(("post_attn_norm.bias",), {"local": "pre_mlp_layernorm.bias", "te": "mlp.linear_fc1.layer_norm_bias",
                                      "te_moe": "pre_mlp_layernorm.bias", "legacy": "post_attention_norm.bias",
                                      "dist": "mlp.linear_fc1.layer_norm_bias"},
-          Split.REPLICATED, when=lambda s: _norm_bias(s) and _post_norm(s),
+          IDENTITY, REPLICATED, when=lambda s: _norm_bias(s) and _post_norm(s),
           aliases=("post_attention_layernorm.bias", "mlp_layernorm.bias")),
-    Param(("mlp.gate", "mlp.up"), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"},
-          Split.COLUMN, Pack.SWIGLU, when=_gated),
-    Param(("mlp.gate.bias", "mlp.up.bias"), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
-          Split.COLUMN, Pack.SWIGLU, when=lambda s: _gated(s) and s.mlp_bias),
-    Param(("mlp.up",), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"}, Split.COLUMN, when=_ungated),
-    Param(("mlp.up.bias",), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
-          Split.COLUMN, when=lambda s: _ungated(s) and s.mlp_bias),
+    mrow(("mlp.gate", "mlp.up"), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"},
+          SWIGLU, GATE_UP, when=_gated),
+    mrow(("mlp.gate.bias", "mlp.up.bias"), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
+          SWIGLU, GATE_UP, when=lambda s: _gated(s) and s.mlp_bias),
+    mrow(("mlp.up",), {"local": "mlp.linear_fc1.weight", "legacy": "mlp.dense_h_to_4h.weight"}, IDENTITY, COLUMN, when=_ungated),
+    mrow(("mlp.up.bias",), {"local": "mlp.linear_fc1.bias", "legacy": "mlp.dense_h_to_4h.bias"},
+          IDENTITY, COLUMN, when=lambda s: _ungated(s) and s.mlp_bias),
     # swiss-ai fork: xIELU is the MLP's `activation_func` module; its two scalars are replicated
-    Param(("mlp.act.alpha_p",), {"local": "mlp.activation_func.alpha_p"}, Split.REPLICATED, when=lambda s: s.activation == "xielu"),
-    Param(("mlp.act.alpha_n",), {"local": "mlp.activation_func.alpha_n"}, Split.REPLICATED, when=lambda s: s.activation == "xielu"),
-    Param(("mlp.down",), {"local": "mlp.linear_fc2.weight", "legacy": "mlp.dense_4h_to_h.weight"}, Split.ROW, when=_dense),
-    Param(("mlp.down.bias",), {"local": "mlp.linear_fc2.bias", "legacy": "mlp.dense_4h_to_h.bias"},
-          Split.REPLICATED, when=lambda s: _dense(s) and s.mlp_bias),
-    Param(("router",), {"local": "mlp.router.weight"}, Split.REPLICATED, when=lambda s: s.moe),
-    Param(("shared.gate", "shared.up"), {"local": "mlp.shared_experts.linear_fc1.weight"}, Split.COLUMN, Pack.SWIGLU,
+    mrow(("mlp.act.alpha_p",), {"local": "mlp.activation_func.alpha_p"}, IDENTITY, REPLICATED, when=lambda s: s.activation == "xielu"),
+    mrow(("mlp.act.alpha_n",), {"local": "mlp.activation_func.alpha_n"}, IDENTITY, REPLICATED, when=lambda s: s.activation == "xielu"),
+    mrow(("mlp.down",), {"local": "mlp.linear_fc2.weight", "legacy": "mlp.dense_4h_to_h.weight"}, IDENTITY, ROW, when=_dense),
+    mrow(("mlp.down.bias",), {"local": "mlp.linear_fc2.bias", "legacy": "mlp.dense_4h_to_h.bias"},
+          IDENTITY, REPLICATED, when=lambda s: _dense(s) and s.mlp_bias),
+    mrow(("router",), {"local": "mlp.router.weight"}, IDENTITY, REPLICATED, when=lambda s: s.moe),
+    mrow(("shared.gate", "shared.up"), {"local": "mlp.shared_experts.linear_fc1.weight"}, SWIGLU, GATE_UP,
           when=lambda s: s.moe and s.shared_expert_ffn > 0),
-    Param(("shared.down",), {"local": "mlp.shared_experts.linear_fc2.weight"}, Split.ROW, when=lambda s: s.moe and s.shared_expert_ffn > 0),
-    Param(("shared_gate",), {"local": "mlp.shared_experts.gate_weight"}, Split.REPLICATED,
+    mrow(("shared.down",), {"local": "mlp.shared_experts.linear_fc2.weight"}, IDENTITY, ROW, when=lambda s: s.moe and s.shared_expert_ffn > 0),
+    mrow(("shared_gate",), {"local": "mlp.shared_experts.gate_weight"}, IDENTITY, REPLICATED,
           when=lambda s: s.moe and s.shared_expert_ffn > 0 and s.shared_expert_gate),
-    Param(("experts.{e}.gate", "experts.{e}.up"),
+    mrow(("experts.{e}.gate", "experts.{e}.up"),
           {"local": "mlp.experts.local_experts.{e}.linear_fc1.weight", "dist": "mlp.experts.experts.linear_fc1.weight",
            "legacy": "mlp.local_experts.{e}.dense_h_to_4h.weight"},
-          Split.COLUMN, Pack.SWIGLU, when=lambda s: s.moe, expert=True, aliases=("mlp.experts.linear_fc1.weight{e}",)),
-    Param(("experts.{e}.down",),
+          SWIGLU, GATE_UP, when=lambda s: s.moe, aliases=("mlp.experts.linear_fc1.weight{e}",)),
+    mrow(("experts.{e}.down",),
           {"local": "mlp.experts.local_experts.{e}.linear_fc2.weight", "dist": "mlp.experts.experts.linear_fc2.weight",
            "legacy": "mlp.local_experts.{e}.dense_4h_to_h.weight"},
-          Split.ROW, when=lambda s: s.moe, expert=True, aliases=("mlp.experts.linear_fc2.weight{e}",)),
+          IDENTITY, ROW, when=lambda s: s.moe, aliases=("mlp.experts.linear_fc2.weight{e}",)),
 )
 
 # Model-level parameters; `stage` says which pipeline stage holds them.
 # Learned positions are replicated over TP (Megatron's `position_embeddings`); the embedding
 # LayerNorm uses bigscience Megatron-DeepSpeed's spelling (`word_embeddings.norm`) under each prefix.
-GLOBAL_PARAMS: tuple[tuple[Param, str], ...] = (
-    (Param(("embed",), {"local": "embedding.word_embeddings.weight", "legacy": "language_model.embedding.word_embeddings.weight"},
-           Split.VOCAB), "first"),
-    (Param(("pos_embed",), {"local": "embedding.position_embeddings.weight",
+GLOBAL_PARAMS: tuple[tuple[Row, str], ...] = (
+    (mrow(("embed",), {"local": "embedding.word_embeddings.weight", "legacy": "language_model.embedding.word_embeddings.weight"},
+           VOCAB, COLUMN), "first"),
+    (mrow(("pos_embed",), {"local": "embedding.position_embeddings.weight",
                             "legacy": "language_model.embedding.position_embeddings.weight"},
-           Split.REPLICATED, when=lambda s: s.position == "learned"), "first"),
-    (Param(("embed_norm",), {"local": "embedding.word_embeddings.norm.weight",
+           IDENTITY, REPLICATED, when=lambda s: s.position == "learned"), "first"),
+    (mrow(("embed_norm",), {"local": "embedding.word_embeddings.norm.weight",
                              "legacy": "language_model.embedding.word_embeddings.norm.weight"},
-           Split.REPLICATED, Pack.NORM, when=lambda s: s.embed_norm), "first"),
-    (Param(("embed_norm.bias",), {"local": "embedding.word_embeddings.norm.bias",
+           NORM, REPLICATED, when=lambda s: s.embed_norm), "first"),
+    (mrow(("embed_norm.bias",), {"local": "embedding.word_embeddings.norm.bias",
                                   "legacy": "language_model.embedding.word_embeddings.norm.bias"},
-           Split.REPLICATED, when=lambda s: s.embed_norm and s.norm_bias), "first"),
-    (Param(("final_norm",), {"local": "decoder.final_layernorm.weight", "legacy": "language_model.encoder.final_norm.weight"},
-           Split.REPLICATED, Pack.NORM, aliases=("language_model.encoder.final_layernorm.weight",)), "last"),
-    (Param(("final_norm.bias",), {"local": "decoder.final_layernorm.bias", "legacy": "language_model.encoder.final_norm.bias"},
-           Split.REPLICATED, when=_norm_bias, aliases=("language_model.encoder.final_layernorm.bias",)), "last"),
-    (Param(("lm_head",), {"local": "output_layer.weight", "legacy": "language_model.output_layer.weight"},
-           Split.VOCAB, when=lambda s: not s.tied), "last"),
+           IDENTITY, REPLICATED, when=lambda s: s.embed_norm and s.norm_bias), "first"),
+    (mrow(("final_norm",), {"local": "decoder.final_layernorm.weight", "legacy": "language_model.encoder.final_norm.weight"},
+           NORM, REPLICATED, aliases=("language_model.encoder.final_layernorm.weight",)), "last"),
+    (mrow(("final_norm.bias",), {"local": "decoder.final_layernorm.bias", "legacy": "language_model.encoder.final_norm.bias"},
+           IDENTITY, REPLICATED, when=_norm_bias, aliases=("language_model.encoder.final_layernorm.bias",)), "last"),
+    (mrow(("lm_head",), {"local": "output_layer.weight", "legacy": "language_model.output_layer.weight"},
+           VOCAB, COLUMN, when=lambda s: not s.tied), "last"),
 )
 
 # With tied embeddings and PP > 1 the last stage stores its own synced copy of the embedding.
@@ -175,9 +156,9 @@ IGNORED_PATTERNS = (
 )
 
 
-def layer_params(spec: ModelSpec) -> list[Param]:
+def layer_params(spec: ModelSpec) -> list[Row]:
     return [p for p in LAYER_PARAMS if p.when(spec)]
 
 
-def global_params(spec: ModelSpec) -> list[tuple[Param, str]]:
+def global_params(spec: ModelSpec) -> list[tuple[Row, str]]:
     return [(p, stage) for p, stage in GLOBAL_PARAMS if p.when(spec)]

@@ -1,8 +1,8 @@
 """epfLLM Megatron-LLM parameter table: its own names and its `[up; gate]` SwiGLU order.
 
 Megatron-LLM (github.com/epfLLM/Megatron-LLM) is a fork of pre-mcore Megatron-LM, so its rows
-reuse `Param` / `Split` / `Pack` from `rules/megatron.py` and are read and written by the same
-`sharding.gather` / `scatter`. What differs is data, kept here:
+are the same `Row`s as `rules/megatron.py`'s, with the same ops and TP cuts, read and written by
+the same `row.gather` / `row.scatter`. What differs is data, kept here:
 
 - Names. Checkpoints its trainer and `tools/checkpoint_util.py` save (variant `megatron-llm`)
   nest the model as `language_model.{embedding, encoder, lm_head}` with `self_attention`;
@@ -27,7 +27,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import ModelSpec
-from .megatron import IGNORED_PATTERNS, Pack, Param, Split
+from ..layouts import IDENTITY, Layout
+from ..row import Row
+from ..shards import COLUMN, GATE_UP, REPLICATED, ROW, Shard
+from .megatron import IGNORED_PATTERNS, NORM, QKV, QKV_CUT, SWIGLU, VOCAB, mrow
 
 ARG_MARKERS = ("tie_embed_logits", "use_rms_norm", "num_attention_heads_kv")  # arg names only Megatron-LLM uses
 TRAIN = "megatron-llm"  # trainer / checkpoint_util saves: language_model.encoder, self_attention
@@ -38,11 +41,11 @@ __all__ = ["ARG_MARKERS", "IGNORED_PATTERNS", "LAYER_PREFIX", "RELEASE", "TIED_H
            "detect", "global_params", "layer_params", "nest", "problems"]
 
 
-def _row(canon: tuple[str, ...], train: str, split: Split, pack: Pack = Pack.NONE, *, release: str | None = None,
-         when=None) -> Param:  # type: ignore[no-untyped-def]
+def _row(canon: tuple[str, ...], train: str, op: Layout = IDENTITY, shard: Shard = REPLICATED, *,
+         release: str | None = None, when=None) -> Row:  # type: ignore[no-untyped-def]
     """A Megatron-LLM row; `release` is the hf_to_megatron spelling when it differs."""
     names = {"local": train, TRAIN: train, RELEASE: release or train}
-    return Param(canon, names, split, pack, **({"when": when} if when else {}))
+    return mrow(canon, names, op, shard, **({"when": when} if when else {}))
 
 
 def _attn(rel: str) -> dict[str, str]:
@@ -58,43 +61,43 @@ def _mlp_norm(s: ModelSpec) -> bool:
     return s.parallel_attn and s.parallel_norms == 2
 
 
-def _row_attn(canon: tuple[str, ...], rel: str, split: Split, pack: Pack = Pack.NONE, when=None) -> Param:  # type: ignore[no-untyped-def]
+def _row_attn(canon: tuple[str, ...], rel: str, op: Layout = IDENTITY, shard: Shard = REPLICATED, when=None) -> Row:  # type: ignore[no-untyped-def]
     n = _attn(rel)
-    return _row(canon, n["train"], split, pack, release=n["release"], when=when)
+    return _row(canon, n["train"], op, shard, release=n["release"], when=when)
 
 
-LAYER_PARAMS: tuple[Param, ...] = (
-    _row(("input_norm",), "input_layernorm.weight", Split.REPLICATED, Pack.NORM),
-    _row(("input_norm.bias",), "input_layernorm.bias", Split.REPLICATED, when=lambda s: s.norm_bias),
-    _row_attn(("attn.q", "attn.k", "attn.v"), "query_key_value.weight", Split.COLUMN, Pack.QKV),
-    _row_attn(("attn.q.bias", "attn.k.bias", "attn.v.bias"), "query_key_value.bias", Split.COLUMN, Pack.QKV,
+LAYER_PARAMS: tuple[Row, ...] = (
+    _row(("input_norm",), "input_layernorm.weight", NORM, REPLICATED),
+    _row(("input_norm.bias",), "input_layernorm.bias", IDENTITY, REPLICATED, when=lambda s: s.norm_bias),
+    _row_attn(("attn.q", "attn.k", "attn.v"), "query_key_value.weight", QKV, QKV_CUT),
+    _row_attn(("attn.q.bias", "attn.k.bias", "attn.v.bias"), "query_key_value.bias", QKV, QKV_CUT,
               when=lambda s: s.qkv_bias),
-    _row_attn(("attn.o",), "dense.weight", Split.ROW),
-    _row_attn(("attn.o.bias",), "dense.bias", Split.REPLICATED, when=lambda s: s.o_bias),
-    _row(("post_attn_norm",), "post_attention_layernorm.weight", Split.REPLICATED, Pack.NORM, when=_sequential),
-    _row(("post_attn_norm.bias",), "post_attention_layernorm.bias", Split.REPLICATED,
+    _row_attn(("attn.o",), "dense.weight", IDENTITY, ROW),
+    _row_attn(("attn.o.bias",), "dense.bias", IDENTITY, REPLICATED, when=lambda s: s.o_bias),
+    _row(("post_attn_norm",), "post_attention_layernorm.weight", NORM, REPLICATED, when=_sequential),
+    _row(("post_attn_norm.bias",), "post_attention_layernorm.bias", IDENTITY, REPLICATED,
          when=lambda s: _sequential(s) and s.norm_bias),
-    _row(("post_attn_norm",), "mlp_layernorm.weight", Split.REPLICATED, Pack.NORM, when=_mlp_norm),
-    _row(("post_attn_norm.bias",), "mlp_layernorm.bias", Split.REPLICATED, when=lambda s: _mlp_norm(s) and s.norm_bias),
+    _row(("post_attn_norm",), "mlp_layernorm.weight", NORM, REPLICATED, when=_mlp_norm),
+    _row(("post_attn_norm.bias",), "mlp_layernorm.bias", IDENTITY, REPLICATED, when=lambda s: _mlp_norm(s) and s.norm_bias),
     # [up_r; gate_r] per rank: UP first (see the module docstring)
-    _row(("mlp.up", "mlp.gate"), "mlp.dense_h_to_4h.weight", Split.COLUMN, Pack.SWIGLU, when=lambda s: s.gated),
-    _row(("mlp.up.bias", "mlp.gate.bias"), "mlp.dense_h_to_4h.bias", Split.COLUMN, Pack.SWIGLU,
+    _row(("mlp.up", "mlp.gate"), "mlp.dense_h_to_4h.weight", SWIGLU, GATE_UP, when=lambda s: s.gated),
+    _row(("mlp.up.bias", "mlp.gate.bias"), "mlp.dense_h_to_4h.bias", SWIGLU, GATE_UP,
          when=lambda s: s.gated and s.mlp_bias),
-    _row(("mlp.up",), "mlp.dense_h_to_4h.weight", Split.COLUMN, when=lambda s: not s.gated),
-    _row(("mlp.up.bias",), "mlp.dense_h_to_4h.bias", Split.COLUMN, when=lambda s: not s.gated and s.mlp_bias),
-    _row(("mlp.down",), "mlp.dense_4h_to_h.weight", Split.ROW),
-    _row(("mlp.down.bias",), "mlp.dense_4h_to_h.bias", Split.REPLICATED, when=lambda s: s.mlp_bias),
+    _row(("mlp.up",), "mlp.dense_h_to_4h.weight", IDENTITY, COLUMN, when=lambda s: not s.gated),
+    _row(("mlp.up.bias",), "mlp.dense_h_to_4h.bias", IDENTITY, COLUMN, when=lambda s: not s.gated and s.mlp_bias),
+    _row(("mlp.down",), "mlp.dense_4h_to_h.weight", IDENTITY, ROW),
+    _row(("mlp.down.bias",), "mlp.dense_4h_to_h.bias", IDENTITY, REPLICATED, when=lambda s: s.mlp_bias),
 )
 
-GLOBAL_PARAMS: tuple[tuple[Param, str], ...] = (
-    (_row(("embed",), "language_model.embedding.word_embeddings.weight", Split.VOCAB), "first"),
-    (_row(("pos_embed",), "language_model.embedding.position_embeddings.weight", Split.REPLICATED,
+GLOBAL_PARAMS: tuple[tuple[Row, str], ...] = (
+    (_row(("embed",), "language_model.embedding.word_embeddings.weight", VOCAB, COLUMN), "first"),
+    (_row(("pos_embed",), "language_model.embedding.position_embeddings.weight", IDENTITY, REPLICATED,
           when=lambda s: s.position == "learned"), "first"),
-    (_row(("final_norm",), "language_model.encoder.final_layernorm.weight", Split.REPLICATED, Pack.NORM,
+    (_row(("final_norm",), "language_model.encoder.final_layernorm.weight", NORM, REPLICATED,
           release="language_model.transformer.final_layernorm.weight"), "last"),
-    (_row(("final_norm.bias",), "language_model.encoder.final_layernorm.bias", Split.REPLICATED,
+    (_row(("final_norm.bias",), "language_model.encoder.final_layernorm.bias", IDENTITY, REPLICATED,
           release="language_model.transformer.final_layernorm.bias", when=lambda s: s.norm_bias), "last"),
-    (_row(("lm_head",), "language_model.lm_head", Split.VOCAB, when=lambda s: not s.tied), "last"),
+    (_row(("lm_head",), "language_model.lm_head", VOCAB, COLUMN, when=lambda s: not s.tied), "last"),
 )
 
 # Tied embeddings with PP > 1: GPTModel saves the last stage's copy as `word_embeddings_for_head`.
@@ -103,11 +106,11 @@ TIED_HEAD_COPY = {TRAIN: "word_embeddings_for_head.weight", RELEASE: "word_embed
 LAYER_PREFIX = {TRAIN: "language_model.encoder.layers.{i}.", RELEASE: "language_model.transformer.layers.{i}."}
 
 
-def layer_params(spec: ModelSpec) -> list[Param]:
+def layer_params(spec: ModelSpec) -> list[Row]:
     return [p for p in LAYER_PARAMS if p.when(spec)]
 
 
-def global_params(spec: ModelSpec) -> list[tuple[Param, str]]:
+def global_params(spec: ModelSpec) -> list[tuple[Row, str]]:
     return [(p, stage) for p, stage in GLOBAL_PARAMS if p.when(spec)]
 
 

@@ -1,7 +1,7 @@
 """Meta's original Llama checkpoint names (`consolidated.NN.pth`), as data.
 
-Rows reuse the Megatron `Param` (canonical tensors, how model parallelism split them), so the
-shards are gathered with `sharding.gather`. Meta applies RoPE to interleaved channel pairs, so
+Rows are the one `Row` type (canonical tensors, how model parallelism cut them), so the shards
+are gathered with `row.gather`. Meta applies RoPE to interleaved channel pairs, so
 the gathered q and k are permuted to rotate-half order (`ROTARY_ROWS`) unless the user says the
 weights were already permuted (`--rotary-layout half`). Llama 1/2 split the embedding along the
 hidden dim (`EMBED_BY_DIM`), Llama 3 along the vocabulary (`EMBED_BY_VOCAB`): the stored shard
@@ -11,31 +11,32 @@ shape tells which.
 from __future__ import annotations
 
 from ..spec import ModelSpec
-from .megatron import Pack, Param, Split
+from ..row import Row
+from ..shards import COLUMN, REPLICATED, ROW, Shard
 
 
-def _p(canon: str, name: str, split: Split, pack: Pack = Pack.NONE, when=None) -> Param:  # type: ignore[no-untyped-def]
-    return Param((canon,), {"local": name}, split, pack, **({"when": when} if when else {}))
+def _p(canon: str, name: str, shard: Shard, when=None) -> Row:  # type: ignore[no-untyped-def]
+    return Row(name, (canon,), shard=shard, **({"when": when} if when else {}))
 
 
-EMBED_BY_DIM = _p("embed", "tok_embeddings.weight", Split.ROW)
-EMBED_BY_VOCAB = _p("embed", "tok_embeddings.weight", Split.COLUMN)
+EMBED_BY_DIM = _p("embed", "tok_embeddings.weight", ROW)
+EMBED_BY_VOCAB = _p("embed", "tok_embeddings.weight", COLUMN)
 
 LAYER_PREFIX = "layers.{i}."
-LAYER_ROWS: tuple[Param, ...] = (
-    _p("input_norm", "attention_norm.weight", Split.REPLICATED),
-    _p("attn.q", "attention.wq.weight", Split.COLUMN),
-    _p("attn.k", "attention.wk.weight", Split.COLUMN),
-    _p("attn.v", "attention.wv.weight", Split.COLUMN),
-    _p("attn.o", "attention.wo.weight", Split.ROW),
-    _p("post_attn_norm", "ffn_norm.weight", Split.REPLICATED),
-    _p("mlp.gate", "feed_forward.w1.weight", Split.COLUMN),
-    _p("mlp.up", "feed_forward.w3.weight", Split.COLUMN),
-    _p("mlp.down", "feed_forward.w2.weight", Split.ROW),
+LAYER_ROWS: tuple[Row, ...] = (
+    _p("input_norm", "attention_norm.weight", REPLICATED),
+    _p("attn.q", "attention.wq.weight", COLUMN),
+    _p("attn.k", "attention.wk.weight", COLUMN),
+    _p("attn.v", "attention.wv.weight", COLUMN),
+    _p("attn.o", "attention.wo.weight", ROW),
+    _p("post_attn_norm", "ffn_norm.weight", REPLICATED),
+    _p("mlp.gate", "feed_forward.w1.weight", COLUMN),
+    _p("mlp.up", "feed_forward.w3.weight", COLUMN),
+    _p("mlp.down", "feed_forward.w2.weight", ROW),
 )
-POST_ROWS: tuple[Param, ...] = (
-    _p("final_norm", "norm.weight", Split.REPLICATED),
-    _p("lm_head", "output.weight", Split.COLUMN, when=lambda s: not s.tied),
+POST_ROWS: tuple[Row, ...] = (
+    _p("final_norm", "norm.weight", REPLICATED),
+    _p("lm_head", "output.weight", COLUMN, when=lambda s: not s.tied),
 )
 
 # canonical row -> which head count its per-head rotary permutation uses

@@ -4,18 +4,21 @@ NxD's converter keeps HF Llama names (`--model_style hf`) or rewrites them by su
 (`--model_style megatron`, `MEGATRON_RENAMES` below); the attention projections exist in several
 mutually exclusive *forms* (separate q/k/v, GQA `qkv_proj.weight_q/k/v`, fused `weight_qkv`,
 coalesced `qkv_proj.weight`, Megatron `query` + `key_value`). Readers pick the form whose names
-are on disk; writers pick one from the options. Every row says how one stored tensor relates
-to canonical tensors (`Layout`); the cutting itself lives in `converters/nxd_sharding.py`.
+are on disk; writers pick one from the options. Rows are the one `Row` type: the op relates a
+stored tensor to canonical tensors (`layouts.py`), the cut says which heads or slices each TP
+rank holds (`shards.py`: `Heads` / `HeadBlocks` under `kv_size_multiplier`); expert rows stack a
+rank's local experts on dim 0, each stored transposed (`[in, out]`).
 Reference: ../shared/reference/nxd-deepspeed-files.md §1.3-1.5.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 
 from .. import families
+from ..layouts import ConcatRows, Transposed
+from ..row import Row
+from ..shards import COLUMN, GATE_UP, ROW, Blocks, HeadBlocks, Heads
 from ..spec import ModelSpec
 
 STYLES = ("hf", "megatron")
@@ -25,23 +28,8 @@ _LLAMA = families.family("llama")
 HF: dict[str, str] = {row.canon[0]: row.name for row in (*_LLAMA.pre, *_LLAMA.layer, *_LLAMA.post) if len(row.canon) == 1}
 LAYER_PREFIX = _LLAMA.layer_prefix
 
-
-class Layout(Enum):
-    REPLICATED = "replicated"  # every TP rank holds it whole
-    COLUMN = "column"  # contiguous split of dim 0 (embedding, lm_head)
-    ROW = "row"  # contiguous split of dim 1 (down_proj)
-    Q = "q"  # the rank's Q heads (reordered under kv_size_multiplier)
-    KV = "kv"  # the rank's KV heads (KV tiled kv_size_multiplier times, then split)
-    O = "o"  # o_proj columns of the rank's Q heads
-    QKV = "qkv"  # per rank [q_r; k_r; v_r]
-    KV_PAIR = "kv_pair"  # per rank [k_r; v_r] (megatron-style `key_value`)
-    GATE_UP = "gate_up"  # per rank [gate_r; up_r]
-    EXPERT_GATE_UP = "expert_gate_up"  # [E_local, hidden, 2f/tp]: per rank [gate_r | up_r] on dim 2
-    EXPERT_DOWN = "expert_down"  # [E_local, f/tp, hidden]
-
-
-def _always(spec: ModelSpec) -> bool:
-    return True
+Q_HEADS, KV_HEADS, O_COLUMNS = Heads("q"), Heads("kv"), Heads("q", dim=1)
+FUSED = ConcatRows()
 
 
 def _dense(spec: ModelSpec) -> bool:
@@ -52,48 +40,39 @@ def _moe(spec: ModelSpec) -> bool:
     return spec.moe
 
 
-@dataclass(frozen=True)
-class NxdParam:
-    canon: tuple[str, ...]  # relative to `layers.{i}.` for layer rows; `{e}` expands over experts
-    hf: str  # hf-style name (relative to `model.layers.{i}.` for layer rows)
-    layout: Layout
-    when: Callable[[ModelSpec], bool] = _always
-
-    @property
-    def expert(self) -> bool:
-        return self.layout in (Layout.EXPERT_GATE_UP, Layout.EXPERT_DOWN)
-
-
-# name, layout, pipeline stage holding it
-GLOBAL_PARAMS: tuple[tuple[NxdParam, str], ...] = (
-    (NxdParam(("embed",), HF["embed"], Layout.COLUMN), "first"),
-    (NxdParam(("final_norm",), HF["final_norm"], Layout.REPLICATED), "last"),
-    (NxdParam(("lm_head",), HF["lm_head"], Layout.COLUMN, when=lambda s: not s.tied), "last"),
+# rows and the pipeline stage holding them
+GLOBAL_PARAMS: tuple[tuple[Row, str], ...] = (
+    (Row(HF["embed"], ("embed",), shard=COLUMN), "first"),
+    (Row(HF["final_norm"], ("final_norm",)), "last"),
+    (Row(HF["lm_head"], ("lm_head",), when=lambda s: not s.tied, shard=COLUMN), "last"),
 )
 
-LAYER_PARAMS: tuple[NxdParam, ...] = (
-    NxdParam(("input_norm",), HF["input_norm"], Layout.REPLICATED),
-    NxdParam(("attn.o",), HF["attn.o"], Layout.O),
-    NxdParam(("post_attn_norm",), HF["post_attn_norm"], Layout.REPLICATED),
-    NxdParam(("mlp.gate", "mlp.up"), "mlp.gate_up_proj.weight", Layout.GATE_UP, when=_dense),
-    NxdParam(("mlp.down",), HF["mlp.down"], Layout.ROW, when=_dense),
-    NxdParam(("router",), "mlp.router.linear_router.weight", Layout.REPLICATED, when=_moe),
-    NxdParam(("experts.{e}.gate", "experts.{e}.up"), "mlp.expert_mlps.mlp_op.gate_up_proj.weight",
-             Layout.EXPERT_GATE_UP, when=_moe),
-    NxdParam(("experts.{e}.down",), "mlp.expert_mlps.mlp_op.down_proj.weight", Layout.EXPERT_DOWN, when=_moe),
+LAYER_PARAMS: tuple[Row, ...] = (
+    Row(HF["input_norm"], ("input_norm",)),
+    Row(HF["attn.o"], ("attn.o",), shard=O_COLUMNS),
+    Row(HF["post_attn_norm"], ("post_attn_norm",)),
+    Row("mlp.gate_up_proj.weight", ("mlp.gate", "mlp.up"), FUSED, _dense, GATE_UP),
+    Row(HF["mlp.down"], ("mlp.down",), when=_dense, shard=ROW),
+    Row("mlp.router.linear_router.weight", ("router",), when=_moe),
+    # [E_local, hidden, 2f/tp]: per expert [gate | up] transposed, each rank [gate_r | up_r] on dim 1
+    Row("mlp.expert_mlps.mlp_op.gate_up_proj.weight", ("experts.{e}.gate", "experts.{e}.up"), Transposed(FUSED), _moe,
+        Blocks(dim=1, parts=2), stacked=True),
+    # [E_local, f/tp, hidden]
+    Row("mlp.expert_mlps.mlp_op.down_proj.weight", ("experts.{e}.down",), Transposed(), _moe, COLUMN, stacked=True),
 )
 
 # Attention forms, most specific first (a reader takes the first whose names are on disk).
 Q, K, V = ("attn.q",), ("attn.k",), ("attn.v",)
 QKV_CANON = ("attn.q", "attn.k", "attn.v")
-ATTENTION_FORMS: dict[str, tuple[NxdParam, ...]] = {
-    "gqa_fused": (NxdParam(QKV_CANON, "self_attn.qkv_proj.weight_qkv", Layout.QKV),),
-    "gqa": (NxdParam(Q, "self_attn.qkv_proj.weight_q", Layout.Q), NxdParam(K, "self_attn.qkv_proj.weight_k", Layout.KV),
-            NxdParam(V, "self_attn.qkv_proj.weight_v", Layout.KV)),
-    "coalesced": (NxdParam(QKV_CANON, "self_attn.qkv_proj.weight", Layout.QKV),),  # megatron: query_key_value
-    "megatron_gqa": (NxdParam(Q, "self_attn.query.weight", Layout.Q),
-                     NxdParam(("attn.k", "attn.v"), "self_attn.key_value.weight", Layout.KV_PAIR)),
-    "separate": (NxdParam(Q, HF["attn.q"], Layout.Q), NxdParam(K, HF["attn.k"], Layout.KV), NxdParam(V, HF["attn.v"], Layout.KV)),
+ATTENTION_FORMS: dict[str, tuple[Row, ...]] = {
+    "gqa_fused": (Row("self_attn.qkv_proj.weight_qkv", QKV_CANON, FUSED, shard=HeadBlocks(("q", "kv", "kv"))),),
+    "gqa": (Row("self_attn.qkv_proj.weight_q", Q, shard=Q_HEADS), Row("self_attn.qkv_proj.weight_k", K, shard=KV_HEADS),
+            Row("self_attn.qkv_proj.weight_v", V, shard=KV_HEADS)),
+    "coalesced": (Row("self_attn.qkv_proj.weight", QKV_CANON, FUSED, shard=HeadBlocks(("q", "kv", "kv"))),),  # megatron: query_key_value
+    "megatron_gqa": (Row("self_attn.query.weight", Q, shard=Q_HEADS),
+                     Row("self_attn.key_value.weight", ("attn.k", "attn.v"), FUSED, shard=HeadBlocks(("kv", "kv")))),
+    "separate": (Row(HF["attn.q"], Q, shard=Q_HEADS), Row(HF["attn.k"], K, shard=KV_HEADS),
+                 Row(HF["attn.v"], V, shard=KV_HEADS)),
 }
 
 
@@ -136,13 +115,13 @@ def stored_name(hf_full: str, style: str) -> str:
     return megatron_name(hf_full) if style == "megatron" else hf_full
 
 
-def layer_params(spec: ModelSpec, form: str) -> list[NxdParam]:
+def layer_params(spec: ModelSpec, form: str) -> list[Row]:
     """Rows of one layer in module order: norm, attention (form), o_proj, norm, MLP."""
     rows = [p for p in LAYER_PARAMS if p.when(spec)]
     return rows[:1] + list(ATTENTION_FORMS[form]) + rows[1:]
 
 
-def global_params(spec: ModelSpec) -> list[tuple[NxdParam, str]]:
+def global_params(spec: ModelSpec) -> list[tuple[Row, str]]:
     return [(p, stage) for p, stage in GLOBAL_PARAMS if p.when(spec)]
 
 

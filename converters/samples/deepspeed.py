@@ -233,8 +233,8 @@ def repack_megatron_as_pipeline(
     layers = int(args.num_layers)
 
     def pick(model: dict[str, Any], rows: tuple[Any, ...], prefix: str = "") -> dict[str, torch.Tensor]:
-        return {row.names["local"]: _owned(model[prefix + row.names["mcore"]])
-                for row in rows if prefix + row.names["mcore"] in model}
+        return {row.name: _owned(model[prefix + row.variants["mcore"]])
+                for row in rows if prefix + row.variants["mcore"] in model}
 
     root = Path(out_dir)
     tag = _tag(root, step)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..nxd_sharding import HeadMap
+from ..shards import HeadMap
 from ..rules.nxd import MEGATRON_RENAMES, layer_stages, megatron_name, shard_file_name
 from ..writers.xser import TensorReference, pickled_as, save_xser, stub_class
 from .spec import SampleSpec

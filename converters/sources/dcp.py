@@ -80,7 +80,7 @@ class DcpSource(CanonicalSource):
             stored = self.names[entry.name]
             if stored not in self.index:
                 raise SpecError(f"{self.ckpt.path}: missing tensor {stored}")
-            parts = entry.layout.unpack(self.ckpt.load(self.index[stored]), [self.shapes[c] for c in entry.canon], self.spec)
+            parts = entry.op.unpack(self.ckpt.load(self.index[stored]), [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
         return out
 

@@ -23,8 +23,8 @@ from ckptscope.inspectors.formats.deepspeed import REBUILD_HINT
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from ..rules import deepspeed as ds
-from ..rules.megatron import Param
-from ..sharding import gather
+from ..row import Row, gather
+from ..shards import Geometry
 from ..megatron_args import spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
@@ -35,7 +35,7 @@ from .megatron_torch import MegatronTorchSource
 ZERO3_NEEDS_OPTION = ("ZeRO-3 checkpoint: the model-states files hold only partitioned placeholders; rebuild the weights "
                       "from the optimizer partitions with --from-optimizer-fp32")
 LAYER_KEY_RE = re.compile(r"^(\d+|tied_modules\.[^.]+)\.(.+)$")
-Expected = tuple[Param, str, str, list[str]]  # row, layer key, stored name within the layer, canonical names
+Expected = tuple[Row, str, str, list[str]]  # row, layer key, stored name within the layer, canonical names
 
 
 def megatron_deepspeed_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -127,9 +127,9 @@ class DeepSpeedSource(CanonicalSource):
         self.index_map = next((name for name, m in ds.LAYER_INDEX_MAPS.items()
                                if (str(m.embed), str(m.first_block)) == (self.embed, self.blocks[0] if self.blocks else "")), "custom")
 
-    def _stored(self, param: Param, key: str) -> str:
+    def _stored(self, param: Row, key: str) -> str:
         layer = self.layers.get(key, {})
-        candidates = (param.names["local"], *param.aliases)
+        candidates = (param.name, *param.aliases)
         return next((c for c in candidates if c in layer), candidates[0])
 
     def _expected(self, group: int) -> list[Expected]:
@@ -154,7 +154,7 @@ class DeepSpeedSource(CanonicalSource):
             if not by_tp:
                 raise SpecError(f"{self.ckpt.path}: layer file {key} has no {rel}")
             shards = [self.view.load(by_tp[tp]) for tp in sorted(by_tp)]
-            out.update(zip(canon, gather(param, shards, self.spec)))
+            out.update(zip(canon, gather(param, shards, Geometry(self.spec, len(shards)))))
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:

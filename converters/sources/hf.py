@@ -37,13 +37,13 @@ class HfSource(CanonicalSource):
                 continue  # read from the fused tensors instead
             self.entries[entry.group].append(entry)
         self.shapes = spec.canonical_shapes()
-        self.layouts = {e.name: e.layout for entries in self.entries.values() for e in entries}
+        self.ops = {e.name: e.op for entries in self.entries.values() for e in entries}
 
     def read(self, group: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for entry in self.entries[group]:
             stored = self._load(self.index[entry.name])
-            parts = entry.layout.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
+            parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
         if self.fused and 0 <= group < self.spec.layers:
             out.update(self._read_fused(group))
@@ -93,7 +93,7 @@ class HfSource(CanonicalSource):
 
     def stored_as_canonical(self, name: str) -> bool:
         """True when the stored tensor is its canonical tensor unchanged (an identity layout)."""
-        return isinstance(self.layouts.get(name), Identity)
+        return isinstance(self.ops.get(name), Identity)
 
     def notes(self) -> list[str]:
         return list(self.spec.notes)

@@ -9,9 +9,10 @@ import torch
 
 from ckptscope.inspectors.model import Checkpoint
 
-from ..rules import megatron as mg
-from ..sharding import from_global
 from ..megatron_args import spec_from_megatron_args
+from ..row import Row, from_stored
+from ..rules import megatron as mg
+from ..shards import Blocks
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 
@@ -30,15 +31,15 @@ class MegatronDistSource(CanonicalSource):
         self.spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
         self.index = {t.name: t for t in ckpt.model_tensors()}
 
-    def _locate(self, param: mg.Param, layer: int | None, expert: int | None) -> list[tuple[str, tuple[int, ...]]]:
+    def _locate(self, param: Row, layer: int | None, expert: int | None) -> list[tuple[str, tuple[int, ...]]]:
         """Stored keys and index prefixes holding this param (two keys for split swiglu)."""
         if layer is None:
-            names = [param.name("local", self.spec), *param.read_names()]
+            names = [param.name_for("local", self.spec), *param.read_names()]
             for name in names:
                 if name in self.index:
                     return [(name, ())]
             return []
-        rels = [param.name("dist", self.spec), *param.read_names()]
+        rels = [param.name_for("dist", self.spec), *param.read_names()]
         for rel in dict.fromkeys(rels):
             rel = rel.replace("{e}", "")
             stacked = f"decoder.layers.{rel}"
@@ -48,11 +49,11 @@ class MegatronDistSource(CanonicalSource):
                 return [(stacked, (layer, *idx_e))]
             if per_layer in self.index:
                 return [(per_layer, idx_e)]
-            if param.pack is mg.Pack.SWIGLU and per_layer + "_w" in self.index:
+            if isinstance(param.shard, Blocks) and per_layer + "_w" in self.index:
                 return [(per_layer + "_w", idx_e), (per_layer + "_v", idx_e)]
         return []
 
-    def _expected(self, group: int) -> list[tuple[mg.Param, list[tuple[str, tuple[int, ...]]], list[str]]]:
+    def _expected(self, group: int) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
         spec, out = self.spec, []
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
@@ -73,14 +74,14 @@ class MegatronDistSource(CanonicalSource):
                 raise SpecError(f"{self.ckpt.path}: no torch_dist key for {canon[0]}")
             parts = [self._slice(self.index[key], *index) for key, index in where]
             full = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-            out.update(zip(canon, from_global(param, full, self.spec)))
+            out.update(zip(canon, from_stored(param, full, self.spec)))
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected: dict[str, list[str]] = {}
         for g in groups(self.spec):
             for param, where, canon in self._expected(g):
-                keys = [k for k, _ in where] or [f"decoder.layers.{param.name('dist', self.spec)}"]
+                keys = [k for k, _ in where] or [f"decoder.layers.{param.name_for('dist', self.spec)}"]
                 for key in keys:
                     expected.setdefault(key, []).extend(canon)
         rules = list(mg.IGNORED_PATTERNS)

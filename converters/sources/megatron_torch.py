@@ -15,7 +15,8 @@ from ckptscope.inspectors.model import Checkpoint
 
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..sharding import gather
+from ..row import Row, gather
+from ..shards import Geometry
 from ..megatron_args import spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
@@ -46,31 +47,31 @@ class MegatronTorchSource(CanonicalSource):
         # Megatron-LLM always groups QKV per KV head ([q.., k, v]: the checkpoint_version 2 order)
         self.spec = spec.with_(qkv_version=2 if self.rules is mllm else legacy_qkv_version(ckpt, spec))
 
-    def _stored(self, param: mg.Param, layer: int | None, expert: int | None = None) -> str | None:
+    def _stored(self, param: Row, layer: int | None, expert: int | None = None) -> str | None:
         """The stored global name of a param (first spelling present on disk)."""
         prefix = self.rules.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else ""
-        candidates = [param.name(self.variant, self.spec), *param.read_names()]
+        candidates = [param.name_for(self.variant, self.spec), *param.read_names()]
         for name in dict.fromkeys(candidates):
             full = prefix + name.format(e=expert)
             if full in self.index:
                 return full
         return None
 
-    def _expected(self, group: int) -> list[tuple[mg.Param, str, list[str]]]:
+    def _expected(self, group: int) -> list[tuple[Row, str, list[str]]]:
         """(param, stored name, canonical names) for one group; stored name may be missing."""
         spec, out = self.spec, []
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
             for param, where in self.rules.global_params(spec):
                 if where == stage:
-                    name = self._stored(param, None) or param.name(self.variant, spec)  # te has no global names: local
+                    name = self._stored(param, None) or param.name_for(self.variant, spec)  # te has no global names: local
                     out.append((param, name, list(param.canon)))
             return out
         for param in self.rules.layer_params(spec):
             for e in range(spec.experts) if param.expert else [None]:
                 canon = [f"layers.{group}." + c.format(e=e) for c in param.canon]
                 name = self._stored(param, group, e) or (self.rules.LAYER_PREFIX[self.variant].format(i=group)
-                                                         + param.name(self.variant, spec).format(e=e))
+                                                         + param.name_for(self.variant, spec).format(e=e))
                 out.append((param, name, canon))
         return out
 
@@ -81,7 +82,7 @@ class MegatronTorchSource(CanonicalSource):
             if not infos:
                 raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
             shards = [self.ckpt.load(t) for t in infos]
-            out.update(zip(canon, gather(param, shards, self.spec)))
+            out.update(zip(canon, gather(param, shards, Geometry(self.spec, len(shards)))))
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:

@@ -9,8 +9,8 @@ from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from ..ops import rotary_to_half
 from ..rules import meta as rules
-from ..rules.megatron import Param
-from ..sharding import gather
+from ..row import Row, gather
+from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 
@@ -58,14 +58,14 @@ class MetaSource(CanonicalSource):
             spec.notes.append(note)
         return spec
 
-    def _rows(self, group: int) -> list[tuple[Param, str, str]]:
+    def _rows(self, group: int) -> list[tuple[Row, str, str]]:
         """(row, stored name, canonical name) of one group."""
         if group == PRE:
             return [(self.embed_row, "tok_embeddings.weight", "embed")]
         if group == self.spec.layers:
-            return [(p, p.names["local"], p.canon[0]) for p in rules.POST_ROWS if p.when(self.spec)]
+            return [(p, p.name, p.canon[0]) for p in rules.POST_ROWS if p.when(self.spec)]
         prefix = rules.LAYER_PREFIX.format(i=group)
-        return [(p, prefix + p.names["local"], f"layers.{group}.{p.canon[0]}") for p in rules.LAYER_ROWS]
+        return [(p, prefix + p.name, f"layers.{group}.{p.canon[0]}") for p in rules.LAYER_ROWS]
 
     def read(self, group: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -73,7 +73,7 @@ class MetaSource(CanonicalSource):
             infos = self.index.get(name)
             if not infos:
                 raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
-            full = gather(param, [self.ckpt.load(t) for t in infos], self.spec)[0]
+            full = gather(param, shards := [self.ckpt.load(t) for t in infos], Geometry(self.spec, len(shards)))[0]
             heads = rules.ROTARY_ROWS.get(param.canon[0])
             if heads is not None and self.interleaved:
                 full = rotary_to_half(full, heads(self.spec))

@@ -3,7 +3,7 @@
 NxD files carry no architecture, so the spec comes from `--config` (an HF config.json, as NxD's
 own converter needs). The attention form is read off the names on disk, and
 `kv_size_multiplier` off the KV row count per rank (KV rows × TP > kv_heads × head_dim means
-the KV heads were replicated and the Q heads reordered; `nxd_sharding` undoes both).
+the KV heads were replicated and the Q heads reordered; the rows' `Heads` cuts undo both).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import torch
 from ckptscope.inspectors.formats.nxd import guess_style
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
-from ..nxd_sharding import Geometry, expert_canon, gather, gather_experts, kv_multiplier
+from ..row import Row, expert_canon, gather, gather_stacked
 from ..rules import nxd as rules
+from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 
 NEEDS_CONFIG = "NxD checkpoints carry no architecture: pass --config with the model's HF config.json"
-Expected = tuple[rules.NxdParam, str, list[str]]
+Expected = tuple[Row, str, list[str]]
 
 
 class NxdSource(CanonicalSource):
@@ -38,7 +39,7 @@ class NxdSource(CanonicalSource):
             self.index.setdefault(t.name, {}).setdefault((t.ranks.ep or 0, t.ranks.tp or 0), t)
         self.style = ckpt.metadata.get("nxd", {}).get("style") or guess_style(self.index)
         self.tp, self.ep = ckpt.parallel.tp, ckpt.parallel.ep
-        embed = self._infos(rules.stored_name(rules.GLOBAL_PARAMS[0][0].hf, self.style))
+        embed = self._infos(rules.stored_name(rules.GLOBAL_PARAMS[0][0].name, self.style))
         self.spec = spec.with_(dtype=_dtype(embed[0])) if embed else spec
         self.form = self._detect_form()
         self.geo = Geometry(self.spec, self.tp, self.ep, self._detect_kv_mult())
@@ -46,8 +47,8 @@ class NxdSource(CanonicalSource):
             raise SpecError(f"embedding has {sum(t.shape[0] for t in embed)} rows, config.json says vocab_size {self.spec.vocab}")
 
     # ----- names --------------------------------------------------------------------------
-    def _name(self, param: rules.NxdParam, layer: int | None) -> str:
-        full = param.hf if layer is None else rules.LAYER_PREFIX.format(i=layer) + param.hf
+    def _name(self, param: Row, layer: int | None) -> str:
+        full = param.name if layer is None else rules.LAYER_PREFIX.format(i=layer) + param.name
         return rules.stored_name(full, self.style)
 
     def _detect_form(self) -> str:
@@ -56,7 +57,7 @@ class NxdSource(CanonicalSource):
             if all(self._name(p, first) in self.index for p in rows):
                 return form
         raise SpecError(f"no known attention projection names for layer {first} ({self.style}-style names); "
-                        f"expected one of: {', '.join(rows[0].hf for rows in rules.ATTENTION_FORMS.values())}")
+                        f"expected one of: {', '.join(rows[0].name for rows in rules.ATTENTION_FORMS.values())}")
 
     def _detect_kv_mult(self) -> int:
         """Replication implied by the first attention row whose row count tells it."""
@@ -68,6 +69,7 @@ class NxdSource(CanonicalSource):
                     if mult is not None:
                         return mult
         return 1
+
 
     def _infos(self, name: str) -> list[TensorInfo]:
         """One shard per TP rank of a non-expert tensor (the lowest EP rank that holds it)."""
@@ -83,7 +85,7 @@ class NxdSource(CanonicalSource):
         out: list[Expected] = []
         prefix = f"layers.{group}."
         for param in rules.layer_params(spec, self.form):
-            canon = expert_canon(param, spec, prefix) if param.expert else [prefix + c for c in param.canon]
+            canon = expert_canon(param, spec, prefix) if param.stacked else [prefix + c for c in param.canon]
             out.append((param, self._name(param, group), canon))
         return out
 
@@ -91,9 +93,9 @@ class NxdSource(CanonicalSource):
     def read(self, group: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for param, name, canon in self._expected(group):
-            if param.expert:
+            if param.stacked:
                 shards = [[self._load(name, ep, tp) for tp in range(self.tp)] for ep in range(self.ep)]
-                out.update(zip(canon, gather_experts(param, shards, self.geo)))
+                out.update(zip(canon, gather_stacked(param, shards, self.geo)))
                 continue
             infos = self._infos(name)
             if len(infos) != self.tp:
@@ -120,3 +122,17 @@ class NxdSource(CanonicalSource):
 
 def _dtype(info: TensorInfo) -> torch.dtype:
     return getattr(torch, info.dtype)
+
+
+def kv_multiplier(row: Row, shard_rows: int, geo: Geometry) -> int | None:
+    """kv_size_multiplier implied by one piece's row count (None when the row does not tell):
+    KV rows per rank × TP = kv_heads × head_dim × multiplier."""
+    kv_rows = row.shard.kv_rows(shard_rows, geo)
+    if kv_rows is None:
+        return None
+    spec = geo.spec
+    mult = kv_rows * geo.tp / (spec.kv_heads * spec.head_dim)
+    if mult < 1 or mult != int(mult):
+        raise SpecError(f"{row.name}: {shard_rows} rows per rank do not fit {spec.heads} heads / {spec.kv_heads} KV heads "
+                        f"of size {spec.head_dim} at TP={geo.tp}")
+    return int(mult)

@@ -28,7 +28,7 @@ class HfWriter(Writer):
         super().__init__(spec, opts)
         shapes = spec.canonical_shapes()
         self.entries = hf_entries(spec)  # stored HF tensors, model order
-        self.stored_shape = {e.name: e.layout.shape([shapes[c] for c in e.canon], spec) for e in self.entries}
+        self.stored_shape = {e.name: e.op.shape([shapes[c] for c in e.canon], spec) for e in self.entries}
         planned: list[list[HfEntry]] = [[]]
         size = 0
         for entry in self.entries:
@@ -81,7 +81,7 @@ class HfWriter(Writer):
             if writer is None:
                 header = [(e.name, self.dtype, self.stored_shape[e.name]) for e in self.planned[k]]
                 writer = self._open[k] = SafetensorsStreamWriter(self.folder / self.shard_files[k], header)
-            stored = entry.layout.pack([tensors[c] for c in entry.canon], self.spec)
+            stored = entry.op.pack([tensors[c] for c in entry.canon], self.spec)
             writer.write(entry.name, stored.to(self.dtype))
             if writer.done:
                 writer.close()

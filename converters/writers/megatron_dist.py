@@ -18,7 +18,7 @@ import torch
 from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
 from ..rules import megatron as mg
-from ..sharding import to_global, tp_boxes
+from ..row import Row, boxes, stored_shape, to_stored
 from ..sources import PRE
 from .base import PlannedFile, Writer
 from .dcp import DcpStreamWriter, torch_bytes
@@ -35,22 +35,17 @@ class MegatronDistWriter(Writer):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
         super().__init__(spec, opts)
         self.padded = target_padded_vocab(spec, opts)
+        self.row_spec = spec.with_(padded_vocab=self.padded)  # what the rows pad the vocabulary to
         self.args = argparse.Namespace(**target_args(spec, opts, "torch_dist"))
         self.iter_dir = iteration_folder_name(opts.iteration)
         self.dcp: DcpStreamWriter | None = None
 
-    def _layer_key(self, param: mg.Param) -> str:
-        return "decoder.layers." + param.name("dist", self.spec).replace("{e}", "")
+    def _layer_key(self, param: Row) -> str:
+        return "decoder.layers." + param.name_for("dist", self.spec).replace("{e}", "")
 
-    def _layer_shape(self, param: mg.Param) -> tuple[int, ...]:
-        shapes = self.spec.layer_shapes(0)
-        parts = [shapes["layers.0." + c.format(e=0)] for c in param.canon]
-        if param.pack is mg.Pack.QKV or param.pack is mg.Pack.SWIGLU:
-            inner = (sum(p[0] for p in parts), *parts[0][1:])
-        else:
-            inner = parts[0]
+    def _layer_shape(self, param: Row) -> tuple[int, ...]:
         lead = (self.spec.layers, self.spec.experts) if param.expert else (self.spec.layers,)
-        return (*lead, *inner)
+        return (*lead, *stored_shape(param, self.row_spec))
 
     def files(self) -> list[PlannedFile]:
         numel = sum(torch.Size(s).numel() for s in self.spec.canonical_shapes().values())
@@ -65,15 +60,13 @@ class MegatronDistWriter(Writer):
         self.dcp = DcpStreamWriter(folder / self.iter_dir)
         spec = self.spec
         for param, _ in mg.global_params(spec):
-            shape = (self.padded, spec.hidden) if param.split is mg.Split.VOCAB else spec.canonical_shapes()[param.canon[0]]
-            self.dcp.declare(param.name("local", spec), self.dtype, shape)
+            self.dcp.declare(param.name_for("local", spec), self.dtype, stored_shape(param, self.row_spec))
         for param in mg.layer_params(spec):
             self.dcp.declare(self._layer_key(param), self.dtype, self._layer_shape(param))
 
-    def _chunks(self, key: str, param: mg.Param, full: torch.Tensor, lead: tuple[int, ...]) -> None:
+    def _chunks(self, key: str, param: Row, full: torch.Tensor, lead: tuple[int, ...]) -> None:
         assert self.dcp is not None
-        boxes = tp_boxes(param, tuple(full.shape), self.opts.tp)
-        for b, (offsets, sizes) in enumerate(boxes):
+        for b, (offsets, sizes) in enumerate(boxes(param, tuple(full.shape), self.opts.tp)):
             piece = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
             piece = piece.reshape((1,) * len(lead) + tuple(piece.shape))
             self.dcp.add_chunk(key, (*lead, *offsets), piece.to(self.dtype), rank=b % self.opts.tp)
@@ -85,14 +78,14 @@ class MegatronDistWriter(Writer):
             stage = "first" if group == PRE else "last"
             for param, where in mg.global_params(spec):
                 if where == stage:
-                    full = to_global(param, [tensors[c] for c in param.canon], spec, self.padded)
-                    self._chunks(param.name("local", spec), param, full, ())
+                    full = to_stored(param, [tensors[c] for c in param.canon], self.row_spec)
+                    self._chunks(param.name_for("local", spec), param, full, ())
             return
         i, L = group, spec.layers
         for param in mg.layer_params(spec):
             for e in range(spec.experts) if param.expert else [None]:
                 canon = [tensors[f"layers.{i}." + c.format(e=e)] for c in param.canon]
-                full = to_global(param, canon, spec, self.padded)
+                full = to_stored(param, canon, self.row_spec)
                 self._chunks(self._layer_key(param), param, full, (i,) if e is None else (i, e))
         empty = torch_bytes([None])
         for module in EXTRA_STATE_MODULES + (() if spec.moe else EXTRA_STATE_DENSE):

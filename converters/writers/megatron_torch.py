@@ -19,9 +19,10 @@ import torch
 
 from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
+from ..row import scatter
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..sharding import scatter
+from ..shards import Geometry
 from ..spec import SpecError
 from ..sources import PRE, group_canon
 from .base import PlannedFile, StagedWriter, Unit
@@ -51,6 +52,7 @@ class MegatronTorchWriter(StagedWriter):
         self.variant = opts.megatron_spec if opts.megatron_spec in ("te", mllm.TRAIN) else "local"
         self.rules = mllm if self.variant == mllm.TRAIN else mg
         self.padded = target_padded_vocab(spec, opts)
+        self.geo = Geometry(spec.with_(padded_vocab=self.padded), opts.tp)  # what the rows cut to
         args = target_args(spec, opts, "torch")
         if self.rules is mllm:
             args.update(mllm.args_from_spec(spec))
@@ -119,8 +121,8 @@ class MegatronTorchWriter(StagedWriter):
             stage = "first" if group == PRE else "last"
             for param, where in self.rules.global_params(spec):
                 if where == stage:
-                    shards = scatter(param, [tensors[c] for c in param.canon], spec, opts.tp, self.padded)
-                    self._put(param.name(self.variant, spec), shards, all_ep)  # te has no global names: local
+                    shards = scatter(param, [tensors[c] for c in param.canon], self.geo)
+                    self._put(param.name_for(self.variant, spec), shards, all_ep)  # te has no global names: local
                     if param.canon == ("embed",) and spec.tied and opts.pp > 1:
                         self._tied_embed = shards
             if group == spec.layers and spec.tied and opts.pp > 1 and self._tied_embed is not None:
@@ -133,11 +135,11 @@ class MegatronTorchWriter(StagedWriter):
             if param.expert:
                 for e in range(spec.experts):
                     canon = [tensors[f"layers.{group}." + c.format(e=e)] for c in param.canon]
-                    name = prefix + param.name(self.variant, spec).format(e=e % e_local)
-                    self._put(name, scatter(param, canon, spec, opts.tp, self.padded), [e // e_local])
+                    name = prefix + param.name_for(self.variant, spec).format(e=e % e_local)
+                    self._put(name, scatter(param, canon, self.geo), [e // e_local])
                 continue
             canon = [tensors[f"layers.{group}." + c] for c in param.canon]
-            self._put(prefix + param.name(self.variant, spec), scatter(param, canon, spec, opts.tp, self.padded), all_ep)
+            self._put(prefix + param.name_for(self.variant, spec), scatter(param, canon, self.geo), all_ep)
         if self.variant == "te":
             for module in TE_EXTRA_STATE + (() if spec.moe else TE_EXTRA_STATE_DENSE):
                 for model in self._models.values():

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..nxd_sharding import Geometry, HeadMap, expert_canon, scatter, scatter_experts
+from ..row import expert_canon, scatter, scatter_stacked
 from ..rules import nxd as rules
+from ..shards import Geometry, HeadMap
 from ..sources import PRE, group_canon
 from ..spec import SpecError
 from .base import PlannedFile, StagedWriter, Unit
@@ -127,16 +128,16 @@ class NxdWriter(StagedWriter):
         self._enter_stage(stage_of(spec, self.opts, group))
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
-            rows = [(p, rules.stored_name(p.hf, style), list(p.canon)) for p, where in rules.global_params(spec) if where == stage]
+            rows = [(p, rules.stored_name(p.name, style), list(p.canon)) for p, where in rules.global_params(spec) if where == stage]
         else:
             prefix = rules.LAYER_PREFIX.format(i=group)
-            rows = [(p, rules.stored_name(prefix + p.hf, style),
-                     expert_canon(p, spec, f"layers.{group}.") if p.expert else [f"layers.{group}.{c}" for c in p.canon])
+            rows = [(p, rules.stored_name(prefix + p.name, style),
+                     expert_canon(p, spec, f"layers.{group}.") if p.stacked else [f"layers.{group}.{c}" for c in p.canon])
                     for p in rules.layer_params(spec, self.form)]
         for param, name, canon in rows:
             values = [tensors[c] for c in canon]
-            if param.expert:
-                for ep, by_tp in enumerate(scatter_experts(param, values, self.geo)):
+            if param.stacked:
+                for ep, by_tp in enumerate(scatter_stacked(param, values, self.geo)):
                     for tp, shard in enumerate(by_tp):
                         self._put(name, shard, ep, tp, expert=True)
             else:

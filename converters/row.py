@@ -1,0 +1,118 @@
+"""The one mapping row every table uses: a stored name <-> canonical tensors, with a typed op
+(`layouts.py`: how the canonical tensors make the whole stored tensor) and a typed TP cut
+(`shards.py`: how ranks share that tensor). The same row gathers on read and scatters on write,
+for HF, Megatron (`torch`, `torch_dist`, Megatron-LLM), DeepSpeed, NxD and Meta alike.
+
+Names are relative to the table's layer prefix for layer rows; canonical names are relative to
+`layers.{i}.` for layer rows, and `{e}` marks a per-expert row (expanded over experts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from . import vocab
+from .layouts import IDENTITY, Layout
+from .shards import REPLICATED, Box, Geometry, Shard
+from .spec import ModelSpec
+
+Shape = tuple[int, ...]
+
+
+def _always(spec: ModelSpec) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored tensor of a format or family table."""
+
+    name: str  # stored name; `{e}` for a per-expert name
+    canon: tuple[str, ...]  # the canonical tensors it holds, in the op's order
+    op: Layout = IDENTITY  # canonical tensors <-> the whole stored tensor
+    when: Callable[[ModelSpec], bool] = _always  # does this model have it
+    shard: Shard = REPLICATED  # how TP ranks share the whole tensor
+    variants: Mapping[str, str] = field(default_factory=dict)  # naming variant -> spelling (`{variant}_moe` for MoE)
+    aliases: tuple[str, ...] = ()  # other spellings accepted on read
+    stacked: bool = False  # a rank's experts stacked on a new dim 0 under one name (NxD)
+
+    @property
+    def per_expert(self) -> bool:
+        """One stored tensor per expert (`{e}` in the name)."""
+        return "{e}" in self.name
+
+    @property
+    def expert(self) -> bool:
+        """The row holds expert weights (stored per expert or stacked)."""
+        return any("{e}" in c for c in self.canon)
+
+    def name_for(self, variant: str, spec: ModelSpec) -> str:
+        """The spelling a naming variant writes (the row's `name` when the variant has none)."""
+        if spec.moe and f"{variant}_moe" in self.variants:
+            return self.variants[f"{variant}_moe"]
+        return self.variants.get(variant, self.name)
+
+    def read_names(self) -> tuple[str, ...]:
+        """Every spelling a reader accepts."""
+        return tuple(dict.fromkeys((self.name, *self.variants.values(), *self.aliases)))
+
+
+def canon_shapes(row: Row, spec: ModelSpec) -> list[Shape]:
+    """The shapes of a row's canonical tensors (the vocabulary's, for any layer and expert)."""
+    return [vocab.declared[vocab.pattern_of(c)].shape(spec) for c in row.canon]
+
+
+def stored_shape(row: Row, spec: ModelSpec) -> Shape:
+    """The whole stored tensor's shape (before any TP cut)."""
+    return row.op.shape(canon_shapes(row, spec), spec)
+
+
+def to_stored(row: Row, canon: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+    """Canonical tensors -> the whole stored tensor (what torch_dist keeps and TP cuts)."""
+    return row.op.pack(canon, spec)
+
+
+def from_stored(row: Row, whole: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
+    """Inverse of `to_stored`."""
+    return [t.contiguous() for t in row.op.unpack(whole, canon_shapes(row, spec), spec)]
+
+
+def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
+    """Canonical tensors -> one stored piece per TP rank."""
+    return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
+
+
+def gather(row: Row, shards: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
+    """One stored piece per TP rank (rank order) -> the row's canonical tensors."""
+    return from_stored(row, row.shard.gather(shards, geo), geo.spec)
+
+
+def boxes(row: Row, shape: Shape, tp: int) -> list[Box]:
+    """(offsets, sizes) of each TP piece inside the whole tensor, as torch_dist chunks it."""
+    return row.shard.boxes(shape, tp)
+
+
+# ----- experts stacked per rank (NxD) ---------------------------------------------------------
+def expert_canon(row: Row, spec: ModelSpec, prefix: str) -> list[str]:
+    """Canonical names of an expert row, expert-major (gate_0, up_0, gate_1, ...)."""
+    return [prefix + c.format(e=e) for e in range(spec.experts) for c in row.canon]
+
+
+def scatter_stacked(row: Row, canon: list[torch.Tensor], geo: Geometry) -> list[list[torch.Tensor]]:
+    """Expert-major canonical tensors -> pieces[ep][tp]: each rank's local experts stacked on dim 0."""
+    n, per = len(row.canon), geo.local_experts
+    by_expert = [scatter(row, canon[e * n:(e + 1) * n], geo) for e in range(geo.spec.experts)]
+    return [[torch.stack([by_expert[e][r] for e in range(ep * per, (ep + 1) * per)]).contiguous() for r in range(geo.tp)]
+            for ep in range(geo.ep)]
+
+
+def gather_stacked(row: Row, shards: list[list[torch.Tensor]], geo: Geometry) -> list[torch.Tensor]:
+    """Inverse of `scatter_stacked` (pieces[ep][tp] -> expert-major canonical tensors)."""
+    out: list[torch.Tensor] = []
+    for by_tp in shards:
+        for j in range(by_tp[0].shape[0]):
+            out += gather(row, [s[j] for s in by_tp], geo)
+    return out
