@@ -160,6 +160,42 @@ class Constant(Layout):
         return ()
 
 
+@dataclass(frozen=True)
+class Interleave(Layout):
+    """Canonical tensors interleaved row by row along dim 0 (gpt-oss `gate_up_proj`: gate rows at
+    even positions, up rows at odd ones; its bias the same)."""
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        return torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        n = len(shapes)
+        return [stored[k::n].contiguous() for k in range(n)]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+@dataclass(frozen=True)
+class Stacked(Layout):
+    """One stored tensor holding every expert on dim 0 (gpt-oss `mlp.experts.*`): `inner` packs
+    each expert's `per` canonical tensors; the parts come expert-major."""
+
+    inner: Layout = field(default_factory=Identity)
+    per: int = 1
+
+    def pack(self, parts: list[torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+        n = self.per
+        return torch.stack([self.inner.pack(parts[i:i + n], spec) for i in range(0, len(parts), n)])
+
+    def unpack(self, stored: torch.Tensor, shapes: list[Shape], spec: ModelSpec) -> list[torch.Tensor]:
+        n = self.per
+        return [t for e in range(stored.shape[0]) for t in self.inner.unpack(stored[e], shapes[e * n:(e + 1) * n], spec)]
+
+    def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
+        return (len(shapes) // self.per, *self.inner.shape(shapes[:self.per], spec))
+
+
 IDENTITY = Identity()
 CONV1D = Transposed()
 

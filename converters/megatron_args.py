@@ -183,6 +183,8 @@ TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Features megatron-core has no argument for: a Megatron checkpoint of such a model would run
 # differently, so Megatron targets are refused with these reasons (plus the family's own).
 INEXPRESSIBLE = (
+    (lambda s: s.o_bias != s.mlp_bias or (s.o_bias and not s.qkv_bias),
+     "these biases (Megatron's are all-or-nothing: add_bias_linear, plus add_qkv_bias for q/k/v alone)"),
     (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
      or s.attention_multiplier is not None, "embedding / residual / attention / logits multipliers (Granite)"),
     (lambda s: s.qk_norm_full, "QK-norm over all heads' width (megatron-core's q/k_layernorm is per head)"),
@@ -269,8 +271,6 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
                             pp_layers: list[int] | None = None, iteration: int = 1, ckpt_format: str = "torch",
                             transformer_impl: str = "local") -> dict[str, Any]:
     """Megatron's argument names for a target layout (a full Namespace's worth of fields)."""
-    if spec.o_bias != spec.mlp_bias or (spec.o_bias and not spec.qkv_bias):
-        raise SpecError("Megatron biases are all-or-nothing (add_bias_linear) plus add_qkv_bias; this model's biases do not fit")
     args: dict[str, Any] = {
         "num_layers": spec.layers,
         "hidden_size": spec.hidden,

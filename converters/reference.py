@@ -137,7 +137,46 @@ def inv_freq(spec: ModelSpec, local: bool = False) -> torch.Tensor:
         return freq / scaling["factor"]
     if kind == "llama3":
         return _llama3(freq, scaling, spec.max_position_embeddings)
-    raise SpecError(f"RoPE scaling {kind!r} is not supported by the reference forward (default, linear, llama3)")
+    if kind == "yarn":
+        return _yarn(freq, scaling, dim, theta, spec.max_position_embeddings)
+    raise SpecError(f"RoPE scaling {kind!r} is not supported by the reference forward (default, linear, llama3, yarn)")
+
+
+def _yarn(freq: torch.Tensor, s: dict, dim: int, theta: float, max_pos: int) -> torch.Tensor:
+    """YaRN: frequencies below the correction range interpolated by `factor`, above it kept, a
+    linear ramp between (the range from beta_fast / beta_slow rotations over the original length)."""
+    old_len = s["original_max_position_embeddings"]
+    factor = s.get("factor") or max_pos / old_len
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(s.get("beta_fast") or 32), correction_dim(s.get("beta_slow") or 1)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp
+    return freq / factor * (1 - keep) + freq * keep
+
+
+def rope_attention_factor(spec: ModelSpec) -> float:
+    """YaRN's scale on cos / sin (`attention_factor`, else from `factor` and `mscale`s); 1 otherwise."""
+    s = spec.rope_scaling or {}
+    if s.get("rope_type", s.get("type")) != "yarn":
+        return 1.0
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    factor = s.get("factor") or spec.max_position_embeddings / s["original_max_position_embeddings"]
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if s.get("mscale") and s.get("mscale_all_dim"):
+        return mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
+    return mscale(factor)
 
 
 def _llama3(freq: torch.Tensor, s: dict, max_pos: int) -> torch.Tensor:
@@ -157,7 +196,8 @@ def rope_cos_sin(spec: ModelSpec, seq: int, dtype: torch.dtype, local: bool = Fa
     """cos/sin tables [seq, rotary_dim], computed in fp32 then cast (as HF does)."""
     freqs = torch.arange(seq).float()[:, None] * inv_freq(spec, local)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    scale = 1.0 if local and spec.rope_local_theta is not None else rope_attention_factor(spec)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -213,7 +253,11 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     if spec.position == "alibi":  # bias by key position (softmax is shift-invariant per query)
         scores = scores + (alibi_slopes(spec.heads)[:, None] * torch.arange(s)[None, :]).to(scores.dtype)[None, :, None, :]
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    if spec.attn_sinks:  # a per-head sink logit joins the softmax, its share dropped (gpt-oss)
+        sink = w(p + "attn.sinks").to(scores.dtype).reshape(1, -1, 1, 1).expand(b, -1, s, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)[..., :-1].to(q.dtype)
+    else:
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
     return _proj(w, p + "attn.o", out, spec.o_bias)
 
@@ -231,6 +275,10 @@ def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.
 def mlp(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, bias: bool | None = None) -> torch.Tensor:
     """SwiGLU: down(silu(gate(x)) * up(x)); otherwise down(act(up(x)))."""
     bias = spec.mlp_bias if bias is None else bias
+    if spec.activation == "clamped_swiglu":  # gpt-oss
+        gate = _proj(w, p + "gate", x, bias).clamp(max=spec.glu_limit)
+        up = _proj(w, p + "up", x, bias).clamp(-spec.glu_limit, spec.glu_limit)
+        return _proj(w, p + "down", (up + 1) * gate * torch.sigmoid(gate * spec.glu_alpha), bias)
     if spec.gated:
         gate = _proj(w, p + "gate", x, bias)
         gate = F.silu(gate) if spec.activation == "swiglu" else F.gelu(gate, approximate="tanh" if spec.activation == "geglu_tanh" else "none")
@@ -262,7 +310,7 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
 
     Experts are fetched one at a time and run only on the tokens routed to them."""
     flat = x.reshape(-1, x.shape[-1])
-    probs = torch.softmax(F.linear(flat, w(p + "router")).float(), dim=-1)
+    probs = torch.softmax(_proj(w, p + "router", flat, spec.router_bias).float(), dim=-1)
     top_w, top_i = torch.topk(probs, spec.topk, dim=-1)
     if spec.norm_topk_prob:
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
@@ -271,7 +319,7 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
         token, slot = torch.where(top_i == e)
         if token.numel() == 0:
             continue  # unused expert: its weights are never fetched
-        y = mlp(spec, w, p + f"experts.{e}.", flat[token], bias=False) * top_w[token, slot, None]
+        y = mlp(spec, w, p + f"experts.{e}.", flat[token], bias=spec.expert_bias) * top_w[token, slot, None]
         out.index_add_(0, token, y.to(out.dtype))
     if spec.shared_expert_ffn:  # Qwen2-MoE: every token also goes through the shared expert
         shared = mlp(spec, w, p + "shared.", flat, bias=False)

@@ -25,8 +25,8 @@ import torch
 
 from . import vocab
 
-ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu", "relu2")
-GATED = ("swiglu", "geglu_tanh", "geglu")  # fc1 holds gate and up
+ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu", "relu2", "clamped_swiglu")
+GATED = ("swiglu", "geglu_tanh", "geglu", "clamped_swiglu")  # fc1 holds gate and up
 POSITIONS = ("rope", "learned", "alibi")
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -89,6 +89,11 @@ class ModelSpec:
     residual_multiplier: float = 1.0  # Granite: each branch output scaled by this before the residual add
     attention_multiplier: float | None = None  # Granite: attention scale instead of 1/sqrt(head_dim)
     logits_scaling: float = 1.0  # Granite: logits divided by this
+    attn_sinks: bool = False  # a learned logit per head joins every softmax and takes its share (gpt-oss)
+    router_bias: bool = False  # MoE router logits have a bias (gpt-oss)
+    expert_bias: bool = False  # expert projections have biases (gpt-oss)
+    glu_alpha: float = 1.702  # clamped_swiglu: (up + 1) * g * sigmoid(alpha * g), g = min(gate, limit), up in [-limit, limit]
+    glu_limit: float = 7.0
     dtype: torch.dtype = torch.float32
     model_type: str = ""  # the HF model_type the source declared (written back as it came)
     bos_token_id: int | None = None
@@ -159,6 +164,12 @@ class ModelSpec:
             out.append("no pre-norms")
         if self.out_norms:
             out.append("post-norms on attention and MLP outputs")
+        if self.attn_sinks:
+            out.append("attention sinks")
+        if self.router_bias or self.expert_bias:
+            out.append("biases on the " + " and ".join(n for n, f in (("router", self.router_bias), ("experts", self.expert_bias)) if f))
+        if self.activation == "clamped_swiglu":
+            out.append(f"clamped SwiGLU (alpha {self.glu_alpha:g}, limit {self.glu_limit:g}, up + 1)")
         if self.shared_expert_ffn:
             out.append("shared expert" + (" with sigmoid gate" if self.shared_expert_gate else ""))
         if self.moe and not self.norm_topk_prob:

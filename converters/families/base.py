@@ -93,7 +93,8 @@ def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
                 pending.append(p)
                 continue
             flush()
-            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}.{c}" for c in p.canon), p.op, i))
+            experts = range(spec.experts) if p.stacked else [0]  # a stacked row holds every expert, expert-major
+            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}." + c.format(e=e) for e in experts for c in p.canon), p.op, i))
         flush()
     out += [HfEntry(p.name, p.canon, p.op, spec.layers) for p in family.post if p.when(spec)]
     return out

@@ -182,6 +182,9 @@ FEATURES: dict[str, Callable[[ModelSpec], bool]] = {
     "a block without pre-norms": lambda s: not s.pre_norms,
     "a GeGLU MLP": lambda s: s.activation in ("geglu_tanh", "geglu"),
     "a squared-ReLU MLP": lambda s: s.activation == "relu2",
+    "attention sinks": lambda s: s.attn_sinks,
+    "router / expert biases": lambda s: s.router_bias or s.expert_bias,
+    "a clamped SwiGLU": lambda s: s.activation == "clamped_swiglu",
 }
 
 

@@ -152,6 +152,8 @@ NXD_CANNOT: tuple[tuple[Callable[[ModelSpec], bool], str], ...] = (
     (lambda s: s.norm_zero_centered or bool(s.attn_softcap or s.final_softcap) or s.rope_local_theta is not None,
      "NxD's Llama layers have no (1 + w) norms, soft-capping or second RoPE base"),
     (lambda s: s.rotary_percent != 1.0, "NxD's Llama attention rotates the whole head (no partial rotary)"),
+    (lambda s: s.attn_sinks or s.router_bias or s.expert_bias or s.activation == "clamped_swiglu",
+     "NxD's Llama/Mixtral layers have no attention sinks, router / expert biases or clamped SwiGLU"),
     (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
      or s.attention_multiplier is not None, "NxD's Llama layers have no embedding / residual / attention / logits multipliers"),
 )
