@@ -58,6 +58,11 @@ CASES: dict[str, tuple] = {
                                                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
                                             **SMALL), "a separate RoPE base for the sliding layers"),
     "nemotron": (lambda t: t.NemotronConfig(intermediate_size=96, head_dim=16, **SMALL), None),
+    "gpt_oss": (lambda t: t.GptOssConfig(intermediate_size=32, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                                         sliding_window=5, rope_parameters={
+                                             "rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                             "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0},
+                                         **SMALL), "not mapped to megatron-core yet"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
