@@ -258,6 +258,8 @@ def convert(
     from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help=_help("from_optimizer_fp32"))] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help=_help("max_shard_size"))] = "5GB",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help=_help("ignore"))] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help=_help("force"))] = False,
     strict: Annotated[bool, typer.Option("--strict", help=_help("strict"))] = False,
@@ -280,7 +282,7 @@ def convert(
              "megatron_spec": megatron_spec, "iteration": iteration, "nxd_style": nxd_style, "fuse_qkv": fuse_qkv,
              "kv_size_multiplier": kv_size_multiplier, "xser": xser, "from_optimizer_fp32": from_optimizer_fp32,
              "max_shard_size": max_shard_size, "ignore": ignore or (), "force": force, "strict": strict, "resume": resume,
-             "workers": workers}
+             "workers": workers, "rename": rename or (), "rename_map": rename_map}
     request = ConvertRequest(str(src), str(dst), to, {k: value for k, value in given.items() if value is not None})
     problems = request.errors()  # every option against the core's tables: one line naming the first bad one
     if problems:
@@ -291,7 +293,7 @@ def convert(
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
     if not plan_only:  # refused before any work: output over / inside / around what is read, --force onto a file or /
-        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
+        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config, rename_map) if p is not None])
     plan = request.plan()
     console = render.make_console()
     if as_json and (plan_only or not plan.ok):
@@ -345,6 +347,13 @@ def _quiet_transformers() -> None:
         return
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _renames(rename: list[str] | None, rename_map: Path | None) -> Any:
+    """`--rename` rules and a `--map` file as the core applies them (converters/renames.py)."""
+    from ckptscope.converters.renames import Renames
+
+    return Renames.from_options(rename or (), rename_map)
 
 
 def _read_config(path: Path | None) -> dict[str, Any] | None:
@@ -423,12 +432,14 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename") + " Applies to both sides.")] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
 ) -> None:
     """Debug mismatched tensor names: missing, unexpected, shape- and dtype-mismatched tensors, with suggestions."""
     validate(locals(), options.DIFF)
     from ckptscope.converters.diff import diff_checkpoints
 
-    report = diff_checkpoints(a, b, numeric=numeric, config=config)
+    report = diff_checkpoints(a, b, numeric=numeric, config=config, renames=_renames(rename, rename_map))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(only_problems), indent=2) + "\n")
     else:
@@ -447,13 +458,16 @@ def check(
     ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """What converting PATH --to a format and layout would do (mapped, ignored, unplaceable, missing, layout errors); writes nothing."""
     validate(locals(), options.CHECK)
     from ckptscope.converters.diff import check_target
 
-    report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()))
+    report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()),
+                          renames=_renames(rename, rename_map))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 from typing import Any
 
 import humanize
@@ -259,8 +260,25 @@ def render_plan(console: Console, plan: Any) -> None:
         for rule in acc.ignored.values():
             rules[rule] = rules.get(rule, 0) + 1
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in rules.items()), style="dim"))
+    print_renames(console, plan.renamed, plan.suggested_renames)
     print_files_and_messages(console, "Output files", [(f.rel, f.tensors, f.nbytes) for f in plan.files],
                              plan.notes, plan.warnings, [("error", e, 4000) for e in plan.errors])
+
+
+def print_renames(console: Console, renamed: dict[str, str], suggested: list[str], label: str = "") -> None:
+    """Each renamed tensor (old -> new, folded over layers) and the `--rename` rules that would fix unplaced ones."""
+    from ckptscope.converters.renames import folded
+
+    lines = folded(renamed)
+    if lines:
+        console.print(Text(f"{label}renamed ({len(renamed)} stored tensors):", style="bold"))
+        for old, new, n in lines[:MAX_FILE_ROWS]:
+            console.print(Text(f"  {printable(old)} -> {printable(new)}" + (f"  ×{n}" if n > 1 else "")))
+        if len(lines) > MAX_FILE_ROWS:
+            console.print(Text(f"  ... {len(lines) - MAX_FILE_ROWS} more", style="dim"))
+    if suggested:
+        console.print(Text(f"{label}fix the names: " + " ".join(f"--rename {printable(shlex.quote(r))}" for r in suggested),
+                           style="bold yellow"))
 
 
 def print_files_and_messages(console: Console, title: str, files: list[tuple[str, int, int]], notes: list[str],
@@ -385,6 +403,7 @@ def render_diff(console: Console, report: Any, only_problems: bool = False) -> N
     for label, side in (("A", report.a), ("B", report.b)):
         if side.unplaced:
             console.print(unplaced_table(f"Stored tensors {label} cannot place ({len(side.unplaced)})", side.unplaced, label))
+        print_renames(console, side.renamed, side.suggested_renames, f"{label} ")
         if side.ignored:
             console.print(Text(f"{label} ignored by rule: " + "; ".join(f"{n} × {printable(r)}" for r, n in side.ignored.items()),
                                style="dim"))
@@ -412,6 +431,7 @@ def render_check(console: Console, report: Any) -> None:
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in report.ignored.items()), style="dim"))
     if report.unplaced:
         console.print(unplaced_table(f"Stored tensors the converter cannot place ({len(report.unplaced)})", report.unplaced))
+    print_renames(console, report.renamed, report.suggested_renames)
     if report.missing:
         console.print(Text(f"missing ({len(report.missing)}): " + ", ".join(printable(n) for n in report.missing[:MAX_FILE_ROWS])
                            + (" ..." if len(report.missing) > MAX_FILE_ROWS else ""), style="bold red"))
