@@ -407,11 +407,15 @@ def verify(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json for sources that lack the architecture.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    layers: Annotated[bool, typer.Option("--layers", help="Run both on the probe layer by layer: per-layer attention, MLP and hidden-state differences, and the first layer and sub-block beyond --tolerance.")] = False,
 ) -> None:
     """Compare two checkpoints through the canonical model: tensors and logits."""
     validate(locals(), options.VERIFY)
     from ckptscope.converters.verify import verify as run_verify
 
+    if layers:
+        _verify_layers(a, b, tokens, tolerance, _read_config(config), as_json)
+        return
     _quiet_transformers()
     report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
                         config=_read_config(config))
@@ -420,6 +424,19 @@ def verify(
     else:
         render.render_verify(render.make_console(), report)
     if report.logits_ok is False or (not logits and not report.identical):
+        raise typer.Exit(1)
+
+
+def _verify_layers(a: Path, b: Path, tokens: int, tolerance: float, config: dict[str, Any] | None, as_json: bool) -> None:
+    """`verify --layers`: where two models diverge (converters/layer_diff.py); exit 1 when they do."""
+    from ckptscope.converters.layer_diff import compare_layers
+
+    report = compare_layers(a, b, tokens=tokens, tolerance=tolerance, config=config)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        render.render_layers(render.make_console(), report)
+    if not report.ok:
         raise typer.Exit(1)
 
 

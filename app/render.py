@@ -326,6 +326,38 @@ def render_verify(console: Console, report: Any) -> None:
     console.print(grid)
 
 
+def render_layers(console: Console, report: Any) -> None:
+    """`verify --layers`: the verdict, a table of per-layer differences with a bar each, the sparkline."""
+    from ckptscope.converters.layer_diff import BLOCKS, chart, sparkline
+
+    if report.first is None:
+        console.print(Text(f"all {len(report.rows) - 1} layers within tolerance {report.tolerance:g} "
+                           f"({report.probe_tokens} tokens, reference forward on both)", style="bold green"))
+    else:
+        weights = ", ".join(f"{printable(n)} ({'shape' if d is None else f'{d:.3g}'})" for n, d in report.first_weights[:6])
+        console.print(Text(f"first divergence: {report.first_label()} (beyond tolerance {report.tolerance:g})"
+                           + (f"; weights that differ there: {weights}" if weights else ""), style="bold red"))
+    table = Table(title="max / mean |A - B| by layer", title_justify="left", show_edge=False)
+    table.add_column("layer", justify="right")
+    for block in BLOCKS:
+        table.add_column(block, justify="right")
+    table.add_column("hidden max (log scale)")
+    bars = chart(report)
+    for r, (label, _, drawn) in zip(report.rows, bars, strict=True):
+        cells = [f"{r.blocks[b].max_abs:.3g} / {r.blocks[b].mean_abs:.3g}" if b in r.blocks else "" for b in BLOCKS]
+        mark = "bold red" if report.first is not None and r.layer == report.first[0] else ""
+        row(table, Text(label, style=mark), *cells, Text(drawn, style="red" if drawn else ""))
+    console.print(table)
+    line = sparkline([r.worst() for r in report.rows if r.layer >= 0], report.tolerance)
+    console.print(Text(f"by layer: {line}", style="dim"))
+    if report.logits is not None:
+        ok = report.logits.max_abs <= report.tolerance
+        console.print(Text(f"logits: max abs diff {report.logits.max_abs:.3g}, mean {report.logits.mean_abs:.3g}",
+                           style="green" if ok else "bold red"))
+    for note in report.notes:
+        console.print(Text("note: " + printable(note), style="dim"))
+
+
 # ----- diff / check ----------------------------------------------------------------------------
 DIFF_STYLES = {"same": "green", "missing": "bold red", "unexpected": "bold red", "shape": "yellow", "dtype": "yellow",
                "values": "magenta"}
