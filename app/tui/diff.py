@@ -71,6 +71,12 @@ class DiffScreen(Screen):
                 yield Label("PP", classes="short")
                 yield Input("1", id="check-pp", type="integer", placeholder="PP")
                 yield Button("Check", id="check")
+            with Horizontal(classes="form-row", id="rename-row") as renames:  # shown once a check is about names
+                renames.display = False
+                yield Label("renames")
+                yield SafeInput("", placeholder="PATTERN=REPLACEMENT rules, space-separated", id="check-rename")
+                yield Button("Apply suggested renames", id="apply-renames", disabled=True)
+                yield Button("Convert with these renames…", id="convert-renamed")
         yield Static("", id="diff-summary", markup=False)
         yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
         with VerticalScroll(id="diff-details"):
@@ -101,14 +107,32 @@ class DiffScreen(Screen):
         if not a:
             self.notify("give a checkpoint in A", severity="warning")
             return
-        values = {"tp": self.query_one("#check-tp", Input).value.strip() or "1", "pp": self.query_one("#check-pp", Input).value.strip() or "1"}
+        values = {"tp": self.query_one("#check-tp", Input).value.strip() or "1", "pp": self.query_one("#check-pp", Input).value.strip() or "1",
+                  "rename": self._renames()}
         try:  # the command line's bounds (app/options.py)
             layout = validate(values, {name: options.CHECK[name] for name in values})
         except OptionError as exc:
             self.notify(str(exc), severity="warning")
             return
         self.query_one("#diff-summary", Static).update("checking…")
-        self.run_check(a, str(self.query_one("#check-target", Select).value), layout["tp"], layout["pp"])
+        self.run_check(a, str(self.query_one("#check-target", Select).value), layout["tp"], layout["pp"], layout["rename"])
+
+    def _renames(self) -> list[str]:
+        return self.query_one("#check-rename", Input).value.split()
+
+    @on(Button.Pressed, "#apply-renames")
+    def _apply_renames(self) -> None:
+        """Check again with the renames the last check suggested, on top of those already given."""
+        suggested = getattr(self.report, "suggested_renames", [])
+        self.query_one("#check-rename", Input).value = " ".join([*self._renames(), *suggested])
+        self._check()
+
+    @on(Button.Pressed, "#convert-renamed")
+    def _convert_renamed(self) -> None:
+        """The convert wizard on A with the renames carried into its source step."""
+        a = self.query_one("#diff-a", Input).value.strip()
+        if a:
+            self.app.open_convert(Path(a).expanduser(), {"rename": self._renames()})  # type: ignore[attr-defined]
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="diff")
     def run_diff(self, a: str, b: str, numeric: bool) -> None:
@@ -117,11 +141,12 @@ class DiffScreen(Screen):
         self.post_message(DiffDone(diff_checkpoints(a, b, numeric=numeric), "diff"))
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="check")
-    def run_check(self, path: str, target: str, tp: int, pp: int) -> None:
+    def run_check(self, path: str, target: str, tp: int, pp: int, renames: tuple[str, ...] = ()) -> None:
         from ckptscope.converters.diff import check_target
+        from ckptscope.converters.renames import Renames
 
         layout = {} if FORMAT_TARGETS[target].whole_model else {"tp": tp, "pp": pp}
-        self.post_message(DiffDone(check_target(path, target, **layout), "check"))
+        self.post_message(DiffDone(check_target(path, target, renames=Renames.from_options(renames), **layout), "check"))
 
     @on(Checkbox.Changed, "#only-problems")
     def _problems_changed(self) -> None:
@@ -144,6 +169,9 @@ class DiffScreen(Screen):
             self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if message.report.ok else "problems found"),
                                                                 style="green" if message.report.ok else "bold red"))
             self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
+            suggested = message.report.suggested_renames
+            self.query_one("#rename-row").display = bool(suggested or message.report.renamed or self._renames())
+            self.query_one("#apply-renames", Button).disabled = not suggested
             for u in message.report.unplaced:
                 row(table, Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
                            printable(u.nearest or ""))
