@@ -71,3 +71,26 @@ def test_one_corrupted_layer_is_named_with_its_sub_block_and_weight(models, bad:
 
 def test_sparkline_is_blank_within_tolerance() -> None:
     assert sparkline([0.0, 1e-6, 1e-3, 1.0], 1e-5) == "··▄█"
+
+
+async def test_app_layers_view_names_the_corrupted_layer(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diff screen's Layers button renders the same core report."""
+    from ckptscope.app.tui.app import CkptscopeApp
+
+    from .test_tui import click, settle, until
+
+    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
+    app = CkptscopeApp(models["hf"].parent)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_diff(models["megatron"])
+        await pilot.pause(0.2)
+        screen = app.screen
+        screen.query_one("#diff-b").value = str(models["bad_mlp"])
+        await click(pilot, "#layers")
+        await until(pilot, lambda: screen.report is not None)
+        assert screen.report.first == (2, "mlp")
+        assert "first divergence: layer 2 mlp" in str(screen.query_one("#diff-summary").render())
+        shown = str(screen.query_one("#diff-extra").render())
+        assert "layers.2.mlp.down" in shown and "█" in shown
+        assert not screen.query_one("#diff-table").display

@@ -63,6 +63,7 @@ class DiffScreen(Screen):
                 yield Checkbox("compare values (max abs diff)", id="numeric")
                 yield Checkbox("problems only", id="only-problems")
                 yield Button("Compare", variant="primary", id="compare")
+                yield Button("Layers", id="layers", tooltip="Run A and B on the same probe layer by layer: where do they diverge?")
             with Horizontal(classes="form-row"):
                 yield Label("or check A as")
                 yield Select(TARGETS, value=TARGETS[1][1], allow_blank=False, id="check-target")
@@ -100,6 +101,21 @@ class DiffScreen(Screen):
             return
         self.query_one("#diff-summary", Static).update("comparing…")
         self.run_diff(a, b, self.query_one("#numeric", Checkbox).value)
+
+    @on(Button.Pressed, "#layers")
+    def action_layers(self) -> None:
+        a, b = self.query_one("#diff-a", Input).value.strip(), self.query_one("#diff-b", Input).value.strip()
+        if not a or not b:
+            self.notify("give two checkpoints", severity="warning")
+            return
+        self.query_one("#diff-summary", Static).update("running both models layer by layer…")
+        self.run_layers(a, b)
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="layers")
+    def run_layers(self, a: str, b: str) -> None:
+        from ckptscope.converters.layer_diff import compare_layers
+
+        self.post_message(DiffDone(compare_layers(a, b), "layers"))
 
     @on(Button.Pressed, "#check")
     def _check(self) -> None:
@@ -150,7 +166,7 @@ class DiffScreen(Screen):
 
     @on(Checkbox.Changed, "#only-problems")
     def _problems_changed(self) -> None:
-        if self.report is not None and hasattr(self.report, "rows"):
+        if self.report is not None and hasattr(self.report, "entries"):
             self._fill(self.report)
 
     def action_toggle_problems(self) -> None:
@@ -165,6 +181,14 @@ class DiffScreen(Screen):
         self.report = message.report
         table = self.query_one("#diff-table", DataTable)
         table.clear()
+        table.display = message.kind != "layers"  # the layers report is its own table (render_layers)
+        if message.kind == "layers":
+            report = message.report
+            self.query_one("#diff-summary", Static).update(
+                Text("every layer within tolerance" if report.first is None else f"first divergence: {report.first_label()}",
+                     style="green" if report.first is None else "bold red"))
+            self.query_one("#diff-extra", Static).update(capture(render.render_layers, report))
+            return
         if message.kind == "check":
             self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if message.report.ok else "problems found"),
                                                                 style="green" if message.report.ok else "bold red"))
