@@ -3,8 +3,8 @@
 "The converted model gives garbage" has one useful answer: the first layer and sub-block whose
 output differs. Each side runs the plain-torch reference forward (`reference.py`) over its own
 canonical tensors, any format, weights streamed one layer at a time, and every layer's attention
-output, MLP output (each as it joins the residual) and hidden state is kept (activations only:
-batch × tokens × hidden each). Differences are max / mean |A - B| in fp32; the first sub-block
+output, MLP output (each as it joins the residual) and hidden state is kept for A (activations
+only: batch × tokens × hidden each), and B's are compared as they are produced. Differences are max / mean |A - B| in fp32; the first sub-block
 above the tolerance is named, with the weights of that layer that differ, so the broken tensor
 is found without reading the rest. `chart()` turns the per-layer differences into unicode bars
 the CLI and the app show as they are.
@@ -86,12 +86,28 @@ def activations(source: CanonicalSource, ids: torch.Tensor) -> tuple[dict[tuple[
     """Every (layer, block) output and the logits of one side, weights streamed a layer at a time."""
     seen: dict[tuple[int, str], torch.Tensor] = {}
 
-    def tap(layer: int, block: str, output: torch.Tensor) -> None:
+    def keep(layer: int, block: str, output: torch.Tensor) -> None:
         seen[(layer, block)] = output.detach().float().clone()
 
     with torch.no_grad():
-        logits = reference_logits(source.spec, source.get, ids, tap=tap)
+        logits = reference_logits(source.spec, source.get, ids, tap=keep)
     return seen, logits
+
+
+def differences(source: CanonicalSource, ids: torch.Tensor, reference: dict[tuple[int, str], torch.Tensor]
+                ) -> tuple[dict[tuple[int, str], BlockDiff], torch.Tensor]:
+    """Run one side and compare each output with `reference` as it is produced (each reference
+    activation is released once compared, so only one side's activations are ever held)."""
+    out: dict[tuple[int, str], BlockDiff] = {}
+
+    def compare(layer: int, block: str, output: torch.Tensor) -> None:
+        other = reference.pop((layer, block), None)
+        if other is not None:
+            out[(layer, block)] = _diff(other, output.detach().float())
+
+    with torch.no_grad():
+        logits = reference_logits(source.spec, source.get, ids, tap=compare)
+    return out, logits
 
 
 def _diff(x: torch.Tensor, y: torch.Tensor) -> BlockDiff:
@@ -119,12 +135,11 @@ def compare_layers(a: str | Path, b: str | Path, *, tokens: int = 16, tolerance:
     report.probe_tokens = probe_length(sa.spec, tokens)
     ids = fixed_tokens(min(sa.spec.vocab, sb.spec.vocab), length=report.probe_tokens)
     acts_a, logits_a = activations(sa, ids)
-    acts_b, logits_b = activations(sb, ids)
+    diffs, logits_b = differences(sb, ids, acts_a)
     vocab = min(logits_a.shape[-1], logits_b.shape[-1])
     report.logits = _diff(logits_a[..., :vocab], logits_b[..., :vocab])
     for layer in range(EMBEDDING, sa.spec.layers):
-        row = LayerRow(layer, {block: _diff(acts_a[(layer, block)], acts_b[(layer, block)])
-                               for block in BLOCKS if (layer, block) in acts_a})
+        row = LayerRow(layer, {block: diffs[(layer, block)] for block in BLOCKS if (layer, block) in diffs})
         report.rows.append(row)
         if report.first is None:
             block = next((k for k, v in row.blocks.items() if v.max_abs > tolerance), None)
