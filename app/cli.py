@@ -258,8 +258,8 @@ def convert(
     from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help=_help("from_optimizer_fp32"))] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help=_help("max_shard_size"))] = "5GB",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help=_help("ignore"))] = None,
-    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename"))] = None,
-    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help=_help("force"))] = False,
     strict: Annotated[bool, typer.Option("--strict", help=_help("strict"))] = False,
@@ -449,8 +449,8 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
-    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename") + " Applies to both sides.")] = None,
-    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename") + " Applies to both sides.")] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
 ) -> None:
     """Debug mismatched tensor names: missing, unexpected, shape- and dtype-mismatched tensors, with suggestions."""
     validate(locals(), options.DIFF)
@@ -475,8 +475,8 @@ def check(
     ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
-    rename: Annotated[list[str] | None, typer.Option("--rename", help=_help("rename"))] = None,
-    rename_map: Annotated[Path | None, typer.Option("--map", help=_help("rename_map"))] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """What converting PATH --to a format and layout would do (mapped, ignored, unplaceable, missing, layout errors); writes nothing."""
