@@ -54,8 +54,8 @@ def _rules(old: str, new: str) -> list[str]:
         if op == "equal":
             continue
         mid_a, mid_b = a[i1:i2], b[j1:j2]
-        if any(p.isdigit() for p in mid_a + mid_b):
-            continue
+        if any(p.isdigit() for p in mid_a + mid_b) or not "".join(mid_a + mid_b).isprintable():
+            continue  # numbers are indices; control characters are never offered back to a terminal
         if i1 > 0 and not a[i1 - 1].isdigit():  # one component of context before
             mid_a, mid_b, i1, j1 = [a[i1 - 1], *mid_a], [a[i1 - 1], *mid_b], i1 - 1, j1 - 1
         if not mid_a and i1 > 0:
