@@ -31,6 +31,7 @@ from ckptscope.inspectors.model import Checkpoint
 
 MAX_RULES = 1000
 MAX_RULE_LEN = 4096
+MAX_SPLITS = 64  # `=` positions tried as the split: a real pattern holds a few
 
 
 class RenameError(ValueError):
@@ -57,9 +58,9 @@ def parse_rule(text: str) -> RenameRule:
     """`PATTERN=REPLACEMENT` -> a rule. The split is at the first `=` whose left side is a valid
     regular expression, so `(?=...)` / `(?<=...)` in the pattern need no escaping."""
     if len(text) > MAX_RULE_LEN or "\x00" in text:
-        raise RenameError(f"{text[:40]!r}: too long or holds a NUL character")
+        raise RenameError(f"{_shown(text)}: too long or holds a NUL character")
     problem = "expected PATTERN=REPLACEMENT"
-    for at in (i for i, ch in enumerate(text) if ch == "="):
+    for at in [i for i, ch in enumerate(text) if ch == "="][:MAX_SPLITS]:
         pattern, replacement = text[:at], text[at + 1:]
         if not pattern:
             continue
@@ -68,6 +69,9 @@ def parse_rule(text: str) -> RenameRule:
         except re.error as exc:
             problem = f"bad regular expression: {exc}"
             continue
+        except (RecursionError, OverflowError):  # "((((...": nested past what the compiler handles
+            problem = "bad regular expression: nested too deeply"
+            continue
         try:
             rx.sub(replacement, "")  # a bad group reference in the replacement fails here
             for group in re.findall(r"\\(\d+)|\\g<(\w+)>", replacement):
@@ -75,9 +79,13 @@ def parse_rule(text: str) -> RenameRule:
                 if ref.isdigit() and int(ref) > rx.groups or (not ref.isdigit() and ref not in rx.groupindex):
                     raise re.error(f"invalid group reference {ref}")
         except re.error as exc:
-            raise RenameError(f"{text}: bad replacement: {exc}") from None
+            raise RenameError(f"{_shown(text)}: bad replacement: {exc}") from None
         return RenameRule(pattern, replacement, rx)
-    raise RenameError(f"{text}: {problem}")
+    raise RenameError(f"{_shown(text)}: {problem}")
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_rules(values: Iterable[str]) -> tuple[RenameRule, ...]:
