@@ -23,7 +23,7 @@ from ckptscope.inspectors.errors import CheckpointError
 
 from .reference import reference_logits
 from .sources import CanonicalSource
-from .verify import _source, fixed_tokens, probe_length
+from .verify import fixed_tokens, open_pair, probe_length
 
 BLOCKS = ("attention", "mlp", "hidden")  # in the order a layer computes them
 EMBEDDING = -1
@@ -118,17 +118,8 @@ def _diff(x: torch.Tensor, y: torch.Tensor) -> BlockDiff:
 def compare_layers(a: str | Path, b: str | Path, *, tokens: int = 16, tolerance: float = 1e-5,
                    config: dict | None = None) -> LayersReport:
     """Run A and B on the same probe and compare them layer by layer (any formats)."""
-    sa = _source(a, config)
     report = LayersReport(str(a), str(b), tolerance)
-    try:
-        sb = _source(b, config)
-    except CheckpointError:
-        if config is not None:
-            raise
-        from .families import hf_config_from_spec
-
-        sb = _source(b, hf_config_from_spec(sa.spec))
-        report.notes.append("B carries no architecture: read with A's")
+    sa, sb = open_pair(a, b, config, report.notes)
     if sa.spec.layers != sb.spec.layers or sa.spec.hidden != sb.spec.hidden:
         raise CheckpointError(b, f"not the same model shape as A ({sa.spec.layers} layers, hidden {sa.spec.hidden} vs "
                                  f"{sb.spec.layers}, {sb.spec.hidden}): nothing to compare layer by layer")

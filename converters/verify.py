@@ -104,6 +104,23 @@ def _source(path: str | Path, config: dict | None = None, **options: object) -> 
         raise CheckpointError(path, str(exc)) from None
 
 
+def open_pair(a: str | Path, b: str | Path, config: dict | None, notes: list[str],
+              **options_a: object) -> tuple[CanonicalSource, CanonicalSource]:
+    """Both sides canonically; B without an architecture of its own (NxD, DeepSpeed without args)
+    is read with A's, and `notes` says so."""
+    sa = _source(a, config, **options_a)
+    try:
+        sb = _source(b, config)
+    except CheckpointError:
+        if config is not None:
+            raise
+        from .families import hf_config_from_spec
+
+        sb = _source(b, hf_config_from_spec(sa.spec))
+        notes.append("B carries no architecture: read with A's")
+    return sa, sb
+
+
 def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport) -> None:
     if a.spec.layers != b.spec.layers:
         report.notes.append(f"layer counts differ: {a.spec.layers} vs {b.spec.layers}; comparing common layers")
@@ -157,18 +174,8 @@ def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 1
         options["rotary_layout"] = rotary_layout
     if true_vocab is not None:
         options["true_vocab"] = true_vocab
-    sa = _source(a, config, **options)
     report = VerifyReport(str(a), str(b), tolerance=tolerance)
-    try:
-        sb = _source(b, config)
-    except CheckpointError:
-        if config is not None:
-            raise
-        # B holds no architecture of its own (NxD, DeepSpeed without args): it is A's
-        from .families import hf_config_from_spec
-
-        sb = _source(b, hf_config_from_spec(sa.spec))
-        report.notes.append("B carries no architecture: read with A's")
+    sa, sb = open_pair(a, b, config, report.notes, **options)
     compare_tensors(sa, sb, report)
     compare_specs(sa.spec, sb.spec, report)
     if logits:
