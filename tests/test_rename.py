@@ -138,6 +138,8 @@ def test_errors_are_one_line(llama, tmp_path: Path) -> None:
     assert len(clash.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     nothing = runner.invoke(app, ["check", str(broken), "--to", "hf", "--json", "--rename", "nomatch=x", *[a for r in FIX for a in ("--rename", r)]])
     assert nothing.exit_code == 0 and json.loads(nothing.stdout)["warnings"] == ["--rename nomatch=x: matches no stored tensor"]
+    fp32 = runner.invoke(app, ["convert", str(broken), str(tmp_path / "o"), "--from-optimizer-fp32", "--rename", FIX[0]])
+    assert fp32.exit_code == 2 and "--from-optimizer-fp32" in fp32.output
     broken_map = tmp_path / "map.txt"
     broken_map.write_text("only-one-name\n")
     result = runner.invoke(app, ["diff", str(broken), str(broken), "--map", str(broken_map)])

@@ -49,6 +49,8 @@ def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_
     `renames` (`--rename` / `--map`) rename the stored names first, whatever the format)."""
     if rotary_layout not in ROTARY_LAYOUTS:
         raise SpecError(f"--rotary-layout {rotary_layout}: choose {', '.join(ROTARY_LAYOUTS)}")
+    if renames and from_optimizer_fp32:  # rebuilt weights take their names from the optimizer's own records
+        raise SpecError("--rename / --map do not apply to weights rebuilt with --from-optimizer-fp32 yet")
     view = renamed_view(ckpt, renames or Renames())
     source = _open(view.ckpt, config, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
     source.renamed = view.renamed
