@@ -23,6 +23,7 @@ from ckptscope.inspectors.errors import CheckpointError
 
 from .reference import reference_logits
 from .sources import CanonicalSource
+from .spec import SpecError
 from .verify import fixed_tokens, open_pair, probe_length
 
 BLOCKS = ("attention", "mlp", "hidden")  # in the order a layer computes them
@@ -125,8 +126,14 @@ def compare_layers(a: str | Path, b: str | Path, *, tokens: int = 16, tolerance:
                                  f"{sb.spec.layers}, {sb.spec.hidden}): nothing to compare layer by layer")
     report.probe_tokens = probe_length(sa.spec, tokens)
     ids = fixed_tokens(min(sa.spec.vocab, sb.spec.vocab), length=report.probe_tokens)
-    acts_a, logits_a = activations(sa, ids)
-    diffs, logits_b = differences(sb, ids, acts_a)
+    try:
+        acts_a, logits_a = activations(sa, ids)
+    except SpecError as exc:  # a feature the reference forward does not model: one line naming the checkpoint
+        raise CheckpointError(a, str(exc)) from None
+    try:
+        diffs, logits_b = differences(sb, ids, acts_a)
+    except SpecError as exc:
+        raise CheckpointError(b, str(exc)) from None
     vocab = min(logits_a.shape[-1], logits_b.shape[-1])
     report.logits = _diff(logits_a[..., :vocab], logits_b[..., :vocab])
     for layer in range(EMBEDDING, sa.spec.layers):
