@@ -258,6 +258,8 @@ def convert(
     from_optimizer_fp32: Annotated[bool, typer.Option("--from-optimizer-fp32", help=_help("from_optimizer_fp32"))] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help=_help("max_shard_size"))] = "5GB",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help=_help("ignore"))] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
     plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan and stop; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help=_help("force"))] = False,
     strict: Annotated[bool, typer.Option("--strict", help=_help("strict"))] = False,
@@ -280,7 +282,7 @@ def convert(
              "megatron_spec": megatron_spec, "iteration": iteration, "nxd_style": nxd_style, "fuse_qkv": fuse_qkv,
              "kv_size_multiplier": kv_size_multiplier, "xser": xser, "from_optimizer_fp32": from_optimizer_fp32,
              "max_shard_size": max_shard_size, "ignore": ignore or (), "force": force, "strict": strict, "resume": resume,
-             "workers": workers}
+             "workers": workers, "rename": rename or (), "rename_map": rename_map}
     request = ConvertRequest(str(src), str(dst), to, {k: value for k, value in given.items() if value is not None})
     problems = request.errors()  # every option against the core's tables: one line naming the first bad one
     if problems:
@@ -291,7 +293,7 @@ def convert(
         fail("--resume and --distributed do not combine")
     follower = distributed and os.environ.get("RANK", "0") != "0"  # torchrun ranks > 0 print errors only
     if not plan_only:  # refused before any work: output over / inside / around what is read, --force onto a file or /
-        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
+        check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config, rename_map) if p is not None])
     plan = request.plan()
     console = render.make_console()
     if as_json and (plan_only or not plan.ok):
@@ -347,6 +349,13 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _renames(rename: list[str] | None, rename_map: Path | None) -> Any:
+    """`--rename` rules and a `--map` file as the core applies them (converters/renames.py)."""
+    from ckptscope.converters.renames import Renames
+
+    return Renames.from_options(rename or (), rename_map)
+
+
 def _read_config(path: Path | None) -> dict[str, Any] | None:
     from ckptscope.converters.discovery import read_config
 
@@ -398,11 +407,15 @@ def verify(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json for sources that lack the architecture.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    layers: Annotated[bool, typer.Option("--layers", help="Run both on the probe layer by layer: per-layer attention, MLP and hidden-state differences, and the first layer and sub-block beyond --tolerance.")] = False,
 ) -> None:
     """Compare two checkpoints through the canonical model: tensors and logits."""
     validate(locals(), options.VERIFY)
     from ckptscope.converters.verify import verify as run_verify
 
+    if layers:
+        _verify_layers(a, b, tokens, tolerance, _read_config(config), as_json)
+        return
     _quiet_transformers()
     report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
                         config=_read_config(config))
@@ -411,6 +424,19 @@ def verify(
     else:
         render.render_verify(render.make_console(), report)
     if report.logits_ok is False or (not logits and not report.identical):
+        raise typer.Exit(1)
+
+
+def _verify_layers(a: Path, b: Path, tokens: int, tolerance: float, config: dict[str, Any] | None, as_json: bool) -> None:
+    """`verify --layers`: where two models diverge (converters/layer_diff.py); exit 1 when they do."""
+    from ckptscope.converters.layer_diff import compare_layers
+
+    report = compare_layers(a, b, tokens=tokens, tolerance=tolerance, config=config)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        render.render_layers(render.make_console(), report)
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -423,12 +449,14 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename") + " Applies to both sides.")] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
 ) -> None:
     """Debug mismatched tensor names: missing, unexpected, shape- and dtype-mismatched tensors, with suggestions."""
     validate(locals(), options.DIFF)
     from ckptscope.converters.diff import diff_checkpoints
 
-    report = diff_checkpoints(a, b, numeric=numeric, config=config)
+    report = diff_checkpoints(a, b, numeric=numeric, config=config, renames=_renames(rename, rename_map))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(only_problems), indent=2) + "\n")
     else:
@@ -447,13 +475,16 @@ def check(
     ep: Annotated[int, typer.Option("--ep", help="Target expert-parallel size (MoE).")] = 1,
     config: Annotated[Path | None, typer.Option("--config", help="HF config.json giving the architecture (for sources that lack it).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of stored tensor names to drop (repeatable).")] = None,
+    rename: Annotated[list[str] | None, typer.Option("--rename", metavar="PATTERN=REPLACEMENT", help=_help("rename"))] = None,
+    rename_map: Annotated[Path | None, typer.Option("--map", metavar="FILE", help=_help("rename_map"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """What converting PATH --to a format and layout would do (mapped, ignored, unplaceable, missing, layout errors); writes nothing."""
     validate(locals(), options.CHECK)
     from ckptscope.converters.diff import check_target
 
-    report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()))
+    report = check_target(path, to, tp=tp, pp=pp, ep=ep, config=config, ignore=tuple(ignore or ()),
+                          renames=_renames(rename, rename_map))
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:

@@ -206,6 +206,8 @@ LAYOUT = {name: Rule(f"--{name}", core(name)) for name in ("tp", "pp", "ep")}
 CONFIG = Rule("--config", path("file", MAX_CONFIG_BYTES, what="config"))
 TARGETS = tuple(_TARGETS)  # the registry's (converters/formats.py)
 
+RENAMES = {"rename": Rule("--rename", core("rename")),  # --rename / --map of convert, check and diff
+           "rename_map": Rule("--map", path("file", SIDE_FILE_LIMITS["index"], what="rename map"))}
 INSPECT = {
     "path": Rule("", path()),
     "filter_": Rule("--filter", text(MAX_PATTERN)),
@@ -216,8 +218,9 @@ CHECK = {
     **LAYOUT,
     "config": CONFIG,
     "ignore": Rule("--ignore", each(text(MAX_PATTERN))),
+    **RENAMES,
 }
-DIFF = {"a": Rule("", path()), "b": Rule("", path()), "config": CONFIG}
+DIFF = {"a": Rule("", path()), "b": Rule("", path()), "config": CONFIG, **RENAMES}
 VERIFY = {
     "a": Rule("", path()), "b": Rule("", path()), "config": CONFIG,
     "tokens": Rule("--tokens", integer(1, 65_536)),
@@ -230,5 +233,6 @@ CONVERT = {  # the paths only: every other convert option is the core's (convert
     "tokenizer_root": Rule("--tokenizer-root", path("dir")),
     "config": CONFIG,
     "ignore": Rule("--ignore", each(text(MAX_PATTERN))),
+    "rename_map": RENAMES["rename_map"],
 }
 DEMO = {"target": Rule("", output_path())}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 from typing import Any
 
 import humanize
@@ -259,8 +260,25 @@ def render_plan(console: Console, plan: Any) -> None:
         for rule in acc.ignored.values():
             rules[rule] = rules.get(rule, 0) + 1
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in rules.items()), style="dim"))
+    print_renames(console, plan.renamed, plan.suggested_renames)
     print_files_and_messages(console, "Output files", [(f.rel, f.tensors, f.nbytes) for f in plan.files],
                              plan.notes, plan.warnings, [("error", e, 4000) for e in plan.errors])
+
+
+def print_renames(console: Console, renamed: dict[str, str], suggested: list[str], label: str = "") -> None:
+    """Each renamed tensor (old -> new, folded over layers) and the `--rename` rules that would fix unplaced ones."""
+    from ckptscope.converters.renames import folded
+
+    lines = folded(renamed)
+    if lines:
+        console.print(Text(f"{label}renamed ({len(renamed)} stored tensors):", style="bold"))
+        for old, new, n in lines[:MAX_FILE_ROWS]:
+            console.print(Text(f"  {printable(old)} -> {printable(new)}" + (f"  ×{n}" if n > 1 else "")))
+        if len(lines) > MAX_FILE_ROWS:
+            console.print(Text(f"  ... {len(lines) - MAX_FILE_ROWS} more", style="dim"))
+    if suggested:
+        console.print(Text(f"{label}fix the names: " + " ".join(f"--rename {printable(shlex.quote(r))}" for r in suggested),
+                           style="bold yellow"))
 
 
 def print_files_and_messages(console: Console, title: str, files: list[tuple[str, int, int]], notes: list[str],
@@ -306,6 +324,38 @@ def render_verify(console: Console, report: Any) -> None:
     for note in report.notes:
         row(grid, "note", Text(printable(note)))
     console.print(grid)
+
+
+def render_layers(console: Console, report: Any) -> None:
+    """`verify --layers`: the verdict, a table of per-layer differences with a bar each, the sparkline."""
+    from ckptscope.converters.layer_diff import BLOCKS, chart, sparkline
+
+    if report.first is None:
+        console.print(Text(f"all {len(report.rows) - 1} layers within tolerance {report.tolerance:g} "
+                           f"({report.probe_tokens} tokens, reference forward on both)", style="bold green"))
+    else:
+        weights = ", ".join(f"{printable(n)} ({'shape' if d is None else f'{d:.3g}'})" for n, d in report.first_weights[:6])
+        console.print(Text(f"first divergence: {report.first_label()} (beyond tolerance {report.tolerance:g})"
+                           + (f"; weights that differ there: {weights}" if weights else ""), style="bold red"))
+    table = Table(title="max / mean |A - B| by layer", title_justify="left", show_edge=False)
+    table.add_column("layer", justify="right")
+    for block in BLOCKS:
+        table.add_column(block, justify="right")
+    table.add_column("hidden max (log scale)")
+    bars = chart(report)
+    for r, (label, _, drawn) in zip(report.rows, bars, strict=True):
+        cells = [f"{r.blocks[b].max_abs:.3g} / {r.blocks[b].mean_abs:.3g}" if b in r.blocks else "" for b in BLOCKS]
+        mark = "bold red" if report.first is not None and r.layer == report.first[0] else ""
+        row(table, Text(label, style=mark), *cells, Text(drawn, style="red" if drawn else ""))
+    console.print(table)
+    line = sparkline([r.worst() for r in report.rows if r.layer >= 0], report.tolerance)
+    console.print(Text(f"by layer: {line}", style="dim"))
+    if report.logits is not None:
+        ok = report.logits.max_abs <= report.tolerance
+        console.print(Text(f"logits: max abs diff {report.logits.max_abs:.3g}, mean {report.logits.mean_abs:.3g}",
+                           style="green" if ok else "bold red"))
+    for note in report.notes:
+        console.print(Text("note: " + printable(note), style="dim"))
 
 
 # ----- diff / check ----------------------------------------------------------------------------
@@ -385,6 +435,7 @@ def render_diff(console: Console, report: Any, only_problems: bool = False) -> N
     for label, side in (("A", report.a), ("B", report.b)):
         if side.unplaced:
             console.print(unplaced_table(f"Stored tensors {label} cannot place ({len(side.unplaced)})", side.unplaced, label))
+        print_renames(console, side.renamed, side.suggested_renames, f"{label} ")
         if side.ignored:
             console.print(Text(f"{label} ignored by rule: " + "; ".join(f"{n} × {printable(r)}" for r, n in side.ignored.items()),
                                style="dim"))
@@ -412,6 +463,7 @@ def render_check(console: Console, report: Any) -> None:
         console.print(Text("ignored: " + "; ".join(f"{n} × {printable(r)}" for r, n in report.ignored.items()), style="dim"))
     if report.unplaced:
         console.print(unplaced_table(f"Stored tensors the converter cannot place ({len(report.unplaced)})", report.unplaced))
+    print_renames(console, report.renamed, report.suggested_renames)
     if report.missing:
         console.print(Text(f"missing ({len(report.missing)}): " + ", ".join(printable(n) for n in report.missing[:MAX_FILE_ROWS])
                            + (" ..." if len(report.missing) > MAX_FILE_ROWS else ""), style="bold red"))

@@ -37,6 +37,8 @@ from ckptscope.inspectors.summary import Row, natural_key
 
 from .discovery import read_config
 from .plan import make_plan
+from .rename_advice import suggest_renames
+from .renames import Renames, renamed_view
 from .sources import Accounting, CanonicalSource, group_label, open_source
 from .verify import VerifyReport, compare_tensors
 from .writers import TargetOptions
@@ -111,6 +113,8 @@ class Side:
     unplaced: list[Unplaced] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)  # ignore rule -> stored tensors it drops
     missing_stored: list[str] = field(default_factory=list)  # expected stored names absent from disk
+    renamed: dict[str, str] = field(default_factory=dict)  # stored name -> name read (`--rename`, `--map`)
+    suggested_renames: list[str] = field(default_factory=list)  # `--rename` rules that would place the unplaced
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -211,6 +215,8 @@ class CheckReport:
     total_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # stored name -> name read (`--rename`, `--map`)
+    suggested_renames: list[str] = field(default_factory=list)  # `--rename` rules that would place the unplaced
 
     @property
     def ok(self) -> bool:
@@ -243,16 +249,27 @@ class _View:
 
 
 def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
-                     config: Mapping[str, Any] | str | Path | None = None, tolerance: float = 0.0) -> DiffReport:
+                     config: Mapping[str, Any] | str | Path | None = None, tolerance: float = 0.0,
+                     renames: Renames | None = None) -> DiffReport:
     """Missing, unexpected, reshaped and recast tensors between A and B (optionally values).
 
     `config` (an HF config dict or a config.json path) gives the architecture to both sides, for
     sources that lack it. Canonical names are used when both sides can be seen canonically;
-    otherwise stored names (the report says which and why).
+    otherwise stored names (the report says which and why). `renames` apply to both sides' stored
+    names (a rule is said to match nothing only when it matches on neither side).
     """
     cfg = _load_config(config)
-    ca, cb = detect(a), detect(b)
-    sides = [_side(str(p), c) for p, c in ((a, ca), (b, cb))]
+    views = [renamed_view(detect(p), renames or Renames()) for p in (a, b)]
+    ca, cb = views[0].ckpt, views[1].ckpt
+    sides = [_side(str(p), v.ckpt, v.renamed) for p, v in ((a, views[0]), (b, views[1]))]
+    rename_notes = [w for w in dict.fromkeys(views[0].warnings) if w in views[1].warnings]
+    report = _diff(ca, cb, sides, cfg, numeric, tolerance)
+    report.notes += rename_notes
+    return report
+
+
+def _diff(ca: Checkpoint, cb: Checkpoint, sides: list[Side], cfg: dict[str, Any] | None, numeric: bool,
+          tolerance: float) -> DiffReport:
     views = [_open_view(c, cfg, s) for c, s in zip((ca, cb), sides, strict=True)]
     if views[0] is not None and views[1] is not None:
         return _canonical_diff(sides[0], sides[1], views[0], views[1], numeric, tolerance)
@@ -265,8 +282,8 @@ def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any
     return read_config(config)
 
 
-def _side(path: str, ckpt: Checkpoint) -> Side:
-    return Side(path, ckpt.kind, ckpt.parallel.label(), tensors=len(ckpt.model_tensors()))
+def _side(path: str, ckpt: Checkpoint, renamed: dict[str, str] | None = None) -> Side:
+    return Side(path, ckpt.kind, ckpt.parallel.label(), tensors=len(ckpt.model_tensors()), renamed=dict(renamed or {}))
 
 
 def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _View | None:
@@ -293,6 +310,7 @@ def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _
     side.ignored = dict(Counter(acc.ignored.values()))
     side.missing_stored = list(acc.missing)
     side.unplaced = _unplaced(source, acc, index)
+    side.suggested_renames = suggest_renames(acc.unmatched, acc.missing)
     return view
 
 
@@ -442,7 +460,8 @@ def _numeric_canonical(report: DiffReport, va: _View, vb: _View) -> None:
 # ----- stored-name fallback ---------------------------------------------------------------------
 def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bool, tolerance: float) -> DiffReport:
     # both sides by stored names, whichever could not be opened; drop what a canonical view found
-    sa, sb = (dataclasses.replace(s, mode=STORED, model="", unplaced=[], ignored={}, missing_stored=[]) for s in (sa, sb))
+    sa, sb = (dataclasses.replace(s, mode=STORED, model="", unplaced=[], ignored={}, missing_stored=[], suggested_renames=[])
+              for s in (sa, sb))
     ia, ib = _index(ca), _index(cb)
     entries = [_stored_entry(n, ia.get(n, []), ib.get(n, [])) for n in sorted(ia.keys() | ib.keys(), key=natural_key)]
     _suggest(entries)
@@ -533,12 +552,14 @@ def _list(shape: Shape | None) -> list[int] | None:
 # check_target
 # ---------------------------------------------------------------------------------------------
 def check_target(path: str | Path, target_format: str, *, config: str | Path | None = None,
-                 true_vocab: int | None = None, ignore: tuple[str, ...] = (), **layout: Any) -> CheckReport:
+                 true_vocab: int | None = None, ignore: tuple[str, ...] = (), renames: Renames | None = None,
+                 **layout: Any) -> CheckReport:
     """What `convert --to target_format` would make of `path` (layout: tp, pp, ep, pp_layers, dtype, ...).
 
     Runs the converter's own planning (`make_plan`), so the answer is the converter's answer.
     """
-    plan = make_plan(path, TargetOptions(target_format, **layout), config=config, true_vocab=true_vocab, ignore=ignore)
+    plan = make_plan(path, TargetOptions(target_format, **layout), config=config, true_vocab=true_vocab, ignore=ignore,
+                     renames=renames)
     acc, spec, t = plan.accounting, plan.spec, plan.target
     return CheckReport(
         source=str(path), source_format=plan.ckpt.kind, source_layout=plan.ckpt.parallel.label(),
@@ -555,6 +576,7 @@ def check_target(path: str | Path, target_format: str, *, config: str | Path | N
         files=[{"path": f.rel, "tensors": f.tensors, "bytes": f.nbytes} for f in plan.files],
         total_bytes=plan.total_bytes if plan.writer else 0,
         warnings=list(plan.warnings), notes=list(plan.notes),
+        renamed=dict(plan.renamed), suggested_renames=list(plan.suggested_renames),
     )
 
 

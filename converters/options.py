@@ -88,7 +88,8 @@ class Option:
             return Path(str(raw)).expanduser()
         if self.kind == "list":
             items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
-            return tuple(str(i) for i in items)
+            values = tuple(str(i) for i in items)
+            return self.parse(values) if self.parse else values
         text = str(raw)
         return self.parse(text) if self.parse else text
 
@@ -128,6 +129,16 @@ def parse_pp_layers(text: str) -> list[int]:
     if not parts or len(parts) > MAX_DEGREE or not all(re.fullmatch(r"[0-9]{1,9}", p) for p in parts):
         raise OptionError(f"--pp-layers {_shown(text)}: expected comma-separated layer counts, e.g. 7,9")
     return [int(p) for p in parts]
+
+
+def parse_renames(values: Any) -> tuple[str, ...]:
+    """`PATTERN=REPLACEMENT` rules, each checked (a bad regular expression is refused here)."""
+    from .renames import RenameError, parse_rules
+
+    try:
+        return tuple(rule.text for rule in parse_rules(values))
+    except RenameError as exc:
+        raise OptionError(f"--rename {exc}") from None
 
 
 def parse_dtype(text: str) -> Any:
@@ -183,6 +194,11 @@ SOURCE_OPTIONS: tuple[Option, ...] = (
            choices=("auto", "half", "interleaved"), step="source"),
     Option("ignore", "Ignore", "Glob of stored tensor names to drop (repeatable).", "list", (), step="source",
            placeholder="optional globs, space-separated"),
+    Option("rename", "Rename", "Rename stored tensors before reading them: PATTERN=REPLACEMENT, a regular expression "
+           r"replaced wherever it matches, \1 for captures (repeatable, applied in order), e.g. '^transformer\.=model.'.",
+           "list", (), parse=parse_renames, step="source", placeholder="optional PATTERN=REPLACEMENT rules, space-separated"),
+    Option("rename_map", "Rename map", "File of exact renames, applied before --rename: a JSON object {\"old\": \"new\"} "
+           "or 'old new' lines.", "path", None, step="source", placeholder="optional JSON or 'old new' lines", cli="--map"),
 )
 
 POLICY_OPTIONS: tuple[Option, ...] = (

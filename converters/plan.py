@@ -10,6 +10,7 @@ from the tokenizer's size, whatever the source format: the plan notes say trimme
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 
 from .discovery import read_config
+from .rename_advice import suggest_renames
+from .renames import Renames
 from .sources import Accounting, CanonicalSource, groups, open_source
 from .tokenizers import TokenizerSource, VocabFit, classify, from_megatron_args, vocab_action
 from .tokenizers import size as tokenizer_size
@@ -41,6 +44,8 @@ class Plan:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     vocab_fit: tuple[int, int, int] | None = None  # (stored rows, trained rows, tokenizer size) when a tokenizer decides
+    renamed: dict[str, str] = field(default_factory=dict)  # stored name -> name read (`--rename`, `--map`)
+    suggested_renames: list[str] = field(default_factory=list)  # `--rename` rules that would place unmatched tensors
 
     @property
     def ok(self) -> bool:
@@ -73,6 +78,8 @@ class Plan:
             "spec": self.spec.summary(),
             "tensors": {"mapped": len(acc.mapped), "ignored": len(acc.ignored), "unmatched": len(acc.unmatched),
                         "missing": len(acc.missing)},
+            "renamed": self.renamed,
+            "suggested_renames": self.suggested_renames,
             "mapped": acc.mapped,
             "ignored": acc.ignored,
             "unmatched": acc.unmatched,
@@ -128,6 +135,7 @@ def make_plan(
     ignore: tuple[str, ...] = (),
     from_optimizer_fp32: bool = False,
     rotary_layout: str = "auto",
+    renames: Renames | None = None,
 ) -> Plan:
     """Inspect the source, derive the architecture and lay out the target; write nothing."""
     src = Path(src)
@@ -137,7 +145,8 @@ def make_plan(
     tokenizer = _tokenizer_source(target, ckpt)
     target.tokenizer_source = tokenizer
     tok_size = tokenizer_size(tokenizer) if tokenizer is not None else None
-    options = {"config": config_dict, "from_optimizer_fp32": from_optimizer_fp32, "rotary_layout": rotary_layout}
+    options = {"config": config_dict, "from_optimizer_fp32": from_optimizer_fp32, "rotary_layout": rotary_layout,
+               "renames": renames}
     try:
         try:
             source = open_source(ckpt, true_vocab=true_vocab, vocab_note=vocab_note, **options)  # type: ignore[arg-type]
@@ -149,6 +158,7 @@ def make_plan(
     except SpecError as exc:
         raise CheckpointError(src, str(exc)) from None
     architecture_from = source.architecture_from
+    ckpt, renamed = source.ckpt, dict(source.renamed)  # the names as read (renamed view)
     vocab_fit = None
     if tokenizer is not None and tok_size is not None:
         note = f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"
@@ -169,9 +179,13 @@ def make_plan(
         errors.append("an HF target holds the full model: --tp/--pp/--ep do not apply")
     errors += option_conflicts(target)
     acc = source.account(ignore)
+    suggested: list[str] = []
     if acc.unmatched:
         listed = [f"{name}" + (f" (nearest rule: {near})" if near else "") for name, near in list(acc.unmatched.items())[:MAX_LISTED]]
-        errors.append(f"{len(acc.unmatched)} stored tensor(s) match no rule (add --ignore GLOB to drop them): " + "; ".join(listed))
+        suggested = suggest_renames(acc.unmatched, acc.missing)
+        fix = " ".join(f"--rename {shlex.quote(r)}" for r in suggested)
+        advice = f"rename them: {fix}" if suggested else "rename them with --rename PATTERN=REPLACEMENT, or add --ignore GLOB to drop them"
+        errors.append(f"{len(acc.unmatched)} stored tensor(s) match no rule ({advice}): " + "; ".join(listed))
     if acc.missing:
         errors.append(f"{len(acc.missing)} expected tensor(s) missing from the source: " + ", ".join(acc.missing[:MAX_LISTED]))
     if spec.padded_vocab and spec.vocab == spec.padded_vocab and "unknown" in spec.vocab_note:
@@ -193,4 +207,4 @@ def make_plan(
         notes.append(f"tokenizer: {tokenizer.kind} from {tokenizer.path}"
                      + (f", +{tokenizer.extra_ids} extra ids" if tokenizer.extra_ids else "")
                      + (f", special tokens {tokenizer.overrides}" if tokenizer.overrides else ""))
-    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes, vocab_fit)  # type: ignore[arg-type]
+    return Plan(src, ckpt, source, target, writer, acc, files, warnings, errors, notes, vocab_fit, renamed, suggested)  # type: ignore[arg-type]

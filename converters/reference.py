@@ -30,15 +30,21 @@ import torch.nn.functional as F
 from .spec import ModelSpec, SpecError
 
 Getter = Callable[[str], torch.Tensor]
+Tap = Callable[[int, str, torch.Tensor], None]
+
+
+def _no_tap(layer: int, block: str, output: torch.Tensor) -> None:
+    """No observer: the default of `reference_logits(tap=...)`."""
 
 
 def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype = torch.float32, tap: Tap | None = None) -> torch.Tensor:
     """[batch, seq] int64 -> [batch, seq, vocab] logits computed in `dtype`.
 
     `get(name)` returns one canonical tensor; it is called lazily, layer by layer, so a caller can
     stream weights from disk and the function never holds more than one layer's weights plus
-    activations.
+    activations. `tap(layer, block, output)` sees each layer's attention and MLP branch outputs (as
+    they join the residual) and its hidden state (`verify --layers`); layer -1 is the embedding.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
@@ -53,6 +59,8 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         x = norm(spec, w, "embed_norm", x)
     rope = {local: rope_cos_sin(spec, seq, dtype, local=local) for local in (False, True)} if spec.position == "rope" else {}
     masks: dict[int | None, torch.Tensor] = {}
+    see = tap or _no_tap
+    see(-1, "hidden", x)
     for i in range(spec.layers):
         p = f"layers.{i}."
         window = spec.window_of(i)
@@ -62,11 +70,20 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         a = attention(spec, w, p, h, cos, sin, mask)
         if spec.parallel_attn:  # Falcon: both branches read the layer input
             m_in = norm(spec, w, p + "post_attn_norm", x) if spec.parallel_norms == 2 else h
-            x = x + (mlp(spec, w, p + "mlp.", m_in) + a)
+            m = mlp(spec, w, p + "mlp.", m_in)
+            see(i, "attention", a)
+            see(i, "mlp", m)
+            x = x + (m + a)
+            see(i, "hidden", x)
             continue
-        x = x + _branch_out(spec, w, p + "attn_out_norm", a)
+        a = _branch_out(spec, w, p + "attn_out_norm", a)
+        see(i, "attention", a)
+        x = x + a
         h = norm(spec, w, p + "post_attn_norm", x) if spec.pre_norms else x
-        x = x + _branch_out(spec, w, p + "mlp_out_norm", moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
+        m = _branch_out(spec, w, p + "mlp_out_norm", moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
+        see(i, "mlp", m)
+        x = x + m
+        see(i, "hidden", x)
     x = norm(spec, w, "final_norm", x)
     logits = F.linear(x, w("embed" if spec.tied else "lm_head"))
     if spec.logits_scaling != 1.0:

@@ -18,6 +18,7 @@ from .options import ALL_OPTIONS, POLICY_OPTIONS, SOURCE_OPTIONS, TARGET_OPTIONS
 
 if TYPE_CHECKING:
     from .plan import Plan
+    from .renames import Renames
     from .sources.base import CanonicalSource
     from .writers.base import TargetOptions
 
@@ -96,7 +97,14 @@ class ConvertRequest:
     def plan_kwargs(self) -> dict[str, Any]:
         v = self.values()
         return {"config": v["config"], "true_vocab": v["true_vocab"], "ignore": tuple(v["ignore"]),
-                "from_optimizer_fp32": v["from_optimizer_fp32"], "rotary_layout": v["rotary_layout"]}
+                "from_optimizer_fp32": v["from_optimizer_fp32"], "rotary_layout": v["rotary_layout"], "renames": self.renames()}
+
+    def renames(self) -> Renames:
+        """`--map` then `--rename`, as every reader of this request's source applies them."""
+        from .renames import Renames
+
+        v = self.values()
+        return Renames.from_options(v["rename"], v["rename_map"])
 
     def policies(self) -> dict[str, Any]:
         v = self.values()
@@ -121,7 +129,7 @@ class ConvertRequest:
         try:
             return open_source(detect(self.src), config=read_config(v["config"]) if v["config"] else None,
                                true_vocab=v["true_vocab"], from_optimizer_fp32=v["from_optimizer_fp32"],
-                               rotary_layout=v["rotary_layout"])
+                               rotary_layout=v["rotary_layout"], renames=self.renames())
         except SpecError as exc:
             raise CheckpointError(self.src, str(exc)) from None
 

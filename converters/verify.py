@@ -18,6 +18,7 @@ from ckptscope.inspectors import detect
 from ckptscope.inspectors.errors import CheckpointError
 
 from .reference import reference_logits
+from .renames import Renames
 from .sources import CanonicalSource, groups, open_source
 from .spec import ModelSpec, SpecError
 
@@ -103,6 +104,23 @@ def _source(path: str | Path, config: dict | None = None, **options: object) -> 
         raise CheckpointError(path, str(exc)) from None
 
 
+def open_pair(a: str | Path, b: str | Path, config: dict | None, notes: list[str],
+              **options_a: object) -> tuple[CanonicalSource, CanonicalSource]:
+    """Both sides canonically; B without an architecture of its own (NxD, DeepSpeed without args)
+    is read with A's, and `notes` says so."""
+    sa = _source(a, config, **options_a)
+    try:
+        sb = _source(b, config)
+    except CheckpointError:
+        if config is not None:
+            raise
+        from .families import hf_config_from_spec
+
+        sb = _source(b, hf_config_from_spec(sa.spec))
+        notes.append("B carries no architecture: read with A's")
+    return sa, sb
+
+
 def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport) -> None:
     if a.spec.layers != b.spec.layers:
         report.notes.append(f"layer counts differ: {a.spec.layers} vs {b.spec.layers}; comparing common layers")
@@ -124,8 +142,9 @@ def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport
 
 
 def logits_of(source: CanonicalSource, input_ids: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """fp32 logits: transformers for HF folders, the reference forward otherwise."""
-    if source.kind == "hf":
+    """fp32 logits: transformers for HF folders, the reference forward otherwise (and for an HF
+    folder read through renames, whose names on disk transformers would not find)."""
+    if source.kind == "hf" and not source.renamed:
         from transformers import AutoModelForCausalLM
 
         folder = source.ckpt.path if source.ckpt.path.is_dir() else source.ckpt.path.parent
@@ -145,26 +164,18 @@ def fixed_tokens(vocab: int, batch: int = 2, length: int = 16, seed: int = 1234)
 
 def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 16, tolerance: float = 1e-5,
            config: dict | None = None, from_optimizer_fp32: bool = False, true_vocab: int | None = None,
-           rotary_layout: str = "auto") -> VerifyReport:
+           rotary_layout: str = "auto", renames: Renames | None = None) -> VerifyReport:
     """`config` applies to both sides; the source options (`from_optimizer_fp32`, `true_vocab`,
-    `rotary_layout`) to A only, so `convert --verify` reads the source exactly as the conversion did."""
+    `rotary_layout`, `renames`) to A only, so `convert --verify` reads the source exactly as the conversion did."""
     options: dict[str, object] = {"from_optimizer_fp32": True} if from_optimizer_fp32 else {}
+    if renames:
+        options["renames"] = renames
     if rotary_layout != "auto":
         options["rotary_layout"] = rotary_layout
     if true_vocab is not None:
         options["true_vocab"] = true_vocab
-    sa = _source(a, config, **options)
     report = VerifyReport(str(a), str(b), tolerance=tolerance)
-    try:
-        sb = _source(b, config)
-    except CheckpointError:
-        if config is not None:
-            raise
-        # B holds no architecture of its own (NxD, DeepSpeed without args): it is A's
-        from .families import hf_config_from_spec
-
-        sb = _source(b, hf_config_from_spec(sa.spec))
-        report.notes.append("B carries no architecture: read with A's")
+    sa, sb = open_pair(a, b, config, report.notes, **options)
     compare_tensors(sa, sb, report)
     compare_specs(sa.spec, sb.spec, report)
     if logits:
@@ -192,4 +203,5 @@ def verify_conversion(request: Any, plan: Any) -> VerifyReport:
     if true_vocab is None and fit is not None and plan.ckpt.kind != "hf":
         true_vocab = min(fit[1], fit[2])
     return verify(request.src, request.dst, config=read_config(v["config"]) if v["config"] else None,
-                  from_optimizer_fp32=v["from_optimizer_fp32"], true_vocab=true_vocab, rotary_layout=v["rotary_layout"])
+                  from_optimizer_fp32=v["from_optimizer_fp32"], true_vocab=true_vocab, rotary_layout=v["rotary_layout"],
+                  renames=request.renames())

@@ -133,10 +133,10 @@ class CkptscopeApp(App):
 
         self.push_screen(DiffScreen(path))
 
-    def open_convert(self, path: Path | None = None) -> None:
+    def open_convert(self, path: Path | None = None, options: dict[str, object] | None = None) -> None:
         from .convert import ConvertScreen
 
-        self.push_screen(ConvertScreen(path))
+        self.push_screen(ConvertScreen(path, options))
 
     def action_diff(self) -> None:
         self.open_diff(self._current_path())

@@ -42,7 +42,7 @@ from ckptscope.inspectors.summary import printable
 
 from .capture import capture
 from .messages import ConvertFinished, ConvertProgress, LayerDone, PlanReady, SpecReady, VerifyDone
-from .option_fields import field, read, show_for
+from .option_fields import field, fill, read, show_for
 from .safe_input import SafeInput
 
 STEPS = (("step-source", "Source"), ("step-target", "Target"), ("step-layout", "Layout"), ("step-dtype", "Dtype & tokenizer"),
@@ -64,9 +64,10 @@ class ConvertScreen(Screen):
         Binding("ctrl+c", "cancel_run", "Cancel run", id="wizard-cancel", show=False),
     ]
 
-    def __init__(self, source: Path | None = None) -> None:
+    def __init__(self, source: Path | None = None, options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.source_path = source
+        self.carried = dict(options or {})  # raw option values another screen hands over (check's renames)
         self.spec: Any = None
         self.plan: Any = None
         self.step = 0
@@ -115,6 +116,8 @@ class ConvertScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        for name, value in self.carried.items():
+            fill(self, ALL_OPTIONS[name], value)
         self._format_changed()
         self._show_step(0)
         if self.source_path:

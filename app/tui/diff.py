@@ -63,6 +63,7 @@ class DiffScreen(Screen):
                 yield Checkbox("compare values (max abs diff)", id="numeric")
                 yield Checkbox("problems only", id="only-problems")
                 yield Button("Compare", variant="primary", id="compare")
+                yield Button("Layers", id="layers", tooltip="Run A and B on the same probe layer by layer: where do they diverge?")
             with Horizontal(classes="form-row"):
                 yield Label("or check A as")
                 yield Select(TARGETS, value=TARGETS[1][1], allow_blank=False, id="check-target")
@@ -71,6 +72,12 @@ class DiffScreen(Screen):
                 yield Label("PP", classes="short")
                 yield Input("1", id="check-pp", type="integer", placeholder="PP")
                 yield Button("Check", id="check")
+            with Horizontal(classes="form-row", id="rename-row") as renames:  # shown once a check is about names
+                renames.display = False
+                yield Label("renames")
+                yield SafeInput("", placeholder="PATTERN=REPLACEMENT rules, space-separated", id="check-rename")
+                yield Button("Apply suggested renames", id="apply-renames", disabled=True)
+                yield Button("Convert with these renames…", id="convert-renamed")
         yield Static("", id="diff-summary", markup=False)
         yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
         with VerticalScroll(id="diff-details"):
@@ -95,20 +102,53 @@ class DiffScreen(Screen):
         self.query_one("#diff-summary", Static).update("comparing…")
         self.run_diff(a, b, self.query_one("#numeric", Checkbox).value)
 
+    @on(Button.Pressed, "#layers")
+    def action_layers(self) -> None:
+        a, b = self.query_one("#diff-a", Input).value.strip(), self.query_one("#diff-b", Input).value.strip()
+        if not a or not b:
+            self.notify("give two checkpoints", severity="warning")
+            return
+        self.query_one("#diff-summary", Static).update("running both models layer by layer…")
+        self.run_layers(a, b)
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="layers")
+    def run_layers(self, a: str, b: str) -> None:
+        from ckptscope.converters.layer_diff import compare_layers
+
+        self.post_message(DiffDone(compare_layers(a, b), "layers"))
+
     @on(Button.Pressed, "#check")
     def _check(self) -> None:
         a = self.query_one("#diff-a", Input).value.strip()
         if not a:
             self.notify("give a checkpoint in A", severity="warning")
             return
-        values = {"tp": self.query_one("#check-tp", Input).value.strip() or "1", "pp": self.query_one("#check-pp", Input).value.strip() or "1"}
+        values = {"tp": self.query_one("#check-tp", Input).value.strip() or "1", "pp": self.query_one("#check-pp", Input).value.strip() or "1",
+                  "rename": self._renames()}
         try:  # the command line's bounds (app/options.py)
             layout = validate(values, {name: options.CHECK[name] for name in values})
         except OptionError as exc:
             self.notify(str(exc), severity="warning")
             return
         self.query_one("#diff-summary", Static).update("checking…")
-        self.run_check(a, str(self.query_one("#check-target", Select).value), layout["tp"], layout["pp"])
+        self.run_check(a, str(self.query_one("#check-target", Select).value), layout["tp"], layout["pp"], layout["rename"])
+
+    def _renames(self) -> list[str]:
+        return self.query_one("#check-rename", Input).value.split()
+
+    @on(Button.Pressed, "#apply-renames")
+    def _apply_renames(self) -> None:
+        """Check again with the renames the last check suggested, on top of those already given."""
+        suggested = getattr(self.report, "suggested_renames", [])
+        self.query_one("#check-rename", Input).value = " ".join([*self._renames(), *suggested])
+        self._check()
+
+    @on(Button.Pressed, "#convert-renamed")
+    def _convert_renamed(self) -> None:
+        """The convert wizard on A with the renames carried into its source step."""
+        a = self.query_one("#diff-a", Input).value.strip()
+        if a:
+            self.app.open_convert(Path(a).expanduser(), {"rename": self._renames()})  # type: ignore[attr-defined]
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="diff")
     def run_diff(self, a: str, b: str, numeric: bool) -> None:
@@ -117,15 +157,16 @@ class DiffScreen(Screen):
         self.post_message(DiffDone(diff_checkpoints(a, b, numeric=numeric), "diff"))
 
     @work(thread=True, exclusive=True, group="diff", exit_on_error=False, description="check")
-    def run_check(self, path: str, target: str, tp: int, pp: int) -> None:
+    def run_check(self, path: str, target: str, tp: int, pp: int, renames: tuple[str, ...] = ()) -> None:
         from ckptscope.converters.diff import check_target
+        from ckptscope.converters.renames import Renames
 
         layout = {} if FORMAT_TARGETS[target].whole_model else {"tp": tp, "pp": pp}
-        self.post_message(DiffDone(check_target(path, target, **layout), "check"))
+        self.post_message(DiffDone(check_target(path, target, renames=Renames.from_options(renames), **layout), "check"))
 
     @on(Checkbox.Changed, "#only-problems")
     def _problems_changed(self) -> None:
-        if self.report is not None and hasattr(self.report, "rows"):
+        if self.report is not None and hasattr(self.report, "entries"):
             self._fill(self.report)
 
     def action_toggle_problems(self) -> None:
@@ -140,10 +181,21 @@ class DiffScreen(Screen):
         self.report = message.report
         table = self.query_one("#diff-table", DataTable)
         table.clear()
+        table.display = message.kind != "layers"  # the layers report is its own table (render_layers)
+        if message.kind == "layers":
+            report = message.report
+            self.query_one("#diff-summary", Static).update(
+                Text("every layer within tolerance" if report.first is None else f"first divergence: {report.first_label()}",
+                     style="green" if report.first is None else "bold red"))
+            self.query_one("#diff-extra", Static).update(capture(render.render_layers, report))
+            return
         if message.kind == "check":
             self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if message.report.ok else "problems found"),
                                                                 style="green" if message.report.ok else "bold red"))
             self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
+            suggested = message.report.suggested_renames
+            self.query_one("#rename-row").display = bool(suggested or message.report.renamed or self._renames())
+            self.query_one("#apply-renames", Button).disabled = not suggested
             for u in message.report.unplaced:
                 row(table, Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
                            printable(u.nearest or ""))

@@ -57,6 +57,18 @@ def read(screen: Any, option: Option) -> Any:
     return text.split() if option.kind == "list" else text
 
 
+def fill(screen: Any, option: Option, value: Any) -> None:
+    """Put a raw value into an option's field (what another screen carries into the wizard)."""
+    widget = screen.query_one(f"#{field_id(option)}")
+    if isinstance(widget, Checkbox):
+        widget.value = bool(value)
+    elif isinstance(widget, Select):
+        widget.value = KEEP if value is None else str(value)
+    else:
+        assert isinstance(widget, Input)
+        widget.value = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else ("" if value is None else str(value))
+
+
 def show_for(screen: Any, options: tuple[Option, ...], fmt: str) -> None:
     """Show the rows of the options that apply to the target format, hide the others."""
     for option in options:

@@ -15,6 +15,7 @@ from ckptscope.inspectors.model import Checkpoint
 from ..discovery import find_bridge_model_config, find_hf_config
 from ..families import spec_from_hf_config
 from ..megatron_args import args_from_transformer_config, spec_from_megatron_args
+from ..renames import Renames, renamed_view
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
 from .dcp import DcpSource
@@ -39,14 +40,20 @@ ROTARY_LAYOUTS = ("auto", "half", "interleaved")
 
 
 def open_source(ckpt: Checkpoint, *, config: dict[str, Any] | None = None, true_vocab: int | None = None,
-                vocab_note: str = "", from_optimizer_fp32: bool = False, rotary_layout: str = "auto") -> CanonicalSource:
+                vocab_note: str = "", from_optimizer_fp32: bool = False, rotary_layout: str = "auto",
+                renames: Renames | None = None) -> CanonicalSource:
     """The canonical view of an inspected checkpoint (`config` overrides the architecture;
     `from_optimizer_fp32` rebuilds DeepSpeed weights from the ZeRO optimizer partitions;
     `rotary_layout` overrides how the source stores q/k: `half` (rotate-half, HF / Megatron-Core
-    default) or `interleaved` (Meta, `--rotary-interleaved`, Megatron-LLM); `auto` detects)."""
+    default) or `interleaved` (Meta, `--rotary-interleaved`, Megatron-LLM); `auto` detects;
+    `renames` (`--rename` / `--map`) rename the stored names first, whatever the format)."""
     if rotary_layout not in ROTARY_LAYOUTS:
         raise SpecError(f"--rotary-layout {rotary_layout}: choose {', '.join(ROTARY_LAYOUTS)}")
-    source = _open(ckpt, config, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
+    if renames and from_optimizer_fp32:  # rebuilt weights take their names from the optimizer's own records
+        raise SpecError("--rename / --map do not apply to weights rebuilt with --from-optimizer-fp32 yet")
+    view = renamed_view(ckpt, renames or Renames())
+    source = _open(view.ckpt, config, true_vocab, vocab_note, from_optimizer_fp32, rotary_layout)
+    source.renamed = view.renamed
     if rotary_layout == "auto" or isinstance(source, MetaSource):
         return source
     if isinstance(source, HfSource):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 import torch
 
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
@@ -89,6 +90,7 @@ class CanonicalSource(ABC):
     spec: ModelSpec
     ckpt: Checkpoint
     architecture_from: str = ""  # where the architecture came from when not the checkpoint itself
+    renamed: Mapping[str, str] = MappingProxyType({})  # stored name -> the name read (`--rename`, `--map`)
 
     @abstractmethod
     def read(self, group: int) -> dict[str, torch.Tensor]: ...

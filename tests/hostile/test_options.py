@@ -84,6 +84,13 @@ CONVERT = [
     (["--tokenizer", "{w}/fifo.json"], "--tokenizer"),
     (["--tokenizer-root", "{w}/list.json"], "--tokenizer-root"),
     (["--ignore", "x" * 10000], "--ignore"),
+    (["--rename", "a[=b"], "--rename"),
+    (["--rename", "(" * 3000 + "=b"], "--rename"),
+    (["--rename", "x" * 10000 + "=y"], "--rename"),
+    (["--rename", "x=\\9"], "--rename"),
+    (["--map", "{w}/missing"], "--map"),
+    (["--map", "{w}/fifo.json"], "--map"),
+    (["--map", "/dev/zero"], "--map"),
     (["--bogus"], "--bogus"),
 ]
 
@@ -109,6 +116,7 @@ def test_convert_option_refused_up_front(work: Path, extra: list[str], flag: str
 @pytest.mark.parametrize("args, flag", [
     (["--to", "hf", "--tp", "0"], "--tp"), (["--to", "megatron", "--pp", str(10**9)], "--pp"), (["--to", "megatron", "--ep", "-1"], "--ep"),
     (["--to", "x"], "--to"), (["--to", "hf", "--config", "/dev/zero"], "--config"), (["--to", "hf", "--ignore", "x" * 10000], "--ignore"),
+    (["--to", "hf", "--rename", "a[=b"], "--rename"), (["--to", "hf", "--map", "/dev/zero"], "--map"),
 ])
 def test_check_option_refused_up_front(work: Path, args: list[str], flag: str) -> None:
     assert flag in _line(run_cli("check", str(work / "hf"), *args))

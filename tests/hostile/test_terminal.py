@@ -85,6 +85,8 @@ def _commands(ckpt: Path, other: Path, out: Path) -> list[list[str]]:
         ["check", str(ckpt), "--to", "megatron"], ["check", str(ckpt), "--to", "hf", "--json"],
         ["convert", str(ckpt), str(out), "--plan-only"], ["convert", str(ckpt), str(out)],
         ["convert", str(ckpt), str(out), "--ignore", "*.weight", "--plan-only"],
+        ["check", str(ckpt), "--to", "hf", "--rename", "weight=w"], ["diff", str(ckpt), str(other), "--rename", "^=x."],
+        ["verify", str(ckpt), str(other), "--layers"],
         ["verify", str(ckpt), str(other)], ["verify", str(ckpt), str(other), "--json"],
     ]
 
