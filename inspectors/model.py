@@ -314,10 +314,20 @@ def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:
     total = 0
     for name, slices in by_name.items():
         if len(slices) > 1 and REPLICATED_RE.search(name):
-            total += next(iter(slices.values())).numel
+            total += _params_in(next(iter(slices.values())), by_name)
         else:
-            total += sum(t.numel for t in slices.values())
+            total += sum(_params_in(t, by_name) for t in slices.values())
     return total
+
+
+def _params_in(t: TensorInfo, names: dict[str, Any]) -> int:
+    """Parameters one stored tensor holds: MXFP4 pairs (`W_blocks` packs two FP4 values a byte,
+    `W_scales` holds only their shared exponents, as gpt-oss stores experts) count as `W`."""
+    if t.dtype == "uint8" and t.global_name.endswith(("_blocks", "_scales")):
+        stem = t.global_name[:-len("_blocks")]
+        if stem + "_blocks" in names and stem + "_scales" in names:
+            return t.numel * 2 if t.global_name.endswith("_blocks") else 0
+    return t.numel
 
 
 # ----- what else a training checkpoint holds -----------------------------------------------------------

@@ -1,5 +1,6 @@
 """Hugging Face folders as canonical tensors, through the family's table (`families/`); MoE
-families whose files hold transformers-5's fused experts are read from that form too."""
+families whose files hold transformers-5's fused experts are read from that form too, and
+weights stored as MXFP4 (gpt-oss: `W_blocks` + `W_scales`) are dequantized as they are read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from .. import families
 from ..layouts import Identity
+from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
 from .base import Accounting, CanonicalSource, groups
 
@@ -27,6 +29,7 @@ class HfSource(CanonicalSource):
         self.spec = spec
         self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
+        self.mxfp4 = {name: pair for name, pair in quantized_pairs(self.index).items() if name not in self.index}
         form = self.family.fused_experts
         self.fused = form is not None and any(n.endswith(form.gate_up) for n in self.index)
         self.entries: dict[int, list[families.HfEntry]] = {g: [] for g in groups(spec)}
@@ -42,12 +45,21 @@ class HfSource(CanonicalSource):
     def read(self, group: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for entry in self.entries[group]:
-            stored = self._load(self.index[entry.name])
+            stored = self._stored(entry.name)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
         if self.fused and 0 <= group < self.spec.layers:
             out.update(self._read_fused(group))
         return out
+
+    def _stored(self, name: str) -> torch.Tensor:
+        """The stored tensor of a table name (dequantized to the model's dtype when kept as MXFP4)."""
+        if name in self.mxfp4:
+            blocks, scales = (self._load(self.index[n]) for n in self.mxfp4[name])
+            return dequantize(blocks, scales, self.spec.dtype)
+        if name not in self.index:
+            raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
+        return self._load(self.index[name])
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
         """A safetensors tensor's source is its validated header entry: one positioned read (per
@@ -79,7 +91,8 @@ class HfSource(CanonicalSource):
         expected: dict[str, list[str]] = {}
         for group in groups(self.spec):
             for entry in self.entries[group]:
-                expected.setdefault(entry.name, []).extend(entry.canon)
+                for name in self.mxfp4.get(entry.name, (entry.name,)):
+                    expected.setdefault(name, []).extend(entry.canon)
         if self.fused:
             for i in range(self.spec.layers):
                 for name, canon in self._fused_names(i).items():
