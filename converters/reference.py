@@ -162,7 +162,7 @@ def inv_freq(spec: ModelSpec, local: bool = False) -> torch.Tensor:
 def _yarn(freq: torch.Tensor, s: dict, dim: int, theta: float, max_pos: int) -> torch.Tensor:
     """YaRN: frequencies below the correction range interpolated by `factor`, above it kept, a
     linear ramp between (the range from beta_fast / beta_slow rotations over the original length)."""
-    old_len = s["original_max_position_embeddings"]
+    old_len = s.get("original_max_position_embeddings") or max_pos
     factor = s.get("factor") or max_pos / old_len
 
     def correction_dim(rotations: float) -> float:
@@ -186,7 +186,7 @@ def rope_attention_factor(spec: ModelSpec) -> float:
         return 1.0
     if s.get("attention_factor") is not None:
         return float(s["attention_factor"])
-    factor = s.get("factor") or spec.max_position_embeddings / s["original_max_position_embeddings"]
+    factor = s.get("factor") or spec.max_position_embeddings / (s.get("original_max_position_embeddings") or spec.max_position_embeddings)
 
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
