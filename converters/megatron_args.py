@@ -45,6 +45,11 @@ def _activation_from_args(args: dict[str, Any]) -> str:
         return "swiglu"
     if args.get("squared_relu"):
         return "relu2"
+    if args.get("quick_geglu"):  # megatron-core quick_gelu(x_glu) * (x_linear + offset), gpt-oss with its clamp
+        if float(args.get("glu_linear_offset") or 0.0) != 1.0 or not args.get("activation_func_clamp_value"):
+            raise SpecError("Megatron quick_geglu without gpt-oss's glu_linear_offset 1 and activation_func_clamp_value "
+                            "has no HF equivalent here")
+        return "clamped_swiglu"
     for unsupported in ("xiprelu", "xiprelup", "onnx_safe"):
         if args.get(unsupported):
             raise SpecError(f"Megatron activation {unsupported} has no HF equivalent here")
@@ -72,7 +77,7 @@ def _position_from_args(args: dict[str, Any], activation: str) -> str:
         return "alibi"
     if "learned" in kind or "absolute" in kind:
         return "learned"
-    if "rope" in kind or "rotary" in kind or args.get("use_rotary_position_embeddings"):
+    if "rope" in kind or "rotary" in kind or kind == "yarn" or args.get("use_rotary_position_embeddings"):
         return "rope"
     if kind:
         raise SpecError(f"position_embedding_type {kind!r} is not supported (rope, learned_absolute, alibi)")
@@ -120,6 +125,8 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         scaling = {"rope_type": "linear", "factor": float(args["rope_scaling_factor"])}
     elif float(args.get("rotary_seq_len_interpolation_factor") or 1.0) != 1.0:  # megatron-core: positions / factor
         scaling = {"rope_type": "linear", "factor": float(args["rotary_seq_len_interpolation_factor"])}
+    if str(args.get("position_embedding_type") or "") == "yarn":
+        scaling = _yarn_from_args(args)
     linear_bias = bool(args.get("add_bias_linear", args.get("use_bias", not mllm)))
     if "disable_bias_linear" in args and "add_bias_linear" not in args:
         linear_bias = not bool(args["disable_bias_linear"])
@@ -160,7 +167,11 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         tied=tied,
         qkv_bias=bool(args.get("add_qkv_bias")) or linear_bias,
         o_bias=linear_bias,
-        mlp_bias=linear_bias,
+        mlp_bias=linear_bias and not experts,  # add_bias_linear reaches the experts and the router of a MoE
+        expert_bias=linear_bias and bool(experts),
+        router_bias=linear_bias and bool(experts),
+        attn_sinks=str(args.get("softmax_type") or "vanilla") == "learnable",
+        glu_limit=float(args.get("activation_func_clamp_value") or 7.0),
         qk_norm=bool(args.get("qk_layernorm")),
         experts=experts,
         topk=int(args.get("moe_router_topk") or 2),
@@ -180,11 +191,52 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
+# HF YaRN keys <-> Megatron-LM's arguments (`--rotary-scaling-factor`, `--yarn-*`, `--mscale*`)
+YARN_ARGS = {"factor": "rotary_scaling_factor", "original_max_position_embeddings": "yarn_original_max_position_embeddings",
+             "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow", "truncate": "yarn_correction_range_round_to_int"}
+
+
+def _yarn_from_args(args: dict[str, Any]) -> dict[str, Any]:
+    """HF `rope_parameters` of a megatron-core YaRN model (defaults as `_apply_yarn_config_from_args`).
+    megatron-core's attention factor is mscale(f, mscale) / mscale(f, mscale_all_dim): HF's default
+    when mscale = 1 and mscale_all_dim = 0, else both are kept."""
+    defaults = {"rotary_scaling_factor": 1.0, "yarn_original_max_position_embeddings": 4096, "yarn_beta_fast": 32.0,
+                "yarn_beta_slow": 1.0, "yarn_correction_range_round_to_int": True}
+    out: dict[str, Any] = {"rope_type": "yarn"}
+    for key, arg in YARN_ARGS.items():
+        value = args.get(arg)
+        out[key] = defaults[arg] if value is None else value
+    out["factor"], out["beta_fast"], out["beta_slow"] = float(out["factor"]), float(out["beta_fast"]), float(out["beta_slow"])
+    out["original_max_position_embeddings"], out["truncate"] = int(out["original_max_position_embeddings"]), bool(out["truncate"])
+    mscale, all_dim = float(args.get("mscale") or 1.0), float(args.get("mscale_all_dim") or 0.0)
+    if (mscale, all_dim) != (1.0, 0.0):
+        out["mscale"], out["mscale_all_dim"] = mscale, all_dim
+    return out
+
+
+def _yarn_args(spec: ModelSpec) -> dict[str, Any]:
+    """Inverse of `_yarn_from_args` (empty unless the spec's RoPE is YaRN)."""
+    if _rope_type(spec) != "yarn":
+        return {}
+    s = spec.rope_scaling or {}
+    out: dict[str, Any] = {"position_embedding_type": "yarn",
+                           "rotary_scaling_factor": float(s.get("factor") or spec.max_position_embeddings / (
+                               s.get("original_max_position_embeddings") or spec.max_position_embeddings)),
+                           "yarn_original_max_position_embeddings": int(s.get("original_max_position_embeddings")
+                                                                        or spec.max_position_embeddings),
+                           "yarn_beta_fast": float(s.get("beta_fast") or 32), "yarn_beta_slow": float(s.get("beta_slow") or 1),
+                           "yarn_correction_range_round_to_int": bool(s.get("truncate", True))}
+    both = bool(s.get("mscale") and s.get("mscale_all_dim"))
+    out["mscale"], out["mscale_all_dim"] = (float(s["mscale"]), float(s["mscale_all_dim"])) if both else (1.0, 0.0)
+    return out
+
 # Features megatron-core has no argument for: a Megatron checkpoint of such a model would run
 # differently, so Megatron targets are refused with these reasons (plus the family's own).
 INEXPRESSIBLE = (
-    (lambda s: s.o_bias != s.mlp_bias or (s.o_bias and not s.qkv_bias),
-     "these biases (Megatron's are all-or-nothing: add_bias_linear, plus add_qkv_bias for q/k/v alone)"),
+    (lambda s: _bias_problem(s),
+     "these biases (Megatron's are all-or-nothing: add_bias_linear on every linear, the router and the experts included, "
+     "plus add_qkv_bias for q/k/v alone; shared experts without)"),
+    (lambda s: s.activation == "clamped_swiglu" and s.glu_alpha != 1.702, "a clamped SwiGLU with alpha other than quick_gelu's 1.702"),
     (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
      or s.attention_multiplier is not None, "embedding / residual / attention / logits multipliers (Granite)"),
     (lambda s: s.qk_norm_full, "QK-norm over all heads' width (megatron-core's q/k_layernorm is per head)"),
@@ -211,7 +263,15 @@ def _rope_problem(spec: ModelSpec) -> bool:
     kind = _rope_type(spec)
     if kind == "llama3":
         return any(float((spec.rope_scaling or {}).get(k, v)) != v for k, v in MEGATRON_LLAMA3.items())
+    if kind == "yarn":  # an explicit attention_factor has no Megatron argument
+        return (spec.rope_scaling or {}).get("attention_factor") is not None
     return kind not in ("default", "linear")
+
+
+def _bias_problem(s: ModelSpec) -> bool:
+    ffn_bias = s.expert_bias if s.moe else s.mlp_bias
+    return (s.o_bias != ffn_bias or (s.o_bias and not s.qkv_bias) or (s.moe and s.router_bias != s.o_bias)
+            or (s.o_bias and s.shared_expert_ffn > 0))
 
 
 def megatron_problems(spec: ModelSpec) -> list[str]:
@@ -287,7 +347,11 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "normalization": "RMSNorm" if spec.norm == "rmsnorm" else "LayerNorm",
         "norm_epsilon": spec.norm_eps,
         "apply_layernorm_1p": spec.layernorm_1p or spec.norm_zero_centered,  # megatron-core stores w, normalises with w + 1
-        "swiglu": spec.gated,
+        "swiglu": spec.gated and spec.activation != "clamped_swiglu",
+        "quick_geglu": spec.activation == "clamped_swiglu",
+        "glu_linear_offset": 1.0 if spec.activation == "clamped_swiglu" else 0.0,
+        "activation_func_clamp_value": spec.glu_limit if spec.activation == "clamped_swiglu" else None,
+        "softmax_type": "learnable" if spec.attn_sinks else "vanilla",
         "openai_gelu": spec.activation == "gelu_tanh",
         "bias_gelu_fusion": spec.activation != "gelu",
         "bias_activation_fusion": spec.activation != "gelu",
@@ -339,6 +403,7 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "moe_shared_expert_intermediate_size": spec.shared_expert_ffn or None,
         "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),
         "hf_model_type": spec.model_type or families.family(spec.family).model_types[0],
+        **_yarn_args(spec),
         **{key: getattr(spec, key) for key in TOKEN_IDS},
     })
     if pp_layers and len(set(pp_layers)) > 1:
@@ -354,10 +419,13 @@ TRANSFORMER_CONFIG_RENAMES = {
     "num_moe_experts": "num_experts",
     "layernorm_epsilon": "norm_epsilon",
     "layernorm_zero_centered_gamma": "apply_layernorm_1p",
+    "yarn_rotary_scaling_factor": "rotary_scaling_factor",  # GPTModelProvider's YaRN fields; the CLI drops `yarn_`
+    "yarn_mscale": "mscale",
+    "yarn_mscale_all_dim": "mscale_all_dim",
 }
 # activation_func (serialised as `{_target_: torch.nn.functional.silu, _call_: false}` or a name)
 ACTIVATION_FUNCS = {"silu": "swiglu", "gelu": "gelu", "fast_gelu": "openai_gelu", "openai_gelu": "openai_gelu",
-                    "squared_relu": "squared_relu", "relu2": "squared_relu"}
+                    "squared_relu": "squared_relu", "relu2": "squared_relu", "quick_gelu": "quick_geglu"}
 
 
 def args_from_transformer_config(model: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +435,7 @@ def args_from_transformer_config(model: dict[str, Any]) -> dict[str, Any]:
     name = func.get("_target_", "") if isinstance(func, dict) else str(func or "")
     kind = ACTIVATION_FUNCS.get(name.rsplit(".", 1)[-1])
     if kind is None and name:
-        raise SpecError(f"activation_func {name!r} is not supported (silu, gelu, fast_gelu, squared_relu)")
+        raise SpecError(f"activation_func {name!r} is not supported (silu, gelu, fast_gelu, squared_relu, quick_gelu)")
     gated = bool(model.get("gated_linear_unit"))
     if kind == "swiglu" and not gated:
         raise SpecError("activation silu without gated_linear_unit (SiLU MLP without a gate) is not supported")

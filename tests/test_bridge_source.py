@@ -63,3 +63,31 @@ def test_without_run_config_or_args_asks_for_a_config(tmp_path: Path) -> None:
     (root / "iter_0000001" / "run_config.yaml").unlink()
     with pytest.raises(CheckpointError, match="--config"):
         make_plan(root, TargetOptions("hf"))
+
+
+def test_bridge_gpt_oss_model_section_reads_as_gpt_oss() -> None:
+    """GPTOSSBridge's provider fields (quick_gelu with clamp and offset, learnable softmax offset,
+    yarn_* fields, biases) are the gpt-oss spec the HF config gives."""
+    import transformers as t
+    from ckptscope.converters import families
+    from ckptscope.converters.megatron_args import args_from_transformer_config, spec_from_megatron_args
+
+    model = {"num_layers": 4, "hidden_size": 64, "ffn_hidden_size": 32, "moe_ffn_hidden_size": 32, "num_attention_heads": 4,
+             "num_query_groups": 2, "kv_channels": 16, "normalization": "RMSNorm", "layernorm_epsilon": 1e-5,
+             "gated_linear_unit": True, "activation_func": {"_target_": "megatron.core.fusions.fused_bias_geglu.quick_gelu"},
+             "activation_func_clamp_value": 7.0, "glu_linear_offset": 1.0, "softmax_type": "learnable",
+             "position_embedding_type": "yarn", "rotary_base": 150000, "yarn_rotary_scaling_factor": 4.0,
+             "yarn_original_max_position_embeddings": 64, "yarn_beta_fast": 32.0, "yarn_beta_slow": 1.0,
+             "yarn_correction_range_round_to_int": False, "yarn_mscale": None, "yarn_mscale_all_dim": None,
+             "window_size": [4, 0], "window_attn_skip_freq": 2, "num_moe_experts": 4, "moe_router_topk": 2,
+             "moe_router_pre_softmax": False, "add_bias_linear": True, "add_qkv_bias": True, "vocab_size": VOCAB,
+             "share_embeddings_and_output_weights": False, "max_position_embeddings": 256}
+    spec = spec_from_megatron_args(args_from_transformer_config(model))
+    hf = families.spec_from_hf_config(t.GptOssConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=5, max_position_embeddings=256,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 64, "rope_theta": 150000.0}).to_dict())
+    fields = ("family", "activation", "glu_limit", "attn_sinks", "router_bias", "expert_bias", "qkv_bias", "o_bias",
+              "rope_scaling", "rope_theta", "sliding_window", "layer_types", "experts", "topk", "expert_ffn", "norm_topk_prob")
+    assert {f: getattr(spec, f) for f in fields} == {f: getattr(hf, f) for f in fields}

@@ -62,12 +62,12 @@ CASES: dict[str, tuple] = {
                                          sliding_window=5, rope_parameters={
                                              "rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
                                              "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0},
-                                         **SMALL), "not mapped to megatron-core yet"),
+                                         **SMALL), None),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
 KINDS = tuple(CASES)
-MOE = tuple(k for k in CASES if k.endswith("_moe"))
+MOE = tuple(k for k in CASES if k.endswith("_moe")) + ("gpt_oss",)
 
 
 def _build(kind: str) -> torch.nn.Module:

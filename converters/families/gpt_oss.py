@@ -62,7 +62,6 @@ FAMILY = llama_family(
     ),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
-    megatron=MegatronTraits(problems=lambda s: [
-        "gpt-oss's attention sinks, router and expert biases and clamped SwiGLU are not mapped to megatron-core yet"]),
+    megatron=MegatronTraits(match=lambda args, s: s.attn_sinks and s.activation == "clamped_swiglu" and s.moe, rank=2),
     doc="gpt-oss: sinks, alternating sliding / full attention, YaRN, biased router and stacked interleaved experts",
 )

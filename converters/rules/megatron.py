@@ -70,6 +70,8 @@ LAYER_PARAMS: tuple[Row, ...] = (
     mrow(("attn.q.bias", "attn.k.bias", "attn.v.bias"), {"local": "self_attention.linear_qkv.bias",
                                                           "legacy": "self_attention.query_key_value.bias"},
           QKV, QKV_CUT, when=lambda s: s.qkv_bias, aliases=("attention.query_key_value.bias",)),
+    mrow(("attn.sinks",), {"local": "self_attention.core_attention.softmax_offset"}, IDENTITY, COLUMN,  # per local head
+         when=lambda s: s.attn_sinks),
     mrow(("attn.q_norm",), {"local": "self_attention.q_layernorm.weight"}, IDENTITY, REPLICATED, when=lambda s: s.qk_norm),
     mrow(("attn.k_norm",), {"local": "self_attention.k_layernorm.weight"}, IDENTITY, REPLICATED, when=lambda s: s.qk_norm),
     mrow(("attn.o",), {"local": "self_attention.linear_proj.weight", "legacy": "self_attention.dense.weight"},
@@ -99,6 +101,7 @@ LAYER_PARAMS: tuple[Row, ...] = (
     mrow(("mlp.down.bias",), {"local": "mlp.linear_fc2.bias", "legacy": "mlp.dense_4h_to_h.bias"},
           IDENTITY, REPLICATED, when=lambda s: _dense(s) and s.mlp_bias),
     mrow(("router",), {"local": "mlp.router.weight"}, IDENTITY, REPLICATED, when=lambda s: s.moe),
+    mrow(("router.bias",), {"local": "mlp.router.bias"}, IDENTITY, REPLICATED, when=lambda s: s.moe and s.router_bias),
     mrow(("shared.gate", "shared.up"), {"local": "mlp.shared_experts.linear_fc1.weight"}, SWIGLU, GATE_UP,
           when=lambda s: s.moe and s.shared_expert_ffn > 0),
     mrow(("shared.down",), {"local": "mlp.shared_experts.linear_fc2.weight"}, IDENTITY, ROW, when=lambda s: s.moe and s.shared_expert_ffn > 0),
@@ -112,6 +115,14 @@ LAYER_PARAMS: tuple[Row, ...] = (
           {"local": "mlp.experts.local_experts.{e}.linear_fc2.weight", "dist": "mlp.experts.experts.linear_fc2.weight",
            "legacy": "mlp.local_experts.{e}.dense_4h_to_h.weight"},
           IDENTITY, ROW, when=lambda s: s.moe, aliases=("mlp.experts.linear_fc2.weight{e}",)),
+    mrow(("experts.{e}.gate.bias", "experts.{e}.up.bias"),
+         {"local": "mlp.experts.local_experts.{e}.linear_fc1.bias", "dist": "mlp.experts.experts.linear_fc1.bias",
+          "legacy": "mlp.local_experts.{e}.dense_h_to_4h.bias"},
+         SWIGLU, GATE_UP, when=lambda s: s.moe and s.expert_bias, aliases=("mlp.experts.linear_fc1.bias{e}",)),
+    mrow(("experts.{e}.down.bias",),
+         {"local": "mlp.experts.local_experts.{e}.linear_fc2.bias", "dist": "mlp.experts.experts.linear_fc2.bias",
+          "legacy": "mlp.local_experts.{e}.dense_4h_to_h.bias"},
+         IDENTITY, REPLICATED, when=lambda s: s.moe and s.expert_bias, aliases=("mlp.experts.linear_fc2.bias{e}",)),
 )
 
 # Model-level parameters; `stage` says which pipeline stage holds them.

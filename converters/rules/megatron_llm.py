@@ -135,7 +135,8 @@ def problems(spec: ModelSpec, tp: int = 1, *, target: bool = True) -> list[str]:
     out = []
     for flag, what in ((spec.moe, "mixture-of-experts"), (spec.qk_norm, "QK-norm"), (spec.layernorm_1p, "layernorm-1p"),
                        (spec.embed_norm, "an embedding layernorm"), (spec.position == "alibi", "ALiBi"),
-                       (spec.activation == "xielu", "xIELU")):
+                       (spec.activation == "xielu", "xIELU"), (spec.attn_sinks, "attention sinks"),
+                       (spec.activation == "clamped_swiglu", "clamped SwiGLU")):
         if flag:
             out.append(f"Megatron-LLM has no {what}")
     if not target:
