@@ -42,8 +42,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "megatron_dist:MegatronDistWriter", reads=("megatron-dist",)),
     Format("nxd", "NxD Training (Neuron)", "<tag>/model/dp_rank_00_tp_rank_TT_pp_rank_PP.pt, plain or xser",
            "nxd:NxdWriter", reads=("nxd",)),
-    Format("deepspeed", "DeepSpeed / Megatron-DeepSpeed", "global_stepN/ model states, pipeline layer files, ZeRO partitions",
-           reads=("deepspeed",)),
+    Format("deepspeed", "DeepSpeed / Megatron-DeepSpeed", "global_stepN/ model states, pipeline layer files, ZeRO partitions; "
+           "universal checkpoints (zero/<param>/fp32.pt)", reads=("deepspeed", "deepspeed-universal")),
     Format("meta", "Meta original", "consolidated.NN.pth + params.json", reads=("meta",)),
     Format("dcp", "PyTorch DCP (FSDP / Accelerate / torchtitan)", ".metadata + __R_N.distcp, HF or torchtitan names",
            reads=("dcp",)),

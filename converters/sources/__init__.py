@@ -20,6 +20,7 @@ from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, group_canon, group_label, groups
 from .dcp import DcpSource
 from .deepspeed import DeepSpeedSource
+from .deepspeed_universal import UniversalSource
 from .hf import HfSource
 from .megatron_dist import MegatronDistSource
 from .megatron_torch import MegatronTorchSource
@@ -34,6 +35,7 @@ SOURCES: dict[str, type[CanonicalSource]] = {
     "deepspeed": DeepSpeedSource,
     "meta": MetaSource,
     "dcp": DcpSource,
+    "deepspeed-universal": UniversalSource,
 }
 
 ROTARY_LAYOUTS = ("auto", "half", "interleaved")
@@ -75,7 +77,7 @@ def _open(ckpt: Checkpoint, config: dict[str, Any] | None, true_vocab: int | Non
     if from_optimizer_fp32 and cls is not DeepSpeedSource:
         raise SpecError(f"--from-optimizer-fp32 applies to DeepSpeed checkpoints, not {ckpt.kind}")
     architecture_from = "--config" if config else ""
-    if config is None and (cls in (NxdSource, DcpSource) or (cls is DeepSpeedSource and not ckpt.metadata.get("args"))):
+    if config is None and (issubclass(cls, (NxdSource, DcpSource)) or (cls is DeepSpeedSource and not ckpt.metadata.get("args"))):
         found = find_hf_config(ckpt)
         if found is not None:
             config, where = found

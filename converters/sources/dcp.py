@@ -50,11 +50,12 @@ def torchtitan_name(hf_name: str) -> str:
 
 class DcpSource(CanonicalSource):
     kind = "dcp"
+    needs_config = NEEDS_CONFIG
 
     def __init__(self, ckpt: Checkpoint, spec: ModelSpec | None = None, *, true_vocab: int | None = None,
                  vocab_note: str = "") -> None:
         if spec is None:
-            raise SpecError(NEEDS_CONFIG)
+            raise SpecError(self.needs_config)
         self.ckpt, self.spec = ckpt, spec
         self.index = {t.name: t for t in ckpt.model_tensors()}
         entries = [e for e in families.hf_entries(spec) if e.canon]

@@ -9,8 +9,9 @@ import importlib
 from typing import Any
 
 # Megatron-DeepSpeed roots carry a Megatron tracker too, so DeepSpeed probes before Megatron;
-# torch_dist probes before torch because both live under the same tracker/iter_* roots.
-ORDER = ("hf", "deepspeed", "megatron_dist", "megatron_torch", "nxd", "meta")
+# torch_dist probes before torch because both live under the same tracker/iter_* roots; a universal
+# DeepSpeed tag keeps the engine's model-states files beside `zero/`, so it probes before DeepSpeed.
+ORDER = ("hf", "deepspeed_universal", "deepspeed", "megatron_dist", "megatron_torch", "nxd", "meta")
 
 
 def __getattr__(name: str) -> Any:
