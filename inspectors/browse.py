@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .detect import label_text, probe
 from .errors import CheckpointError
+from .storage import as_path
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def folder_size(path: Path, limit: int = 20000) -> int:
 
 def label_path(path: str | Path) -> FolderLabel:
     """Recognise a folder or file from names only; never raises."""
-    path = Path(path)
+    path = as_path(path)
     try:
         found = probe(path)
     except CheckpointError as exc:
