@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.storage import as_path
 
 from .distributed import DistContext, share
 from .pipeline import Prefetcher
@@ -112,7 +113,7 @@ def fingerprint(plan: Plan) -> str:
         except OSError:
             files.append([f.rel, -1, -1])
     target = {k: str(v) for k, v in dataclasses.asdict(plan.target).items() if k != "workers"}  # threads do not change the output
-    doc = {"version": JOURNAL_VERSION, "source": str(Path(plan.source_path).resolve()), "files": files, "target": target,
+    doc = {"version": JOURNAL_VERSION, "source": str(as_path(plan.source_path).resolve()), "files": files, "target": target,
            "planned": [[f.rel, f.tensors, f.nbytes] for f in plan.files], "total": plan.total_bytes}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -120,7 +121,7 @@ def fingerprint(plan: Plan) -> str:
 def source_paths(plan: Plan) -> list[Path]:
     """Everything a conversion reads: the output may not be, hold or lie inside any of it."""
     ckpt, target = plan.ckpt, plan.target
-    paths = [Path(plan.source_path), Path(ckpt.path), *(f.path for f in ckpt.files)]
+    paths = [as_path(plan.source_path), as_path(ckpt.path), *(f.path for f in ckpt.files)]
     paths += [p for p in (ckpt.root, getattr(target, "tokenizer", None), getattr(target, "tokenizer_root", None)) if p is not None]
     return paths
 

@@ -151,6 +151,10 @@ class RemoteStat:
     st_mtime: float
     st_mode: int
 
+    @property
+    def st_mtime_ns(self) -> int:
+        return int(self.st_mtime * 1e9)
+
 
 _FILE_MODE = stat_mod.S_IFREG | 0o444
 _DIR_MODE = stat_mod.S_IFDIR | 0o555
@@ -296,6 +300,13 @@ class RemotePath:
                 yield child
             if child.is_dir():
                 yield from child.rglob(pattern)
+
+    def read_bytes(self) -> bytes:
+        with self.open() as fh:
+            return fh.read()
+
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self.read_bytes().decode(encoding, errors)
 
     def open(self, mode: str = "rb") -> RemoteFile:
         if mode != "rb":

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ckptscope.inspectors.storage import is_remote
+
 PARTIAL_TAG = ".ckptscope-partial-"
 LOCK_TAG = ".ckptscope-lock"
 OLD_TAG = ".ckptscope-old-"
@@ -66,6 +68,8 @@ def refuse_overlap(dst: str | Path, sources: Iterable[str | Path]) -> None:
     """Refuse a destination that is a source path, lies inside one, or contains one."""
     target = real(dst)
     for src in sources:
+        if is_remote(src):  # a URL never overlaps a local folder
+            continue
         how = _related(target, real(src))
         if how is not None:
             raise OutputExists(dst, f"the output folder {how}; choose a folder outside the source checkpoint")
