@@ -250,7 +250,7 @@ def _targets_help() -> str:
 @guarded
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format; a path or an s3:// / https:// URL).", parser=options.location)],
-    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end), or s3://bucket/prefix (streamed, markers last).", parser=options.location)],
     to: Annotated[str, typer.Option("--to", help=_targets_help())] = _default("to"),
     tp: Annotated[int, typer.Option("--tp", help=_help("tp"))] = 1,
     pp: Annotated[int, typer.Option("--pp", help=_help("pp"))] = 1,

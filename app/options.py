@@ -196,7 +196,7 @@ def output_path() -> Check:
         s = str(value)
         if not s.strip() or "\x00" in s:
             raise ValueError("not a usable folder name")
-        return Path(value)
+        return location(value) if not isinstance(value, Path) else value
     return check
 
 

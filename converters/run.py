@@ -31,11 +31,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ckptscope.inspectors.errors import CheckpointError
-from ckptscope.inspectors.storage import as_path
+from ckptscope.inspectors.storage import as_path, is_remote
 
 from .distributed import DistContext, share
 from .pipeline import Prefetcher
@@ -43,6 +44,7 @@ from .plan import Plan
 from .sources import group_canon, group_label
 from .writers.base import Unit
 from .writers.output import PARTIAL_TAG, AtomicFolder
+from .writers.remote_output import RemoteDestination
 
 JOURNAL = ".ckptscope-resume.json"
 JOURNAL_VERSION = 1
@@ -210,10 +212,17 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
     key = fingerprint(plan)
     if dist is not None and resume:
         raise CheckpointError(plan.source_path, "--resume and --distributed do not combine")
-    units = resume_units(plan) if dist is None else []  # ranks write concurrently: no resume journal
+    remote = is_remote(dst)  # s3://: each file streams to its key, markers last (writers/remote_output.py)
+    if remote and (resume or dist is not None):
+        raise CheckpointError(str(dst), "--resume and --distributed write local folders; not a remote destination")
+    units = resume_units(plan) if dist is None and not remote else []  # ranks write concurrently: no resume journal
     mine, foreign = share(plan, dist) if dist is not None else (set(groups), set())
-    atomic = AtomicFolder(dst, force, keep_on_error=resume, sources=source_paths(plan)) if dist is None or dist.rank == 0 else _Joined(dst)
-    if isinstance(atomic, AtomicFolder):
+    atomic: Any
+    if remote:
+        atomic = RemoteDestination(as_path(dst), force)
+    else:
+        atomic = AtomicFolder(dst, force, keep_on_error=resume, sources=source_paths(plan)) if dist is None or dist.rank == 0 else _Joined(dst)
+    if isinstance(atomic, (AtomicFolder, RemoteDestination)):
         atomic.acquire()  # refusals and the destination lock come before anything is written or removed
     try:
         partial = find_partial(Path(dst), key) if resume else None
@@ -238,7 +247,7 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         writer.done_files |= foreign  # files another rank owns
         writer.finalize = dist is None or dist.rank == 0  # index / config / markers: rank 0, after every rank
         opened = dist is None or dist.rank == 0 or bool(mine)
-        if dist is None:
+        if dist is None and not remote:
             _write_journal(tmp, key, plan, sorted(done_files))
         if opened:
             writer.open(tmp)

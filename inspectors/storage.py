@@ -38,6 +38,7 @@ SETTINGS: dict[str, int] = {
     "read_concurrency": 8,  # parallel range requests for one large read
     "read_retries": 4,  # attempts after the first, with exponential back-off
     "read_part": 8 << 20,  # bytes per parallel part of a large read
+    "write_part": 16 << 20,  # multipart upload part size of an s3:// output (S3's minimum is 5 MiB)
 }
 BLOCK = 32 << 10  # smallest fetch: a safetensors header or a small pickle fits in one
 TAIL = 16 << 10  # a read near the end fetches the whole tail: a zip's end record and central directory

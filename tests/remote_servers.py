@@ -42,6 +42,7 @@ class Faults:
 class Counter:
     requests: int = 0
     body_bytes: int = 0
+    writes: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, query) of every PUT/POST/DELETE, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, nbytes: int, request: bool = False) -> None:
@@ -53,6 +54,7 @@ class Counter:
         with self.lock:
             self.requests = 0
             self.body_bytes = 0
+            self.writes.clear()
 
 
 # ----- S3 (moto) --------------------------------------------------------------------------------------
@@ -64,6 +66,9 @@ class _CountingApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         self.counter.add(0, request=True)
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+            with self.counter.lock:
+                self.counter.writes.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
         is_read = environ.get("REQUEST_METHOD") == "GET" and "HTTP_RANGE" in environ
         fail, drop = self.faults.take() if is_read else (False, None)
         if fail:

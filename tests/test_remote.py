@@ -72,6 +72,7 @@ def http(corpus: Path) -> Iterator[RangeHTTPServer]:
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No listing or byte cached from an earlier test; options set per test."""
     monkeypatch.setattr(storage, "_options", {})
+    monkeypatch.setattr(storage, "SETTINGS", dict(storage.SETTINGS))
     storage.forget()
     yield
     storage.forget()
@@ -248,3 +249,73 @@ def test_cli_inspect_and_convert_from_s3(corpus: Path, tmp_path: Path, request: 
     assert _files(tmp_path / "mt") == _files(local)
     done = subprocess.run([*base, "inspect", f"s3://{BUCKET}/nope"], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+# ----- s3:// destinations: a multipart upload per file, markers last, nothing left on failure -------------
+def _objects(server: S3Server, prefix: str) -> dict[str, bytes]:
+    client = server.client()
+    found = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
+    return {o["Key"][len(prefix) + 1:]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in found}
+
+
+def _configure_s3(server: S3Server) -> None:
+    storage.configure({"s3.endpoint_url": server.endpoint, **{f"s3.{k}": v for k, v in CREDS.items()}})
+
+
+def test_convert_to_s3_streams_multipart_and_publishes_the_index_last(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from ckptscope.converters.samples.hf import write_hf
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    server = request.getfixturevalue("s3")
+    _configure_s3(server)
+    src = write_hf(SampleSpec(layers=2, hidden=256, ffn=512, vocab=8000), tmp_path / "src", shards=1)  # ~20 MB of weights
+    storage.configure({"write_part": 5 << 20})  # S3's smallest part: a 12 MB shard goes up in three
+    server.counter.reset()
+    plan = make_plan(src, TargetOptions("hf", max_shard_bytes=12 * 10**6))
+    run_to_end(plan, "s3://ckpt/out/hf-big")
+    local = run_to_end(make_plan(src, TargetOptions("hf", max_shard_bytes=12 * 10**6)), tmp_path / "local")
+    assert _objects(server, "out/hf-big") == _files(Path(local.output))
+    writes = server.counter.writes
+    assert any("uploads" in q for _m, _p, q in writes) and any("partNumber=2" in q for _m, _p, q in writes)  # multipart, 2+ parts
+    index_at = max(i for i, (_m, p, _q) in enumerate(writes) if p.endswith("model.safetensors.index.json"))
+    shard_ends = [i for i, (_m, p, _q) in enumerate(writes) if ".safetensors" in p and not p.endswith(".json")]
+    assert len([p for p in _objects(server, "out/hf-big") if p.endswith(".safetensors")]) >= 2
+    assert shard_ends and max(shard_ends) < index_at  # the index, the completion marker, is the last write
+
+
+def test_convert_to_s3_megatron_tracker_last_and_loadable(corpus: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("s3")
+    _configure_s3(server)
+    server.counter.reset()
+    run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", TargetOptions("megatron", tp=2)), "s3://ckpt/out/mt")
+    writes = [p for m, p, _q in server.counter.writes if m in ("PUT", "POST")]
+    assert writes[-1].endswith("latest_checkpointed_iteration.txt")
+    storage.forget()
+    remote = detect("s3://ckpt/out/mt")  # reads back from the bucket, same index as the local conversion
+    local = detect(run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", TargetOptions("megatron", tp=2)), tmp_path / "mt").output)
+    assert [t.to_json() for t in remote.tensors] == [t.to_json() for t in local.tensors]
+
+
+def test_failed_conversion_to_s3_leaves_no_object_and_no_open_upload(tmp_path: Path, request: pytest.FixtureRequest,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "BACKOFF", 0.01)
+    s3server = request.getfixturevalue("s3")
+    url, http_server = _remote("http", "megatron/moe_ep2/dist", request)
+    _configure_s3(s3server)
+    plan = make_plan(url, TargetOptions("hf", max_shard_bytes=2 * 10**6))
+    storage.forget()
+    http_server.faults.drop_after, http_server.faults.drops = 100, 10_000  # the source dies mid-conversion
+    try:
+        with pytest.raises(CheckpointError):
+            run_to_end(plan, "s3://ckpt/out/failed")
+    finally:
+        http_server.faults.drops = 0
+    assert _objects(s3server, "out/failed") == {}
+    assert not s3server.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_convert_to_a_non_empty_prefix_is_refused(corpus: Path, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("s3")
+    _configure_s3(server)
+    with pytest.raises(CheckpointError, match="not empty"):
+        run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", TargetOptions("hf")), f"s3://{BUCKET}/corpus/hf")
