@@ -154,7 +154,12 @@ def _path_shortcut(argv: list[str]) -> Path | None:
         elif a not in ("--debug", "--storage-option"):
             args.append(a)
     if opts and len(args) == 1:
-        _root(typer.Context(typer.main.get_command(app)), debug=False, storage_option=opts)
+        from ckptscope.inspectors.storage import configure, parse_option
+
+        try:
+            configure(dict(parse_option(o) for o in opts))
+        except ValueError:
+            return None  # the command line proper reports it in one line
     if len(args) == 1 and not args[0].startswith("-") and args[0] not in {c.name or c.callback.__name__ for c in app.registered_commands}:
         return options.location(args[0])
     return None

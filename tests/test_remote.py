@@ -319,3 +319,23 @@ def test_convert_to_a_non_empty_prefix_is_refused(corpus: Path, request: pytest.
     _configure_s3(server)
     with pytest.raises(CheckpointError, match="not empty"):
         run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", TargetOptions("hf")), f"s3://{BUCKET}/corpus/hf")
+
+
+# ----- the app --------------------------------------------------------------------------------------
+async def test_app_opens_a_remote_checkpoint(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ckptscope s3://…` opens the inspect screen on the bucket's checkpoint."""
+    from ckptscope.app.tui.app import CkptscopeApp
+    from ckptscope.app.tui.inspect import InspectScreen
+
+    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
+    url, _server = _remote("s3", "megatron/moe_ep2/dist", request)
+    app = CkptscopeApp(url)
+    async with app.run_test(size=(140, 40)) as pilot:
+        for _ in range(600):
+            if isinstance(app.screen, InspectScreen):
+                break
+            await pilot.pause(0.05)
+        assert isinstance(app.screen, InspectScreen)
+        for _ in range(40):  # let the screen finish mounting its tabs
+            await pilot.pause(0.05)
+        assert app.screen.ckpt.path == storage.as_path(url + "/iter_0000010")
