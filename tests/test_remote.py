@@ -175,9 +175,11 @@ def test_503s_are_retried(corpus: Path, kind: str, request: pytest.FixtureReques
     assert _normalised(remote, url) == _normalised(detect(corpus / item).to_json(), str(corpus / item))
 
 
-def test_dropped_connection_is_retried_and_the_output_is_exact(corpus: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("kind", ["s3", "http"])
+def test_dropped_connection_is_retried_and_the_output_is_exact(corpus: Path, tmp_path: Path, request: pytest.FixtureRequest,
+                                                               kind: str) -> None:
     item = "megatron/gpt_tp2pp1/legacy"
-    url, server = _remote("http", item, request)
+    url, server = _remote(kind, item, request)
     plan = make_plan(url, TargetOptions("hf"))
     server.faults.drop_after, server.faults.drops = 4096, 2  # the next two tensor reads die mid-body
     run_to_end(plan, tmp_path / "out")
@@ -186,10 +188,11 @@ def test_dropped_connection_is_retried_and_the_output_is_exact(corpus: Path, tmp
     assert _files(tmp_path / "out") == _files(local)
 
 
+@pytest.mark.parametrize("kind", ["s3", "http"])
 def test_connection_that_keeps_dropping_fails_in_one_line_without_output(tmp_path: Path, request: pytest.FixtureRequest,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                         monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     monkeypatch.setattr(storage, "BACKOFF", 0.01)
-    url, server = _remote("http", "megatron/gpt_tp2pp1/legacy", request)
+    url, server = _remote(kind, "megatron/gpt_tp2pp1/legacy", request)
     plan = make_plan(url, TargetOptions("hf"))
     storage.forget()  # nothing cached: every read goes to the failing server
     server.faults.drop_after, server.faults.drops = 100, 10_000
@@ -339,3 +342,16 @@ async def test_app_opens_a_remote_checkpoint(request: pytest.FixtureRequest, tmp
         for _ in range(40):  # let the screen finish mounting its tabs
             await pilot.pause(0.05)
         assert app.screen.ckpt.path == storage.as_path(url + "/iter_0000010")
+
+
+def test_cli_diff_check_verify_over_http(corpus: Path, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("http")
+    cli = [sys.executable, "-m", "ckptscope.app.cli"]
+    url = f"{server.url}/megatron/gpt_tp2pp1/legacy"
+    for args in (["diff", str(corpus / "megatron/gpt_tp2pp1/dist"), url, "--json"],
+                 ["check", url, "--to", "hf", "--json"],
+                 ["verify", url, str(corpus / "megatron/gpt_tp2pp1/dist"), "--json"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, (args[0], done.stderr)
+        doc = json.loads(done.stdout)
+        assert doc.get("identical", doc.get("ok", True)) is not False, (args[0], doc)
