@@ -42,8 +42,8 @@ SETTINGS: dict[str, int] = {
 }
 BLOCK = 32 << 10  # smallest fetch: a safetensors header or a small pickle fits in one
 TAIL = 16 << 10  # a read near the end fetches the whole tail: a zip's end record and central directory
-LARGE = 1 << 20  # reads at least this big bypass the cache (tensor bytes)
-CACHE_LIMIT = 64 << 20  # segments kept in memory across all files
+LARGE = 1 << 20  # reads this big are tensor data, read through aligned `read_part` blocks; the largest small-read window
+CACHE_LIMIT = 128 << 20  # segments kept in memory across all files (16 blocks of tensor data)
 BACKOFF = 0.2  # seconds before the first retry, doubled each time
 
 _options: dict[str, Any] = {}
@@ -505,14 +505,16 @@ class _Blob:
         n = max(0, min(n, self.size - offset))
         if n == 0:
             return b""
-        if n >= LARGE:
+        if n >= SETTINGS["read_part"]:
             buf = bytearray(n)
             self.readinto_at(offset, memoryview(buf))
             return bytes(buf)
+        if n >= LARGE:  # tensor data (headers and pickles are smaller, and stay within the inspect budget)
+            return self._blocks(offset, n)
         hit = self._cached(offset, n)
         if hit is not None:
             return hit
-        with _lock:
+        with _lock:  # headers and pickles: small windows keep an inspect within its byte budget
             self.window = min(self.window * 2, LARGE) if offset == self.last_end else BLOCK
             window = self.window
         start, end = offset, min(self.size, offset + max(n, window))
@@ -524,10 +526,35 @@ class _Blob:
             self.last_end = end
         return data[offset - start: offset - start + n]
 
+    def _blocks(self, offset: int, n: int) -> bytes:
+        """Tensor data through aligned `read_part` blocks: a layer's tensors, read in any order,
+        share the blocks around them, and only the blocks not cached yet are requested."""
+        part = SETTINGS["read_part"]
+        first, last = offset // part, (offset + n - 1) // part
+        got: dict[int, bytes] = {}
+        with _lock:
+            for b in range(first, last + 1):
+                data = _segments.get((self.path.url, b * part))
+                if data is not None and len(data) == min(part, self.size - b * part):
+                    _segments.move_to_end((self.path.url, b * part))
+                    got[b] = data
+        missing = [b for b in range(first, last + 1) if b not in got]
+        while missing:  # contiguous runs of missing blocks, one request each
+            run = [missing.pop(0)]
+            while missing and missing[0] == run[-1] + 1:
+                run.append(missing.pop(0))
+            start, end = run[0] * part, min(self.size, (run[-1] + 1) * part)
+            data = self._fetch(start, end)
+            for b in run:
+                got[b] = data[b * part - start: (b + 1) * part - start]
+                self._store(b * part, got[b])
+        joined = got[first] if first == last else b"".join(got[b] for b in range(first, last + 1))
+        return joined[offset - first * part: offset - first * part + n]
+
     def readinto_at(self, offset: int, view: memoryview) -> int:
         """Fill `view` from `offset`: small reads from the cache, large ones in parallel parts."""
         n = max(0, min(len(view), self.size - offset))
-        if n < LARGE:
+        if n < SETTINGS["read_part"]:
             data = self.pread(offset, n)
             view[: len(data)] = data
             return len(data)
