@@ -26,6 +26,7 @@ def measure_remote(src: Path, work: Path, fmt: str = "megatron", tp: int = 4, wo
     """Upload `src` (an HF folder) to a fresh local S3 server and measure both routes."""
     try:
         import s3fs  # noqa: F401
+
         from tests.remote_servers import S3Server
     except ImportError as exc:
         return {"skipped": f"needs moto[server] and s3fs: {exc}"}
