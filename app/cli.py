@@ -121,9 +121,17 @@ def guarded(func: F) -> F:
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="key=value for s3:// / https:// paths (endpoint_url, anon, profile; read_concurrency, read_retries); repeatable, never stored.")] = None,
 ) -> None:
     """Without a command, open the terminal app in the current folder (`ckptscope PATH` opens PATH)."""
     _state["debug"] = debug
+    if storage_option:
+        from ckptscope.inspectors.storage import configure, parse_option
+
+        try:
+            configure(dict(parse_option(o) for o in storage_option))
+        except ValueError as exc:
+            fail(str(exc))
     if ctx.invoked_subcommand is None:
         open_app(Path.cwd())
 
@@ -139,16 +147,28 @@ def open_app(path: Path) -> None:
 
 def _path_shortcut(argv: list[str]) -> Path | None:
     """`ckptscope PATH` (an existing path, not a command name) opens the app there."""
-    args = [a for a in argv if a != "--debug"]
+    args, opts = [], []
+    for i, a in enumerate(argv):  # `--storage-option k=v` before a URL configures its filesystem
+        if a.startswith("--storage-option=") or (i and argv[i - 1] == "--storage-option"):
+            opts.append(a.split("=", 1)[1] if a.startswith("--storage-option=") else a)
+        elif a not in ("--debug", "--storage-option"):
+            args.append(a)
+    if opts and len(args) == 1:
+        from ckptscope.inspectors.storage import configure, parse_option
+
+        try:
+            configure(dict(parse_option(o) for o in opts))
+        except ValueError:
+            return None  # the command line proper reports it in one line
     if len(args) == 1 and not args[0].startswith("-") and args[0] not in {c.name or c.callback.__name__ for c in app.registered_commands}:
-        return Path(args[0])
+        return options.location(args[0])
     return None
 
 
 @app.command()
 @guarded
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint root, iteration folder, or a single file.")],
+    path: Annotated[Path, typer.Argument(help="Checkpoint root, iteration folder, or a single file (or an s3:// / https:// URL).", parser=options.location)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (machine output).")] = False,
     filter_: Annotated[str | None, typer.Option("--filter", "-f", help="Glob on tensor names, e.g. 'decoder.layers.0.*'.")] = None,
     stats: Annotated[bool, typer.Option("--stats", help="Compute min/max/mean/std and NaN/Inf counts (reads the selected tensors, one at a time).")] = False,
@@ -234,8 +254,8 @@ def _targets_help() -> str:
 @app.command()
 @guarded
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
-    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end).")],
+    src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format; a path or an s3:// / https:// URL).", parser=options.location)],
+    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end), or s3://bucket/prefix (streamed, markers last).", parser=options.location)],
     to: Annotated[str, typer.Option("--to", help=_targets_help())] = _default("to"),
     tp: Annotated[int, typer.Option("--tp", help=_help("tp"))] = 1,
     pp: Annotated[int, typer.Option("--pp", help=_help("pp"))] = 1,
@@ -400,8 +420,8 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
 @app.command()
 @guarded
 def verify(
-    a: Annotated[Path, typer.Argument(help="First checkpoint (any format).")],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).")],
+    a: Annotated[Path, typer.Argument(help="First checkpoint (any format).", parser=options.location)],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).", parser=options.location)],
     logits: Annotated[bool, typer.Option("--logits/--no-logits", help="Also compare logits on a fixed token batch.")] = True,
     tokens: Annotated[int, typer.Option("--tokens", help="Sequence length of the token batch.")] = 16,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
@@ -443,8 +463,8 @@ def _verify_layers(a: Path, b: Path, tokens: int, tolerance: float, config: dict
 @app.command()
 @guarded
 def diff(
-    a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.")],
-    b: Annotated[Path, typer.Argument(help="Checkpoint B (any format).")],
+    a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.", parser=options.location)],
+    b: Annotated[Path, typer.Argument(help="Checkpoint B (any format).", parser=options.location)],
     numeric: Annotated[bool, typer.Option("--numeric", help="Also read the tensors (one layer at a time) and report the max abs difference of each.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
@@ -468,7 +488,7 @@ def diff(
 @app.command()
 @guarded
 def check(
-    path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
+    path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).", parser=options.location)],
     to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")],
     tp: Annotated[int, typer.Option("--tp", help="Target tensor-parallel size (Megatron targets).")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Target pipeline-parallel size.")] = 1,

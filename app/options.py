@@ -156,8 +156,19 @@ def path(kind: str = "any", max_bytes: int | None = None, what: str = "") -> Che
     return check
 
 
+def location(value: str) -> Path:
+    """A command-line path: a URL (`s3://`, `https://`, any fsspec protocol) stays a remote path."""
+    from ckptscope.inspectors.storage import as_path
+
+    return as_path(value)  # type: ignore[no-any-return]
+
+
 def _path(kind: str, max_bytes: int | None) -> Check:
     def check(value: Any) -> Path:
+        from ckptscope.inspectors.storage import is_remote
+
+        if is_remote(value):  # existence and kind: the storage layer's one-line errors, on first use
+            return location(value)
         p = Path(value).expanduser()
         if "\x00" in str(value):
             raise ValueError("holds a NUL character")
@@ -185,7 +196,7 @@ def output_path() -> Check:
         s = str(value)
         if not s.strip() or "\x00" in s:
             raise ValueError("not a usable folder name")
-        return Path(value)
+        return location(value) if not isinstance(value, Path) else value
     return check
 
 

@@ -10,7 +10,9 @@ then measures, all in this one run on the same files:
 - inspect: `detect()` + the full JSON index vs loading every shard whole (wall time, bytes read);
 - convert: each path with ckptscope, with `cp -r` of the source folder, and with the naive
   baseline of `bench/naive.py` (load all, convert in memory, save all) - wall time and peak RSS;
-- scaling: Megatron TP2PP2 -> HF at four model sizes (layers and vocab scaled together).
+- scaling: Megatron TP2PP2 -> HF at four model sizes (layers and vocab scaled together);
+- remote: the HF checkpoint in a local S3 server (bench/remote_bench.py): inspect requests and
+  bytes, and HF -> Megatron TP4 straight from s3:// against download-then-convert.
 
 Every measurement runs in its own process (peak RSS = VmHWM / ru_maxrss). As root, page caches
 are dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each one, so every run starts
@@ -248,6 +250,10 @@ def main() -> None:
                 row = measure_path(PATHS[0], src, spec, out, drop, opts.workers, naive=False)
             row |= {"layers": spec.layers, "vocab": spec.vocab}
             result["scaling"].append(row)
+        from bench.remote_bench import measure_remote, print_row
+
+        result["remote"] = measure_remote(ckpts["dense"]["hf"], work, workers=opts.workers)  # skipped without moto/s3fs
+        print_row(result["remote"])
         result["seconds_total"] = time.perf_counter() - began
         result["load_average_end"] = os.getloadavg()[0]
         print_report(result)

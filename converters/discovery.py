@@ -12,7 +12,6 @@ that names a model type. `--config` stays the override; the plan says which file
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ BRIDGE_RUN_CONFIG = "run_config.yaml"
 def _regular_text(path: Path) -> str | None:
     """A small regular file's text (no link, FIFO or device followed), else None."""
     try:
-        st = os.lstat(path)
+        st = path.lstat()  # a remote path answers too (storage.RemotePath)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:

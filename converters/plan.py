@@ -17,6 +17,7 @@ from typing import Any
 
 from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.storage import as_path
 
 from .discovery import read_config
 from .rename_advice import suggest_renames
@@ -138,7 +139,7 @@ def make_plan(
     renames: Renames | None = None,
 ) -> Plan:
     """Inspect the source, derive the architecture and lay out the target; write nothing."""
-    src = Path(src)
+    src = as_path(src)
     ckpt = detect(src)
     config_dict = read_config(config) if config is not None else None
     vocab_note = "--true-vocab-size" if true_vocab is not None else ""

@@ -31,10 +31,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.storage import as_path, is_remote
 
 from .distributed import DistContext, share
 from .pipeline import Prefetcher
@@ -42,6 +44,7 @@ from .plan import Plan
 from .sources import group_canon, group_label
 from .writers.base import Unit
 from .writers.output import PARTIAL_TAG, AtomicFolder
+from .writers.remote_output import RemoteDestination
 
 JOURNAL = ".ckptscope-resume.json"
 JOURNAL_VERSION = 1
@@ -112,7 +115,7 @@ def fingerprint(plan: Plan) -> str:
         except OSError:
             files.append([f.rel, -1, -1])
     target = {k: str(v) for k, v in dataclasses.asdict(plan.target).items() if k != "workers"}  # threads do not change the output
-    doc = {"version": JOURNAL_VERSION, "source": str(Path(plan.source_path).resolve()), "files": files, "target": target,
+    doc = {"version": JOURNAL_VERSION, "source": str(as_path(plan.source_path).resolve()), "files": files, "target": target,
            "planned": [[f.rel, f.tensors, f.nbytes] for f in plan.files], "total": plan.total_bytes}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -120,7 +123,7 @@ def fingerprint(plan: Plan) -> str:
 def source_paths(plan: Plan) -> list[Path]:
     """Everything a conversion reads: the output may not be, hold or lie inside any of it."""
     ckpt, target = plan.ckpt, plan.target
-    paths = [Path(plan.source_path), Path(ckpt.path), *(f.path for f in ckpt.files)]
+    paths = [as_path(plan.source_path), as_path(ckpt.path), *(f.path for f in ckpt.files)]
     paths += [p for p in (ckpt.root, getattr(target, "tokenizer", None), getattr(target, "tokenizer_root", None)) if p is not None]
     return paths
 
@@ -209,10 +212,17 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
     key = fingerprint(plan)
     if dist is not None and resume:
         raise CheckpointError(plan.source_path, "--resume and --distributed do not combine")
-    units = resume_units(plan) if dist is None else []  # ranks write concurrently: no resume journal
+    remote = is_remote(dst)  # s3://: each file streams to its key, markers last (writers/remote_output.py)
+    if remote and (resume or dist is not None):
+        raise CheckpointError(str(dst), "--resume and --distributed write local folders; not a remote destination")
+    units = resume_units(plan) if dist is None and not remote else []  # ranks write concurrently: no resume journal
     mine, foreign = share(plan, dist) if dist is not None else (set(groups), set())
-    atomic = AtomicFolder(dst, force, keep_on_error=resume, sources=source_paths(plan)) if dist is None or dist.rank == 0 else _Joined(dst)
-    if isinstance(atomic, AtomicFolder):
+    atomic: Any
+    if remote:
+        atomic = RemoteDestination(as_path(dst), force)
+    else:
+        atomic = AtomicFolder(dst, force, keep_on_error=resume, sources=source_paths(plan)) if dist is None or dist.rank == 0 else _Joined(dst)
+    if isinstance(atomic, (AtomicFolder, RemoteDestination)):
         atomic.acquire()  # refusals and the destination lock come before anything is written or removed
     try:
         partial = find_partial(Path(dst), key) if resume else None
@@ -237,7 +247,7 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         writer.done_files |= foreign  # files another rank owns
         writer.finalize = dist is None or dist.rank == 0  # index / config / markers: rank 0, after every rank
         opened = dist is None or dist.rank == 0 or bool(mine)
-        if dist is None:
+        if dist is None and not remote:
             _write_journal(tmp, key, plan, sorted(done_files))
         if opened:
             writer.open(tmp)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .detect import label_text, probe
 from .errors import CheckpointError
+from .storage import RemotePath, as_path
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def folder_size(path: Path, limit: int = 20000) -> int:
     """Bytes under `path` (stops counting after `limit` entries so huge trees stay cheap)."""
     if path.is_file():
         return path.stat().st_size
+    if isinstance(path, RemotePath):  # one listing per folder, cached by the storage layer
+        return sum(p.stat().st_size for _, p in zip(range(limit), (q for q in path.rglob("*") if q.is_file())))
     total, seen = 0, 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
@@ -51,7 +54,7 @@ def folder_size(path: Path, limit: int = 20000) -> int:
 
 def label_path(path: str | Path) -> FolderLabel:
     """Recognise a folder or file from names only; never raises."""
-    path = Path(path)
+    path = as_path(path)
     try:
         found = probe(path)
     except CheckpointError as exc:

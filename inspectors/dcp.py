@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import stat
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -26,10 +25,11 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, reading
-from .files import inside, open_regular
+from .files import file_size, inside, lexists, open_regular
 from .safe_pickle import RestrictedUnpickler
 from .safetensors_header import StEntry, StHeader, read_header
 from .torchfile import _rebuild_hooks, check_view, storage_id, zip_pickle
+from .storage import as_path
 
 METADATA_FILE = ".metadata"
 _ZIP_MAGIC = b"PK"
@@ -82,7 +82,7 @@ def load_metadata(path: Path) -> tuple[Any, set[str]]:
     if not path.exists():
         raise CheckpointError(path, "missing DCP metadata file (.metadata)")
     with reading(path, "garbled DCP metadata"), open_regular(path, "DCP metadata file") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = file_size(fh)
         if size == 0:
             raise CheckpointError(path, "DCP metadata file is empty")
         if size > _MAX_METADATA_BYTES:
@@ -98,7 +98,7 @@ class DcpReader:
     """Index of one DCP folder; reads whole tensors, sub-boxes of them, and bytes entries."""
 
     def __init__(self, folder: str | Path, metadata_name: str = METADATA_FILE) -> None:
-        self.folder = Path(folder)
+        self.folder = as_path(folder)
         self.metadata_path = self.folder / metadata_name
         self.metadata, self.placeholders = load_metadata(self.metadata_path)
         self.tensors: dict[str, DcpTensor] = {}
@@ -182,7 +182,7 @@ class DcpReader:
             need[rel] = max(need.get(rel, 0), end)
         for rel, end in sorted(need.items()):
             path = self.folder / rel
-            if not os.path.lexists(path):
+            if not lexists(path):
                 self.problems.append(f"data file {rel} is missing")
                 continue
             real = inside(path, self.folder, "data file", path)
@@ -339,7 +339,7 @@ class DcpReader:
         path = self.folder / rel
         if transforms:
             raise CheckpointError(path, f"{key!r} is stored with transforms {list(transforms)} (e.g. compression), which are not supported")
-        if not os.path.lexists(path):
+        if not lexists(path):
             raise CheckpointError(path, f"data file for {key!r} is missing")
         real = inside(path, self.folder, "data file", path)
         with reading(path, f"cannot read {key!r}"):
@@ -393,7 +393,7 @@ def _sniff_safetensors(path: Path) -> StHeader | None:
     try:
         with open_regular(path, "data file") as fh:
             head = fh.read(9)
-            size = os.fstat(fh.fileno()).st_size
+            size = file_size(fh)
     except (OSError, CheckpointError):
         return None
     if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") + 8 > size:

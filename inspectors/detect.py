@@ -13,6 +13,7 @@ from .bulk import paused_gc
 from .errors import CheckpointError, NotACheckpoint, reading
 from .model import Checkpoint
 from .probing import FormatReader, Probe, label_text
+from .storage import as_path
 
 __all__ = ["FormatReader", "Probe", "detect", "label_text", "probe"]
 
@@ -25,7 +26,7 @@ def _readers() -> list[FormatReader]:
 
 def probe(path: str | Path) -> Probe | None:
     """Cheap recognition used by browse views; never raises for unknown folders."""
-    path = Path(path)
+    path = as_path(path)
     for reader in _readers():
         try:
             found = reader.probe(path)
@@ -40,7 +41,7 @@ def probe(path: str | Path) -> Probe | None:
 
 def detect(path: str | Path) -> Checkpoint:
     """Open any supported checkpoint lazily (headers and pickles only, no tensor bytes)."""
-    path = Path(path).expanduser()
+    path = as_path(path).expanduser()
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
     if path.is_dir() and not any(path.iterdir()):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import CheckpointError
+from .storage import RemotePath, open_remote
 
 # Side files are metadata, not weights: a generous cap each, far below what would hurt.
 SIDE_FILE_LIMITS: dict[str, int] = {
@@ -40,7 +41,10 @@ def _kind(mode: int) -> str:
 
 def open_regular(path: str | Path, what: str = "file", *, nofollow: bool = False) -> BinaryIO:
     """Open for reading without blocking (a FIFO would wait for a writer) and refuse anything
-    that is not a regular file once opened (`fstat` of the descriptor, not of the name)."""
+    that is not a regular file once opened (`fstat` of the descriptor, not of the name). A
+    remote path (`storage.RemotePath`) opens as a ranged reader over its object."""
+    if isinstance(path, RemotePath):
+        return open_remote(path, what)  # type: ignore[return-value]
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_NOFOLLOW", 0) if nofollow else 0)
     try:
         fd = os.open(path, flags)
@@ -83,8 +87,25 @@ def parse_iteration(path: str | Path, text: str) -> int | None:
     return int(text) if _ITERATION.fullmatch(text) else None
 
 
+def file_size(fh: BinaryIO) -> int:
+    """Size of an open file: a remote reader knows it, a local one asks its descriptor."""
+    size = getattr(fh, "size", None)
+    return int(size) if isinstance(size, int) else os.fstat(fh.fileno()).st_size
+
+
+def lexists(path: str | Path) -> bool:
+    """`os.path.lexists` that also answers for a remote path (object keys have no links)."""
+    return path.exists() if isinstance(path, RemotePath) else os.path.lexists(path)
+
+
 def inside(path: Path, root: Path, what: str, blame: str | Path) -> Path:
     """The real file `path` resolves to, refused unless it lies inside `root` (links followed)."""
+    if isinstance(path, RemotePath):  # keys have no links: `..` was folded when the path was built
+        if not isinstance(root, RemotePath) or (path != root and root not in path.parents):
+            raise CheckpointError(blame, f"{what} {path.name!r} lies outside the checkpoint folder; refusing")
+        if not path.exists():
+            raise CheckpointError(path, f"cannot resolve {what}: no such object")
+        return path
     try:
         real = path.resolve(strict=True)
         top = root.resolve(strict=True)

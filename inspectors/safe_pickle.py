@@ -534,6 +534,8 @@ def _size_of(file: BinaryIO) -> int:
     turns every `bytes` into `_codecs.encode(text)`, a copy), so the budget grows with it."""
     if isinstance(file, io.BytesIO):
         return file.getbuffer().nbytes
+    if isinstance(getattr(file, "size", None), int):  # a remote reader (storage.RemoteFile)
+        return int(file.size)  # type: ignore[attr-defined]
     try:
         return os.fstat(file.fileno()).st_size
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from operator import attrgetter
@@ -25,8 +24,9 @@ import msgspec
 import torch
 
 from .errors import CheckpointError, reading
-from .files import open_regular
+from .files import file_size, open_regular
 from .model import dtype_from_name
+from .storage import as_path
 
 MAX_HEADER_BYTES = 100_000_000
 
@@ -83,7 +83,7 @@ class StEntry(msgspec.Struct, gc=False):
 
     def load(self) -> torch.Tensor:
         """Read exactly this tensor's bytes into a new tensor (no mmap, no header re-parse)."""
-        path = Path(self.path)
+        path = as_path(self.path)
         raw = torch.empty(self.end - self.begin, dtype=torch.uint8)
         with reading(path, f"cannot read tensor {self.name!r}"), open_regular(path, "safetensors file") as fh:
             fh.seek(self.begin)
@@ -112,10 +112,10 @@ class StHeader:
 
 def read_header(path: str | Path) -> StHeader:
     """Parse and validate; raises CheckpointError naming the file and the first problem."""
-    path = Path(path)
+    path = as_path(path)
     try:
         with open_regular(path, "safetensors file") as fh:
-            size = os.fstat(fh.fileno()).st_size
+            size = file_size(fh)
             prefix = fh.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(path, f"truncated: {len(prefix)} bytes, a safetensors file needs at least 8")

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, reading
-from .files import open_regular
+from .files import file_size, open_regular
 from .safe_pickle import RestrictedUnpickler
+from .storage import as_path
 
 # Storage class names (as pickled in the persistent id) -> dtype
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -286,9 +287,9 @@ def check_view(file: Path | str, key: str, storage_bytes: int, offset: int, shap
 
 def open_torch_file(path: str | Path) -> TorchFile:
     """Unpickle a torch file lazily and safely. Raises CheckpointError on anything malformed."""
-    path = Path(path)
+    path = as_path(path)
     with reading(path, "cannot read torch file"), open_regular(path, "torch file") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
+        if file_size(fh) == 0:
             raise CheckpointError(path, "file is empty")
         magic = fh.read(4)
         fh.seek(0)
@@ -300,7 +301,7 @@ def open_torch_file(path: str | Path) -> TorchFile:
 def zip_pickle(path: Path | str, zf: zipfile.ZipFile) -> tuple[_ZipIndex, bytes]:
     """The `data.pkl` of a torch.save zip, after the checks every reader makes (size cap, little
     endian). `path` names the file in errors ("<bytes>" for in-memory payloads)."""
-    index = _ZipIndex(Path(path), zf)
+    index = _ZipIndex(as_path(path), zf)
     info = index.infos[index.pkl]
     if info.file_size > _MAX_PICKLE_BYTES:
         raise CheckpointError(path, f"data.pkl claims {info.file_size} bytes; refusing")
@@ -386,7 +387,7 @@ def _open_legacy(path: Path, fh: Any) -> TorchFile:
 
     obj = load_one(persistent=persistent)
     keys = load_one()
-    end = os.fstat(fh.fileno()).st_size
+    end = file_size(fh)
     offsets: dict[str, int] = {}
     for key in keys:
         header = fh.read(8)

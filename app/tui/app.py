@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.storage import as_path, is_remote
 from ckptscope.inspectors.summary import printable
 from ckptscope.themes import DEFAULT_THEME, STYLESHEET, THEMES
 
@@ -56,7 +57,8 @@ class CkptscopeApp(App):
 
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()
-        self.start_path = Path(path or Path.cwd()).expanduser().resolve()
+        remote = is_remote(path)  # s3:// / https://: opened in place, the browser stays local
+        self.start_path = as_path(path) if remote else Path(path or Path.cwd()).expanduser().resolve()
         self.start_is_checkpoint = False
         self.converting = False
 
@@ -87,6 +89,8 @@ class CkptscopeApp(App):
         # a checkpoint is shown among its siblings; a plain folder is browsed itself
         opened_on_folder = self.start_path.is_dir() and not self.start_is_checkpoint
         root = self.start_path if opened_on_folder else self.start_path.parent
+        if is_remote(root):
+            root = Path.cwd()
         while len(self.screen_stack) > 1:
             self.pop_screen()
         self.push_screen(BrowseScreen(root))

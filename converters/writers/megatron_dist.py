@@ -23,6 +23,7 @@ from ..sources import PRE
 from .base import PlannedFile, Writer
 from .dcp import DcpStreamWriter, torch_bytes
 from .megatron_common import target_args, target_padded_vocab
+from .output import save_to
 
 METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
                  "common_backend_version": 1}
@@ -99,7 +100,7 @@ class MegatronDistWriter(Writer):
         assert self.dcp is not None and self.folder is not None
         self.dcp.finish()
         folder = self.folder / self.iter_dir
-        torch.save({"args": self.args, "checkpoint_version": 3.0, "iteration": self.opts.iteration}, folder / "common.pt")
+        save_to({"args": self.args, "checkpoint_version": 3.0, "iteration": self.opts.iteration}, folder / "common.pt")
         (folder / "metadata.json").write_text(json.dumps(METADATA_JSON))  # completion marker
         (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")
 

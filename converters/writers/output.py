@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ckptscope.inspectors.storage import is_remote
+
 PARTIAL_TAG = ".ckptscope-partial-"
 LOCK_TAG = ".ckptscope-lock"
 OLD_TAG = ".ckptscope-old-"
@@ -66,6 +68,8 @@ def refuse_overlap(dst: str | Path, sources: Iterable[str | Path]) -> None:
     """Refuse a destination that is a source path, lies inside one, or contains one."""
     target = real(dst)
     for src in sources:
+        if is_remote(src):  # a URL never overlaps a local folder
+            continue
         how = _related(target, real(src))
         if how is not None:
             raise OutputExists(dst, f"the output folder {how}; choose a folder outside the source checkpoint")
@@ -81,6 +85,8 @@ def _protected() -> list[tuple[Path, str]]:
 
 def check_destination(dst: str | Path, force: bool, sources: Iterable[str | Path] = ()) -> None:
     """Every up-front refusal for a destination (run before planning and again before writing)."""
+    if is_remote(dst):  # a bucket prefix: remote_output.RemoteDestination checks it is empty
+        return
     path = Path(dst).expanduser()
     if force:
         target = real(path)
@@ -192,6 +198,17 @@ def current_umask() -> int:
     return mask
 
 
+def save_to(obj: object, path: Path) -> None:
+    """`torch.save` by name, or into a remote destination's upload stream."""
+    import torch
+
+    if hasattr(path, "open_write"):
+        with open_output(path) as fh:
+            torch.save(obj, fh)
+        return
+    torch.save(obj, path)
+
+
 def publish_permissions(folder: Path) -> None:
     """Give the finished output the modes a plain `mkdir`/`open` would have (0777/0666 & ~umask)."""
     mask = current_umask()
@@ -223,7 +240,10 @@ def check_partial(folder: Path) -> None:
 
 
 def open_output(path: Path) -> BinaryIO:
-    """Open an output file for writing without following a symlink planted in its place."""
+    """Open an output file for writing without following a symlink planted in its place (a
+    remote destination's path streams to its object instead: remote_output.py)."""
+    if hasattr(path, "open_write"):
+        return path.open_write()  # type: ignore[no-any-return]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -233,6 +253,8 @@ def open_output(path: Path) -> BinaryIO:
 
 def refuse_special(path: Path) -> None:
     """For writers that open by name (torch's zip writer): nothing but a regular file may be in the way."""
+    if hasattr(path, "open_write"):  # a key in a bucket: nothing can be planted there
+        return
     if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
         raise OutputExists(path, "is not a regular file (symlink, FIFO or device); refusing to write through it")
 

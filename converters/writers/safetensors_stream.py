@@ -20,7 +20,7 @@ from .output import open_output
 class SafetensorsStreamWriter:
     def __init__(self, path: str | Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
                  metadata: dict[str, str] | None = None) -> None:
-        self.path = Path(path)
+        self.path = path if hasattr(path, "open_write") else Path(path)  # remote_output.OutPath streams
         self._order = [name for name, _, _ in entries]
         self._expect = {name: (dtype, tuple(shape)) for name, dtype, shape in entries}
         header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}

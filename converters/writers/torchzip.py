@@ -19,7 +19,7 @@ import torch._utils
 
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
-from .output import refuse_special
+from .output import open_output, refuse_special
 
 
 class _Storage:
@@ -41,10 +41,11 @@ class TensorRecord:
 
 class TorchZipWriter:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = path if hasattr(path, "open_write") else Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         refuse_special(self.path)
-        self._zip = torch._C.PyTorchFileWriter(str(self.path))
+        self._stream = open_output(self.path) if hasattr(path, "open_write") else None  # a remote destination
+        self._zip = torch._C.PyTorchFileWriter(self._stream if self._stream is not None else str(self.path))
         self._count = 0
         self.bytes_written = 0
 
@@ -71,6 +72,8 @@ class TorchZipWriter:
         self._zip.write_record("byteorder", b"little", 6)
         self._zip.write_end_of_file()
         del self._zip
+        if self._stream is not None:
+            self._stream.close()
 
     @staticmethod
     def _persistent_id(obj: Any) -> Any:

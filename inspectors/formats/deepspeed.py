@@ -34,6 +34,7 @@ from ..model import (
 )
 from ..safe_pickle import Placeholder
 from ..torchfile import LazyTensor, flatten, open_torch_file
+from ..storage import as_path
 
 KIND = "deepspeed"
 LATEST = "latest"
@@ -127,7 +128,7 @@ class DeepSpeedReader:
     kind = KIND
 
     def probe(self, path: Path) -> Probe | None:
-        path = Path(path)
+        path = as_path(path)
         if path.is_file():
             kind = classify(path.name)
             if kind is None or kind[0] not in MODEL_ROLES:
@@ -152,7 +153,7 @@ class DeepSpeedReader:
         return probe
 
     def open(self, probe: Probe) -> Checkpoint:
-        path = Path(probe.path)
+        path = as_path(probe.path)
         folder = path.parent if path.is_file() else path
         files = ds_files(folder)
         if not any(role in MODEL_ROLES for _, role, _ in files):

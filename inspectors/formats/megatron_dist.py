@@ -44,6 +44,7 @@ from ..model import (
     dtype_name,
 )
 from ..torchfile import open_torch_file
+from ..storage import as_path
 
 MARKER_FILE = "metadata.json"
 COMMON_FILE = "common.pt"
@@ -135,7 +136,7 @@ class MegatronDistReader:
 
     def probe(self, path: Path) -> Probe | None:
         """Accept a root, an iteration folder, or its `.metadata` / `metadata.json` file."""
-        path = Path(path)
+        path = as_path(path)
         if path.is_file():
             if path.name in (METADATA_FILE, MARKER_FILE) and _is_dist_folder(path.parent):
                 return self._folder_probe(path.parent)

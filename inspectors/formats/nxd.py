@@ -35,6 +35,7 @@ from ..model import (
 )
 from ..safe_pickle import Placeholder, XserTensorRef, short_repr
 from ..torchfile import LazyTensor, flatten, open_torch_file
+from ..storage import as_path
 
 KIND = "nxd"
 SHARD_RE = re.compile(
@@ -150,7 +151,7 @@ class NxdReader:
     kind = KIND
 
     def probe(self, path: Path) -> Probe | None:
-        path = Path(path)
+        path = as_path(path)
         if path.is_file():
             return self._probe_file(path)
         if not path.is_dir() or path.name == OPTIM_DIR:
@@ -198,7 +199,7 @@ class NxdReader:
         )
 
     def open(self, probe: Probe) -> Checkpoint:
-        path = Path(probe.path)
+        path = as_path(probe.path)
         model_dir = _model_dir_of(path)
         if model_dir is None:
             raise CheckpointError(path, "not an NxD checkpoint: no dp_rank_*_tp_rank_*_pp_rank_*.pt files")
