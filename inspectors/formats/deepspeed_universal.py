@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..files import read_side_text
 from ..model import Checkpoint, ParallelLayout, ShardFile, TensorInfo, dtype_name, relpath
 from ..probing import Probe
+from ..storage import as_path
 from ..torchfile import LazyTensor, open_torch_file
 from .deepspeed import FILE_PATTERNS, engine_metadata
 
@@ -65,7 +66,7 @@ class UniversalReader:
     kind = KIND
 
     def probe(self, path: Path) -> Probe | None:
-        path = Path(path)
+        path = as_path(path)
         if not path.is_dir():
             return None
         tag = _tag_of(path)
@@ -75,7 +76,7 @@ class UniversalReader:
                      detail=f"{len(_param_folders(tag))} parameters (zero/<name>/fp32.pt)")
 
     def open(self, probe: Probe) -> Checkpoint:
-        tag = Path(probe.path)
+        tag = as_path(probe.path)
         folders = _param_folders(tag)
         if not folders:
             raise CheckpointError(tag, "not a DeepSpeed universal checkpoint: no zero/<param>/fp32.pt")
