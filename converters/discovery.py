@@ -52,6 +52,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 BRIDGE_RUN_CONFIG = "run_config.yaml"
+NEMO_CONTEXT, NEMO_MODEL_YAML = "context", "model.yaml"
 
 
 def _regular_text(path: Path) -> str | None:
@@ -69,19 +70,24 @@ def _regular_text(path: Path) -> str | None:
 
 
 def find_bridge_model_config(ckpt: Checkpoint) -> tuple[dict[str, Any], Path] | None:
-    """Megatron-Bridge's `run_config.yaml` `model:` section (iteration folder, then the root)."""
+    """The model's TransformerConfig where the trainers keep it: Megatron-Bridge's `run_config.yaml`
+    `model:` section (iteration folder, then the root), or NeMo 2's `context/model.yaml` `config:`
+    section (beside the `weights/` folder)."""
     import yaml
 
     folder = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
-    for candidate in dict.fromkeys(p / BRIDGE_RUN_CONFIG for p in (folder, ckpt.root) if p is not None):
+    places = [(p / BRIDGE_RUN_CONFIG, "model") for p in (folder, ckpt.root) if p is not None]
+    places += [(p / NEMO_CONTEXT / NEMO_MODEL_YAML, "config") for p in (ckpt.root, folder.parent)
+               if p is not None and not (p / NEMO_CONTEXT).is_symlink()]
+    for candidate, section in dict.fromkeys(places):
         text = _regular_text(candidate)
         if text is None:
             continue
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CheckpointError(candidate, f"cannot parse {BRIDGE_RUN_CONFIG}: {' '.join(str(exc).split())[:200]}") from None
-        model = doc.get("model") if isinstance(doc, dict) else None
+            raise CheckpointError(candidate, f"cannot parse {candidate.name}: {' '.join(str(exc).split())[:200]}") from None
+        model = doc.get(section) if isinstance(doc, dict) else None
         if isinstance(model, dict):
             return model, candidate
     return None

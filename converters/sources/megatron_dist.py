@@ -17,6 +17,9 @@ from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
 
 
+NEMO_PREFIX = "module."
+
+
 class MegatronDistSource(CanonicalSource):
     """torch_dist: global (TP-independent) tensors; stacked keys are sliced per layer/expert."""
 
@@ -30,6 +33,8 @@ class MegatronDistSource(CanonicalSource):
         self.ckpt = ckpt
         self.spec = spec or spec_from_megatron_args(ckpt.metadata.get("args", {}), true_vocab=true_vocab, vocab_note=vocab_note)
         self.index = {t.name: t for t in ckpt.model_tensors()}
+        if self.index and all(n.startswith(NEMO_PREFIX) for n in self.index):  # NeMo 2: MegatronParallel's wrapper
+            self.index = {n[len(NEMO_PREFIX):]: t for n, t in self.index.items()}
 
     def _locate(self, param: Row, layer: int | None, expert: int | None) -> list[tuple[str, tuple[int, ...]]]:
         """Stored keys and index prefixes holding this param (two keys for split swiglu)."""

@@ -112,6 +112,9 @@ def object_kind(key: str) -> str:
     return "bytes"
 
 
+# NeMo 2 saves `<ckpt>/weights/` (torch_dist; keys under `module.`, MegatronParallel's prefix) and
+# `<ckpt>/context/` (`model.yaml`: the model's TransformerConfig under `config:`, tokenizer, io.json).
+NEMO_WEIGHTS, NEMO_CONTEXT = "weights", "context"
 PLAIN_DCP_KIND = "dcp"
 MEGATRON_KEY_RE = re.compile(r"^(?:decoder\.|embedding\.|output_layer\.|language_model\.|common_state|rerun_state_machine)")
 
@@ -145,6 +148,10 @@ class MegatronDistReader:
             return None
         if _is_dist_folder(path):
             return self._folder_probe(path)
+        if _is_dist_folder(path / NEMO_WEIGHTS) and (path / NEMO_CONTEXT).is_dir():  # a NeMo 2 checkpoint
+            found = self._folder_probe(path / NEMO_WEIGHTS)
+            found.root, found.detail = path, found.detail + ", NeMo 2 (weights/ + context/)"
+            return found
         if (path / TRACKER).is_file() or list_iterations(path):
             try:
                 folder, iteration, iterations, _ = resolve_root(path)
@@ -168,7 +175,7 @@ class MegatronDistReader:
         folder = probe.path
         ckpt = Checkpoint(kind=self.kind, path=folder, root=probe.root, iteration=probe.iteration,
                           iterations=list(probe.iterations), complete=probe.complete)
-        if probe.root is not None:
+        if probe.root is not None and folder != probe.root / NEMO_WEIGHTS:
             ckpt.warnings.extend(resolve_root(probe.root)[3])
         marker = self._read_marker(folder)
         reader = DcpReader(folder)
