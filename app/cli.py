@@ -24,6 +24,7 @@ from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
 from . import options, render
+from .clihelp import ROOT_EXAMPLES, Command, examples
 from .options import OptionError, validate
 from .safe import row, safe, safe_markup
 
@@ -51,10 +52,14 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineErrors,
     name="ckptscope",
-    help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).",
+    help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).\n\n"
+         "`ckptscope` alone opens the terminal app in the current folder; `ckptscope PATH` opens it at PATH.",
+    epilog=examples(ROOT_EXAMPLES),
+    subcommand_metavar="[PATH] | COMMAND [ARGS]...",
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=False,
     invoke_without_command=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -117,10 +122,23 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ckptscope {version('ckptscope')}")
+        except PackageNotFoundError:
+            typer.echo("ckptscope (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Without a command, open the terminal app in the current folder (`ckptscope PATH` opens PATH)."""
     _state["debug"] = debug
@@ -145,7 +163,7 @@ def _path_shortcut(argv: list[str]) -> Path | None:
     return None
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint root, iteration folder, or a single file.")],
@@ -177,7 +195,7 @@ def inspect(
     render.render_inspect(render.make_console(), ckpt, tensors, stat_rows, show_all, family)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def demo(
     target: Annotated[Path, typer.Argument(help="Folder to write the demo workspace into.")] = Path("ckptscope-demo"),
@@ -231,7 +249,7 @@ def _targets_help() -> str:
     return "Target format: " + " | ".join(f"{f.name} ({f.label})" for f in TARGETS.values()) + "."
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
@@ -388,7 +406,7 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
     return final
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def verify(
     a: Annotated[Path, typer.Argument(help="First checkpoint (any format).")],
@@ -414,7 +432,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def diff(
     a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.")],
@@ -437,7 +455,7 @@ def diff(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def check(
     path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).")],
