@@ -312,6 +312,11 @@ def convert(
         check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config) if p is not None])
     plan = request.plan()
     console = render.make_console()
+    if not plan.ok and not plan_only and not as_json:  # refuse first: the reasons, not a plan that will not run
+        for error in plan.errors:
+            typer.echo(f"ckptscope: error: {printable(error, 4000)}", err=True)
+        typer.echo("ckptscope: nothing written (--plan-only prints the whole plan)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     if as_json and (plan_only or not plan.ok):
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif not as_json and not follower:

@@ -76,3 +76,37 @@ def test_shell_completion_completes_commands_and_options() -> None:
     assert done.stdout.split() == ["--dtype"], done
     shown = subprocess.run([_script(), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "_CKPTSCOPE_COMPLETE=complete_bash" in shown.stdout
+
+
+@pytest.fixture(scope="module")
+def small_megatron(tmp_path_factory) -> Path:
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    root = tmp_path_factory.mktemp("mt")
+    write_megatron_torch(SampleSpec(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300), root, tp=1, pp=1)
+    return root
+
+
+def test_convert_refuses_before_printing_the_plan(small_megatron: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["convert", str(small_megatron), str(tmp_path / "out"), "--to", "megatron", "--tp", "3"])
+    assert result.exit_code == 2
+    assert result.stdout == "", result.stdout  # no plan above the refusal
+    assert "ckptscope: error: target layout: 8 attention heads do not split over TP=3" in result.stderr
+    assert not (tmp_path / "out").exists()
+    planned = runner.invoke(app, ["convert", str(small_megatron), str(tmp_path / "out"), "--to", "megatron", "--tp", "3", "--plan-only"])
+    assert planned.exit_code == 2 and "Output files" in planned.stdout  # asked for: the whole plan, errors included
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    result = runner.invoke(app, ["convert", str(small_megatron), str(tmp_path / "full"), "--to", "hf"])
+    assert result.exit_code == 2 and result.stdout == "" and "exists and is not empty" in result.stderr
+
+
+@pytest.mark.parametrize("command", ("convert", "check"))
+def test_unknown_target_names_the_option_and_the_choices(small_megatron: Path, tmp_path: Path, command: str) -> None:
+    args = [command, str(small_megatron), *([str(tmp_path / "out")] if command == "convert" else []), "--to", "safetensors"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.stdout == ""
+    line = result.stderr.strip()
+    assert line.startswith("ckptscope: error: --to safetensors: unknown target format") and str(small_megatron) not in line
+    assert all(name in line for name in ("hf", "megatron", "megatron-dist", "nxd"))
