@@ -26,6 +26,7 @@ from ckptscope.inspectors.summary import printable, select
 from . import options, render
 from .clihelp import ROOT_EXAMPLES, Command, examples
 from .options import OptionError, validate
+from .progress import stderr_progress
 from .safe import row, safe, safe_markup
 
 
@@ -342,7 +343,8 @@ def convert(
         from ckptscope.converters.verify import verify_conversion
 
         _quiet_transformers()
-        report = verify_conversion(request, plan)
+        with stderr_progress() as progress:
+            report = verify_conversion(request, plan, progress)
         summary["verify"] = report.to_json()
         if not as_json:
             render.render_verify(console, report)
@@ -427,8 +429,9 @@ def verify(
     from ckptscope.converters.verify import verify as run_verify
 
     _quiet_transformers()
-    report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
-                        config=_read_config(config))
+    with stderr_progress() as progress:
+        report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
+                            config=_read_config(config), progress=progress)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -451,7 +454,8 @@ def diff(
     validate(locals(), options.DIFF)
     from ckptscope.converters.diff import diff_checkpoints
 
-    report = diff_checkpoints(a, b, numeric=numeric, config=config)
+    with stderr_progress() as progress:
+        report = diff_checkpoints(a, b, numeric=numeric, config=config, progress=progress)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(only_problems), indent=2) + "\n")
     else:

@@ -283,17 +283,31 @@ def print_files_and_messages(console: Console, title: str, files: list[tuple[str
         console.print(Text(f"{label}: " + printable(e, limit), style="bold red"))
 
 
+def verify_tensors_text(report: Any) -> tuple[str, bool]:
+    """`N compared: K differ, M differ only in dtype (float32 -> bfloat16, equal after casting to
+    bfloat16), ...`: a `--dtype` conversion is not counted as a difference in value; and whether
+    anything differs beyond that."""
+    recast = [t for t in report.tensors if not t.equal and t.dtype_only]  # B is exactly A cast
+    valued = [t for t in report.tensors if not t.equal and not t.dtype_only]
+    casts = sorted({f"{t.dtype_a} -> {t.dtype_b}, equal after casting to {t.coarser_dtype}" for t in recast})
+    text = (f"{len(report.tensors)} compared: {len(valued)} differ"
+            + (f", {len(recast)} differ only in dtype ({'; '.join(casts)})" if recast else "")
+            + f", {len(report.only_a)} only in A, {len(report.only_b)} only in B")
+    return text, bool(valued or report.only_a or report.only_b)
+
+
 def render_verify(console: Console, report: Any) -> None:
-    differing = [t for t in report.tensors if not t.equal]
+    valued = [t for t in report.tensors if not t.equal and not t.dtype_only]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
     grid.add_column()
-    row(grid, "tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
-                              f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
-                              style="green" if report.identical else "yellow"))
-    if differing:
-        worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
-        row(grid, "largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
+    line, differs = verify_tensors_text(report)
+    row(grid, "tensors", Text(line, style="yellow" if differs else "green"))
+    if valued:
+        worst = max(valued, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
+        shown = (f"shape {worst.shape_a} vs {worst.shape_b}" if worst.max_abs is None else f"{worst.max_abs:.3g}"
+                 + (f" ({worst.max_abs_cast:.3g} after casting both to {worst.coarser_dtype})" if worst.max_abs_cast is not None else ""))
+        row(grid, "largest diff", Text(f"{printable(worst.name)}: {shown}"))
     row(grid, "architecture", Text("every field the same" if not report.config_differences else
                                    f"{len(report.config_differences)} field(s) differ", style="green" if not report.config_differences else "bold red"))
     for difference in report.config_differences:

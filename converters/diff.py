@@ -38,7 +38,7 @@ from ckptscope.inspectors.summary import Row, natural_key
 from .discovery import read_config
 from .plan import make_plan
 from .sources import Accounting, CanonicalSource, group_label, open_source
-from .verify import VerifyReport, compare_tensors
+from .verify import Progress, VerifyReport, compare_tensors
 from .writers import TargetOptions
 
 Shape = tuple[int, ...]
@@ -243,7 +243,8 @@ class _View:
 
 
 def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
-                     config: Mapping[str, Any] | str | Path | None = None, tolerance: float = 0.0) -> DiffReport:
+                     config: Mapping[str, Any] | str | Path | None = None, tolerance: float = 0.0,
+                     progress: Progress | None = None) -> DiffReport:
     """Missing, unexpected, reshaped and recast tensors between A and B (optionally values).
 
     `config` (an HF config dict or a config.json path) gives the architecture to both sides, for
@@ -255,8 +256,8 @@ def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
     sides = [_side(str(p), c) for p, c in ((a, ca), (b, cb))]
     views = [_open_view(c, cfg, s) for c, s in zip((ca, cb), sides, strict=True)]
     if views[0] is not None and views[1] is not None:
-        return _canonical_diff(sides[0], sides[1], views[0], views[1], numeric, tolerance)
-    return _stored_diff(sides[0], sides[1], ca, cb, numeric, tolerance)
+        return _canonical_diff(sides[0], sides[1], views[0], views[1], numeric, tolerance, progress)
+    return _stored_diff(sides[0], sides[1], ca, cb, numeric, tolerance, progress)
 
 
 def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
@@ -377,7 +378,8 @@ def _status(shape_a: Any, shape_b: Any, dtype_a: str | None, dtype_b: str | None
     return next((status for status, hit in checks if hit), "same")
 
 
-def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tolerance: float) -> DiffReport:
+def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tolerance: float,
+                    progress: Progress | None = None) -> DiffReport:
     names = sorted((n for n in dict.fromkeys([*va.order, *vb.order]) if n in va.shapes or n in vb.shapes), key=_group_key)
     entries = [DiffEntry(n, _status(va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n)),
                          va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n),
@@ -389,7 +391,7 @@ def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tol
     report.notes += [f"{s.format} {label}: {len(s.missing_stored)} expected stored tensor(s) absent from disk"
                      for label, s in (("A", sa), ("B", sb)) if s.missing_stored]
     if numeric:
-        _numeric_canonical(report, va, vb)
+        _numeric_canonical(report, va, vb, progress)
     return report
 
 
@@ -423,10 +425,10 @@ class _Tolerant(CanonicalSource):
         return self.source.account(user_ignores)
 
 
-def _numeric_canonical(report: DiffReport, va: _View, vb: _View) -> None:
+def _numeric_canonical(report: DiffReport, va: _View, vb: _View, progress: Progress | None = None) -> None:
     """Max abs difference per canonical tensor, one group per side in memory (verify's pass)."""
     compared = VerifyReport(report.a.path, report.b.path)
-    compare_tensors(_Tolerant(va.source, "A", report.notes), _Tolerant(vb.source, "B", report.notes), compared)
+    compare_tensors(_Tolerant(va.source, "A", report.notes), _Tolerant(vb.source, "B", report.notes), compared, progress)
     report.notes += compared.notes
     found = {t.name: t for t in compared.tensors}
     for e in report.entries:
@@ -440,7 +442,8 @@ def _numeric_canonical(report: DiffReport, va: _View, vb: _View) -> None:
 
 
 # ----- stored-name fallback ---------------------------------------------------------------------
-def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bool, tolerance: float) -> DiffReport:
+def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bool, tolerance: float,
+                 progress: Progress | None = None) -> DiffReport:
     # both sides by stored names, whichever could not be opened; drop what a canonical view found
     sa, sb = (dataclasses.replace(s, mode=STORED, model="", unplaced=[], ignored={}, missing_stored=[]) for s in (sa, sb))
     ia, ib = _index(ca), _index(cb)
@@ -450,7 +453,7 @@ def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bo
     report = DiffReport(sa, sb, STORED, numeric, tolerance, entries,
                         [f"compared by stored names: no canonical view ({why})"])
     if numeric:
-        _numeric_stored(report, ca, cb, ia, ib)
+        _numeric_stored(report, ca, cb, ia, ib, progress)
     return report
 
 
@@ -482,9 +485,11 @@ def _by_indices(names: Iterable[str]) -> dict[tuple[int, ...], list[str]]:
 
 
 def _numeric_stored(report: DiffReport, ca: Checkpoint, cb: Checkpoint, ia: dict[str, list[TensorInfo]],
-                    ib: dict[str, list[TensorInfo]]) -> None:
+                    ib: dict[str, list[TensorInfo]], progress: Progress | None = None) -> None:
     """Shard by shard, one pair of stored tensors in memory at a time."""
-    for e in report.entries:
+    for done, e in enumerate(report.entries):
+        if progress is not None:
+            progress("comparing tensors", done, len(report.entries))
         if e.status not in ("same", "dtype"):
             continue
         try:

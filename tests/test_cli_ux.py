@@ -110,3 +110,92 @@ def test_unknown_target_names_the_option_and_the_choices(small_megatron: Path, t
     line = result.stderr.strip()
     assert line.startswith("ckptscope: error: --to safetensors: unknown target format") and str(small_megatron) not in line
     assert all(name in line for name in ("hf", "megatron", "megatron-dist", "nxd"))
+
+
+SMALL = dict(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
+
+
+@pytest.fixture(scope="module")
+def small_hf(tmp_path_factory) -> Path:
+    from ckptscope.converters.samples.hf import write_hf
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    return write_hf(SampleSpec(**SMALL), tmp_path_factory.mktemp("hf") / "model")
+
+
+def test_verify_after_a_dtype_change_counts_casts_apart(small_megatron: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    result = runner.invoke(app, ["convert", str(small_megatron), str(out), "--to", "hf", "--dtype", "bf16", "--verify"],
+                           terminal_width=300)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("tensors") and "compared" in x)
+    compared = int(re.search(r"(\d+) compared", line).group(1))
+    assert compared > 0
+    assert (f"{compared} compared: 0 differ, {compared} differ only in dtype "
+            "(float32 -> bfloat16, equal after casting to bfloat16), 0 only in A, 0 only in B") in line, line
+    assert "largest diff" not in result.stdout
+    from ckptscope.converters.verify import verify
+
+    doc = verify(small_megatron, out, logits=False).to_json()
+    assert doc["tensors_dtype_only"] == compared
+    assert all(t["dtype_only"] and t["max_abs_after_cast"] == 0.0 for t in doc["tensors_different"])
+
+
+def test_verify_reports_a_real_difference_after_casting(small_megatron: Path, tmp_path: Path) -> None:
+    """A cast plus a changed value is still a difference, measured after the cast."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "bf16"
+    assert runner.invoke(app, ["convert", str(small_megatron), str(out), "--to", "hf", "--dtype", "bf16"]).exit_code == 0
+    shard = next(out.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    name = next(n for n in tensors if n.endswith("layers.1.mlp.down_proj.weight"))
+    tensors[name][0, 0] += 1.0
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    result = runner.invoke(app, ["verify", str(small_megatron), str(out), "--no-logits"], terminal_width=300)
+    assert result.exit_code == 1
+    assert re.search(r"compared: 1 differ, \d+ differ only in dtype", result.stdout), result.stdout
+    assert "largest diff  layers.1.mlp.down after casting" not in result.stdout
+    assert re.search(r"largest diff\s+layers\.1\.mlp\.down: .* after casting both to bfloat16", result.stdout), result.stdout
+
+
+def test_transformers_load_bar_stays_off_the_output(small_hf: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """`verify` through the core (the app's wizard calls it too) prints nothing of transformers' own."""
+    from ckptscope.converters.verify import verify
+
+    report = verify(small_hf, small_hf)
+    out, err = capfd.readouterr()
+    assert report.logits_ok and "Loading weights" not in err + out and "it/s" not in err + out, err
+
+
+def _with_tty_stderr(*args: str) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout piped): (status, stdout, terminal bytes)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ckptscope.app.cli", *args], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    stdout = proc.stdout.read().decode()
+    proc.wait(timeout=300)
+    os.close(master)
+    return proc.returncode, stdout, seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", (("verify",), ("diff", "--numeric")))
+def test_progress_on_a_terminal_stderr_only(small_hf: Path, command: tuple[str, ...]) -> None:
+    code, stdout, terminal = _with_tty_stderr(command[0], str(small_hf), str(small_hf), *command[1:])
+    assert code == 0, stdout + terminal
+    assert re.search(r"(comparing tensors|logits of [AB]) .*\d+/\d+", terminal), terminal
+    assert "comparing tensors" not in stdout and "Loading weights" not in terminal
+    piped = subprocess.run([sys.executable, "-m", "ckptscope.app.cli", command[0], str(small_hf), str(small_hf), *command[1:]],
+                           capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr

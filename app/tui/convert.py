@@ -413,8 +413,9 @@ class ConvertScreen(Screen):
     def _verified(self, message: VerifyDone) -> None:
         report = message.report
         log = self.query_one("#run-log", Log)
-        differing = sum(not t.equal for t in report.tensors)
-        log.write_line(f"tensors: {len(report.tensors)} compared, {differing} differ")
+        from ckptscope.app.render import verify_tensors_text
+
+        log.write_line("tensors: " + verify_tensors_text(report)[0])
         log.write_line("architecture: every field the same" if not report.config_differences else
                        "architecture differs: " + printable("; ".join(report.config_differences), 1000))
         if report.logits_max_abs is not None:
