@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,12 +20,18 @@ def stderr_progress() -> Iterator[Update | None]:
     if not sys.stderr.isatty():
         yield None
         return
-    console = Console(stderr=True)
-    with Progress(TextColumn("[bold]{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("reading", total=None)
+    bar = Progress(TextColumn("[bold]{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True)
+    task: list[Any] = []  # started at the first update: a run that reports nothing shows no bar
 
-        def update(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
+    def update(what: str, done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task(what, total=total))
+        bar.update(task[0], description=what, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if task:
+            bar.stop()

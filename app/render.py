@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import humanize
@@ -20,11 +21,15 @@ from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_co
 MAX_FILE_ROWS = 24
 
 
+PIPED_WIDTH = 32_767  # piped output is not wrapped: one tensor per line, whole names, for grep / awk
+
+
 def make_console() -> Console:
-    """Terminal width when interactive; wide enough for long tensor names when piped."""
+    """The terminal's width when interactive; when piped, no wrapping (`COLUMNS` still wins)."""
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=160)
+        columns = os.environ.get("COLUMNS", "")
+        console = Console(highlight=False, width=int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH)
     return console
 
 
@@ -340,7 +345,13 @@ def diff_summary(report: Any) -> Text:
     parts = [f"{c[s]} {s}" for s in ("same", "missing", "unexpected", "shape", "dtype", "values") if c[s] or s == "same"]
     parts += [f"{c[k]} unplaced in {side}" for k, side in (("unplaced_a", "A"), ("unplaced_b", "B")) if c[k]]
     verdict, style = ("IDENTICAL", "bold green") if report.identical else ("DIFFERENT", "bold red")
-    worst = f"; max abs diff {report.max_abs:.3g}" if report.numeric and report.max_abs is not None else ""
+    worst = ""
+    if report.numeric:  # what was read, and what could not be: never a clean "0" over a partial read
+        compared = sum(e.max_abs is not None for e in report.entries)
+        skipped = len(report.not_compared)
+        worst = (f"; max abs diff {report.max_abs:.3g} over {compared} tensor(s) compared" if report.max_abs is not None
+                 else "; no values compared")
+        worst += f", {skipped} not compared (unreadable, see notes)" if skipped else ""
     return Text(f"{verdict} ({report.mode} names): " + ", ".join(parts) + worst, style=style)
 
 

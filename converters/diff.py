@@ -44,6 +44,7 @@ from .writers import TargetOptions
 Shape = tuple[int, ...]
 
 STATUSES = ("same", "missing", "unexpected", "shape", "dtype", "values")
+VALUE_STATUSES = ("same", "dtype", "values")  # present on both sides with one shape: values comparable
 CANONICAL, STORED = "canonical", "stored"
 # Formats whose canonical reader hands stored tensors over unchanged (1:1 names): there the
 # stored shape is the canonical one, so a tensor edited against its config.json shows up.
@@ -71,6 +72,8 @@ class DiffEntry:
     shards_b: int = 0
     max_abs: float | None = None  # numeric only; None when not compared
     suggestion: str = ""  # the name on the lacking side that probably is this tensor
+    stored_a: list[str] = field(default_factory=list)  # the stored names that hold it on each side
+    stored_b: list[str] = field(default_factory=list)
 
     @property
     def problem(self) -> bool:
@@ -154,8 +157,13 @@ class DiffReport:
 
     @property
     def identical(self) -> bool:
-        """Every tensor the same on both sides and nothing left unplaced."""
-        return not self.problems() and not self.a.unplaced and not self.b.unplaced
+        """Every tensor the same on both sides, nothing left unplaced, and (numeric) every value read."""
+        return not self.problems() and not self.a.unplaced and not self.b.unplaced and not self.not_compared
+
+    @property
+    def not_compared(self) -> list[str]:
+        """Numeric: tensors on both sides whose values could not be read (the notes say why)."""
+        return [e.name for e in self.entries if self.numeric and e.status in VALUE_STATUSES and e.max_abs is None]
 
     @property
     def max_abs(self) -> float | None:
@@ -178,6 +186,7 @@ class DiffReport:
         return {
             "a": self.a.to_json(), "b": self.b.to_json(), "mode": self.mode, "identical": self.identical,
             "numeric": self.numeric, "tolerance": self.tolerance, "counts": self.counts, "max_abs": self.max_abs,
+            "not_compared": self.not_compared,
             "entries": [e.to_json() for e in (self.problems() if only_problems else self.entries)],
             "notes": self.notes,
         }
@@ -240,6 +249,7 @@ class _View:
     shapes: dict[str, Shape]  # canonical names present on disk
     dtypes: dict[str, str]
     shards: dict[str, int]
+    stored: dict[str, list[str]]  # canonical name -> the stored names holding it
 
 
 def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
@@ -287,7 +297,7 @@ def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _
     view = _View(source, order,
                  shapes={c: _canonical_shape(source.kind, acc, c, held[c], infos[c], spec_shapes[c], source) for c in held},
                  dtypes={c: _dtype_label(infos[c]) for c in held},
-                 shards={c: len(infos[c]) for c in held})
+                 shards={c: len(infos[c]) for c in held}, stored={c: list(held[c]) for c in held})
     side.model = (f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
                   f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else "")
                   + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
@@ -383,7 +393,8 @@ def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tol
     names = sorted((n for n in dict.fromkeys([*va.order, *vb.order]) if n in va.shapes or n in vb.shapes), key=_group_key)
     entries = [DiffEntry(n, _status(va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n)),
                          va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n),
-                         va.shards.get(n, 0), vb.shards.get(n, 0)) for n in names]
+                         va.shards.get(n, 0), vb.shards.get(n, 0), stored_a=va.stored.get(n, []), stored_b=vb.stored.get(n, []))
+               for n in names]
     for e in entries:
         lacking = {"missing": sb, "unexpected": sa}.get(e.status)
         e.suggestion = _placing(lacking.unplaced, e.name) if lacking else ""
@@ -463,7 +474,8 @@ def _stored_entry(name: str, a: list[TensorInfo], b: list[TensorInfo]) -> DiffEn
     shapes_b = tuple(tuple(t.shape) for t in b) or None
     dtype_a, dtype_b = (_dtype_label(a) or None), (_dtype_label(b) or None)
     return DiffEntry(name, _status(shapes_a, shapes_b, dtype_a, dtype_b), shapes_a[0] if shapes_a else None,
-                     shapes_b[0] if shapes_b else None, dtype_a, dtype_b, len(a), len(b))
+                     shapes_b[0] if shapes_b else None, dtype_a, dtype_b, len(a), len(b),
+                     stored_a=[name] if a else [], stored_b=[name] if b else [])
 
 
 def _suggest(entries: list[DiffEntry]) -> None:

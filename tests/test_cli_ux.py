@@ -199,3 +199,88 @@ def test_progress_on_a_terminal_stderr_only(small_hf: Path, command: tuple[str, 
     piped = subprocess.run([sys.executable, "-m", "ckptscope.app.cli", command[0], str(small_hf), str(small_hf), *command[1:]],
                            capture_output=True, text=True, timeout=300)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_diff_json_names_the_stored_tensor_on_each_side(small_megatron: Path, small_hf: Path) -> None:
+    import json
+
+    result = runner.invoke(app, ["diff", str(small_megatron), str(small_hf), "--json"])
+    assert result.exit_code == 0, result.output
+    entries = {e["name"]: e for e in json.loads(result.stdout)["entries"]}
+    q = entries["layers.1.attn.q"]
+    assert q["stored_a"] == ["decoder.layers.1.self_attention.linear_qkv.weight"]
+    assert q["stored_b"] == ["model.layers.1.self_attn.q_proj.weight"]
+    assert entries["embed"]["stored_b"] == ["model.embed_tokens.weight"]
+
+
+def _without(src: Path, dst: Path, drop: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    shard = next(dst.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    del tensors[drop]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    return dst
+
+
+def test_numeric_diff_says_what_it_did_not_compare(small_hf: Path, tmp_path: Path) -> None:
+    import json
+
+    broken = _without(small_hf, tmp_path / "broken", "model.layers.1.self_attn.k_proj.weight")
+    result = runner.invoke(app, ["diff", str(small_hf), str(broken), "--numeric"], terminal_width=300)
+    summary = result.stdout.splitlines()[0]
+    doc = json.loads(runner.invoke(app, ["diff", str(small_hf), str(broken), "--numeric", "--json"]).stdout)
+    skipped = doc["not_compared"]
+    assert skipped and all(n.startswith("layers.1.") for n in skipped) and not doc["identical"]
+    compared = sum(e["max_abs"] is not None for e in doc["entries"])
+    assert f"max abs diff 0 over {compared} tensor(s) compared, {len(skipped)} not compared (unreadable, see notes)" in summary
+    assert "layer 1 of B not compared" in result.stdout
+
+
+def test_piped_diff_keeps_each_long_name_on_one_line(small_hf: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    long_name = "model.layers.1.mlp.up_proj.weight_" + "x" * 200
+    odd = tmp_path / "odd"
+    shutil.copytree(small_hf, odd)
+    shard = next(odd.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    tensors[long_name] = tensors.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, "-m", "ckptscope.app.cli", "diff", str(small_hf), str(odd)],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert piped.returncode == 1
+    assert any(long_name in line for line in piped.stdout.splitlines()), piped.stdout
+    code, shown = _on_terminal(["diff", str(small_hf), str(odd)], columns=230)
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", x) for x in shown.splitlines()]
+    assert code == 1 and max(len(x) for x in lines) == 230, shown  # the terminal's width, all of it
+    assert long_name not in shown and long_name[:150] in "".join(lines)
+
+
+def _on_terminal(args: list[str], columns: int) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal `columns` wide."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "ckptscope.app.cli", *args], stdout=slave, stderr=slave,
+                            env={**env, "TERM": "xterm-256color"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=300)
+    os.close(master)
+    return proc.returncode, seen.decode(errors="replace").replace("\r", "")
