@@ -181,6 +181,8 @@ class CkptscopeApp(App):
     # ----- errors ------------------------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
+            if event.worker.group == "open":
+                self.clear_notifications()  # the "opening…" toast: the error dialog replaces it
             if len(self.screen_stack) == 1:
                 self.show_browser()  # opening the start path failed: land somewhere useful
             title = f"{event.worker.description or event.worker.name} failed"
