@@ -20,6 +20,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ckptscope.inspectors import CheckpointError, detect
+from ckptscope.inspectors.rankmap import rank_map
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
@@ -186,6 +187,7 @@ def inspect(
         doc["family"], doc["quirks"] = family["family"], family["quirks"]
         if family["problem"]:
             doc["family_problem"] = family["problem"]
+        doc["rank_map"] = rank_map(ckpt).to_json()
         if filter_:
             doc["tensors"] = [t.to_json() for t in tensors]
             doc["filter"] = filter_

@@ -15,6 +15,7 @@ from rich.text import Text
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS
 from ckptscope.inspectors.model import Checkpoint, TensorInfo, training_state
+from ckptscope.inspectors.rankmap import AXES, PARTS as RANK_PARTS, RankCell, RankMap, rank_map, span
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
 
@@ -125,6 +126,53 @@ def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], 
     console.file.flush()
 
 
+def rank_cell_lines(cell: RankCell) -> list[str]:
+    """What one rank holds, a few short lines: layers, experts, whole-model parts, bytes."""
+    lines = [f"layers {span(cell.layers)}" if cell.layers else "", f"experts {span(cell.experts)}" if cell.experts else "",
+             f"pipeline modules {span(cell.modules)}" if cell.modules else "",
+             "+ " + ", ".join(p for p, _ in RANK_PARTS if p in cell.parts) if cell.parts else "",
+             size(cell.size) + (f" in {len(cell.files)} files" if len(cell.files) > 1 else "")]
+    return [line for line in lines if line]
+
+
+def rank_file_label(cell: RankCell, same_names: bool) -> str:
+    """The file a rank writes, shortly: its folder when every rank's file has one name
+    (`mp_rank_00_001`), else its name (`dp_rank_00_tp_rank_00_pp_rank_01.pt`)."""
+    first = cell.files[0].rsplit("/", 2)
+    shown = first[-2] if same_names and len(first) > 1 else first[-1]
+    return shown + (f" +{len(cell.files) - 1}" if len(cell.files) > 1 else "")
+
+
+def rank_cell(cell: RankCell | None, same_names: bool = False) -> Group | Text:
+    if cell is None:
+        return Text("MISSING", style="bold red")
+    return Group(Text(printable(rank_file_label(cell, same_names)), style="dim"), *(Text(line) for line in rank_cell_lines(cell)))
+
+
+def rank_map_table(rmap: RankMap) -> Table:
+    """The rank-layout map: rows are pipeline / expert ranks, columns TP ranks (one row per file
+    for checkpoints without ranks); a grid position no file fills says MISSING."""
+    if rmap.by_file:
+        table = Table(title="Rank layout (one row per file: what each holds)", title_justify="left", show_edge=False)
+        for col in ("file", "holds", "tensors"):
+            table.add_column(col, justify="right" if col == "tensors" else "left", overflow="fold")
+        for key in rmap.rows():
+            cell = rmap.cells[key]
+            row(table, Text(printable(cell.files[0])), " · ".join(rank_cell_lines(cell)), str(cell.tensors))
+        return table
+    shown = "×".join(f"{a.upper()}{rmap.sizes[a]}" for a in rmap.axes)
+    table = Table(title=f"Rank layout ({shown})", title_justify="left", show_lines=True)
+    table.add_column("rank", style="bold")
+    for column in rmap.columns():
+        table.add_column("-" if column is None else f"tp{column}")
+    same_names = len({f.rsplit("/", 1)[-1] for c in rmap.cells.values() for f in c.files}) == 1
+    for key in rmap.rows():
+        label = " ".join(f"{a}{v}" for a, v in zip(AXES[1:], key) if v is not None) or "-"
+        cells = [rmap.at(key, column) for column in rmap.columns()]
+        row(table, label, *[rank_cell(c, same_names) for c in cells])
+    return table
+
+
 def totals(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
@@ -200,6 +248,10 @@ def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo]
     console.print()
     console.print(files_table(ckpt))
     console.print()
+    rmap = rank_map(ckpt)
+    if len(rmap.cells) > 1 or rmap.missing:  # one file holding everything has no layout to draw
+        console.print(rank_map_table(rmap))
+        console.print()
     model = [t for t in tensors if t.group == "model"]
     print_listing(console, f"Model tensors ({len(model)} stored)", TENSOR_COLUMNS, tensor_rows(model))
     if show_all:

@@ -284,3 +284,43 @@ def _on_terminal(args: list[str], columns: int) -> tuple[int, str]:
     proc.wait(timeout=300)
     os.close(master)
     return proc.returncode, seen.decode(errors="replace").replace("\r", "")
+
+
+def test_inspect_draws_the_rank_layout(tmp_path: Path) -> None:
+    """TP2×PP2: each rank file, its size, the layers it holds and the stages with embedding / head."""
+    import json
+
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    root = tmp_path / "mt"
+    write_megatron_torch(SampleSpec(layers=4, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300), root, tp=2, pp=2)
+    result = runner.invoke(app, ["inspect", str(root)], terminal_width=200)
+    lines = result.stdout.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("Rank layout (TP2×PP2)"))
+    grid = "\n".join(lines[start:start + 14])
+    assert re.search(r"┃ rank ┃ tp0\s+┃ tp1\s+┃", grid), grid
+    assert re.search(r"│ pp0\s+│ mp_rank_00_000\s+│ mp_rank_01_000\s+│\n│\s+│ layers 0-1\s+│ layers 0-1\s+│", grid), grid
+    assert re.search(r"│ pp1\s+│ mp_rank_00_001\s+│ mp_rank_01_001\s+│\n│\s+│ layers 2-3\s+│ layers 2-3\s+│", grid), grid
+    assert grid.count("+ embedding") == 2 and grid.count("+ final norm, output head") == 2
+    doc = json.loads(runner.invoke(app, ["inspect", str(root), "--json"]).stdout)
+    cells = {tuple(c["key"]): c for c in doc["rank_map"]["cells"]}
+    assert set(cells) == {(0, 0, None), (0, 1, None), (1, 0, None), (1, 1, None)} and not doc["rank_map"]["missing"]
+    files = {f["path"]: f["size"] for f in doc["files"]}
+    assert cells[(1, 1, None)]["files"] == ["mp_rank_01_001/model_optim_rng.pt"]
+    assert cells[(1, 1, None)]["size"] == files["mp_rank_01_001/model_optim_rng.pt"] and cells[(1, 1, None)]["layers"] == [2, 3]
+
+
+def test_rank_map_of_experts_chunks_and_shards(tmp_path: Path) -> None:
+    from ckptscope.converters.samples.demo import write_demo
+    from ckptscope.inspectors import detect
+    from ckptscope.inspectors.rankmap import rank_map
+
+    demo = write_demo(tmp_path / "demo")
+    moe = rank_map(detect(demo["megatron-moe-ep2"]))
+    assert moe.axes == ("tp", "pp", "ep") and [sorted(c.experts) for c in moe.cells.values()] == [[0, 1], [2, 3]]
+    dist = rank_map(detect(demo["megatron-dist"]))  # torch_dist: chunk files, layers from the stacked axis
+    assert dist.by_file and all(c.layers == {0, 1, 2, 3} for c in dist.cells.values())
+    assert {k[0] for k in dist.cells} == {f.rel for f in detect(demo["megatron-dist"]).files if f.rel.endswith(".distcp")}
+    hf = rank_map(detect(demo["hf-mixtral"]))
+    assert hf.by_file and sum(c.tensors for c in hf.cells.values()) == len(detect(demo["hf-mixtral"]).model_tensors())

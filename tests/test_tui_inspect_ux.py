@@ -146,3 +146,15 @@ async def test_help_lists_every_active_key(demo: Path) -> None:
         assert ("s", "Stats") in rows and ("/", "Filter") in rows and ("?", "Help") in rows
         assert sum(1 for *_, i in app.screen.rows if not i) > 3  # bindings without ids are listed too
         assert {"tensor-expand", "inspect-back", "quit", "help"} <= ids
+
+
+async def test_ranks_tab_draws_the_rank_layout(demo: Path) -> None:
+    app = CkptscopeApp(demo)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _open(app, pilot, demo / "megatron-torch-tp2pp2")
+        await pilot.press("5")
+        await settle(app, pilot)
+        assert screen.query_one("TabbedContent").active == "tab-ranks"
+        text = _text(screen.query_one("#ranks"))
+        assert "Rank layout (TP2×PP2)" in text and text.count("layers 2-3") == 2 and text.count("+ embedding") == 2
+        assert screen.query_one("#ranks-scroll").has_focus

@@ -39,7 +39,7 @@ from .safe_input import SafeInput
 MAX_FILTER_EXPAND = 200
 MAX_UNMATCHED_SHOWN = 20
 TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-summary": "#summary-scroll",
-             "tab-files": "#files-scroll"}
+             "tab-files": "#files-scroll", "tab-ranks": "#ranks-scroll"}
 FILTER_DEBOUNCE = 0.12  # seconds of quiet typing before a 100k-name filter runs
 
 
@@ -201,6 +201,7 @@ class InspectScreen(Screen):
         Binding("2", "tab('tab-metadata')", "Metadata", id="tab-metadata", show=False),
         Binding("3", "tab('tab-summary')", "Summary", id="tab-summary", show=False),
         Binding("4", "tab('tab-files')", "Files", id="tab-files", show=False),
+        Binding("5", "tab('tab-ranks')", "Ranks", id="tab-ranks", show=False),
     ]
 
     def __init__(self, opened: Opened) -> None:
@@ -239,6 +240,8 @@ class InspectScreen(Screen):
                 yield Static(self._summary(), id="summary")
             with TabPane("Files", id="tab-files"), Lazy(VerticalScroll(id="files-scroll")):
                 yield Static(self._files(), id="files")
+            with TabPane("Ranks", id="tab-ranks"), Lazy(VerticalScroll(id="ranks-scroll")):
+                yield Static(self._ranks(), id="ranks")
         yield Footer()
 
     def _model_line(self) -> str:
@@ -339,6 +342,13 @@ class InspectScreen(Screen):
         for f in self.ckpt.files:
             row(table, printable(f.rel), f.role, f.ranks.label(), _size(f.size))
         return table
+
+    def _ranks(self) -> Any:
+        """The rank-layout map (`ckptscope inspect` draws the same table)."""
+        from ckptscope.app.render import rank_map_table
+        from ckptscope.inspectors.rankmap import rank_map
+
+        return rank_map_table(rank_map(self.ckpt))
 
     # ----- metadata ----------------------------------------------------------------------------
     def _rows(self) -> list[tuple[str, str]]:
