@@ -62,6 +62,24 @@ def metavar(param: Any) -> str:
     return METAVARS.get(name) or TYPE_METAVARS.get(type(param.type).__name__) or name.upper()
 
 
+def choices(name: str) -> tuple[str, ...]:
+    """The values a choice option takes, as the core declares them (`--to`: the registered targets)."""
+    from ckptscope.converters.formats import TARGETS
+    from ckptscope.converters.options import ALL_OPTIONS
+
+    if name == "to":
+        return tuple(TARGETS)
+    found = ALL_OPTIONS.get(name)
+    return found.choices if found is not None and found.kind == "choice" else ()
+
+
+def _complete_choices(values: tuple[str, ...]) -> Any:
+    """A shell-completion callback offering `values` (click turns the strings into items)."""
+    def complete(ctx: Any, param: Any, incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+    return complete
+
+
 def _is_argument(param: Any) -> bool:
     return getattr(param, "param_type_name", "") == "argument"
 
@@ -84,6 +102,9 @@ class Command(TyperCommand):
                 param.metavar = metavar(param)
             if _is_argument(param):
                 param.get_help_record = types.MethodType(_argument_help_record, param)  # type: ignore[method-assign]
+            values = choices(param.name or "")
+            if values and getattr(param, "_custom_shell_complete", None) is None:  # `--to <TAB>`: hf megatron ...
+                param._custom_shell_complete = _complete_choices(values)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """`[OPTIONS] SRC DST` (click's convention), not typer's `{src} {dst}`."""

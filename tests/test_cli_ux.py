@@ -74,6 +74,12 @@ def test_shell_completion_completes_commands_and_options() -> None:
     env.update(COMP_WORDS="ckptscope convert --dty", COMP_CWORD="2")
     done = subprocess.run([_script()], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["--dtype"], done
+    env.update(COMP_WORDS="ckptscope convert a b --to ", COMP_CWORD="5")  # choices from the core's tables
+    done = subprocess.run([_script()], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["hf", "megatron", "megatron-dist", "nxd"], done
+    env.update(COMP_WORDS="ckptscope convert a b --dtype b", COMP_CWORD="5")
+    done = subprocess.run([_script()], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["bf16"], done
     shown = subprocess.run([_script(), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "_CKPTSCOPE_COMPLETE=complete_bash" in shown.stdout
 
