@@ -158,3 +158,49 @@ async def test_ranks_tab_draws_the_rank_layout(demo: Path) -> None:
         text = _text(screen.query_one("#ranks"))
         assert "Rank layout (TP2×PP2)" in text and text.count("layers 2-3") == 2 and text.count("+ embedding") == 2
         assert screen.query_one("#ranks-scroll").has_focus
+
+
+async def test_diff_screen_uses_the_terminal_width(demo: Path, tmp_path: Path) -> None:
+    """At 200 columns neither the table's name columns nor the report below cut a 41-character name."""
+    from ckptscope.app.tui.diff import DiffScreen
+
+    renamed = "model.layers.1.mlp.up_proj.weight_by_hand"  # 41: more than the old fixed 30
+    odd = tmp_path / "odd"
+    shutil.copytree(demo / "hf-llama", odd)
+    _rename_stored(odd, "model.layers.1.mlp.up_proj.weight", renamed)
+    app = CkptscopeApp(demo)
+    async with app.run_test(size=(200, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_diff(demo / "hf-llama")
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen) and bool(app.screen.query("#diff-b")))
+        await pilot.pause(0.2)
+        screen = app.screen
+        screen.query_one("#diff-b").value = str(odd)
+        await pilot.click("#compare")
+        await until(pilot, lambda: screen.report is not None)
+        await settle(app, pilot)
+        widths = {str(c.label): c.width for c in screen.query_one("#diff-table").columns.values()}
+        assert widths["tensor"] > 36 and widths["suggestion"] >= len(renamed), widths
+        report_lines = _text(screen.query_one("#diff-extra")).splitlines()
+        assert any(renamed in line for line in report_lines), "\n".join(report_lines)
+        assert max(len(line.rstrip()) for line in report_lines) > 110
+
+
+def _rename_stored(folder: Path, old: str, new: str) -> None:
+    """Rename one stored tensor of an HF folder (its shard and the index's weight map)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        if old in tensors:
+            tensors[new] = tensors.pop(old)
+            save_file(tensors, str(shard), metadata={"format": "pt"})
+            index = folder / "model.safetensors.index.json"
+            if index.exists():
+                doc = json.loads(index.read_text())
+                doc["weight_map"][new] = doc["weight_map"].pop(old)
+                index.write_text(json.dumps(doc))
+            return
+    raise AssertionError(f"{old} not stored in {folder}")
