@@ -371,8 +371,9 @@ def render_verify(console: Console, report: Any) -> None:
         row(grid, "", Text(printable(difference), style="red"))
     if report.logits_max_abs is not None:
         ok = report.logits_ok
+        cast = f"; both with weights rounded to {report.logits_cast}" if report.logits_cast else ""
         row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} over {report.probe_tokens} tokens "
-                                 f"({report.logits_how[0]} vs {report.logits_how[1]}; tolerance {report.tolerance:g}) "
+                                 f"({report.logits_how[0]} vs {report.logits_how[1]}; tolerance {report.tolerance:g}{cast}) "
                                  f"{'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
     for note in report.notes:
         row(grid, "note", Text(printable(note)))

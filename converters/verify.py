@@ -61,6 +61,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     config_differences: list[str] = field(default_factory=list)  # architecture fields that differ, "field: a -> b"
     probe_tokens: int = 0
+    logits_cast: str | None = None  # both sides' weights rounded to this dtype before the logits (a --dtype conversion)
 
     @property
     def identical(self) -> bool:
@@ -82,7 +83,7 @@ class VerifyReport:
             "max_abs_tensor_diff": max((t.max_abs for t in self.tensors if t.max_abs is not None), default=0.0),
             "only_in_a": self.only_a, "only_in_b": self.only_b,
             "logits": {"max_abs_diff": self.logits_max_abs, "a": self.logits_how[0], "b": self.logits_how[1],
-                       "tolerance": self.tolerance, "ok": self.logits_ok},
+                       "tolerance": self.tolerance, "ok": self.logits_ok, "weights_cast_to": self.logits_cast},
             "config_differences": self.config_differences, "probe_tokens": self.probe_tokens,
             "notes": self.notes,
         }
@@ -162,8 +163,20 @@ def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport
         progress("comparing tensors", len(todo), len(todo))
 
 
-def logits_of(source: CanonicalSource, input_ids: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """fp32 logits: transformers for HF folders, the reference forward otherwise."""
+def logits_cast(report: VerifyReport) -> str | None:
+    """When every tensor is A's cast to one coarser dtype and nothing else differs, that dtype: the
+    logits are then compared with both sides' weights rounded to it, so the cast itself (which
+    the tensor report already names) is not reported as a logits mismatch."""
+    recast = {t.coarser_dtype for t in report.tensors if t.dtype_only}
+    if len(recast) != 1 or report.only_a or report.only_b or not all(t.equal or t.dtype_only for t in report.tensors):
+        return None
+    return recast.pop()
+
+
+def logits_of(source: CanonicalSource, input_ids: torch.Tensor, cast: str | None = None) -> tuple[torch.Tensor, str]:
+    """fp32 logits: transformers for HF folders, the reference forward otherwise; `cast` rounds
+    every weight to that dtype first."""
+    rounding = getattr(torch, cast) if cast else None
     if source.kind == "hf":
         from transformers import AutoModelForCausalLM
 
@@ -171,11 +184,14 @@ def logits_of(source: CanonicalSource, input_ids: torch.Tensor) -> tuple[torch.T
         with quiet_transformers():  # its "Loading weights" bar and load report would land on our output
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
         with torch.no_grad():
+            for param in model.parameters() if rounding is not None else ():
+                param.copy_(param.to(rounding))
             out = model(input_ids).logits
         del model
         return out, "transformers"
+    get = source.get if rounding is None else (lambda name: source.get(name).to(rounding))
     with torch.no_grad():
-        return reference_logits(source.spec, source.get, input_ids), "reference forward"
+        return reference_logits(source.spec, get, input_ids), "reference forward"
 
 
 def fixed_tokens(vocab: int, batch: int = 2, length: int = 16, seed: int = 1234) -> torch.Tensor:
@@ -214,12 +230,13 @@ def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 1
             report.notes.append(f"probe lengthened to {report.probe_tokens} tokens to cross the "
                                 f"{sa.spec.sliding_window}-token sliding window")
         ids = fixed_tokens(vocab, length=report.probe_tokens)
+        report.logits_cast = logits_cast(report)
         if progress is not None:
             progress("logits of A", 0, 2)
-        la, how_a = logits_of(sa, ids)
+        la, how_a = logits_of(sa, ids, report.logits_cast)
         if progress is not None:
             progress("logits of B", 1, 2)
-        lb, how_b = logits_of(sb, ids)
+        lb, how_b = logits_of(sb, ids, report.logits_cast)
         report.logits_max_abs = float((la[..., :vocab].float() - lb[..., :vocab].float()).abs().max())
         report.logits_how = (how_a, how_b)
     return report

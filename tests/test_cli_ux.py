@@ -139,6 +139,8 @@ def test_verify_after_a_dtype_change_counts_casts_apart(small_megatron: Path, tm
     assert (f"{compared} compared: 0 differ, {compared} differ only in dtype "
             "(float32 -> bfloat16, equal after casting to bfloat16), 0 only in A, 0 only in B") in line, line
     assert "largest diff" not in result.stdout
+    logits = next(x for x in result.stdout.splitlines() if x.startswith("logits"))
+    assert "both with weights rounded to bfloat16) OK" in logits and result.exit_code == 0, result.stdout
     from ckptscope.converters.verify import verify
 
     doc = verify(small_megatron, out, logits=False).to_json()
@@ -162,6 +164,9 @@ def test_verify_reports_a_real_difference_after_casting(small_megatron: Path, tm
     assert re.search(r"compared: 1 differ, \d+ differ only in dtype", result.stdout), result.stdout
     assert "largest diff  layers.1.mlp.down after casting" not in result.stdout
     assert re.search(r"largest diff\s+layers\.1\.mlp\.down: .* after casting both to bfloat16", result.stdout), result.stdout
+    from ckptscope.converters.verify import logits_cast, verify
+
+    assert logits_cast(verify(small_megatron, out, logits=False)) is None  # a real change: logits compared as stored
 
 
 def test_transformers_load_bar_stays_off_the_output(small_hf: Path, capfd: pytest.CaptureFixture[str]) -> None:
