@@ -80,7 +80,8 @@ def test_shell_completion_completes_commands_and_options() -> None:
     env.update(COMP_WORDS="ckptscope convert a b --dtype b", COMP_CWORD="5")
     done = subprocess.run([_script()], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["bf16"], done
-    shown = subprocess.run([_script(), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    fixed_shell = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}  # typer's switch: name the shell
+    shown = subprocess.run([_script(), "--show-completion", "bash"], capture_output=True, text=True, timeout=120, env=fixed_shell)
     assert shown.returncode == 0 and "_CKPTSCOPE_COMPLETE=complete_bash" in shown.stdout
 
 
