@@ -184,7 +184,7 @@ def inspect(
     family = render.family_and_quirks(ckpt)
     if as_json:
         doc = ckpt.to_json()
-        doc["family"], doc["quirks"] = family["family"], family["quirks"]
+        doc["family"], doc["quirks"], doc["architecture"] = family["family"], family["quirks"], family["architecture"] or None
         if family["problem"]:
             doc["family_problem"] = family["problem"]
         doc["rank_map"] = rank_map(ckpt).to_json()

@@ -228,12 +228,16 @@ def family_and_quirks(ckpt: Checkpoint) -> dict[str, Any]:
 
         view = canonical_view(ckpt)
     except Exception as exc:  # noqa: BLE001 - the family is extra information, never a failure of inspect
-        return {"family": None, "quirks": [], "problem": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    return {"family": view.family or None, "quirks": list(view.quirks), "problem": view.problem or None}
+        return {"family": None, "quirks": [], "problem": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                "architecture": ""}
+    return {"family": view.family or None, "quirks": list(view.quirks), "problem": view.problem or None,
+            "architecture": view.architecture}
 
 
 def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
     """`family` and `quirks` rows (from `family_and_quirks`) under an overview grid."""
+    if info.get("architecture"):  # what a user looks for first: the model, its size and dtype
+        row(grid, "model", Text(printable(f"{info['architecture']} · {count(info['parameters'])} parameters · {info['dtypes']}", 1000)))
     if info["family"]:
         row(grid, "family", Text(printable(info["family"])))
         row(grid, "quirks", Text(printable("; ".join(info["quirks"]) or "none", 1000)))
@@ -244,7 +248,9 @@ def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
 
 def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo], stats: list[TensorStats] | None, show_all: bool,
                    family: dict[str, Any] | None = None) -> None:
-    console.print(add_family_rows(overview(ckpt), family if family is not None else family_and_quirks(ckpt)))
+    family = dict(family if family is not None else family_and_quirks(ckpt))
+    family.update(parameters=logical_param_count(ckpt), dtypes=" + ".join(ckpt.bytes_by_dtype()) or "-")
+    console.print(add_family_rows(overview(ckpt), family))
     console.print()
     console.print(files_table(ckpt))
     console.print()

@@ -336,3 +336,17 @@ def test_rank_map_of_experts_chunks_and_shards(tmp_path: Path) -> None:
     assert {k[0] for k in dist.cells} == {f.rel for f in detect(demo["megatron-dist"]).files if f.rel.endswith(".distcp")}
     hf = rank_map(detect(demo["hf-mixtral"]))
     assert hf.by_file and sum(c.tensors for c in hf.cells.values()) == len(detect(demo["hf-mixtral"]).model_tensors())
+
+
+def test_inspect_header_names_the_model(small_megatron: Path) -> None:
+    import json
+
+    from ckptscope.inspectors import detect
+    from ckptscope.inspectors.summary import logical_param_count
+
+    params = logical_param_count(detect(small_megatron))
+    result = runner.invoke(app, ["inspect", str(small_megatron)], terminal_width=200)
+    model = next(x for x in result.stdout.splitlines() if x.startswith("model"))
+    assert model.split(None, 1)[1].rstrip() == f"llama · 2 layers · hidden 64 · heads 8 / 2 KV · {params:,} parameters · float32"
+    doc = json.loads(runner.invoke(app, ["inspect", str(small_megatron), "--json"]).stdout)
+    assert doc["architecture"] == "llama · 2 layers · hidden 64 · heads 8 / 2 KV"
