@@ -128,8 +128,10 @@ def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], 
 
 def rank_cell_lines(cell: RankCell) -> list[str]:
     """What one rank holds, a few short lines: layers, experts, whole-model parts, bytes."""
-    lines = [f"layers {span(cell.layers)}" if cell.layers else "", f"experts {span(cell.experts)}" if cell.experts else "",
-             f"pipeline modules {span(cell.modules)}" if cell.modules else "",
+    def numbered(what: str, values: set[int]) -> str:
+        return f"{what}{'s' if len(values) > 1 else ''} {span(values)}" if values else ""
+
+    lines = [numbered("layer", cell.layers), numbered("expert", cell.experts), numbered("pipeline module", cell.modules),
              "+ " + ", ".join(p for p, _ in RANK_PARTS if p in cell.parts) if cell.parts else "",
              size(cell.size) + (f" in {len(cell.files)} files" if len(cell.files) > 1 else "")]
     return [line for line in lines if line]

@@ -85,11 +85,12 @@ def _order(key: Key) -> tuple[int, ...]:
     return tuple(-1 if v is None else v for v in key)
 
 
-def rank_map(ckpt: Checkpoint) -> RankMap:
-    """Group the model files by rank and say what each holds (index only)."""
+def rank_map(ckpt: Checkpoint, *, by_file: bool = False) -> RankMap:
+    """Group the model files by rank and say what each holds (index only). A grid of one cell
+    (one rank's many files: DeepSpeed pipeline layer files) is shown file by file instead."""
     ranks = {f.rel: f.ranks for f in ckpt.files}
     holding = {rel for t in ckpt.model_tensors() for rel in ([c.file for c in t.chunks] or [t.file])}
-    axes = tuple(a for a in AXES if any(getattr(ranks[rel], a) is not None for rel in holding if rel in ranks))
+    axes = () if by_file else tuple(a for a in AXES if any(getattr(ranks[rel], a) is not None for rel in holding if rel in ranks))
     sizes = {a: getattr(ckpt.parallel, a) for a in AXES}
     file_sizes = {f.rel: f.size for f in ckpt.files}
     cells: dict[Key, RankCell] = {}
@@ -131,6 +132,8 @@ def rank_map(ckpt: Checkpoint) -> RankMap:
         missing = [k for k in itertools.product(*spans) if k not in cells]
     for c in cells.values():
         c.files.sort()
+    if axes and len(cells) == 1 and not missing and len(next(iter(cells.values())).files) > 1:
+        return rank_map(ckpt, by_file=True)
     return RankMap(axes, sizes, dict(sorted(cells.items(), key=lambda kv: _order(kv[0]) if axes else kv[0])), missing)
 
 

@@ -350,3 +350,13 @@ def test_inspect_header_names_the_model(small_megatron: Path) -> None:
     assert model.split(None, 1)[1].rstrip() == f"llama · 2 layers · hidden 64 · heads 8 / 2 KV · {params:,} parameters · float32"
     doc = json.loads(runner.invoke(app, ["inspect", str(small_megatron), "--json"]).stdout)
     assert doc["architecture"] == "llama · 2 layers · hidden 64 · heads 8 / 2 KV"
+
+
+def test_rank_map_lists_pipeline_layer_files_one_by_one(corpus: Path) -> None:
+    """DeepSpeed pipeline files of one TP rank: a one-cell grid says nothing, so each file is a row."""
+    from ckptscope.inspectors import detect
+    from ckptscope.inspectors.rankmap import rank_map
+
+    rmap = rank_map(detect(corpus / "deepspeed" / "pipe2_mp"))
+    assert rmap.by_file and [sorted(c.modules) for c in rmap.cells.values()] == [[0], [1], [2], [3], [4], [5]]
+    assert "embedding" in rmap.cells[("layer_00-model_00-model_states.pt",)].parts
