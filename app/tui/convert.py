@@ -420,7 +420,8 @@ class ConvertScreen(Screen):
                        "architecture differs: " + printable("; ".join(report.config_differences), 1000))
         if report.logits_max_abs is not None:
             verdict = "OK" if report.logits_ok else "MISMATCH"
-            log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}) {verdict}")
+            cast = f"; both with weights rounded to {report.logits_cast}" if report.logits_cast else ""
+            log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}{cast}) {verdict}")
         self.notify("verification " + ("passed" if report.logits_ok else "found differences"),
                     severity="information" if report.logits_ok else "error")
 
