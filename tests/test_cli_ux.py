@@ -119,7 +119,7 @@ def test_unknown_target_names_the_option_and_the_choices(small_megatron: Path, t
     assert all(name in line for name in ("hf", "megatron", "megatron-dist", "nxd"))
 
 
-SMALL = dict(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
+SMALL = {"layers": 2, "hidden": 64, "heads": 8, "kv_heads": 2, "ffn": 96, "vocab": 300}
 
 
 @pytest.fixture(scope="module")

@@ -75,12 +75,12 @@ async def test_space_on_a_root_labels_its_iterations_and_enter_opens_one(demo: P
         assert app.screen.ckpt.path == iteration and not tree.cursor_node.is_expanded
 
 
-async def test_right_arrow_expands_and_labels_too(demo: Path) -> None:
+async def test_expanding_with_the_mouse_labels_too(demo: Path) -> None:
     app = CkptscopeApp(demo)
     async with app.run_test(size=(160, 48)) as pilot:
-        screen, tree = await _browse(app, pilot)
+        _, tree = await _browse(app, pilot)
         await _cursor_to(pilot, tree, "nxd-tp2pp2")
-        tree.cursor_node.expand()  # what the arrow / a click do: a NodeExpanded without a selection
+        tree.cursor_node.expand()  # what a click on the ▶ arrow does: a NodeExpanded without a selection
         await until(pilot, lambda: any(p.parent == demo / "nxd-tp2pp2" for p in tree.labels))
 
 
