@@ -20,11 +20,14 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ckptscope.inspectors import CheckpointError, detect
+from ckptscope.inspectors.rankmap import rank_map
 from ckptscope.inspectors.stats import iter_stats
 from ckptscope.inspectors.summary import printable, select
 
 from . import options, render
+from .clihelp import ROOT_EXAMPLES, Command, examples
 from .options import OptionError, validate
+from .progress import stderr_progress
 from .safe import row, safe, safe_markup
 
 
@@ -51,10 +54,14 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineErrors,
     name="ckptscope",
-    help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).",
+    help="Inspect, diff and convert LLM training checkpoints (Megatron-LM, Megatron-DeepSpeed, NxD, Hugging Face).\n\n"
+         "`ckptscope` alone opens the terminal app in the current folder; `ckptscope PATH` opens it at PATH.",
+    epilog=examples(ROOT_EXAMPLES),
+    subcommand_metavar="[PATH] | COMMAND [ARGS]...",
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=False,
     invoke_without_command=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -117,11 +124,24 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ckptscope {version('ckptscope')}")
+        except PackageNotFoundError:
+            typer.echo("ckptscope (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
     storage_option: Annotated[list[str] | None, typer.Option("--storage-option", help="key=value for s3:// / https:// paths (endpoint_url, anon, profile; read_concurrency, read_retries); repeatable, never stored.")] = None,
+    version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Without a command, open the terminal app in the current folder (`ckptscope PATH` opens PATH)."""
     _state["debug"] = debug
@@ -165,7 +185,7 @@ def _path_shortcut(argv: list[str]) -> Path | None:
     return None
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint root, iteration folder, or a single file (or an s3:// / https:// URL).", parser=options.location)],
@@ -184,9 +204,10 @@ def inspect(
     family = render.family_and_quirks(ckpt)
     if as_json:
         doc = ckpt.to_json()
-        doc["family"], doc["quirks"] = family["family"], family["quirks"]
+        doc["family"], doc["quirks"], doc["architecture"] = family["family"], family["quirks"], family["architecture"] or None
         if family["problem"]:
             doc["family_problem"] = family["problem"]
+        doc["rank_map"] = rank_map(ckpt).to_json()
         if filter_:
             doc["tensors"] = [t.to_json() for t in tensors]
             doc["filter"] = filter_
@@ -197,7 +218,7 @@ def inspect(
     render.render_inspect(render.make_console(), ckpt, tensors, stat_rows, show_all, family)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def demo(
     target: Annotated[Path, typer.Argument(help="Folder to write the demo workspace into.")] = Path("ckptscope-demo"),
@@ -251,7 +272,7 @@ def _targets_help() -> str:
     return "Target format: " + " | ".join(f"{f.name} ({f.label})" for f in TARGETS.values()) + "."
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format; a path or an s3:// / https:// URL).", parser=options.location)],
@@ -316,6 +337,11 @@ def convert(
         check_destination(dst, force, [p for p in (src, tokenizer, tokenizer_root, config, rename_map) if p is not None])
     plan = request.plan()
     console = render.make_console()
+    if not plan.ok and not plan_only and not as_json:  # refuse first: the reasons, not a plan that will not run
+        for error in plan.errors:
+            typer.echo(f"ckptscope: error: {printable(error, 4000)}", err=True)
+        typer.echo("ckptscope: nothing written (--plan-only prints the whole plan)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     if as_json and (plan_only or not plan.ok):
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif not as_json and not follower:
@@ -341,7 +367,8 @@ def convert(
         from ckptscope.converters.verify import verify_conversion
 
         _quiet_transformers()
-        report = verify_conversion(request, plan)
+        with stderr_progress() as progress:
+            report = verify_conversion(request, plan, progress)
         summary["verify"] = report.to_json()
         if not as_json:
             render.render_verify(console, report)
@@ -417,7 +444,7 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
     return final
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def verify(
     a: Annotated[Path, typer.Argument(help="First checkpoint (any format).", parser=options.location)],
@@ -437,8 +464,9 @@ def verify(
         _verify_layers(a, b, tokens, tolerance, _read_config(config), as_json)
         return
     _quiet_transformers()
-    report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
-                        config=_read_config(config))
+    with stderr_progress() as progress:
+        report = run_verify(a, b, logits=logits, tokens=tokens, tolerance=tolerance,
+                            config=_read_config(config), progress=progress)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -460,7 +488,7 @@ def _verify_layers(a: Path, b: Path, tokens: int, tolerance: float, config: dict
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def diff(
     a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.", parser=options.location)],
@@ -476,7 +504,9 @@ def diff(
     validate(locals(), options.DIFF)
     from ckptscope.converters.diff import diff_checkpoints
 
-    report = diff_checkpoints(a, b, numeric=numeric, config=config, renames=_renames(rename, rename_map))
+    with stderr_progress() as progress:
+        report = diff_checkpoints(a, b, numeric=numeric, config=config, renames=_renames(rename, rename_map),
+                                  progress=progress)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(only_problems), indent=2) + "\n")
     else:
@@ -485,7 +515,7 @@ def diff(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def check(
     path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).", parser=options.location)],

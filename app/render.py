@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 from typing import Any
 
@@ -15,17 +16,22 @@ from rich.text import Text
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS
 from ckptscope.inspectors.model import Checkpoint, TensorInfo, training_state
+from ckptscope.inspectors.rankmap import AXES, PARTS as RANK_PARTS, RankCell, RankMap, rank_map, span
 from ckptscope.inspectors.stats import TensorStats
 from ckptscope.inspectors.summary import arch_fields, collapse, logical_param_count, printable, shard_files_label
 
 MAX_FILE_ROWS = 24
 
 
+PIPED_WIDTH = 32_767  # piped output is not wrapped: one tensor per line, whole names, for grep / awk
+
+
 def make_console() -> Console:
-    """Terminal width when interactive; wide enough for long tensor names when piped."""
+    """The terminal's width when interactive; when piped, no wrapping (`COLUMNS` still wins)."""
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=160)
+        columns = os.environ.get("COLUMNS", "")
+        console = Console(highlight=False, width=int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH)
     return console
 
 
@@ -121,6 +127,55 @@ def print_listing(console: Console, title: str, columns: tuple[tuple[str, str], 
     console.file.flush()
 
 
+def rank_cell_lines(cell: RankCell) -> list[str]:
+    """What one rank holds, a few short lines: layers, experts, whole-model parts, bytes."""
+    def numbered(what: str, values: set[int]) -> str:
+        return f"{what}{'s' if len(values) > 1 else ''} {span(values)}" if values else ""
+
+    lines = [numbered("layer", cell.layers), numbered("expert", cell.experts), numbered("pipeline module", cell.modules),
+             "+ " + ", ".join(p for p, _ in RANK_PARTS if p in cell.parts) if cell.parts else "",
+             size(cell.size) + (f" in {len(cell.files)} files" if len(cell.files) > 1 else "")]
+    return [line for line in lines if line]
+
+
+def rank_file_label(cell: RankCell, same_names: bool) -> str:
+    """The file a rank writes, shortly: its folder when every rank's file has one name
+    (`mp_rank_00_001`), else its name (`dp_rank_00_tp_rank_00_pp_rank_01.pt`)."""
+    first = cell.files[0].rsplit("/", 2)
+    shown = first[-2] if same_names and len(first) > 1 else first[-1]
+    return shown + (f" +{len(cell.files) - 1}" if len(cell.files) > 1 else "")
+
+
+def rank_cell(cell: RankCell | None, same_names: bool = False) -> Group | Text:
+    if cell is None:
+        return Text("MISSING", style="bold red")
+    return Group(Text(printable(rank_file_label(cell, same_names)), style="dim"), *(Text(line) for line in rank_cell_lines(cell)))
+
+
+def rank_map_table(rmap: RankMap) -> Table:
+    """The rank-layout map: rows are pipeline / expert ranks, columns TP ranks (one row per file
+    for checkpoints without ranks); a grid position no file fills says MISSING."""
+    if rmap.by_file:
+        table = Table(title="Rank layout (one row per file: what each holds)", title_justify="left", show_edge=False)
+        for col in ("file", "holds", "tensors"):
+            table.add_column(col, justify="right" if col == "tensors" else "left", overflow="fold")
+        for key in rmap.rows():
+            cell = rmap.cells[key]
+            row(table, Text(printable(cell.files[0])), " · ".join(rank_cell_lines(cell)), str(cell.tensors))
+        return table
+    shown = "×".join(f"{a.upper()}{rmap.sizes[a]}" for a in rmap.axes)
+    table = Table(title=f"Rank layout ({shown})", title_justify="left", show_lines=True)
+    table.add_column("rank", style="bold")
+    for column in rmap.columns():
+        table.add_column("-" if column is None else f"tp{column}")
+    same_names = len({f.rsplit("/", 1)[-1] for c in rmap.cells.values() for f in c.files}) == 1
+    for key in rmap.rows():
+        label = " ".join(f"{a}{v}" for a, v in zip(AXES[1:], key) if v is not None) or "-"
+        cells = [rmap.at(key, column) for column in rmap.columns()]
+        row(table, label, *[rank_cell(c, same_names) for c in cells])
+    return table
+
+
 def totals(ckpt: Checkpoint) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
@@ -176,12 +231,16 @@ def family_and_quirks(ckpt: Checkpoint) -> dict[str, Any]:
 
         view = canonical_view(ckpt)
     except Exception as exc:  # noqa: BLE001 - the family is extra information, never a failure of inspect
-        return {"family": None, "quirks": [], "problem": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    return {"family": view.family or None, "quirks": list(view.quirks), "problem": view.problem or None}
+        return {"family": None, "quirks": [], "problem": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                "architecture": ""}
+    return {"family": view.family or None, "quirks": list(view.quirks), "problem": view.problem or None,
+            "architecture": view.architecture}
 
 
 def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
     """`family` and `quirks` rows (from `family_and_quirks`) under an overview grid."""
+    if info.get("architecture"):  # what a user looks for first: the model, its size and dtype
+        row(grid, "model", Text(printable(f"{info['architecture']} · {count(info['parameters'])} parameters · {info['dtypes']}", 1000)))
     if info["family"]:
         row(grid, "family", Text(printable(info["family"])))
         row(grid, "quirks", Text(printable("; ".join(info["quirks"]) or "none", 1000)))
@@ -192,10 +251,16 @@ def add_family_rows(grid: Table, info: dict[str, Any]) -> Table:
 
 def render_inspect(console: Console, ckpt: Checkpoint, tensors: list[TensorInfo], stats: list[TensorStats] | None, show_all: bool,
                    family: dict[str, Any] | None = None) -> None:
-    console.print(add_family_rows(overview(ckpt), family if family is not None else family_and_quirks(ckpt)))
+    family = dict(family if family is not None else family_and_quirks(ckpt))
+    family.update(parameters=logical_param_count(ckpt), dtypes=" + ".join(ckpt.bytes_by_dtype()) or "-")
+    console.print(add_family_rows(overview(ckpt), family))
     console.print()
     console.print(files_table(ckpt))
     console.print()
+    rmap = rank_map(ckpt)
+    if len(rmap.cells) > 1 or rmap.missing:  # one file holding everything has no layout to draw
+        console.print(rank_map_table(rmap))
+        console.print()
     model = [t for t in tensors if t.group == "model"]
     print_listing(console, f"Model tensors ({len(model)} stored)", TENSOR_COLUMNS, tensor_rows(model))
     if show_all:
@@ -301,25 +366,40 @@ def print_files_and_messages(console: Console, title: str, files: list[tuple[str
         console.print(Text(f"{label}: " + printable(e, limit), style="bold red"))
 
 
+def verify_tensors_text(report: Any) -> tuple[str, bool]:
+    """`N compared: K differ, M differ only in dtype (float32 -> bfloat16, equal after casting to
+    bfloat16), ...`: a `--dtype` conversion is not counted as a difference in value; and whether
+    anything differs beyond that."""
+    recast = [t for t in report.tensors if not t.equal and t.dtype_only]  # B is exactly A cast
+    valued = [t for t in report.tensors if not t.equal and not t.dtype_only]
+    casts = sorted({f"{t.dtype_a} -> {t.dtype_b}, equal after casting to {t.coarser_dtype}" for t in recast})
+    text = (f"{len(report.tensors)} compared: {len(valued)} differ"
+            + (f", {len(recast)} differ only in dtype ({'; '.join(casts)})" if recast else "")
+            + f", {len(report.only_a)} only in A, {len(report.only_b)} only in B")
+    return text, bool(valued or report.only_a or report.only_b)
+
+
 def render_verify(console: Console, report: Any) -> None:
-    differing = [t for t in report.tensors if not t.equal]
+    valued = [t for t in report.tensors if not t.equal and not t.dtype_only]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan")
     grid.add_column()
-    row(grid, "tensors", Text(f"{len(report.tensors)} compared, {len(differing)} differ, "
-                              f"{len(report.only_a)} only in A, {len(report.only_b)} only in B",
-                              style="green" if report.identical else "yellow"))
-    if differing:
-        worst = max(differing, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
-        row(grid, "largest diff", Text(f"{printable(worst.name)}: {worst.max_abs if worst.max_abs is not None else 'shape ' + str(worst.shape_a) + ' vs ' + str(worst.shape_b)}"))
+    line, differs = verify_tensors_text(report)
+    row(grid, "tensors", Text(line, style="yellow" if differs else "green"))
+    if valued:
+        worst = max(valued, key=lambda t: t.max_abs if t.max_abs is not None else float("inf"))
+        shown = (f"shape {worst.shape_a} vs {worst.shape_b}" if worst.max_abs is None else f"{worst.max_abs:.3g}"
+                 + (f" ({worst.max_abs_cast:.3g} after casting both to {worst.coarser_dtype})" if worst.max_abs_cast is not None else ""))
+        row(grid, "largest diff", Text(f"{printable(worst.name)}: {shown}"))
     row(grid, "architecture", Text("every field the same" if not report.config_differences else
                                    f"{len(report.config_differences)} field(s) differ", style="green" if not report.config_differences else "bold red"))
     for difference in report.config_differences:
         row(grid, "", Text(printable(difference), style="red"))
     if report.logits_max_abs is not None:
         ok = report.logits_ok
+        cast = f"; both with weights rounded to {report.logits_cast}" if report.logits_cast else ""
         row(grid, "logits", Text(f"max abs diff {report.logits_max_abs:.3g} over {report.probe_tokens} tokens "
-                                 f"({report.logits_how[0]} vs {report.logits_how[1]}; tolerance {report.tolerance:g}) "
+                                 f"({report.logits_how[0]} vs {report.logits_how[1]}; tolerance {report.tolerance:g}{cast}) "
                                  f"{'OK' if ok else 'MISMATCH'}", style="green" if ok else "bold red"))
     for note in report.notes:
         row(grid, "note", Text(printable(note)))
@@ -376,7 +456,13 @@ def diff_summary(report: Any) -> Text:
     parts = [f"{c[s]} {s}" for s in ("same", "missing", "unexpected", "shape", "dtype", "values") if c[s] or s == "same"]
     parts += [f"{c[k]} unplaced in {side}" for k, side in (("unplaced_a", "A"), ("unplaced_b", "B")) if c[k]]
     verdict, style = ("IDENTICAL", "bold green") if report.identical else ("DIFFERENT", "bold red")
-    worst = f"; max abs diff {report.max_abs:.3g}" if report.numeric and report.max_abs is not None else ""
+    worst = ""
+    if report.numeric:  # what was read, and what could not be: never a clean "0" over a partial read
+        compared = sum(e.max_abs is not None for e in report.entries)
+        skipped = len(report.not_compared)
+        worst = (f"; max abs diff {report.max_abs:.3g} over {compared} tensor(s) compared" if report.max_abs is not None
+                 else "; no values compared")
+        worst += f", {skipped} not compared (unreadable, see notes)" if skipped else ""
     return Text(f"{verdict} ({report.mode} names): " + ", ".join(parts) + worst, style=style)
 
 

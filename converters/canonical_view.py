@@ -33,6 +33,15 @@ class CanonicalView:
         """Layout quirks to flag: interleaved rotary, padded vocab, layernorm-1p, tied head, ..."""
         return self.spec.quirks() if self.spec else []
 
+    @property
+    def architecture(self) -> str:
+        """One line for a header: `llama · 32 layers · hidden 4096 · heads 32 / 8 KV · 8 experts top-2`."""
+        s = self.spec
+        if s is None:
+            return ""
+        return " · ".join([s.family, f"{s.layers} layers", f"hidden {s.hidden}", f"heads {s.heads} / {s.kv_heads} KV",
+                           *([f"{s.experts} experts top-{s.topk}"] if s.moe else [])])
+
     def canonical_for(self, stored: str) -> str:
         if stored in self.mapped:
             return ", ".join(self.mapped[stored])

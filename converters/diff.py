@@ -40,12 +40,13 @@ from .plan import make_plan
 from .rename_advice import suggest_renames
 from .renames import Renames, renamed_view
 from .sources import Accounting, CanonicalSource, group_label, open_source
-from .verify import VerifyReport, compare_tensors
+from .verify import Progress, VerifyReport, compare_tensors
 from .writers import TargetOptions
 
 Shape = tuple[int, ...]
 
 STATUSES = ("same", "missing", "unexpected", "shape", "dtype", "values")
+VALUE_STATUSES = ("same", "dtype", "values")  # present on both sides with one shape: values comparable
 CANONICAL, STORED = "canonical", "stored"
 # Formats whose canonical reader hands stored tensors over unchanged (1:1 names): there the
 # stored shape is the canonical one, so a tensor edited against its config.json shows up.
@@ -73,6 +74,8 @@ class DiffEntry:
     shards_b: int = 0
     max_abs: float | None = None  # numeric only; None when not compared
     suggestion: str = ""  # the name on the lacking side that probably is this tensor
+    stored_a: list[str] = field(default_factory=list)  # the stored names that hold it on each side
+    stored_b: list[str] = field(default_factory=list)
 
     @property
     def problem(self) -> bool:
@@ -158,8 +161,13 @@ class DiffReport:
 
     @property
     def identical(self) -> bool:
-        """Every tensor the same on both sides and nothing left unplaced."""
-        return not self.problems() and not self.a.unplaced and not self.b.unplaced
+        """Every tensor the same on both sides, nothing left unplaced, and (numeric) every value read."""
+        return not self.problems() and not self.a.unplaced and not self.b.unplaced and not self.not_compared
+
+    @property
+    def not_compared(self) -> list[str]:
+        """Numeric: tensors on both sides whose values could not be read (the notes say why)."""
+        return [e.name for e in self.entries if self.numeric and e.status in VALUE_STATUSES and e.max_abs is None]
 
     @property
     def max_abs(self) -> float | None:
@@ -182,6 +190,7 @@ class DiffReport:
         return {
             "a": self.a.to_json(), "b": self.b.to_json(), "mode": self.mode, "identical": self.identical,
             "numeric": self.numeric, "tolerance": self.tolerance, "counts": self.counts, "max_abs": self.max_abs,
+            "not_compared": self.not_compared,
             "entries": [e.to_json() for e in (self.problems() if only_problems else self.entries)],
             "notes": self.notes,
         }
@@ -246,11 +255,12 @@ class _View:
     shapes: dict[str, Shape]  # canonical names present on disk
     dtypes: dict[str, str]
     shards: dict[str, int]
+    stored: dict[str, list[str]]  # canonical name -> the stored names holding it
 
 
 def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
                      config: Mapping[str, Any] | str | Path | None = None, tolerance: float = 0.0,
-                     renames: Renames | None = None) -> DiffReport:
+                     renames: Renames | None = None, progress: Progress | None = None) -> DiffReport:
     """Missing, unexpected, reshaped and recast tensors between A and B (optionally values).
 
     `config` (an HF config dict or a config.json path) gives the architecture to both sides, for
@@ -263,17 +273,17 @@ def diff_checkpoints(a: str | Path, b: str | Path, *, numeric: bool = False,
     ca, cb = views[0].ckpt, views[1].ckpt
     sides = [_side(str(p), v.ckpt, v.renamed) for p, v in ((a, views[0]), (b, views[1]))]
     rename_notes = [w for w in dict.fromkeys(views[0].warnings) if w in views[1].warnings]
-    report = _diff(ca, cb, sides, cfg, numeric, tolerance)
+    report = _diff(ca, cb, sides, cfg, numeric, tolerance, progress)
     report.notes += rename_notes
     return report
 
 
 def _diff(ca: Checkpoint, cb: Checkpoint, sides: list[Side], cfg: dict[str, Any] | None, numeric: bool,
-          tolerance: float) -> DiffReport:
+          tolerance: float, progress: Progress | None = None) -> DiffReport:
     views = [_open_view(c, cfg, s) for c, s in zip((ca, cb), sides, strict=True)]
     if views[0] is not None and views[1] is not None:
-        return _canonical_diff(sides[0], sides[1], views[0], views[1], numeric, tolerance)
-    return _stored_diff(sides[0], sides[1], ca, cb, numeric, tolerance)
+        return _canonical_diff(sides[0], sides[1], views[0], views[1], numeric, tolerance, progress)
+    return _stored_diff(sides[0], sides[1], ca, cb, numeric, tolerance, progress)
 
 
 def _load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
@@ -303,7 +313,7 @@ def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _
     view = _View(source, order,
                  shapes={c: _canonical_shape(source.kind, acc, c, held[c], infos[c], spec_shapes[c], source) for c in held},
                  dtypes={c: _dtype_label(infos[c]) for c in held},
-                 shards={c: len(infos[c]) for c in held})
+                 shards={c: len(infos[c]) for c in held}, stored={c: list(held[c]) for c in held})
     side.model = (f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
                   f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else "")
                   + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
@@ -395,11 +405,13 @@ def _status(shape_a: Any, shape_b: Any, dtype_a: str | None, dtype_b: str | None
     return next((status for status, hit in checks if hit), "same")
 
 
-def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tolerance: float) -> DiffReport:
+def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tolerance: float,
+                    progress: Progress | None = None) -> DiffReport:
     names = sorted((n for n in dict.fromkeys([*va.order, *vb.order]) if n in va.shapes or n in vb.shapes), key=_group_key)
     entries = [DiffEntry(n, _status(va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n)),
                          va.shapes.get(n), vb.shapes.get(n), va.dtypes.get(n), vb.dtypes.get(n),
-                         va.shards.get(n, 0), vb.shards.get(n, 0)) for n in names]
+                         va.shards.get(n, 0), vb.shards.get(n, 0), stored_a=va.stored.get(n, []), stored_b=vb.stored.get(n, []))
+               for n in names]
     for e in entries:
         lacking = {"missing": sb, "unexpected": sa}.get(e.status)
         e.suggestion = _placing(lacking.unplaced, e.name) if lacking else ""
@@ -407,7 +419,7 @@ def _canonical_diff(sa: Side, sb: Side, va: _View, vb: _View, numeric: bool, tol
     report.notes += [f"{s.format} {label}: {len(s.missing_stored)} expected stored tensor(s) absent from disk"
                      for label, s in (("A", sa), ("B", sb)) if s.missing_stored]
     if numeric:
-        _numeric_canonical(report, va, vb)
+        _numeric_canonical(report, va, vb, progress)
     return report
 
 
@@ -441,10 +453,10 @@ class _Tolerant(CanonicalSource):
         return self.source.account(user_ignores)
 
 
-def _numeric_canonical(report: DiffReport, va: _View, vb: _View) -> None:
+def _numeric_canonical(report: DiffReport, va: _View, vb: _View, progress: Progress | None = None) -> None:
     """Max abs difference per canonical tensor, one group per side in memory (verify's pass)."""
     compared = VerifyReport(report.a.path, report.b.path)
-    compare_tensors(_Tolerant(va.source, "A", report.notes), _Tolerant(vb.source, "B", report.notes), compared)
+    compare_tensors(_Tolerant(va.source, "A", report.notes), _Tolerant(vb.source, "B", report.notes), compared, progress)
     report.notes += compared.notes
     found = {t.name: t for t in compared.tensors}
     for e in report.entries:
@@ -458,7 +470,8 @@ def _numeric_canonical(report: DiffReport, va: _View, vb: _View) -> None:
 
 
 # ----- stored-name fallback ---------------------------------------------------------------------
-def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bool, tolerance: float) -> DiffReport:
+def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bool, tolerance: float,
+                 progress: Progress | None = None) -> DiffReport:
     # both sides by stored names, whichever could not be opened; drop what a canonical view found
     sa, sb = (dataclasses.replace(s, mode=STORED, model="", unplaced=[], ignored={}, missing_stored=[], suggested_renames=[])
               for s in (sa, sb))
@@ -469,7 +482,7 @@ def _stored_diff(sa: Side, sb: Side, ca: Checkpoint, cb: Checkpoint, numeric: bo
     report = DiffReport(sa, sb, STORED, numeric, tolerance, entries,
                         [f"compared by stored names: no canonical view ({why})"])
     if numeric:
-        _numeric_stored(report, ca, cb, ia, ib)
+        _numeric_stored(report, ca, cb, ia, ib, progress)
     return report
 
 
@@ -479,7 +492,8 @@ def _stored_entry(name: str, a: list[TensorInfo], b: list[TensorInfo]) -> DiffEn
     shapes_b = tuple(tuple(t.shape) for t in b) or None
     dtype_a, dtype_b = (_dtype_label(a) or None), (_dtype_label(b) or None)
     return DiffEntry(name, _status(shapes_a, shapes_b, dtype_a, dtype_b), shapes_a[0] if shapes_a else None,
-                     shapes_b[0] if shapes_b else None, dtype_a, dtype_b, len(a), len(b))
+                     shapes_b[0] if shapes_b else None, dtype_a, dtype_b, len(a), len(b),
+                     stored_a=[name] if a else [], stored_b=[name] if b else [])
 
 
 def _suggest(entries: list[DiffEntry]) -> None:
@@ -501,9 +515,11 @@ def _by_indices(names: Iterable[str]) -> dict[tuple[int, ...], list[str]]:
 
 
 def _numeric_stored(report: DiffReport, ca: Checkpoint, cb: Checkpoint, ia: dict[str, list[TensorInfo]],
-                    ib: dict[str, list[TensorInfo]]) -> None:
+                    ib: dict[str, list[TensorInfo]], progress: Progress | None = None) -> None:
     """Shard by shard, one pair of stored tensors in memory at a time."""
-    for e in report.entries:
+    for done, e in enumerate(report.entries):
+        if progress is not None:
+            progress("comparing tensors", done, len(report.entries))
         if e.status not in ("same", "dtype"):
             continue
         try:

@@ -6,13 +6,21 @@ unpickling anything; sizes are summed from `stat`.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .detect import label_text, probe
 from .errors import CheckpointError
 from .storage import RemotePath, as_path
+from .formats.megatron_torch import MODEL_FILES, RANK_DIR_RE
+from .probing import Probe
+
+HF_SHARD_RE = re.compile(r"^(model|pytorch_model)-(\d{5})-of-(\d{5})\.(safetensors|bin)$", re.ASCII)
+MAX_MISSING_LISTED = 50
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,7 @@ class FolderLabel:
     complete: bool
     size: int
     problem: str = ""
+    missing: tuple[str, ...] = ()  # files the names on disk say should be there (`model-00002-of-00003...`)
 
     def text(self) -> str:
         if self.problem:
@@ -52,6 +61,53 @@ def folder_size(path: Path, limit: int = 20000) -> int:
     return total
 
 
+def _hf_missing(folder: Path) -> list[str]:
+    """`model-0000k-of-0000n.safetensors` shards absent from a series (names only)."""
+    series: dict[tuple[str, int, str], set[int]] = {}
+    for name in os.listdir(folder):
+        m = HF_SHARD_RE.match(name)
+        if m:
+            series.setdefault((m.group(1), int(m.group(3)), m.group(4)), set()).add(int(m.group(2)))
+    return [f"{prefix}-{k:05d}-of-{total:05d}.{ext}" for (prefix, total, ext), present in series.items()
+            for k in range(1, min(total, 100_000) + 1) if k not in present][:MAX_MISSING_LISTED]
+
+
+def _megatron_missing(folder: Path) -> list[str]:
+    """Rank folders absent from the TP × PP × EP grid their names span, and rank folders without
+    their model file (names only: a whole missing TP column needs the args, which `detect` reads)."""
+    present: dict[tuple[int | None, ...], Path] = {}
+    for entry in os.scandir(folder):
+        m = RANK_DIR_RE.match(entry.name)
+        if m and entry.is_dir():
+            present[tuple(int(g) if g is not None else None for g in m.groups())] = Path(entry.path)
+    if not present:
+        return []
+    axes = [sorted({k[i] for k in present}, key=lambda v: -1 if v is None else v) for i in range(3)]
+    spans = [[None] if a == [None] else list(range(max(v for v in a if v is not None) + 1)) for a in axes]
+    out = []
+    for key in itertools.product(*spans):
+        name = f"mp_rank_{key[0]:02d}" + "".join(f"_{v:03d}" for v in key[1:] if v is not None)
+        where = present.get(key)
+        if where is None or not any((where / f).is_file() for f in MODEL_FILES):
+            out.append(f"{name}/{MODEL_FILES[0]}")
+    return out[:MAX_MISSING_LISTED]
+
+
+# Checkpoint kind -> names-only check of the files its layout implies (browse labels them INCOMPLETE)
+MISSING_FILES: dict[str, Callable[[Path], list[str]]] = {"hf": _hf_missing, "megatron-torch": _megatron_missing}
+
+
+def missing_files(found: Probe) -> list[str]:
+    """Files a probed checkpoint's own names say are missing (relative to what it opens)."""
+    check = MISSING_FILES.get(found.kind)
+    if check is None or isinstance(found.path, RemotePath) or not found.path.is_dir():
+        return []
+    try:
+        return check(found.path)
+    except OSError:
+        return []
+
+
 def label_path(path: str | Path) -> FolderLabel:
     """Recognise a folder or file from names only; never raises."""
     path = as_path(path)
@@ -64,4 +120,6 @@ def label_path(path: str | Path) -> FolderLabel:
     if found is None:
         return FolderLabel("", "", None, "", True, 0)
     role = "root" if found.root is not None else "file" if path.is_file() else "iteration"
-    return FolderLabel(found.kind, role, found.iteration, found.layout, found.complete, folder_size(path))
+    missing = tuple(missing_files(found))
+    return FolderLabel(found.kind, role, found.iteration, found.layout, found.complete and not missing, folder_size(path),
+                       missing=missing)

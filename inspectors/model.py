@@ -299,6 +299,25 @@ REPLICATED_RE = re.compile(
 )
 
 
+# Split tensors that Megatron-style TP cuts along their input dimension (row-parallel: the
+# attention output and MLP down projections); every other split tensor is cut along dim 0.
+ROW_PARALLEL_RE = re.compile(r"(linear_proj|linear_fc2|\.dense|dense_4h_to_h|o_proj|down_proj|out_proj|\bwo|\bw2|tok_embeddings)\.weight$")
+
+
+def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
+    """The logical tensor's shape from its stored pieces: a torch_dist tensor is stored with its
+    global shape; TP slices add up along dim 0 (column-parallel) or 1 (row-parallel); replicated
+    tensors and EP / DP copies of one slice count once (as `logical_param_count`)."""
+    first = shards[0]
+    slices = {t.ranks.tp or 0: t for t in shards}
+    if first.chunks or len(slices) < 2 or not first.shape or REPLICATED_RE.search(first.global_name):
+        return first.shape
+    dim = 1 if len(first.shape) > 1 and ROW_PARALLEL_RE.search(first.global_name) else 0
+    if any(t.shape[:dim] + t.shape[dim + 1:] != first.shape[:dim] + first.shape[dim + 1:] for t in slices.values()):
+        return first.shape  # slices that do not line up: no global shape to claim
+    return first.shape[:dim] + (sum(t.shape[dim] for t in slices.values()),) + first.shape[dim + 1:]
+
+
 # Stored tensors that are buffers, not parameters (the model's `parameters()` does not hold them):
 # rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's expert bias.
 BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias|_extra_state)$")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import operator
-import os
 import pickle
 import struct
 import threading

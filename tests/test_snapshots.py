@@ -100,6 +100,16 @@ def test_summary_tab(snap_compare) -> None:
     assert snap_compare(CkptscopeApp(DEMO / "megatron-moe-ep2"), terminal_size=SIZE, run_before=run_before)
 
 
+def test_ranks_tab(snap_compare) -> None:
+    """The rank-layout map: TP columns, PP rows, what each rank file holds."""
+    async def run_before(pilot) -> None:
+        await _inspecting(pilot)
+        await pilot.press("5")
+        await pilot.pause(0.2)
+
+    assert snap_compare(CkptscopeApp(DEMO / "megatron-torch-tp2pp2"), terminal_size=SIZE, run_before=run_before)
+
+
 @pytest.mark.parametrize("theme", ["ckptscope-dark", "ckptscope-light"])
 def test_diff(snap_compare, theme: str) -> None:
     async def run_before(pilot) -> None:

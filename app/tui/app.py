@@ -36,6 +36,11 @@ def one_line(error: BaseException | None) -> str:
     return printable(f"{type(error).__name__}: {error}", 2000)
 
 
+# Clearer words in the help screen than Textual's own binding descriptions
+HELP_TEXT = {"command_palette": "Command palette (jump to tensor, themes, screens)", "toggle_node": "Expand / collapse",
+             "select_cursor": "Select (open a checkpoint, expand a module)", "toggle_expand_all": "Expand or collapse all below"}
+
+
 class CkptscopeApp(App):
     TITLE = "ckptscope"
     SUB_TITLE = "checkpoints: inspect · diff · convert"
@@ -153,13 +158,16 @@ class CkptscopeApp(App):
         return (ckpt.root or ckpt.path) if ckpt is not None else None
 
     def action_help(self) -> None:
+        """Every key active here: the focused widget's (the tree's Space, e, s), the screen's, the app's."""
         rows = []
         seen = set()
-        for binding in list(self.screen.BINDINGS) + [b for w in self.screen.focus_chain[:1] for b in getattr(w, "BINDINGS", [])] + list(self.BINDINGS):
-            if isinstance(binding, Binding) and binding.id not in seen:
-                seen.add(binding.id)
-                rows.append((binding.key_display or binding.key, binding.description, binding.id or ""))
-        rows.append(("ctrl+p", "Command palette (jump to tensor, themes, screens)", "command_palette"))
+        for key, active in self.screen.active_bindings.items():
+            binding = active.binding
+            description = HELP_TEXT.get(binding.action, binding.description)
+            if not description or (key, binding.action) in seen:
+                continue
+            seen.add((key, binding.action))
+            rows.append((binding.key_display or self.get_key_display(binding), description, binding.id or ""))
         self.push_screen(HelpScreen(rows))
 
     async def action_quit_app(self) -> None:
@@ -177,6 +185,8 @@ class CkptscopeApp(App):
     # ----- errors ------------------------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
+            if event.worker.group == "open":
+                self.clear_notifications()  # the "opening…" toast: the error dialog replaces it
             if len(self.screen_stack) == 1:
                 self.show_browser()  # opening the start path failed: land somewhere useful
             title = f"{event.worker.description or event.worker.name} failed"

@@ -1,7 +1,9 @@
 """Browse screen: a directory tree that recognises checkpoint roots and iteration folders.
 
 Folder labels (kind, iteration, layout, size, complete) come from name-only probing in a thread
-worker whenever a directory is expanded, so large folders stay responsive.
+worker whenever a directory is expanded (Enter, Space or an arrow), so large folders stay
+responsive. Enter on a checkpoint (a root or one iteration folder) opens it; on any other folder
+it expands.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DirectoryTree, Footer, Header, Static
+from textual.widgets import DirectoryTree, Footer, Header, Static, Tree
 from textual.widgets._directory_tree import DirEntry
 from textual.widgets._tree import TreeNode
 
@@ -39,6 +41,7 @@ class CheckpointTree(DirectoryTree):
 
     def __init__(self, path: str | Path, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(path, **kwargs)
+        self.auto_expand = False  # Enter opens a checkpoint folder; the screen expands the others
         self.labels: dict[Path, FolderLabel] = {}
 
     def process_label(self, label: str | Text) -> Text:
@@ -67,8 +70,26 @@ class CheckpointTree(DirectoryTree):
 
     async def action_reload(self) -> None:
         self.labels.clear()
+        self.screen.probed.clear()  # type: ignore[attr-defined]
         await self.reload()
         self.screen.probe_children(Path(self.path))  # type: ignore[attr-defined]
+
+    @on(Tree.NodeExpanded)
+    def _label_expanded(self, event: Tree.NodeExpanded[DirEntry]) -> None:
+        """However a folder is expanded (Enter, Space, an arrow, a click), label what it holds
+        (DirectoryTree stops the message here, so the screen never sees it)."""
+        if event.node.data is not None:
+            self.screen.probe_children(event.node.data.path)  # type: ignore[attr-defined]
+
+    def relabel(self, paths: set[Path]) -> None:
+        """Redraw the nodes of newly labelled paths: Tree caches rendered lines per node, so a
+        label that arrives after a node was drawn shows only once that node is refreshed."""
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if node.data is not None and node.data.path in paths:
+                node.refresh()
+            stack.extend(node.children)
 
 
 class BrowseScreen(Screen):
@@ -79,6 +100,7 @@ class BrowseScreen(Screen):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.root_path = path
+        self.probed: set[Path] = set()  # folders whose children were labelled (or are being)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -92,8 +114,19 @@ class BrowseScreen(Screen):
         self.probe_children(self.root_path)
         self.query_one(CheckpointTree).focus()
 
-    @work(thread=True, exclusive=False, group="probe", exit_on_error=False, description="probe folders")
     def probe_children(self, folder: Path) -> None:
+        """Label `folder` and its sub-folders once (a reload starts over)."""
+        if folder not in self.probed:
+            self.probed.add(folder)
+            self._probe(folder)
+
+    @work(thread=True, exclusive=False, group="probe", exit_on_error=False, description="probe a folder")
+    def probe_one(self, path: Path) -> None:
+        """Label one path (beyond the first MAX_PROBED_CHILDREN of its folder, or not yet probed)."""
+        self.post_message(FolderLabelled({path: label_path(path)}))
+
+    @work(thread=True, exclusive=False, group="probe", exit_on_error=False, description="probe folders")
+    def _probe(self, folder: Path) -> None:
         """Label `folder` and its sub-folders (names only) without blocking the UI."""
         labels: dict[Path, FolderLabel] = {folder: label_path(folder)}
         try:
@@ -110,16 +143,20 @@ class BrowseScreen(Screen):
     def _labels(self, message: FolderLabelled) -> None:
         tree = self.query_one(CheckpointTree)
         tree.labels.update(message.labels)
-        tree.refresh()
+        tree.relabel(set(message.labels))
         self._preview(tree.cursor_node)
 
     @on(DirectoryTree.DirectorySelected)
     def _dir_selected(self, event: DirectoryTree.DirectorySelected) -> None:
-        info = self.query_one(CheckpointTree).labels.get(event.path)
-        if info is not None and info.kind:
+        """Enter: open a checkpoint (root or iteration folder, labelled or not yet); expand the rest."""
+        tree = self.query_one(CheckpointTree)
+        info = tree.labels.get(event.path)
+        if info is None:  # not labelled yet (a probe in flight): names only, quick
+            info = tree.labels[event.path] = label_path(event.path)
+        if info.kind:
             self.open_path(event.path)
-        else:
-            self.probe_children(event.path)
+            return
+        event.node.toggle()
 
     @on(DirectoryTree.FileSelected)
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
@@ -137,6 +174,7 @@ class BrowseScreen(Screen):
         info = self.query_one(CheckpointTree).labels.get(path)
         if info is None:
             preview.update(Text(f"{printable(path.name)}\n\n(probing…)"))
+            self.probe_one(path)
             return
         text = Text()
         text.append(printable(path.name) + "\n\n", style="bold")
@@ -151,6 +189,10 @@ class BrowseScreen(Screen):
                 text.append(f"layout      {info.layout}\n")
             text.append(f"size        {humanize.naturalsize(info.size, binary=True)}\n")
             text.append("complete    " + ("yes" if info.complete else "NO") + "\n", style="" if info.complete else "bold red")
+            for name in info.missing[:8]:
+                text.append(f"  missing   {printable(name)}\n", style="red")
+            if len(info.missing) > 8:
+                text.append(f"  … {len(info.missing) - 8} more missing\n", style="red")
             text.append("\nEnter / o: open in the inspector", style="dim")
         else:
             text.append("not a checkpoint", style="dim")

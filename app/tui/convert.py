@@ -416,13 +416,15 @@ class ConvertScreen(Screen):
     def _verified(self, message: VerifyDone) -> None:
         report = message.report
         log = self.query_one("#run-log", Log)
-        differing = sum(not t.equal for t in report.tensors)
-        log.write_line(f"tensors: {len(report.tensors)} compared, {differing} differ")
+        from ckptscope.app.render import verify_tensors_text
+
+        log.write_line("tensors: " + verify_tensors_text(report)[0])
         log.write_line("architecture: every field the same" if not report.config_differences else
                        "architecture differs: " + printable("; ".join(report.config_differences), 1000))
         if report.logits_max_abs is not None:
             verdict = "OK" if report.logits_ok else "MISMATCH"
-            log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}) {verdict}")
+            cast = f"; both with weights rounded to {report.logits_cast}" if report.logits_cast else ""
+            log.write_line(f"logits: max abs diff {report.logits_max_abs:.3g} ({report.logits_how[0]} vs {report.logits_how[1]}{cast}) {verdict}")
         self.notify("verification " + ("passed" if report.logits_ok else "found differences"),
                     severity="information" if report.logits_ok else "error")
 

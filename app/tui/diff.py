@@ -32,6 +32,20 @@ STATUS_STYLE = {"same": "green", "missing": "bold red", "unexpected": "bold yell
 TARGETS = tuple((f.label, f.name) for f in FORMAT_TARGETS.values())  # the registry's (converters/formats.py)
 
 
+# (label, width); None: a share of what the fixed columns leave (names: never cut at a fixed width)
+COLUMNS: tuple[tuple[str, int | None], ...] = (("status", 10), ("tensor", None), ("shape A", 14), ("shape B", 14),
+                                               ("dtype A", 9), ("dtype B", 9), ("max |Δ|", 9), ("suggestion", None))
+NAME_SHARES = {"tensor": 0.6, "suggestion": 0.4}
+MIN_NAME_WIDTHS = {"tensor": 36, "suggestion": 30}
+
+
+def column_widths(screen_width: int) -> list[tuple[str, int]]:
+    """The table's columns at a screen width: fixed ones as declared, the name columns sharing the rest."""
+    spare = screen_width - sum(w or 0 for _, w in COLUMNS) - 2 * len(COLUMNS) - 4  # cell padding, borders, scrollbar
+    return [(label, w if w is not None else max(MIN_NAME_WIDTHS[label], int(spare * NAME_SHARES[label])))
+            for label, w in COLUMNS]
+
+
 def _shape(shape: Any) -> str:
     return "—" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
 
@@ -47,6 +61,8 @@ class DiffScreen(Screen):
         super().__init__()
         self.path = path
         self.report: Any = None
+        self.kind = "diff"  # what the report is: diff | check
+        self.laid_out_for = 0  # the screen width the table columns were sized for
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -85,11 +101,25 @@ class DiffScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#diff-table", DataTable)
-        for label, width in (("status", 10), ("tensor", 36), ("shape A", 14), ("shape B", 14), ("dtype A", 9),
-                             ("dtype B", 9), ("max |Δ|", 9), ("suggestion", 30)):
-            table.add_column(label, width=width)  # fixed widths: the table does not jump as results arrive
+        self._lay_out(self.app.size.width)
         self.query_one("#diff-b" if self.path else "#diff-a", Input).focus()
+
+    def on_resize(self) -> None:
+        if self.laid_out_for and self.size.width != self.laid_out_for:  # (a first Resize comes before on_mount)
+            self._lay_out(self.size.width)
+            if self.report is not None:
+                self._show(self.report, self.kind)
+
+    def _lay_out(self, width: int) -> None:
+        """Fixed widths (the table does not jump as results arrive), sized to the screen."""
+        self.laid_out_for = width
+        table = self.query_one("#diff-table", DataTable)
+        table.clear(columns=True)
+        for label, column_width in column_widths(width):
+            table.add_column(label, width=column_width)
+
+    def _report_width(self) -> int:
+        return max(80, (self.size.width or self.app.size.width) - 4)  # the report under the table: the screen's width
 
     # ----- actions -----------------------------------------------------------------------------
     @on(Button.Pressed, "#compare")
@@ -176,34 +206,37 @@ class DiffScreen(Screen):
     # ----- results -----------------------------------------------------------------------------
     @on(DiffDone)
     def _done(self, message: DiffDone) -> None:
+        self.report, self.kind = message.report, message.kind
+        self._show(message.report, message.kind)
+
+    def _show(self, report: Any, kind: str) -> None:
         from ckptscope.app import render
 
-        self.report = message.report
         table = self.query_one("#diff-table", DataTable)
         table.clear()
-        table.display = message.kind != "layers"  # the layers report is its own table (render_layers)
-        if message.kind == "layers":
-            report = message.report
+        table.display = kind != "layers"  # the layers report is its own table (render_layers)
+        if kind == "layers":
             self.query_one("#diff-summary", Static).update(
                 Text("every layer within tolerance" if report.first is None else f"first divergence: {report.first_label()}",
                      style="green" if report.first is None else "bold red"))
             self.query_one("#diff-extra", Static).update(capture(render.render_layers, report))
             return
-        if message.kind == "check":
-            self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if message.report.ok else "problems found"),
-                                                                style="green" if message.report.ok else "bold red"))
-            self.query_one("#diff-extra", Static).update(capture(render.render_check, message.report))
-            suggested = message.report.suggested_renames
-            self.query_one("#rename-row").display = bool(suggested or message.report.renamed or self._renames())
+        if kind == "check":
+            self.query_one("#diff-summary", Static).update(Text("check: " + ("convertible" if report.ok else "problems found"),
+                                                                style="green" if report.ok else "bold red"))
+            self.query_one("#diff-extra", Static).update(capture(render.render_check, report, width=self._report_width()))
+            suggested = report.suggested_renames
+            self.query_one("#rename-row").display = bool(suggested or report.renamed or self._renames())
             self.query_one("#apply-renames", Button).disabled = not suggested
-            for u in message.report.unplaced:
+            for u in report.unplaced:
                 row(table, Text("unplaced", style="bold red"), printable(u.name), _shape(u.shape), "", u.dtype, "", "",
                            printable(u.nearest or ""))
-            for name in message.report.missing:
+            for name in report.missing:
                 row(table, Text("missing", style="bold red"), printable(name), "", "", "", "", "", "")
             return
-        self._fill(message.report)
-        self.query_one("#diff-extra", Static).update(capture(render.render_diff, message.report, only_problems=True))
+        self._fill(report)
+        self.query_one("#diff-extra", Static).update(capture(render.render_diff, report, only_problems=True,
+                                                             width=self._report_width()))
 
     def _fill(self, report: Any) -> None:
         from ckptscope.app import render

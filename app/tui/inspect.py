@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from ckptscope.app.safe import row, safe, safe_text
 from ckptscope.inspectors.jsonable import jsonable
 from ckptscope.inspectors.megatron_common import ARCH_FIELDS
-from ckptscope.inspectors.model import training_state
+from ckptscope.inspectors.model import global_shape, training_state
 from ckptscope.inspectors.stats import tensor_stats
 from ckptscope.inspectors.summary import arch_fields, printable, shard_files_label
 from ckptscope.inspectors.tree import NON_MODEL, ModuleNode, build_tree
@@ -37,8 +37,9 @@ from .opening import Explained, Opened, explain
 from .safe_input import SafeInput
 
 MAX_FILTER_EXPAND = 200
+MAX_UNMATCHED_SHOWN = 20
 TAB_FOCUS = {"tab-tensors": "#tensor-tree", "tab-metadata": "#meta-table", "tab-summary": "#summary-scroll",
-             "tab-files": "#files-scroll"}
+             "tab-files": "#files-scroll", "tab-ranks": "#ranks-scroll"}
 FILTER_DEBOUNCE = 0.12  # seconds of quiet typing before a 100k-name filter runs
 
 
@@ -56,21 +57,44 @@ def _count(n: int) -> str:
     return humanize.intword(n, "%.1f") if n >= 1_000_000 else humanize.intcomma(n)
 
 
+def _many(n: int, what: str) -> str:
+    """`1 tensor`, `2 tensors`, `1,024 shards`."""
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _unmatched_below(names: Any) -> dict[str, int]:
+    """Module path -> unmatched tensors at or below it (a handful of names: every prefix of each)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
+
+
 class TensorTree(Tree[ModuleNode]):
     """Module tree; children are created only when a node is expanded."""
 
     BINDINGS = [
         Binding("s", "stats", "Stats", id="tensor-stats"),
-        Binding("e", "expand_all_below", "Expand", id="tensor-expand", show=False),
+        Binding("e", "expand_all_below", "Expand all below", id="tensor-expand", show=False),
     ]
 
     def __init__(self, root: ModuleNode, colours: dict[str, str], **kwargs: Any) -> None:
         super().__init__(Text("model"), data=root, **kwargs)
         self.colours = colours
+        self.unmatched: dict[str, int] = {}  # module path -> tensors below it no rule places
+        self.warning_style = "bold yellow"
         self.show_root = False
         self.guide_depth = 3
 
     def on_mount(self) -> None:
+        self.warning_style = f"bold {self.app.theme_variables.get('warning', 'yellow')}"
         self.populate(self.root)
         self.root.expand()
 
@@ -83,14 +107,20 @@ class TensorTree(Tree[ModuleNode]):
         parts: list[tuple[str, str]] = []
         if node.shards:
             first = node.shards[0]
-            shapes = {t.shape for t in node.shards}
-            parts.append(("[" + ", ".join(map(str, first.shape)) + "]" if len(shapes) == 1 else "mixed shapes", "dim"))
+            whole = global_shape(node.shards)
+            same = len({t.shape for t in node.shards}) == 1
+            parts.append((_shape(whole) if same or whole != first.shape else "mixed shapes", ""))
             parts.append((printable(first.dtype), self.colours.get(first.dtype, "")))
-            if len(node.shards) > 1:
-                parts.append((f"×{len(node.shards)} shards", "italic"))
+            if first.chunks:
+                parts.append((f"in {_many(len(first.chunks), 'chunk')}", "italic"))
+            elif len(node.shards) > 1:
+                parts.append((f"{len(node.shards)} shards of {_shape(first.shape)}" if whole != first.shape
+                               else f"×{len(node.shards)} copies", "italic"))
             parts.append((_size(node.nbytes), "dim"))
         else:
-            parts.append((f"{node.tensors:,} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
+            parts.append((f"{_many(node.tensors, 'tensor')} · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
+        if self.unmatched.get(node.path):
+            parts.append(("unmatched" if node.shards else f"{self.unmatched[node.path]} unmatched", self.warning_style))
         for part, style in parts:
             text.append("  ")  # separators stay unstyled: styled leading spaces are dropped when rendered
             text.append(part, style=style)
@@ -126,6 +156,18 @@ class TensorTree(Tree[ModuleNode]):
             if child.allow_expand:
                 self._expand_recursive(child)
 
+    def mark_unmatched(self, names: Any) -> None:
+        """Flag tensors no rule places (and the modules above them) in the labels shown so far."""
+        self.unmatched = _unmatched_below(names)
+        if not self.unmatched:
+            return
+        stack = list(self.root.children)
+        while stack:
+            node = stack.pop()
+            if node.data is not None and node.data.path in self.unmatched:
+                node.set_label(self.label_for(node.data))
+            stack.extend(node.children)
+
     def jump_to(self, path: str) -> bool:
         """Expand along `path` and move the cursor to it (used by the command palette)."""
         parts = path.split(".")
@@ -159,6 +201,7 @@ class InspectScreen(Screen):
         Binding("2", "tab('tab-metadata')", "Metadata", id="tab-metadata", show=False),
         Binding("3", "tab('tab-summary')", "Summary", id="tab-summary", show=False),
         Binding("4", "tab('tab-files')", "Files", id="tab-files", show=False),
+        Binding("5", "tab('tab-ranks')", "Ranks", id="tab-ranks", show=False),
     ]
 
     def __init__(self, opened: Opened) -> None:
@@ -166,6 +209,7 @@ class InspectScreen(Screen):
         self.opened = opened
         self.ckpt = opened.ckpt
         self.explained: Explained | None = None  # canonical view and totals, from a second worker
+        self.head = ""  # the title bar's first line (format, layout, tensors, size, path)
         self.selected: ModuleNode | None = None
         self.palette_names: list[str] | None = None  # filled by the command palette on first use
         self.shown_at: float | None = None  # perf_counter() of the first paint (read by bench/)
@@ -176,7 +220,8 @@ class InspectScreen(Screen):
         head = f" {ckpt.kind} · " + (f"iter {ckpt.iteration} · " if ckpt.iteration is not None else "") + \
             f"{ckpt.parallel.label()} · {self._tensor_count()} · {_size(ckpt.total_bytes)} · {printable(ckpt.path)}"
         yield Header()
-        yield Static(head, classes="title-bar", markup=False, id="inspect-title")
+        self.head = head
+        yield Static(head + "\n " + self._model_line(), classes="title-bar", markup=False, id="inspect-title")
         with TabbedContent(initial="tab-tensors", id="inspect-tabs"):
             with TabPane("Tensors", id="tab-tensors"):
                 with Horizontal():
@@ -195,7 +240,18 @@ class InspectScreen(Screen):
                 yield Static(self._summary(), id="summary")
             with TabPane("Files", id="tab-files"), Lazy(VerticalScroll(id="files-scroll")):
                 yield Static(self._files(), id="files")
+            with TabPane("Ranks", id="tab-ranks"), Lazy(VerticalScroll(id="ranks-scroll")):
+                yield Static(self._ranks(), id="ranks")
         yield Footer()
+
+    def _model_line(self) -> str:
+        """Architecture, parameters and dtype: what a user looks for first (the mapping step knows them)."""
+        if self.explained is None:
+            return "model: reading the architecture…"
+        view = self.explained.view
+        arch = printable(view.architecture) if view.spec is not None else "architecture unknown"
+        dtypes = " + ".join(printable(d) for d in self.explained.bytes_by_dtype) or "-"
+        return f"{arch} · {_count(self.explained.parameters)} parameters · {dtypes}"
 
     def _tensor_count(self) -> str:
         """Logical model tensors, and the stored pieces when shards split them."""
@@ -219,6 +275,8 @@ class InspectScreen(Screen):
     @on(CheckpointExplained)
     def _explained(self, message: CheckpointExplained) -> None:
         self.explained = message.explained
+        self.query_one("#inspect-title", Static).update(self.head + "\n " + self._model_line())
+        self.query_one(TensorTree).mark_unmatched(self.explained.view.unmatched)
         self._refresh_summary()
         if self.selected is not None and self.selected.shards:
             self._show_details(self.selected)
@@ -261,6 +319,11 @@ class InspectScreen(Screen):
                 row(table, "quirks", "; ".join(view.quirks))
             row(table, "mapping", f"{len(view.mapped)} stored tensors map to canonical names, {len(view.ignored)} ignored by rule, "
                                   f"{len(view.unmatched)} unmatched")
+            for name, near in list(view.unmatched.items())[:MAX_UNMATCHED_SHOWN]:  # name them: they are what blocks a conversion
+                row(table, "  unmatched", Text(printable(name) + (f"  (nearest rule: {printable(near)})" if near else "  (no rule close)"),
+                                               style="yellow"))
+            if len(view.unmatched) > MAX_UNMATCHED_SHOWN:
+                row(table, "", Text(f"… {len(view.unmatched) - MAX_UNMATCHED_SHOWN} more (tensor tree: marked unmatched)", style="yellow"))
         elif view.problem:
             row(table, "model", Text(f"not convertible yet: {printable(view.problem)}", style="yellow"))
         for what, text in training_state(ckpt).items():  # what else the run saved (as `ckptscope inspect`)
@@ -279,6 +342,13 @@ class InspectScreen(Screen):
         for f in self.ckpt.files:
             row(table, printable(f.rel), f.role, f.ranks.label(), _size(f.size))
         return table
+
+    def _ranks(self) -> Any:
+        """The rank-layout map (`ckptscope inspect` draws the same table)."""
+        from ckptscope.app.render import rank_map_table
+        from ckptscope.inspectors.rankmap import rank_map
+
+        return rank_map_table(rank_map(self.ckpt))
 
     # ----- metadata ----------------------------------------------------------------------------
     def _rows(self) -> list[tuple[str, str]]:
@@ -391,7 +461,7 @@ class InspectScreen(Screen):
         if node is None:
             return
         if not node.shards:
-            info.update(Text(f"{printable(node.path)}\n\n{node.tensors:,} tensors · {_count(node.numel)} elements · {_size(node.nbytes)}"))
+            info.update(Text(f"{printable(node.path)}\n\n{_many(node.tensors, 'tensor')} · {_count(node.numel)} elements · {_size(node.nbytes)}"))
             return
         self._show_details(node)
         self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
@@ -406,8 +476,11 @@ class InspectScreen(Screen):
             text.append(f"stored as {printable(first.name)}\n", style="dim")
         canonical = self.explained.view.canonical_for(first.global_name) if self.explained else "(mapping…)"
         text.append(f"\ncanonical  {printable(canonical)}\n")
+        whole = global_shape(node.shards)
+        text.append(f"shape      {_shape(whole)}" + (f" (each shard {_shape(first.shape)})" if whole != first.shape else "") + "\n")
         text.append(f"dtype      {printable(first.dtype)}\n")
-        text.append(f"elements   {_count(node.numel)} in {len(node.shards)} shard(s), {_size(node.nbytes)}\n")
+        pieces = _many(len(first.chunks), "chunk") if first.chunks else _many(len(node.shards), "shard")
+        text.append(f"elements   {_count(node.numel)} in {pieces}, {_size(node.nbytes)}\n")
         if first.stacked:
             text.append(f"stacked    leading axes: {printable(', '.join(first.stacked))}\n")
         text.append("\nwhere it lives\n", style="bold")
