@@ -85,7 +85,8 @@ def hf_entries(spec: ModelSpec) -> list[HfEntry]:
 
 def hf_ignored(spec: ModelSpec) -> tuple[str, ...]:
     """Regexes of stored HF entries that carry no weights for this model's family."""
-    return HF_IGNORED + family(spec.family).ignored
+    found = family(spec.family)
+    return HF_IGNORED + found.ignored + found.ignored_for(spec)
 
 
 __all__ = ["FAMILIES", "Family", "FusedExperts", "HfEntry", "MegatronTraits", "Row", "family", "for_model_type",

@@ -48,7 +48,7 @@ class HfSource(CanonicalSource):
             stored = self._stored(entry.name)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
-        if self.fused and 0 <= group < self.spec.layers:
+        if self.fused and 0 <= group < self.spec.layers and self.spec.layer_spec(group).moe:
             out.update(self._read_fused(group))
         return out
 
@@ -94,7 +94,7 @@ class HfSource(CanonicalSource):
                 for name in self.mxfp4.get(entry.name, (entry.name,)):
                     expected.setdefault(name, []).extend(entry.canon)
         if self.fused:
-            for i in range(self.spec.layers):
+            for i in (i for i in range(self.spec.layers) if self.spec.layer_spec(i).moe):
                 for name, canon in self._fused_names(i).items():
                     expected[name] = [c.replace("{e}", "*") for c in canon]
         rules = list(families.hf_ignored(self.spec))
