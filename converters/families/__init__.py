@@ -19,7 +19,7 @@ from .common import finish_hf_config
 MODULES = (
     "llama", "mistral", "qwen2", "mixtral", "gpt2", "bloom", "falcon", "apertus",
     "qwen3", "qwen3_moe", "qwen2_moe", "phi3", "starcoder2", "olmo2", "granite", "glm4",
-    "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss",
+    "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss", "deepseek_v2", "deepseek_v3",
 )
 
 FAMILIES: dict[str, Family] = {}
