@@ -32,6 +32,7 @@ class Canonical:
     present: Callable[[ModelSpec], bool]
     doc: str
     tp: str = "replicated"  # how tensor parallelism cuts it on its own: column (dim 0) | row (dim 1) | vocab | replicated
+    fp32: bool = False  # kept in float32 whatever the target dtype (a buffer the model keeps in fp32)
 
 
 def _always(s: ModelSpec) -> bool:
@@ -155,7 +156,7 @@ LAYER: tuple[Canonical, ...] = (
     Canonical("router.bias", "moe", lambda s: (s.experts,), lambda s: s.moe and s.router_bias, "router logit bias (gpt-oss)"),
     Canonical("router.score_bias", "moe", lambda s: (s.experts,), lambda s: s.moe and s.router_score_bias,
               "expert score-correction bias, added to the router scores for the choice of experts only, not their weights "
-              "(a buffer, not a parameter: DeepSeek-V3's e_score_correction_bias, megatron-core's expert_bias)"),
+              "(a buffer, not a parameter: DeepSeek-V3's e_score_correction_bias, megatron-core's expert_bias)", fp32=True),
     Canonical("experts.{e}.gate", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert gate projection", "column"),
     Canonical("experts.{e}.up", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert up projection", "column"),
     Canonical("experts.{e}.down", "moe", lambda s: (s.hidden, _expert_ffn(s)), lambda s: s.moe, "expert down projection", "row"),
@@ -220,6 +221,12 @@ def pattern_of(canonical: str) -> str:
     if len(parts) > 1 and parts[0] == "experts":
         parts[1] = "{e}"
     return ".".join(parts)
+
+
+def kept_fp32(canonical: str) -> bool:
+    """Written in float32 whatever the target dtype (a bf16 copy would round it)."""
+    found = declared.get(pattern_of(canonical))
+    return found is not None and found.fp32
 
 
 def is_declared(canonical: str) -> bool:
