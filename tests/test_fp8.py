@@ -138,11 +138,14 @@ def test_released_deepseek_converts_to_bf16_hf_as_transformers_reads_it(released
         assert torch.equal(plain(ids).logits, reference(ids).logits)
 
 
-def test_inspect_counts_fp8_weights_and_not_their_scales(released: Path) -> None:
+def test_inspect_names_the_quantization_and_counts_fp8_weights_not_their_scales(released: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "ckptscope.app.cli", "inspect", str(released), "--json"],
                          capture_output=True, text=True, check=True)
-    totals = json.loads(out.stdout)["totals"]
-    assert totals["parameters"] == sum(p.numel() for p in _model().parameters())
+    report = json.loads(out.stdout)
+    assert report["totals"]["parameters"] == sum(p.numel() for p in _model().parameters())
+    quantized = sum(bool(QUANTIZED.search(n)) for n in load_file(str(released / "model.safetensors")))
+    assert f"{quantized} weights stored as float8_e4m3fn with 8×8 block scales (weight_scale_inv), dequantized on read" \
+        in report["quirks"], report["quirks"]
 
 
 def test_a_float8_weight_without_scales_is_refused(released: Path, tmp_path: Path) -> None:

@@ -122,3 +122,13 @@ class HfSource(CanonicalSource):
 
     def notes(self) -> list[str]:
         return list(self.spec.notes)
+
+    def storage_quirks(self) -> list[str]:
+        out = []
+        if self.fp8:
+            dtypes = "/".join(sorted({self.index[w].dtype for w, _ in self.fp8.values()}))
+            out.append(f"{len(self.fp8)} weights stored as {dtypes} with {self.fp8_block[0]}×{self.fp8_block[1]} block scales "
+                       "(weight_scale_inv), dequantized on read")
+        if self.mxfp4:
+            out.append(f"{len(self.mxfp4)} weights stored as MXFP4 (_blocks + _scales, 32-value groups), dequantized on read")
+        return out
