@@ -4,9 +4,10 @@ A linear weight `W` [rows, cols] is stored as `float8_e4m3fn` under its own name
 `<module>.weight_scale_inv` (float32 [ceil(rows / bm), ceil(cols / bn)]): one multiplier per
 block of `quantization_config.weight_block_size` [bm, bn] (`quant_method: fp8`, [128, 128] in
 the releases), the last block row / column partial when a size is not a multiple (V3's
-`kv_a_proj_with_mqa` has 576 rows). `W = fp32(fp8) × scale`, rounded once to the dtype asked
-for: transformers' `Fp8Dequantize` and DeepSeek's own `weight_dequant` compute the same product.
-The product is returned in float32 so the writer's cast is the only rounding.
+`kv_a_proj_with_mqa` has 576 rows). `W = fp32(fp8) × scale`, rounded once to the model's dtype
+(config `torch_dtype`, bf16 in the releases), as transformers' `Fp8Dequantize` (its
+`dequantize=True` loading) and DeepSeek's own `weight_dequant` compute it. Rounding a few block
+rows at a time keeps the temporaries small: a layer of 256 experts is never held in fp32.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def quantized_pairs(names: set[str] | dict[str, object]) -> dict[str, tuple[str,
             if n.endswith(".weight" + SCALE) and n[: -len(SCALE)] in names}
 
 
-def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    """FP8 `weight` [rows, cols] and its block scales -> float32 `weight × scale`, a few row blocks at a time."""
+def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """FP8 `weight` [rows, cols] and its block scales -> `weight × scale` (in fp32) rounded to `dtype`."""
     bm, bn = block
     if weight.dim() != 2 or weight.dtype not in FP8 or not scale_inv.dtype.is_floating_point:
         raise ValueError(f"FP8 weight {tuple(weight.shape)} {weight.dtype} / scale {scale_inv.dtype} is not a float8 matrix "
@@ -48,11 +49,11 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, 
     if tuple(scale_inv.shape) != grid:
         raise ValueError(f"FP8 weight {rows}×{cols} in {bm}×{bn} blocks needs scales {grid[0]}×{grid[1]}, "
                          f"found {'×'.join(map(str, scale_inv.shape))}")
-    out = torch.empty(rows, cols, dtype=torch.float32)
+    out = torch.empty(rows, cols, dtype=dtype)
     step = max(1, ELEMENTS_PER_STEP // max(cols * bm, 1)) * bm  # whole block rows per step
     for start in range(0, rows, step):
         chunk = weight[start:start + step].to(torch.float32)
         scale = scale_inv[start // bm:(start + chunk.shape[0] + bm - 1) // bm].to(torch.float32)
         scale = scale.repeat_interleave(bm, dim=0)[:chunk.shape[0]].repeat_interleave(bn, dim=1)[:, :cols]
-        out[start:start + chunk.shape[0]] = chunk * scale
+        out[start:start + chunk.shape[0]] = (chunk * scale).to(dtype)
     return out

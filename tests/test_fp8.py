@@ -98,9 +98,9 @@ def test_dequantize_matches_transformers_bit_for_bit() -> None:
     torch.manual_seed(1)
     weight = (torch.randn(256, 384) * 100).to(torch.float8_e4m3fn)
     scales = torch.rand(2, 3) * 1e-2
-    ours = dequantize(weight, scales, (128, 128))
     for dtype in (torch.bfloat16, torch.float32):
-        assert torch.equal(ours.to(dtype), Fp8Dequantize(None)._dequantize_one(weight, scales, output_dtype=dtype))
+        ours = dequantize(weight, scales, (128, 128), dtype)
+        assert ours.dtype == dtype and torch.equal(ours, Fp8Dequantize(None)._dequantize_one(weight, scales, output_dtype=dtype))
 
 
 def test_partial_edge_blocks_follow_deepseek() -> None:
@@ -112,9 +112,9 @@ def test_partial_edge_blocks_follow_deepseek() -> None:
     for i in range(5):
         for j in range(2):
             expected[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] *= scales[i, j]
-    assert torch.equal(dequantize(weight, scales, (128, 128)), expected)
+    assert torch.equal(dequantize(weight, scales, (128, 128), torch.float32), expected)
     with pytest.raises(ValueError, match="needs scales 5×2"):
-        dequantize(weight, scales[:4], (128, 128))
+        dequantize(weight, scales[:4], (128, 128), torch.float32)
 
 
 def test_released_deepseek_converts_to_bf16_hf_as_transformers_reads_it(released: Path, tmp_path: Path) -> None:

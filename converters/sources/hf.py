@@ -68,7 +68,7 @@ class HfSource(CanonicalSource):
         if name in self.fp8:
             weight, scale = (self._load(self.index[n]) for n in self.fp8[name])
             try:
-                return fp8.dequantize(weight, scale, self.fp8_block)
+                return fp8.dequantize(weight, scale, self.fp8_block, self.spec.dtype)
             except ValueError as exc:
                 raise SpecError(f"{self.ckpt.path}: {name}: {exc}") from None
         return self._load(self.index[name])
