@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from ckptscope.converters.plan import make_plan
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
+from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import logical_param_count
 from safetensors.torch import load_file, save_file
 
@@ -59,3 +61,31 @@ def test_mtp_layers_are_dropped_by_a_named_rule(tmp_path: Path) -> None:
     assert not any(n.startswith(f"model.layers.{layers}.") for n in load_file(str(next(out.glob("*.safetensors")))))
     assert json.loads((out / "config.json").read_text())["num_nextn_predict_layers"] == 0  # the output holds none
     assert logits_diff(out, model, VOCAB) == 0.0
+
+
+def test_a_release_style_config_reads_as_transformers_reads_it(tmp_path: Path) -> None:
+    """The releases' config.json: v4 `rope_scaling` (type yarn, mscale / mscale_all_dim) beside a
+    top-level `rope_theta`, and the original code's keys (scoring_func, topk_method, moe_layer_freq)."""
+    from ckptscope.converters.reference import reference_logits
+    from ckptscope.converters.sources import open_source
+    from ckptscope.converters.verify import fixed_tokens
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "src"
+    _build("deepseek_v3").save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    config.update(rope_theta=params.pop("rope_theta"), rope_scaling={**params, "type": params.pop("rope_type")},
+                  scoring_func="sigmoid", topk_method="noaux_tc", moe_layer_freq=1)
+    config["rope_scaling"].pop("rope_type", None)
+    (src / "config.json").write_text(json.dumps(config))
+    model = AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    source = open_source(detect(src))
+    ids = fixed_tokens(VOCAB, length=24)
+    with torch.no_grad():
+        assert (reference_logits(source.spec, source.get, ids) - model(ids).logits).abs().max().item() <= 1e-5
+    assert logits_diff(convert_to(src, tmp_path / "hf", "hf"), model, VOCAB) == 0.0
+    config["moe_layer_freq"] = 2  # the original code's MoE on every other layer: transformers' model has no such thing
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="moe_layer_freq 2 is not supported"):
+        make_plan(src, TargetOptions("hf"))

@@ -34,11 +34,15 @@ def mla_fields(config: dict[str, Any]) -> dict[str, Any]:
                 v_head_dim=int(config["v_head_dim"]))
 
 
-def moe_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """Routed and shared experts, and the first `first_k_dense_replace` layers dense."""
+def moe_fields(config: dict[str, Any], scoring: str) -> dict[str, Any]:
+    """Routed and shared experts, and the first `first_k_dense_replace` layers dense. The original
+    configs' `scoring_func` and `moe_layer_freq` must say what transformers' classes do anyway."""
     n = int(config.get("n_routed_experts") or 0)
     if not n:
         return {}
+    for key, value in (("scoring_func", scoring), ("moe_layer_freq", 1)):
+        if config.get(key) not in (None, value):
+            raise SpecError(f"{config.get('model_type')}: {key} {config[key]!r} is not supported (transformers' model has {value!r})")
     expert_ffn, shared = int(config["moe_intermediate_size"]), int(config.get("n_shared_experts") or 0)
     if not shared:
         raise SpecError(f"{config.get('model_type')}: n_shared_experts 0 is not supported (transformers builds a shared expert)")
@@ -53,7 +57,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     if method not in TOPK_METHODS:
         raise SpecError(f"deepseek_v2 topk_method {method!r} is not supported ({', '.join(TOPK_METHODS)})")
     grouped = method == "group_limited_greedy"
-    return llama_spec(config, "deepseek_v2", **mla_fields(config), **moe_fields(config), rope_interleave=True,
+    return llama_spec(config, "deepseek_v2", **mla_fields(config), **moe_fields(config, "softmax"), rope_interleave=True,
                       norm_topk_prob=False, router_groups=int(config.get("n_group") or 1) if grouped else 1,
                       router_group_topk=int(config.get("topk_group") or 1) if grouped else 1)
 

@@ -23,7 +23,7 @@ from .deepseek_v2 import FEATURES, MLA_ROWS, MOE_ROWS, common_kwargs, mla_fields
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     experts = int(config.get("n_routed_experts") or 0)
-    return llama_spec(config, "deepseek_v3", **mla_fields(config), **moe_fields(config),
+    return llama_spec(config, "deepseek_v3", **mla_fields(config), **moe_fields(config, "sigmoid"),
                       rope_interleave=bool(config.get("rope_interleave", True)), router_score="sigmoid",
                       router_score_bias=experts > 0, norm_topk_prob=bool(config.get("norm_topk_prob", True)),
                       router_groups=int(config.get("n_group") or 1), router_group_topk=int(config.get("topk_group") or 1),
