@@ -89,3 +89,17 @@ def test_a_release_style_config_reads_as_transformers_reads_it(tmp_path: Path) -
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="moe_layer_freq 2 is not supported"):
         make_plan(src, TargetOptions("hf"))
+
+
+def test_kimi_k2_config_reads_as_deepseek_v3(tmp_path: Path) -> None:
+    """Kimi K2's config.json says `kimi_k2` for DeepSeek-V3's architecture (its remote code is V3's):
+    read as deepseek_v3, written as transformers' own class, same logits."""
+    model = _build("deepseek_v3")
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    config["model_type"] = "kimi_k2"
+    (src / "config.json").write_text(json.dumps(config))
+    out = convert_to(src, tmp_path / "hf", "hf")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "deepseek_v3"
+    assert logits_diff(out, model, VOCAB) == 0.0

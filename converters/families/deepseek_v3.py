@@ -1,4 +1,5 @@
-"""DeepSeek-V3 / R1 (and Kimi K2, Moonlight: the same architecture), `DeepseekV3ForCausalLM`:
+"""DeepSeek-V3 / R1 (and Moonlight, and Kimi K2 whose `kimi_k2` config names the same
+`DeepseekV3ForCausalLM` code: read as this family, written as transformers' own `deepseek_v3`):
 DeepSeek-V2's latent attention and dense-first MoE (`deepseek_v2.py` rows), with a sigmoid router
 whose choice adds `e_score_correction_bias` (a buffer, canonical `router.score_bias`) and is
 limited to the best `topk_group` of `n_group` groups (a group scored by its best two experts);
@@ -51,7 +52,7 @@ def mtp_layers(spec: ModelSpec) -> tuple[str, ...]:
 
 FAMILY = llama_family(
     name="deepseek_v3",
-    model_types=("deepseek_v3",),
+    model_types=("deepseek_v3", "kimi_k2"),
     layer=(*MLA_ROWS, *MOE_ROWS),
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
