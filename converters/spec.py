@@ -212,7 +212,7 @@ class ModelSpec:
         if self.dense_layers:
             out.append(f"dense MLP on {len(self.dense_layers)} of {self.layers} layers")
         if self.mtp_layers:
-            out.append(f"{self.mtp_layers} multi-token-prediction layer(s) declared")
+            out.append(f"{self.mtp_layers} multi-token-prediction layer(s) declared (not carried: dropped by a named rule)")
         if self.shared_expert_ffn:
             out.append("shared expert" + (" with sigmoid gate" if self.shared_expert_gate else ""))
         if self.moe and not self.norm_topk_prob:
