@@ -22,6 +22,7 @@ class CanonicalView:
     ignored: dict[str, str] = field(default_factory=dict)
     unmatched: dict[str, str] = field(default_factory=dict)
     problem: str = ""
+    storage: list[str] = field(default_factory=list)  # how the weights are stored (quantized formats)
 
     @property
     def family(self) -> str:
@@ -31,7 +32,7 @@ class CanonicalView:
     @property
     def quirks(self) -> list[str]:
         """Layout quirks to flag: interleaved rotary, padded vocab, layernorm-1p, tied head, ..."""
-        return self.spec.quirks() if self.spec else []
+        return (self.spec.quirks() if self.spec else []) + self.storage
 
     @property
     def architecture(self) -> str:
@@ -59,4 +60,4 @@ def canonical_view(ckpt: Checkpoint) -> CanonicalView:
         acc = source.account()
     except (SpecError, CheckpointError, KeyError, ValueError) as exc:
         return CanonicalView(None, problem=str(exc))
-    return CanonicalView(source.spec, acc.mapped, acc.ignored, acc.unmatched)
+    return CanonicalView(source.spec, acc.mapped, acc.ignored, acc.unmatched, storage=source.storage_quirks())

@@ -247,6 +247,9 @@ INEXPRESSIBLE = (
     (lambda s: bool(s.attn_softcap or s.final_softcap), "attention / logit soft-capping"),
     (lambda s: s.rope_local_theta is not None, "a separate RoPE base for the sliding layers"),
     (lambda s: s.norm_zero_centered and s.norm == "rmsnorm", "zero-centred (1 + w) RMSNorm (apply_layernorm_1p covers LayerNorm)"),
+    (lambda s: s.mla or bool(s.dense_layers) or s.router_score != "softmax" or s.router_score_bias or s.router_groups > 1
+     or s.routed_scaling != 1.0, "multi-head latent attention, dense and MoE layers mixed, or a sigmoid / biased / grouped / "
+     "scaled router (megatron-core's multi_latent_attention, moe_layer_freq and router options are not mapped yet)"),
 )
 
 

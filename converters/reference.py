@@ -67,7 +67,7 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         mask = masks.setdefault(window, causal_mask(seq, window))
         cos, sin = rope.get(window is not None and spec.rope_local_theta is not None, (None, None))
         h = norm(spec, w, p + "input_norm", x) if spec.pre_norms else x
-        a = attention(spec, w, p, h, cos, sin, mask)
+        a = (mla_attention if spec.mla else attention)(spec, w, p, h, cos, sin, mask)
         if spec.parallel_attn:  # Falcon: both branches read the layer input
             m_in = norm(spec, w, p + "post_attn_norm", x) if spec.parallel_norms == 2 else h
             m = mlp(spec, w, p + "mlp.", m_in)
@@ -80,7 +80,8 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
         see(i, "attention", a)
         x = x + a
         h = norm(spec, w, p + "post_attn_norm", x) if spec.pre_norms else x
-        m = _branch_out(spec, w, p + "mlp_out_norm", moe(spec, w, p, h) if spec.moe else mlp(spec, w, p + "mlp.", h))
+        layer = spec.layer_spec(i)  # a dense layer of a MoE model (DeepSeek's first_k_dense_replace)
+        m = _branch_out(spec, w, p + "mlp_out_norm", moe(layer, w, p, h) if layer.moe else mlp(layer, w, p + "mlp.", h))
         see(i, "mlp", m)
         x = x + m
         see(i, "hidden", x)
@@ -279,6 +280,59 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     return _proj(w, p + "attn.o", out, spec.o_bias)
 
 
+# transformers' DeepSeek latent norms (q_a_layernorm, kv_a_layernorm) keep RMSNorm's default eps
+MLA_LATENT_EPS = 1e-6
+
+
+def mla_softmax_scale(spec: ModelSpec) -> float:
+    """MLA's softmax scale: 1/sqrt(nope + rope dims), times mscale(factor, mscale_all_dim)² when
+    the RoPE is scaled and says `mscale_all_dim` (DeepSeek's `yarn_apply_mscale`)."""
+    scale = (spec.qk_nope_dim + spec.head_dim) ** -0.5
+    s = spec.rope_scaling or {}
+    if s.get("rope_type", s.get("type", "default")) != "default" and s.get("mscale_all_dim") and s["factor"] > 1:
+        m = 0.1 * s["mscale_all_dim"] * math.log(s["factor"]) + 1.0
+        scale = scale * m * m
+    return scale
+
+
+def apply_rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs (x0, x1), (x2, x3)... (DeepSeek's `rope_interleave`), output in
+    rotate-half order: the same dot products as rotating the de-interleaved vector."""
+    cos, sin = cos[..., : cos.shape[-1] // 2], sin[..., : sin.shape[-1] // 2]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def mla_attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """Multi-head latent attention (DeepSeek-V2/V3): queries from a normed latent (or one plain
+    projection), keys and values expanded from a normed KV latent, plus one RoPE key shared by
+    every head; the RoPE dims of q and k rotate, the rest do not."""
+    b, s, _ = x.shape
+    nope, rope, heads = spec.qk_nope_dim, spec.head_dim, spec.heads
+    if spec.q_lora_rank:
+        latent = rms_norm(F.linear(x, w(p + "attn.q_down")), w(p + "attn.q_down_norm"), MLA_LATENT_EPS)
+        q = F.linear(latent, w(p + "attn.q_up"))
+    else:
+        q = F.linear(x, w(p + "attn.q"))
+    q_pass, q_rot = torch.split(q.view(b, s, heads, nope + rope).transpose(1, 2), [nope, rope], dim=-1)
+    kv_latent, k_rot = torch.split(F.linear(x, w(p + "attn.kv_down")), [spec.kv_lora_rank, rope], dim=-1)
+    kv_latent = rms_norm(kv_latent, w(p + "attn.kv_down_norm"), MLA_LATENT_EPS)
+    k_rot = k_rot.view(b, 1, s, rope)
+    if cos is not None and sin is not None:
+        turn = apply_rope_pairs if spec.rope_interleave else apply_rope
+        q_rot, k_rot = turn(q_rot, cos, sin), turn(k_rot, cos, sin)
+    kv = F.linear(kv_latent, w(p + "attn.kv_up")).view(b, s, heads, nope + spec.v_head_dim).transpose(1, 2)
+    k_nope, v = torch.split(kv, [nope, spec.v_head_dim], dim=-1)
+    q = torch.cat((q_pass, q_rot), dim=-1)
+    k = torch.cat((k_nope, k_rot.expand(-1, heads, -1, -1)), dim=-1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * mla_softmax_scale(spec)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
+    return _proj(w, p + "attn.o", out, spec.o_bias)
+
+
 def _head_norm(spec: ModelSpec, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """qk-norm over the last dim (head_dim, or all heads' width); the vocabulary has no bias for it."""
     if spec.norm == "layernorm":
@@ -327,10 +381,7 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
 
     Experts are fetched one at a time and run only on the tokens routed to them."""
     flat = x.reshape(-1, x.shape[-1])
-    probs = torch.softmax(_proj(w, p + "router", flat, spec.router_bias).float(), dim=-1)
-    top_w, top_i = torch.topk(probs, spec.topk, dim=-1)
-    if spec.norm_topk_prob:
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    top_w, top_i = route(spec, w, p, flat)
     out = torch.zeros_like(flat)
     for e in range(spec.experts):
         token, slot = torch.where(top_i == e)
@@ -344,3 +395,26 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
             shared = torch.sigmoid(F.linear(flat, w(p + "shared_gate"))) * shared
         out = out + shared.to(out.dtype)
     return out.view_as(x)
+
+
+def route(spec: ModelSpec, w: Getter, p: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's top-k experts and their weights [tokens, k]: softmax (or sigmoid) scores; the
+    choice may add a score-correction bias and keep only the best `router_group_topk` of
+    `router_groups` groups (a group scores its best expert, or its best two summed when sigmoid:
+    DeepSeek-V2 / V3); weights are the chosen scores, renormalised if asked, times `routed_scaling`."""
+    logits = _proj(w, p + "router", flat, spec.router_bias).float()
+    if spec.router_score == "softmax" and not spec.router_score_bias and spec.router_groups == 1:
+        top_w, top_i = torch.topk(torch.softmax(logits, dim=-1), spec.topk, dim=-1)
+    else:
+        scores = torch.sigmoid(logits) if spec.router_score == "sigmoid" else torch.softmax(logits, dim=-1)
+        choice = scores + w(p + "router.score_bias").float() if spec.router_score_bias else scores
+        if spec.router_groups > 1:
+            grouped = choice.view(-1, spec.router_groups, spec.experts // spec.router_groups)
+            best = grouped.topk(2, dim=-1)[0].sum(dim=-1) if spec.router_score == "sigmoid" else grouped.max(dim=-1).values
+            keep = torch.zeros_like(best).scatter_(1, torch.topk(best, spec.router_group_topk, dim=-1)[1], 1.0).bool()
+            choice = choice.masked_fill(~keep.repeat_interleave(spec.experts // spec.router_groups, dim=1), float("-inf"))
+        top_i = torch.topk(choice, spec.topk, dim=-1)[1]
+        top_w = scores.gather(1, top_i)
+    if spec.norm_topk_prob:
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    return (top_w * spec.routed_scaling if spec.routed_scaling != 1.0 else top_w), top_i

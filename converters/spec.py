@@ -10,6 +10,12 @@ Formats read it from and write it back to their own metadata (`families/` for co
   Qwen3-MoE) or keeps the softmax probabilities (Qwen2-MoE); a shared expert of
   `shared_expert_ffn` with an optional sigmoid gate (Qwen2-MoE);
 - Granite's multipliers (embedding, residual, attention scale, logits divisor).
+- multi-head latent attention (`kv_lora_rank` > 0, DeepSeek-V2/V3): `head_dim` is then the RoPE
+  part of a query/key head (as transformers sets it), `qk_nope_dim` the rest, `v_head_dim` the
+  value head; MLA weights are canonical as stored (`rope_interleave` is a forward property);
+- routers beyond softmax top-k: sigmoid scores, a score-correction bias used for the choice only,
+  group-limited top-k, a scale on the routed sum (DeepSeek-V3); `dense_layers` of a MoE model
+  have a dense MLP of `ffn` instead (`layer_spec(i)` is the per-layer view every table reads).
 - q/k rows are always in the rotate-half ("HF") order; a source that stores them interleaved
   (Meta, `--rotary-interleaved`, Megatron-LLM, GLM4) is permuted on read (and on write for
   Megatron targets of such a spec).
@@ -94,6 +100,18 @@ class ModelSpec:
     expert_bias: bool = False  # expert projections have biases (gpt-oss)
     glu_alpha: float = 1.702  # clamped_swiglu: (up + 1) * g * sigmoid(alpha * g), g = min(gate, limit), up in [-limit, limit]
     glu_limit: float = 7.0
+    q_lora_rank: int = 0  # MLA: query down-projection rank (0: one plain q projection, DeepSeek-V2-Lite)
+    kv_lora_rank: int = 0  # MLA: the compressed KV latent's rank; > 0 turns multi-head latent attention on
+    qk_nope_dim: int = 0  # MLA: query / key dims per head without RoPE (head_dim holds the RoPE dims)
+    v_head_dim: int = 0  # MLA: value dims per head
+    rope_interleave: bool = False  # MLA: RoPE rotates adjacent pairs of the rope dims (DeepSeek), not halves
+    router_score: str = "softmax"  # softmax | sigmoid (DeepSeek-V3): how router logits become expert scores
+    router_score_bias: bool = False  # a bias added to the scores for the choice only (a buffer: e_score_correction_bias)
+    router_groups: int = 1  # group-limited top-k: experts in this many groups, ...
+    router_group_topk: int = 1  # ... experts chosen only from this many best groups (max score; top-2 sum when sigmoid)
+    routed_scaling: float = 1.0  # the routed experts' weights scaled by this (routed_scaling_factor)
+    dense_layers: tuple[int, ...] = ()  # MoE models: layers whose MLP is dense, of `ffn` (first_k_dense_replace)
+    mtp_layers: int = 0  # multi-token-prediction modules the checkpoint declares beyond `layers` (not modelled)
     dtype: torch.dtype = torch.float32
     model_type: str = ""  # the HF model_type the source declared (written back as it came)
     bos_token_id: int | None = None
@@ -105,6 +123,17 @@ class ModelSpec:
     @property
     def moe(self) -> bool:
         return self.experts > 0
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    def layer_spec(self, i: int) -> ModelSpec:
+        """The spec of layer i alone: a dense layer of a MoE model is the same model without experts."""
+        if i not in self.dense_layers:
+            return self
+        return replace(self, experts=0, shared_expert_ffn=0, shared_expert_gate=False, router_bias=False, expert_bias=False,
+                       router_score_bias=False, dense_layers=())
 
     @property
     def norm_bias(self) -> bool:
@@ -170,6 +199,20 @@ class ModelSpec:
             out.append("biases on the " + " and ".join(n for n, f in (("router", self.router_bias), ("experts", self.expert_bias)) if f))
         if self.activation == "clamped_swiglu":
             out.append(f"clamped SwiGLU (alpha {self.glu_alpha:g}, limit {self.glu_limit:g}, up + 1)")
+        if self.mla:
+            out.append(f"multi-head latent attention (kv rank {self.kv_lora_rank}, "
+                       + (f"q rank {self.q_lora_rank}" if self.q_lora_rank else "plain q") + f", rope dims {self.head_dim})")
+        if self.rope_interleave:
+            out.append("RoPE on adjacent pairs")
+        if self.moe and (self.router_score != "softmax" or self.router_score_bias or self.router_groups > 1
+                         or self.routed_scaling != 1.0):
+            out.append(f"{self.router_score} router" + (" with score-correction bias" if self.router_score_bias else "")
+                       + (f", top-{self.router_group_topk} of {self.router_groups} groups" if self.router_groups > 1 else "")
+                       + (f", routed scale {self.routed_scaling:g}" if self.routed_scaling != 1.0 else ""))
+        if self.dense_layers:
+            out.append(f"dense MLP on {len(self.dense_layers)} of {self.layers} layers")
+        if self.mtp_layers:
+            out.append(f"{self.mtp_layers} multi-token-prediction layer(s) declared (not carried: dropped by a named rule)")
         if self.shared_expert_ffn:
             out.append("shared expert" + (" with sigmoid gate" if self.shared_expert_gate else ""))
         if self.moe and not self.norm_topk_prob:

@@ -32,6 +32,7 @@ class Canonical:
     present: Callable[[ModelSpec], bool]
     doc: str
     tp: str = "replicated"  # how tensor parallelism cuts it on its own: column (dim 0) | row (dim 1) | vocab | replicated
+    fp32: bool = False  # kept in float32 whatever the target dtype (a buffer the model keeps in fp32)
 
 
 def _always(s: ModelSpec) -> bool:
@@ -68,7 +69,23 @@ def _linear(prefix: str, block: str, rows: Callable[[ModelSpec], int], cols: Cal
 
 
 def _q_rows(s: ModelSpec) -> int:
-    return s.heads * s.head_dim
+    return s.heads * (s.qk_nope_dim + s.head_dim if s.mla else s.head_dim)
+
+
+def _o_cols(s: ModelSpec) -> int:
+    return s.heads * s.v_head_dim if s.mla else _q_rows(s)
+
+
+def _mla(s: ModelSpec) -> bool:
+    return s.mla
+
+
+def _not_mla(s: ModelSpec) -> bool:
+    return not s.mla
+
+
+def _q_down(s: ModelSpec) -> bool:
+    return s.mla and s.q_lora_rank > 0
 
 
 def _kv_rows(s: ModelSpec) -> int:
@@ -100,10 +117,22 @@ PRE: tuple[Canonical, ...] = (
 
 LAYER: tuple[Canonical, ...] = (
     *_norm("input_norm", lambda s: s.pre_norms, "norm before attention (Falcon: before both branches)"),
-    *_linear("attn.q", "attention", _q_rows, _hidden, _always, lambda s: s.qkv_bias, "query projection"),
-    *_linear("attn.k", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "key projection"),
-    *_linear("attn.v", "attention", _kv_rows, _hidden, _always, lambda s: s.qkv_bias, "value projection"),
-    *_linear("attn.o", "attention", _hidden, _q_rows, _always, lambda s: s.o_bias, "attention output projection", "row"),
+    *_linear("attn.q", "attention", _q_rows, _hidden, lambda s: not _q_down(s), lambda s: s.qkv_bias,
+             "query projection (MLA without a query latent: [heads*(nope+rope), hidden])"),
+    *_linear("attn.q_down", "attention", lambda s: s.q_lora_rank, _hidden, _q_down, None,
+             "MLA query down-projection to the query latent [q_rank, hidden] (DeepSeek q_a_proj)", "replicated"),
+    Canonical("attn.q_down_norm", "attention", lambda s: (s.q_lora_rank,), _q_down, "MLA RMSNorm of the query latent (q_a_layernorm)"),
+    *_linear("attn.q_up", "attention", _q_rows, lambda s: s.q_lora_rank, _q_down, None,
+             "MLA query up-projection [heads*(nope+rope), q_rank], per head the no-RoPE dims then the RoPE ones (q_b_proj)"),
+    *_linear("attn.kv_down", "attention", lambda s: s.kv_lora_rank + s.head_dim, _hidden, _mla, None,
+             "MLA KV down-projection: the KV latent then the one RoPE key shared by all heads [kv_rank+rope, hidden] "
+             "(kv_a_proj_with_mqa)", "replicated"),
+    Canonical("attn.kv_down_norm", "attention", lambda s: (s.kv_lora_rank,), _mla, "MLA RMSNorm of the KV latent (kv_a_layernorm)"),
+    *_linear("attn.kv_up", "attention", lambda s: s.heads * (s.qk_nope_dim + s.v_head_dim), lambda s: s.kv_lora_rank, _mla, None,
+             "MLA KV up-projection [heads*(nope+v), kv_rank], per head the no-RoPE key dims then the value (kv_b_proj)"),
+    *_linear("attn.k", "attention", _kv_rows, _hidden, _not_mla, lambda s: s.qkv_bias, "key projection"),
+    *_linear("attn.v", "attention", _kv_rows, _hidden, _not_mla, lambda s: s.qkv_bias, "value projection"),
+    *_linear("attn.o", "attention", _hidden, _o_cols, _always, lambda s: s.o_bias, "attention output projection", "row"),
     Canonical("attn.sinks", "attention", lambda s: (s.heads,), lambda s: s.attn_sinks,
               "attention sink logit per head, joins each softmax (gpt-oss)"),
     Canonical("attn.q_norm", "attention", lambda s: (_q_rows(s) if s.qk_norm_full else s.head_dim,),
@@ -125,6 +154,9 @@ LAYER: tuple[Canonical, ...] = (
               "xIELU negative slope, softplus-inverse (Apertus)"),
     Canonical("router", "moe", lambda s: (s.experts, s.hidden), lambda s: s.moe, "router logits [experts, hidden]"),
     Canonical("router.bias", "moe", lambda s: (s.experts,), lambda s: s.moe and s.router_bias, "router logit bias (gpt-oss)"),
+    Canonical("router.score_bias", "moe", lambda s: (s.experts,), lambda s: s.moe and s.router_score_bias,
+              "expert score-correction bias, added to the router scores for the choice of experts only, not their weights "
+              "(a buffer, not a parameter: DeepSeek-V3's e_score_correction_bias, megatron-core's expert_bias)", fp32=True),
     Canonical("experts.{e}.gate", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert gate projection", "column"),
     Canonical("experts.{e}.up", "moe", lambda s: (_expert_ffn(s), s.hidden), lambda s: s.moe, "expert up projection", "column"),
     Canonical("experts.{e}.down", "moe", lambda s: (s.hidden, _expert_ffn(s)), lambda s: s.moe, "expert down projection", "row"),
@@ -152,6 +184,7 @@ def layer_shapes(spec: ModelSpec, i: int) -> dict[str, Shape]:
     """Every canonical tensor of layer i with its full shape, in model order."""
     out: dict[str, Shape] = {}
     prefix = f"layers.{i}."
+    spec = spec.layer_spec(i)  # a dense layer of a MoE model has no experts
     experts: list[Canonical] = []  # consecutive per-expert tensors, expanded expert-major
 
     def flush() -> None:
@@ -188,6 +221,12 @@ def pattern_of(canonical: str) -> str:
     if len(parts) > 1 and parts[0] == "experts":
         parts[1] = "{e}"
     return ".".join(parts)
+
+
+def kept_fp32(canonical: str) -> bool:
+    """Written in float32 whatever the target dtype (a bf16 copy would round it)."""
+    found = declared.get(pattern_of(canonical))
+    return found is not None and found.fp32
 
 
 def is_declared(canonical: str) -> bool:

@@ -341,7 +341,10 @@ def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:
 
 def _params_in(t: TensorInfo, names: dict[str, Any]) -> int:
     """Parameters one stored tensor holds: MXFP4 pairs (`W_blocks` packs two FP4 values a byte,
-    `W_scales` holds only their shared exponents, as gpt-oss stores experts) count as `W`."""
+    `W_scales` holds only their shared exponents, as gpt-oss stores experts) count as `W`; an FP8
+    weight's block scales (`W_scale_inv` beside `W`, DeepSeek-V3) are not parameters."""
+    if t.global_name.endswith(".weight_scale_inv") and t.global_name[:-len("_scale_inv")] in names:
+        return 0
     if t.dtype == "uint8" and t.global_name.endswith(("_blocks", "_scales")):
         stem = t.global_name[:-len("_blocks")]
         if stem + "_blocks" in names and stem + "_scales" in names:

@@ -32,6 +32,9 @@ from .helpers import assert_same_hf_state, convert_to, logits_diff, saved_models
 VOCAB = 256
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SMALL_MHA = {**SMALL, "num_key_value_heads": SMALL["num_attention_heads"]}  # latent attention: kv heads = heads
+DEEPSEEK = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12, moe_intermediate_size=16,
+                n_routed_experts=8, num_experts_per_tok=2)
 
 
 # kind: (transformers config with every feature on, why a Megatron target is refused or None)
@@ -63,6 +66,19 @@ CASES: dict[str, tuple] = {
                                              "rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
                                              "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0},
                                          **SMALL), None),
+    # DeepSeek: latent attention (q latent, or one q_proj like V2-Lite), YaRN with mscale_all_dim, a dense first layer,
+    # routed + shared experts; V3's sigmoid router with correction bias and top-2 of 4 groups, V2's group-limited softmax
+    "deepseek_v3": (lambda t: t.DeepseekV3Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=2, n_group=4, topk_group=2,
+                                                 first_k_dense_replace=1, routed_scaling_factor=2.5, q_lora_rank=24,
+                                                 num_mtp_layers=0, rope_parameters={
+                                                     "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                                     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.707,
+                                                     "rope_theta": 10000.0}, **SMALL_MHA), "multi-head latent attention"),
+    "deepseek_v2-lite": (lambda t: t.DeepseekV2Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=2, first_k_dense_replace=1,
+                                                      q_lora_rank=None, **SMALL_MHA), "multi-head latent attention"),
+    "deepseek_v2-grouped": (lambda t: t.DeepseekV2Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=1, q_lora_rank=24,
+                                                         topk_method="group_limited_greedy", n_group=4, topk_group=2,
+                                                         routed_scaling_factor=16.0, **SMALL_MHA), "multi-head latent attention"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
@@ -79,6 +95,9 @@ def _build(kind: str) -> torch.nn.Module:
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():  # DeepSeek-V3's correction bias changes which experts are chosen
+            if name.endswith("e_score_correction_bias"):
+                b.add_(0.1 * torch.randn_like(b))
     return model.eval()
 
 
@@ -135,7 +154,7 @@ def test_hf_round_trip_and_reference_forward(models, tmp_path: Path, kind: str) 
     assert_same_hf_state(src, back)
     assert_same_config(src, back)
     source = open_source(detect(src))
-    assert source.spec.family == kind
+    assert source.spec.family == kind.split("-")[0]  # `family-variant` cases
     ids = fixed_tokens(VOCAB, length=24)  # longer than every window above
     with torch.no_grad():
         diff = (reference_logits(source.spec, source.get, ids) - model(ids).logits).abs().max().item()

@@ -100,5 +100,6 @@ def test_released_gpt_oss_converts_to_bf16_hf_as_transformers_reads_it(released:
 def test_inspect_counts_mxfp4_parameters_as_the_model_has_them(released: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "ckptscope.app.cli", "inspect", str(released), "--json"],
                          capture_output=True, text=True, check=True)
-    totals = json.loads(out.stdout)["totals"]
-    assert totals["parameters"] == sum(p.numel() for p in _transformers_dequantized(released).parameters())
+    report = json.loads(out.stdout)
+    assert report["totals"]["parameters"] == sum(p.numel() for p in _transformers_dequantized(released).parameters())
+    assert "4 weights stored as MXFP4 (_blocks + _scales, 32-value groups), dequantized on read" in report["quirks"]

@@ -19,7 +19,7 @@ from .common import finish_hf_config
 MODULES = (
     "llama", "mistral", "qwen2", "mixtral", "gpt2", "bloom", "falcon", "apertus",
     "qwen3", "qwen3_moe", "qwen2_moe", "phi3", "starcoder2", "olmo2", "granite", "glm4",
-    "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss",
+    "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss", "deepseek_v2", "deepseek_v3",
 )
 
 FAMILIES: dict[str, Family] = {}
@@ -85,7 +85,8 @@ def hf_entries(spec: ModelSpec) -> list[HfEntry]:
 
 def hf_ignored(spec: ModelSpec) -> tuple[str, ...]:
     """Regexes of stored HF entries that carry no weights for this model's family."""
-    return HF_IGNORED + family(spec.family).ignored
+    found = family(spec.family)
+    return HF_IGNORED + found.ignored + found.ignored_for(spec)
 
 
 __all__ = ["FAMILIES", "Family", "FusedExperts", "HfEntry", "MegatronTraits", "Row", "family", "for_model_type",

@@ -24,6 +24,10 @@ def _same(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def _no_rules(spec: ModelSpec) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class FusedExperts:
     """transformers-5 in-memory MoE form some files carry: experts stacked on dim 0
@@ -59,6 +63,8 @@ class Family:
     spec_from_config: Callable[[dict[str, Any]], ModelSpec]
     config_from_spec: Callable[[ModelSpec], Any]  # a transformers config object or a config.json dict
     ignored: tuple[str, ...] = field(default=())  # stored non-weights (regexes)
+    # stored tensors this model does not use, by regexes whose `(?#...)` comment says why (shown in the plan)
+    ignored_for: Callable[[ModelSpec], tuple[str, ...]] = _no_rules
     megatron: MegatronTraits = field(default_factory=MegatronTraits)
     fused_experts: FusedExperts | None = None  # MoE families whose files may hold the fused form
     doc: str = ""
@@ -77,13 +83,14 @@ class HfEntry:
 def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
     """Every stored HF tensor of the model, in model order (per-expert rows expanded expert-major)."""
     out = [HfEntry(p.name, p.canon, p.op, -1) for p in family.pre if p.when(spec)]
-    rows = [p for p in family.layer if p.when(spec)]
     for i in range(spec.layers):
         prefix = family.layer_prefix.format(i=i)
+        layer = spec.layer_spec(i)  # a dense layer of a MoE model has its dense rows
+        rows = [p for p in family.layer if p.when(layer)]
         pending: list[Row] = []
 
         def flush() -> None:
-            for e in range(spec.experts):
+            for e in range(layer.experts):
                 out.extend(HfEntry(prefix + p.name.format(e=e), tuple(f"layers.{i}." + c.format(e=e) for c in p.canon),
                                    p.op, i) for p in pending)
             pending.clear()
@@ -93,7 +100,7 @@ def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
                 pending.append(p)
                 continue
             flush()
-            experts = range(spec.experts) if p.stacked else [0]  # a stacked row holds every expert, expert-major
+            experts = range(layer.experts) if p.stacked else [0]  # a stacked row holds every expert, expert-major
             out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}." + c.format(e=e) for e in experts for c in p.canon), p.op, i))
         flush()
     out += [HfEntry(p.name, p.canon, p.op, spec.layers) for p in family.post if p.when(spec)]

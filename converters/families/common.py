@@ -185,6 +185,11 @@ FEATURES: dict[str, Callable[[ModelSpec], bool]] = {
     "attention sinks": lambda s: s.attn_sinks,
     "router / expert biases": lambda s: s.router_bias or s.expert_bias,
     "a clamped SwiGLU": lambda s: s.activation == "clamped_swiglu",
+    "multi-head latent attention": lambda s: s.mla,
+    "RoPE on adjacent pairs": lambda s: s.rope_interleave,
+    "a sigmoid / biased-choice / group-limited / scaled router": lambda s: s.moe and (
+        s.router_score != "softmax" or s.router_score_bias or s.router_groups > 1 or s.routed_scaling != 1.0),
+    "dense layers among MoE layers": lambda s: bool(s.dense_layers),
 }
 
 

@@ -154,6 +154,9 @@ NXD_CANNOT: tuple[tuple[Callable[[ModelSpec], bool], str], ...] = (
     (lambda s: s.rotary_percent != 1.0, "NxD's Llama attention rotates the whole head (no partial rotary)"),
     (lambda s: s.attn_sinks or s.router_bias or s.expert_bias or s.activation == "clamped_swiglu",
      "NxD's Llama/Mixtral layers have no attention sinks, router / expert biases or clamped SwiGLU"),
+    (lambda s: s.mla or bool(s.dense_layers) or s.router_score != "softmax" or s.router_score_bias or s.router_groups > 1
+     or s.routed_scaling != 1.0, "NxD's Llama/Mixtral layers have no latent attention, dense layers among MoE ones, "
+     "or sigmoid / biased / grouped / scaled routers"),
     (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
      or s.attention_multiplier is not None, "NxD's Llama layers have no embedding / residual / attention / logits multipliers"),
 )

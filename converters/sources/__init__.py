@@ -100,6 +100,9 @@ def _construct(cls: type[CanonicalSource], ckpt: Checkpoint, spec: ModelSpec | N
         if true_vocab is not None and true_vocab != source.spec.vocab:
             raise SpecError(f"--true-vocab-size {true_vocab} disagrees with config.json vocab_size {source.spec.vocab}")
         return source
+    if spec is not None and (spec.mla or spec.dense_layers) and cls is not DcpSource:  # their tables hold uniform GQA layers
+        raise SpecError(f"{ckpt.kind} tables have no multi-head latent attention or dense layers among MoE ones: "
+                        f"a {spec.family} model is read from HF (or HF-named DCP) folders only")
     if spec is not None and true_vocab is not None:
         spec = spec.with_(vocab=true_vocab, vocab_note=vocab_note or "--true-vocab-size")
     if cls is DeepSpeedSource:

@@ -109,6 +109,10 @@ class CanonicalSource(ABC):
     def notes(self) -> list[str]:
         return []
 
+    def storage_quirks(self) -> list[str]:
+        """How weights are stored beyond the architecture (quantized formats read on the fly)."""
+        return []
+
 
 def by_global(ckpt: Checkpoint) -> dict[str, list[TensorInfo]]:
     """Global name -> one stored shard per TP rank (EP ranks replicate non-expert tensors)."""

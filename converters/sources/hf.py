@@ -1,6 +1,7 @@
 """Hugging Face folders as canonical tensors, through the family's table (`families/`); MoE
 families whose files hold transformers-5's fused experts are read from that form too, and
-weights stored as MXFP4 (gpt-oss: `W_blocks` + `W_scales`) are dequantized as they are read."""
+weights stored as MXFP4 (gpt-oss: `W_blocks` + `W_scales`) or as block-scaled FP8 (DeepSeek-V3:
+`W` + `W_scale_inv`) are dequantized as they are read."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
-from .. import families
+from .. import families, fp8
 from ..layouts import Identity
 from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
@@ -30,6 +31,11 @@ class HfSource(CanonicalSource):
         self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
         self.mxfp4 = {name: pair for name, pair in quantized_pairs(self.index).items() if name not in self.index}
+        self.fp8 = fp8.quantized_pairs(self.index)
+        self.fp8_block = fp8.block_size(config if isinstance(config, dict) else None)
+        unscaled = next((n for n, t in self.index.items() if t.dtype.startswith("float8") and n not in self.fp8), None)
+        if unscaled is not None:  # its scale lives elsewhere or nowhere: reading it as is would be a wrong model
+            raise SpecError(f"{ckpt.path}: {unscaled} is stored as {self.index[unscaled].dtype} without a weight_scale_inv beside it")
         form = self.family.fused_experts
         self.fused = form is not None and any(n.endswith(form.gate_up) for n in self.index)
         self.entries: dict[int, list[families.HfEntry]] = {g: [] for g in groups(spec)}
@@ -48,7 +54,7 @@ class HfSource(CanonicalSource):
             stored = self._stored(entry.name)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
-        if self.fused and 0 <= group < self.spec.layers:
+        if self.fused and 0 <= group < self.spec.layers and self.spec.layer_spec(group).moe:
             out.update(self._read_fused(group))
         return out
 
@@ -59,6 +65,12 @@ class HfSource(CanonicalSource):
             return dequantize(blocks, scales, self.spec.dtype)
         if name not in self.index:
             raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
+        if name in self.fp8:
+            weight, scale = (self._load(self.index[n]) for n in self.fp8[name])
+            try:
+                return fp8.dequantize(weight, scale, self.fp8_block, self.spec.dtype)
+            except ValueError as exc:
+                raise SpecError(f"{self.ckpt.path}: {name}: {exc}") from None
         return self._load(self.index[name])
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
@@ -78,7 +90,7 @@ class HfSource(CanonicalSource):
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name, canon in self._fused_names(i).items():
-            stored = self._load(self.index[name])
+            stored = self._stored(name)
             if len(canon) == 1 and "{e}" not in canon[0]:
                 out[canon[0]] = stored
                 continue
@@ -91,10 +103,10 @@ class HfSource(CanonicalSource):
         expected: dict[str, list[str]] = {}
         for group in groups(self.spec):
             for entry in self.entries[group]:
-                for name in self.mxfp4.get(entry.name, (entry.name,)):
+                for name in self.mxfp4.get(entry.name) or self.fp8.get(entry.name) or (entry.name,):
                     expected.setdefault(name, []).extend(entry.canon)
         if self.fused:
-            for i in range(self.spec.layers):
+            for i in (i for i in range(self.spec.layers) if self.spec.layer_spec(i).moe):
                 for name, canon in self._fused_names(i).items():
                     expected[name] = [c.replace("{e}", "*") for c in canon]
         rules = list(families.hf_ignored(self.spec))
@@ -110,3 +122,13 @@ class HfSource(CanonicalSource):
 
     def notes(self) -> list[str]:
         return list(self.spec.notes)
+
+    def storage_quirks(self) -> list[str]:
+        out = []
+        if self.fp8:
+            dtypes = "/".join(sorted({self.index[w].dtype for w, _ in self.fp8.values()}))
+            out.append(f"{len(self.fp8)} weights stored as {dtypes} with {self.fp8_block[0]}×{self.fp8_block[1]} block scales "
+                       "(weight_scale_inv), dequantized on read")
+        if self.mxfp4:
+            out.append(f"{len(self.mxfp4)} weights stored as MXFP4 (_blocks + _scales, 32-value groups), dequantized on read")
+        return out

@@ -12,6 +12,7 @@ import shutil
 
 import torch
 
+from .. import vocab
 from ..families import HfEntry, hf_config_from_spec, hf_entries
 from ..sources.base import group_of
 from .background import Background
@@ -29,10 +30,13 @@ class HfWriter(Writer):
         shapes = spec.canonical_shapes()
         self.entries = hf_entries(spec)  # stored HF tensors, model order
         self.stored_shape = {e.name: e.op.shape([shapes[c] for c in e.canon], spec) for e in self.entries}
+        # a buffer the model keeps in fp32 (DeepSeek-V3's correction bias) is not rounded to the target dtype
+        self.stored_dtype = {e.name: torch.float32 if e.canon and all(vocab.kept_fp32(c) for c in e.canon) else self.dtype
+                             for e in self.entries}
         planned: list[list[HfEntry]] = [[]]
         size = 0
         for entry in self.entries:
-            nbytes = math.prod(self.stored_shape[entry.name]) * self.dtype.itemsize
+            nbytes = math.prod(self.stored_shape[entry.name]) * self.stored_dtype[entry.name].itemsize
             if planned[-1] and entry.canon and size + nbytes > opts.max_shard_bytes:  # constants stay with their layer
                 planned.append([])
                 size = 0
@@ -58,8 +62,8 @@ class HfWriter(Writer):
         return self.resume_units(groups)
 
     def files(self) -> list[PlannedFile]:
-        out = [PlannedFile(f, len(entries), sum(math.prod(self.stored_shape[e.name]) for e in entries) * self.dtype.itemsize)
-               for f, entries in zip(self.shard_files, self.planned)]
+        out = [PlannedFile(f, len(entries), sum(math.prod(self.stored_shape[e.name]) * self.stored_dtype[e.name].itemsize
+                                                for e in entries)) for f, entries in zip(self.shard_files, self.planned)]
         out += [PlannedFile(n, 0, 0) for n in ("config.json", "generation_config.json")]
         if len(self.shards) > 1:
             out.append(PlannedFile(INDEX, 0, 0))
@@ -79,10 +83,10 @@ class HfWriter(Writer):
                 continue
             writer = self._open.get(k)
             if writer is None:
-                header = [(e.name, self.dtype, self.stored_shape[e.name]) for e in self.planned[k]]
+                header = [(e.name, self.stored_dtype[e.name], self.stored_shape[e.name]) for e in self.planned[k]]
                 writer = self._open[k] = SafetensorsStreamWriter(self.folder / self.shard_files[k], header)
             stored = entry.op.pack([tensors[c] for c in entry.canon], self.spec)
-            writer.write(entry.name, stored.to(self.dtype))
+            writer.write(entry.name, stored.to(self.stored_dtype[entry.name]))
             if writer.done:
                 writer.close()
                 del self._open[k]
@@ -109,7 +113,7 @@ class HfWriter(Writer):
                 if src.is_file():
                     shutil.copy2(src, self.folder / name)
         if len(self.shards) > 1:  # the index declares the sharded output complete: write it last
-            total = sum(math.prod(shape) for shape in self.stored_shape.values()) * self.dtype.itemsize
+            total = sum(math.prod(shape) * self.stored_dtype[name].itemsize for name, shape in self.stored_shape.items())
             index = {"metadata": {"total_size": total},
                      "weight_map": dict(sorted((e.name, self.shard_files[self.shard_of[e.name]]) for e in self.entries))}
             (self.folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
