@@ -25,10 +25,13 @@ class Faults:
     status_503: int = 0  # the next N data requests answer 503
     drop_after: int | None = None  # the next `drops` data responses stop after this many body bytes
     drops: int = 0
+    only: str = ""  # faults hit only paths containing this (one file of a checkpoint)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self) -> tuple[bool, int | None]:
+    def take(self, path: str = "") -> tuple[bool, int | None]:
         with self.lock:
+            if self.only and self.only not in path:
+                return False, None
             if self.status_503 > 0:
                 self.status_503 -= 1
                 return True, None
@@ -70,7 +73,7 @@ class _CountingApp:
             with self.counter.lock:
                 self.counter.writes.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
         is_read = environ.get("REQUEST_METHOD") == "GET" and "HTTP_RANGE" in environ
-        fail, drop = self.faults.take() if is_read else (False, None)
+        fail, drop = self.faults.take(environ.get("PATH_INFO", "")) if is_read else (False, None)
         if fail:
             start_response("503 Service Unavailable", [("Content-Type", "application/xml"), ("Content-Length", "0")])
             return [b""]
@@ -188,7 +191,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
             return
         size = target.stat().st_size
         rng = self.headers.get("Range")
-        fail, drop = self.server.faults.take() if (rng and self.command == "GET") else (False, None)
+        fail, drop = self.server.faults.take(self.path) if (rng and self.command == "GET") else (False, None)
         if fail:
             self._send(503, {"Content-Length": "0"}, b"")
             return

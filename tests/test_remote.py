@@ -355,3 +355,32 @@ def test_cli_diff_check_verify_over_http(corpus: Path, request: pytest.FixtureRe
         assert done.returncode == 0, (args[0], done.stderr)
         doc = json.loads(done.stdout)
         assert doc.get("identical", doc.get("ok", True)) is not False, (args[0], doc)
+
+
+@pytest.mark.parametrize("kind", ["s3", "http"])
+def test_dropped_source_resumes_where_it_stopped(corpus: Path, tmp_path: Path, request: pytest.FixtureRequest,
+                                                  monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The connection to the source dies for good while the last pipeline stage is read: the run
+    fails in one line, keeps the finished stage for --resume, and the rerun reads only what is
+    left and writes the same bytes as a local conversion."""
+    monkeypatch.setattr(storage, "BACKOFF", 0.01)
+    item = "hf/llama_gqa_sharded"
+    url, server = _remote(kind, item, request)
+    target = TargetOptions("megatron", tp=2, pp=2)
+    local = tmp_path / "local"
+    plan = make_plan(corpus / item, target)
+    run_to_end(plan, local)
+    plan = make_plan(url, target)
+    storage.forget()
+    server.faults.only, server.faults.drop_after, server.faults.drops = "model-00004-of-00004", 100, 10_000  # lm_head's shard
+    try:
+        with pytest.raises(CheckpointError) as err:
+            run_to_end(plan, tmp_path / "out", resume=True)
+    finally:
+        server.faults.only, server.faults.drops = "", 0
+    assert "\n" not in str(err.value) and "rerun" in str(err.value)
+    assert not (tmp_path / "out").exists()  # only a hidden partial folder, kept for --resume
+    storage.forget()
+    done = run_to_end(make_plan(url, target), tmp_path / "out", resume=True)
+    assert done.skipped > 0  # the first stage was not read or written again
+    assert _files(tmp_path / "out") == _files(local)
