@@ -384,3 +384,31 @@ def test_dropped_source_resumes_where_it_stopped(corpus: Path, tmp_path: Path, r
     done = run_to_end(make_plan(url, target), tmp_path / "out", resume=True)
     assert done.skipped > 0  # the first stage was not read or written again
     assert _files(tmp_path / "out") == _files(local)
+
+
+async def test_app_browses_a_bucket_prefix(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ckptscope s3://bucket/prefix/` browses the prefix: its checkpoints are labelled from names
+    (as local folders are), and Enter on one opens it."""
+    from ckptscope.app.tui.app import CkptscopeApp
+    from ckptscope.app.tui.browse import BrowseScreen, CheckpointTree
+    from ckptscope.app.tui.inspect import InspectScreen
+
+    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
+    url, _server = _remote("s3", "megatron/gpt_tp2pp1", request)
+    dist = storage.as_path(url + "/dist")
+    app = CkptscopeApp(url)
+    async with app.run_test(size=(140, 40)) as pilot:
+        for _ in range(600):
+            if isinstance(app.screen, BrowseScreen) and dist in app.screen.query_one(CheckpointTree).labels:
+                break
+            await pilot.pause(0.05)
+        tree = app.screen.query_one(CheckpointTree)
+        assert tree.labels[dist].kind == "megatron-dist" and tree.labels[storage.as_path(url + "/legacy")].kind == "megatron-torch"
+        node = next(n for n in tree.root.children if n.data is not None and n.data.path == dist)
+        tree.move_cursor(node)
+        await pilot.press("enter")
+        for _ in range(600):
+            if isinstance(app.screen, InspectScreen):
+                break
+            await pilot.pause(0.05)
+        assert isinstance(app.screen, InspectScreen) and app.screen.ckpt.path == storage.as_path(url + "/dist/iter_0000010")

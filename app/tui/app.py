@@ -62,7 +62,7 @@ class CkptscopeApp(App):
 
     def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()
-        remote = is_remote(path)  # s3:// / https://: opened in place, the browser stays local
+        remote = is_remote(path)  # s3:// / https://: a checkpoint opens in place, a prefix is browsed
         self.start_path = as_path(path) if remote else Path(path or Path.cwd()).expanduser().resolve()
         self.start_is_checkpoint = False
         self.converting = False
@@ -94,8 +94,6 @@ class CkptscopeApp(App):
         # a checkpoint is shown among its siblings; a plain folder is browsed itself
         opened_on_folder = self.start_path.is_dir() and not self.start_is_checkpoint
         root = self.start_path if opened_on_folder else self.start_path.parent
-        if is_remote(root):
-            root = Path.cwd()
         while len(self.screen_stack) > 1:
             self.pop_screen()
         self.push_screen(BrowseScreen(root))

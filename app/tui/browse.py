@@ -24,6 +24,7 @@ from textual.widgets._directory_tree import DirEntry
 from textual.widgets._tree import TreeNode
 
 from ckptscope.inspectors.browse import FolderLabel, label_path
+from ckptscope.inspectors.storage import RemotePath, as_path
 from ckptscope.app.safe import printable, safe, safe_text
 
 from .messages import FolderLabelled
@@ -31,8 +32,21 @@ from .messages import FolderLabelled
 MAX_PROBED_CHILDREN = 400
 
 
+def _children(folder: Path) -> list[Path]:
+    """The first MAX_PROBED_CHILDREN entries of a folder or remote prefix, by name (none on error)."""
+    try:
+        if isinstance(folder, RemotePath):
+            return sorted(folder.iterdir(), key=lambda p: p.name)[:MAX_PROBED_CHILDREN]
+        return [Path(e.path) for e in sorted(os.scandir(folder), key=lambda e: e.name)[:MAX_PROBED_CHILDREN]]
+    except OSError:
+        return []
+
+
 class CheckpointTree(DirectoryTree):
-    """DirectoryTree whose labels say which folders are checkpoints."""
+    """DirectoryTree whose labels say which folders are checkpoints; it browses local folders and
+    s3:// / http(s):// prefixes alike (Textual builds every node's path with `PATH`)."""
+
+    PATH = staticmethod(as_path)
 
     BINDINGS = [
         Binding("o", "open_checkpoint", "Open", id="browse-open"),
@@ -129,14 +143,9 @@ class BrowseScreen(Screen):
     def _probe(self, folder: Path) -> None:
         """Label `folder` and its sub-folders (names only) without blocking the UI."""
         labels: dict[Path, FolderLabel] = {folder: label_path(folder)}
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)[:MAX_PROBED_CHILDREN]
-        except OSError:
-            entries = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            labels[Path(entry.path)] = label_path(entry.path)
+        for child in _children(folder):
+            if not child.name.startswith("."):
+                labels[child] = label_path(child)
         self.post_message(FolderLabelled(labels))
 
     @on(FolderLabelled)
