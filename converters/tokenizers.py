@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,15 +172,25 @@ def size(source: TokenizerSource) -> int:
     return len(load(source))
 
 
-def write(source: TokenizerSource, folder: Path) -> None:
-    """Put a complete HF tokenizer into `folder` (an unmodified HF folder is copied file by file)."""
+def write(source: TokenizerSource, folder: Path, copy_into: Callable[[Path, Path], Any] = shutil.copy2) -> None:
+    """Put a complete HF tokenizer into `folder` (an unmodified HF folder is copied file by file,
+    with the writer's `copy_into`, which also streams into a remote destination)."""
     if source.kind == "hf" and not source.modified:
         for name in HF_FILES:
             src = source.path / name
             if src.is_file():
-                shutil.copy2(src, folder / name)
+                copy_into(src, folder / name)
         return
-    load(source).save_pretrained(str(folder))
+    if not hasattr(folder / "x", "open_write"):
+        load(source).save_pretrained(str(folder))
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ckptscope-tokenizer-") as staged:  # a remote output: saved, then uploaded
+        load(source).save_pretrained(staged)
+        for path in sorted(Path(staged).iterdir()):
+            if path.is_file():
+                copy_into(path, folder / path.name)
 
 
 def vocab_action(stored_rows: int, tokenizer_size: int, real_rows: int | None = None) -> str:

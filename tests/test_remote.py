@@ -412,3 +412,34 @@ async def test_app_browses_a_bucket_prefix(request: pytest.FixtureRequest, tmp_p
                 break
             await pilot.pause(0.05)
         assert isinstance(app.screen, InspectScreen) and app.screen.ckpt.path == storage.as_path(url + "/dist/iter_0000010")
+
+
+@pytest.mark.parametrize("kind", ["hf-folder", "bpe"])
+def test_convert_to_s3_carries_the_tokenizer(tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    """--tokenizer into an s3:// output: an HF tokenizer folder is copied file by file, a built one
+    (GPT-2 BPE files made into an HF tokenizer) saved and uploaded; the objects are the local output's."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from ckptscope.converters.samples.hf import write_hf
+    from ckptscope.converters.samples.spec import SampleSpec
+
+    server = request.getfixturevalue("s3")
+    _configure_s3(server)
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(["a tiny corpus of text for a tiny tokenizer"] * 20, vocab_size=300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    tok.save_model(str(bpe))
+    src = write_hf(SampleSpec(layers=1, hidden=64, ffn=128, vocab=tok.get_vocab_size()), tmp_path / "src", shards=1)
+    tokenizer = bpe / "vocab.json"
+    if kind == "hf-folder":  # an HF folder holding the tokenizer files
+        hf_tok = tmp_path / "hf-tok"
+        local = run_to_end(make_plan(src, TargetOptions("hf", tokenizer=tokenizer)), hf_tok)
+        tokenizer = Path(local.output)
+    target = TargetOptions("hf", tokenizer=tokenizer)
+    run_to_end(make_plan(src, target), f"s3://ckpt/out/tok-{kind}")
+    local = run_to_end(make_plan(src, TargetOptions("hf", tokenizer=tokenizer)), tmp_path / "local")
+    objects, files = _objects(server, f"out/tok-{kind}"), _files(Path(local.output))
+    assert "tokenizer.json" in files and objects.keys() == files.keys()
+    assert objects == files

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import torch
 
@@ -17,6 +16,7 @@ from ..families import HfEntry, hf_config_from_spec, hf_entries
 from ..sources.base import group_of
 from .background import Background
 from .base import PlannedFile, Unit, Writer
+from .output import copy_into
 from .safetensors_stream import SafetensorsStreamWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -106,12 +106,12 @@ class HfWriter(Writer):
         if self.opts.tokenizer_source is not None:
             from ..tokenizers import write as write_tokenizer
 
-            write_tokenizer(self.opts.tokenizer_source, self.folder)
+            write_tokenizer(self.opts.tokenizer_source, self.folder, copy_into)
         elif self.opts.tokenizer:
             for name in TOKENIZER_FILES:
                 src = self.opts.tokenizer / name
                 if src.is_file():
-                    shutil.copy2(src, self.folder / name)
+                    copy_into(src, self.folder / name)
         if len(self.shards) > 1:  # the index declares the sharded output complete: write it last
             total = sum(math.prod(shape) * self.stored_dtype[name].itemsize for name, shape in self.stored_shape.items())
             index = {"metadata": {"total_size": total},

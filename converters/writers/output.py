@@ -209,6 +209,16 @@ def save_to(obj: object, path: Path) -> None:
     torch.save(obj, path)
 
 
+def copy_into(src: Path, dst: Path) -> None:
+    """Copy a side file (tokenizer) into the output: streamed into a remote destination's object,
+    `shutil.copy2` on disk."""
+    if hasattr(dst, "open_write"):
+        with open(src, "rb") as fin, open_output(dst) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        return
+    shutil.copy2(src, dst)
+
+
 def publish_permissions(folder: Path) -> None:
     """Give the finished output the modes a plain `mkdir`/`open` would have (0777/0666 & ~umask)."""
     mask = current_umask()
