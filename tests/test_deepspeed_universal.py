@@ -24,6 +24,7 @@ from ckptscope.converters.plan import make_plan
 from ckptscope.converters.run import run_to_end
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
+from ckptscope.inspectors.summary import logical_param_count
 
 from .helpers import convert_to, hf_state
 
@@ -92,6 +93,7 @@ def test_universal_layout_round_trips_bit_for_bit(layout_universal, tmp_path: Pa
     assert ckpt.kind == "deepspeed-universal" and ckpt.path.name == "global_step7_universal"
     assert {t.name for t in ckpt.model_tensors()} == set(model.state_dict())
     assert sum(f.role == "optimizer" for f in ckpt.files) == 3 * len(model.state_dict())
+    assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters())
     out = convert_to(run, tmp_path / "hf", "hf")
     state = hf_state(out)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from ckptscope.inspectors import detect
+from ckptscope.inspectors.summary import logical_param_count
 
 from .helpers import convert_to
 
@@ -63,6 +64,8 @@ def test_nemo2_checkpoint_converts_to_hf_with_the_corpus_logits(nemo2: Path, cor
 
     ckpt = detect(nemo2)  # the checkpoint folder itself: weights/ + context/
     assert (ckpt.kind, ckpt.path.name, ckpt.root) == ("megatron-dist", "weights", nemo2)
+    original = detect(corpus / "megatron" / "gpt_tp2pp1" / "dist")  # megatron-core's own save of the same model
+    assert logical_param_count(ckpt) == logical_param_count(original) > 0
     out = convert_to(nemo2, tmp_path / "hf", "hf")
     model = t.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     item = corpus / "megatron" / "gpt_tp2pp1"
