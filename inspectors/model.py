@@ -343,7 +343,8 @@ def _params_in(t: TensorInfo, names: dict[str, Any]) -> int:
     """Parameters one stored tensor holds: MXFP4 pairs (`W_blocks` packs two FP4 values a byte,
     `W_scales` holds only their shared exponents, as gpt-oss stores experts) count as `W`; an FP8
     weight's block scales (`W_scale_inv` beside `W`, DeepSeek-V3) are not parameters."""
-    if t.global_name.endswith(".weight_scale_inv") and t.global_name[:-len("_scale_inv")] in names:
+    weight = names.get(t.global_name[:-len("_scale_inv")]) if t.global_name.endswith(".weight_scale_inv") else None
+    if weight and next(iter(weight.values())).dtype.startswith("float8"):
         return 0
     if t.dtype == "uint8" and t.global_name.endswith(("_blocks", "_scales")):
         stem = t.global_name[:-len("_blocks")]

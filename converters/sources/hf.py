@@ -31,7 +31,8 @@ class HfSource(CanonicalSource):
         self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
         self.mxfp4 = {name: pair for name, pair in quantized_pairs(self.index).items() if name not in self.index}
-        self.fp8 = fp8.quantized_pairs(self.index)
+        self.fp8 = {n: pair for n, pair in fp8.quantized_pairs(self.index).items()  # a scale beside a float8 weight only
+                    if self.index[n].dtype.startswith("float8")}
         self.fp8_block = fp8.block_size(config if isinstance(config, dict) else None)
         unscaled = next((n for n, t in self.index.items() if t.dtype.startswith("float8") and n not in self.fp8), None)
         if unscaled is not None:  # its scale lives elsewhere or nowhere: reading it as is would be a wrong model
