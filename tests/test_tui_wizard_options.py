@@ -102,3 +102,76 @@ async def test_wizard_from_the_keyboard_alone(tmp_path: Path) -> None:
         await pilot.pause(0.2)
         assert wizard.query_one("#wizard-body").current == "step-layout" and wizard.query_one("#tp").value == "2"
         assert app.screen is wizard
+
+
+async def _focus(app: CkptscopeApp, pilot, widget_id: str) -> None:
+    """Tab until the widget has the keys (how a keyboard user reaches a button)."""
+    for _ in range(30):
+        if app.focused is not None and app.focused.id == widget_id:
+            return
+        await pilot.press("tab")
+        await pilot.pause(0.05)
+    raise AssertionError(f"tab never reached #{widget_id}")
+
+
+async def test_wizard_whole_flow_from_the_keyboard(tmp_path: Path) -> None:
+    """Issue 16: open the source, Convert (x), choose the target, type TP, Enter and Ctrl+N through
+    every step, run, cancel, go back, change the output, run, verify and open the output - keys only."""
+    from ckptscope.app.tui.inspect import InspectScreen
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)
+    app = CkptscopeApp(src)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen), rounds=1200)
+        await settle(app, pilot)
+        await pilot.press("x")  # inspect -> convert this checkpoint
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, rounds=1200)
+        wizard = app.screen
+        await pilot.press("ctrl+n")  # source -> target: the format list has the keys
+        await pilot.pause(0.2)
+        assert app.focused is wizard.query_one("#fmt")
+        await pilot.press("enter")  # open the list, move to megatron, choose it
+        await pilot.pause(0.2)
+        for _ in range(len(TARGETS)):
+            if wizard.query_one("#fmt").value == "megatron":
+                break
+            await pilot.press("down", "enter")
+            await pilot.pause(0.2)
+            if wizard.query_one("#fmt").value != "megatron":
+                await pilot.press("enter")
+                await pilot.pause(0.2)
+        assert wizard.query_one("#fmt").value == "megatron"
+        await pilot.press("ctrl+n")  # -> layout: TP has the keys
+        await pilot.pause(0.2)
+        await pilot.press("end", "backspace", "4", "enter")  # TP 4; Enter advances
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+n")  # dtype & tokenizer -> output
+        await pilot.pause(0.2)
+        assert app.focused is wizard.query_one("#out")
+        first, second = tmp_path / "first", tmp_path / "second"
+        await pilot.press("ctrl+a", "ctrl+k", *str(first), "enter")  # the output path, then the plan
+        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok, rounds=1200)
+        await pilot.press("ctrl+r")  # run: a sign of life while the child process starts
+        await pilot.pause(0.3)
+        assert "starting the converter process" in str(wizard.query_one("#run-status").render())
+        assert wizard.query_one("#run-bar").total is None  # indeterminate until the first bytes
+        await pilot.press("ctrl+c")  # ...and cancel while the child starts
+        await until(pilot, lambda: not wizard.running, rounds=2400)
+        assert "cancelled" in str(wizard.query_one("#run-status").render()) and not first.exists()
+        await pilot.press("escape")  # back to the output step, inputs kept
+        await pilot.pause(0.3)
+        assert wizard.query_one("#wizard-body").current == "step-output" and wizard.query_one("#tp").value == "4"
+        await _focus(app, pilot, "out")
+        await pilot.press("ctrl+a", "ctrl+k", *str(second), "enter")  # change the output, plan again
+        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok and wizard.output == second, rounds=1200)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: not wizard.running and "done" in str(wizard.query_one("#run-status").render()), rounds=2400)
+        assert detect(second).parallel.tp == 4
+        await _focus(app, pilot, "verify")
+        await pilot.press("enter")
+        await until(pilot, lambda: any("logits:" in line for line in wizard.query_one("#run-log").lines), rounds=2400)
+        assert any("logits:" in line and "OK" in line for line in wizard.query_one("#run-log").lines)
+        await _focus(app, pilot, "open")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen) and app.screen.ckpt.root == second.resolve(), rounds=1200)

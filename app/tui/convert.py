@@ -308,7 +308,8 @@ class ConvertScreen(Screen):
 
         self.plan = message.plan
         where = Text.assemble(("output  ", "bold"), printable(self.output, 1000), "\n")  # where the run will write
-        self.query_one("#plan-text", Static).update(where + capture(render_plan, self.plan))
+        width = max(80, (self.size.width or self.app.size.width) - 6)  # the plan at the screen's width
+        self.query_one("#plan-text", Static).update(where + capture(render_plan, self.plan, width=width))
         self._show_step(self.step)
 
     # ----- run ---------------------------------------------------------------------------------
@@ -324,7 +325,8 @@ class ConvertScreen(Screen):
         for group in self.plan.groups:
             row(table, "·", group_label(self.plan.spec, group), "", key=group_label(self.plan.spec, group))
         bar = self.query_one("#run-bar", ProgressBar)
-        bar.update(total=self.plan.total_bytes, progress=0)
+        bar.update(total=None, progress=0)  # indeterminate (animated) until the child reports its first bytes
+        self.query_one("#run-status", Static).update("starting the converter process (loading torch)…")
         self.running = self.app.converting = True  # type: ignore[attr-defined]
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
