@@ -124,7 +124,9 @@ def test_diff(snap_compare, theme: str) -> None:
     assert snap_compare(CkptscopeApp(DEMO), terminal_size=SIZE, run_before=run_before)
 
 
-def test_wizard_plan(snap_compare) -> None:
+def test_wizard_plan(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DEMO)  # the default output is in the working folder: the same path on every machine
+
     async def run_before(pilot) -> None:
         await _settle(pilot)
         pilot.app.open_convert(DEMO / "megatron-torch-tp2pp2")

@@ -104,6 +104,46 @@ async def test_wizard_from_the_keyboard_alone(tmp_path: Path) -> None:
         assert app.screen is wizard
 
 
+async def test_layout_problems_name_the_wizard_field_not_the_cli_flag(tmp_path: Path) -> None:
+    """Issue 16: "(give --pp-layers)" named a flag the wizard user never sees."""
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)  # 4 layers
+    app = CkptscopeApp(tmp_path)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, rounds=1200)
+        wizard = app.screen
+        wizard.query_one("#fmt").value = "megatron"
+        await pilot.pause(0.2)
+        wizard.query_one("#pp").value = "3"
+        await pilot.pause(0.3)
+        status = str(wizard.query_one("#layout-status").render())
+        assert "do not split evenly over PP=3" in status and '"Layers per stage" field' in status and "--pp-layers" not in status
+
+
+async def test_default_output_is_in_the_working_folder_not_beside_a_shared_source(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: the default output landed beside the source, also in a shared checkpoint folder."""
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "shared" / "mt", tp=2, pp=2)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    app = CkptscopeApp(tmp_path)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, rounds=1200)
+        assert app.screen.query_one("#out").value == str(home / "mt-converted")
+    monkeypatch.chdir(src)  # working inside the checkpoint: beside it, never inside
+    from ckptscope.converters.writers.output import default_destination
+
+    assert default_destination(src, src) == src.parent / "mt-converted"
+
+
 async def _focus(app: CkptscopeApp, pilot, widget_id: str) -> None:
     """Tab until the widget has the keys (how a keyboard user reaches a button)."""
     for _ in range(30):

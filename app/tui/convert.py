@@ -37,7 +37,7 @@ from textual.worker import get_current_worker
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS
 from ckptscope.converters.options import ALL_OPTIONS, Option, OptionError
-from ckptscope.converters.writers.output import check_destination
+from ckptscope.converters.writers.output import check_destination, default_destination
 from ckptscope.inspectors.summary import printable
 
 from .capture import capture
@@ -54,6 +54,13 @@ FIELDS: dict[str, tuple[Option, ...]] = {step: tuple(o for o in ALL_OPTIONS.valu
 
 def _row(label: str, widget: Any) -> Horizontal:
     return Horizontal(Label(label), widget, classes="form-row")
+
+
+def _field_names(message: str) -> str:
+    """The core's messages name options by their CLI flags; the wizard says which field it means."""
+    for option in sorted((o for step in FIELDS.values() for o in step), key=lambda o: -len(o.flag)):
+        message = message.replace(option.flag, f"the \"{option.label}\" field")
+    return message
 
 
 class ConvertScreen(Screen):
@@ -122,7 +129,7 @@ class ConvertScreen(Screen):
         self._show_step(0)
         if self.source_path:
             self.load_spec(str(self.source_path))
-            self.query_one("#out", Input).value = str(Path(self.source_path).parent / (Path(self.source_path).name + "-converted"))
+            self.query_one("#out", Input).value = str(default_destination(self.source_path, Path.cwd()))
         table = self.query_one("#layer-list", DataTable)
         table.add_columns("", "group", "seconds")
 
@@ -223,7 +230,7 @@ class ConvertScreen(Screen):
             problems = self.spec.check_parallel(v["tp"], v["pp"], v["ep"], v["pp_layers"])
         status.set_class(not problems, "ok")
         if problems:
-            status.update("\n".join(f"✗ {printable(p, 500)}" for p in problems))
+            status.update("\n".join(f"✗ {printable(_field_names(p), 500)}" for p in problems))
         else:
             v = request.values()
             status.update(f"✓ TP{v['tp']} × PP{v['pp']} × EP{v['ep']} fits the model")

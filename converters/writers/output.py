@@ -83,6 +83,19 @@ def _protected() -> list[tuple[Path, str]]:
     return found
 
 
+def default_destination(source: str | Path, cwd: Path) -> Path:
+    """Where a conversion writes unless told: `<name>-converted` in the folder the user works in,
+    not beside the source (checkpoints often sit in shared folders nobody should write into
+    unasked); beside the source only when the user works inside it."""
+    source = Path(source)
+    name = source.name + "-converted"
+    try:
+        inside = cwd.resolve().is_relative_to(source.resolve())
+    except OSError:
+        inside = True
+    return (source.parent if inside else cwd) / name
+
+
 def check_destination(dst: str | Path, force: bool, sources: Iterable[str | Path] = ()) -> None:
     """Every up-front refusal for a destination (run before planning and again before writing)."""
     if is_remote(dst):  # a bucket prefix: remote_output.RemoteDestination checks it is empty
