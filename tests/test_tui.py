@@ -289,7 +289,7 @@ async def test_wizard_refuses_an_output_inside_the_source(demo: Path) -> None:
         assert not (src / "converted").exists()
         wizard.query_one("#fmt").value = "megatron"  # a layout is asked for ranked targets only
         await pilot.pause(0.05)
-        for value, flag in (("0", "--tp"), ("9" * 300, "--tp"), ("-3", "--tp")):  # the command line's bounds, same words
+        for value, flag in (("0", '"Tensor parallel"'), ("9" * 300, '"Tensor parallel"'), ("-3", '"Tensor parallel"')):  # the CLI's bounds, the field's name
             wizard.query_one("#tp").value = value
             await pilot.pause(0.05)
             assert wizard._validate_layout() and flag in str(wizard.query_one("#layout-status").render())

@@ -120,7 +120,7 @@ async def test_layout_problems_name_the_wizard_field_not_the_cli_flag(tmp_path: 
         wizard.query_one("#pp").value = "3"
         await pilot.pause(0.3)
         status = str(wizard.query_one("#layout-status").render())
-        assert "do not split evenly over PP=3" in status and '"Layers per stage" field' in status and "--pp-layers" not in status
+        assert "do not split evenly over PP=3" in status and '(give "Layers per stage")' in status and "--pp-layers" not in status
 
 
 async def test_default_output_is_in_the_working_folder_not_beside_a_shared_source(tmp_path: Path,
@@ -142,6 +142,37 @@ async def test_default_output_is_in_the_working_folder_not_beside_a_shared_sourc
     from ckptscope.converters.writers.output import default_destination
 
     assert default_destination(src, src) == src.parent / "mt-converted"
+
+
+async def test_leaving_the_wizard_with_choices_asks_first(tmp_path: Path) -> None:
+    """Issue 16: Esc popped the whole wizard and lost every input; now it steps back, and leaving
+    from the first step after choices were made asks (Esc on the question stays)."""
+    from ckptscope.app.tui.convert import ConvertScreen
+    from ckptscope.app.tui.dialogs import ConfirmDialog
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)
+    app = CkptscopeApp(tmp_path)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, rounds=1200)
+        wizard = app.screen
+        await pilot.press("ctrl+n")  # a choice on the target step
+        await pilot.pause(0.2)
+        wizard.query_one("#fmt").value = "megatron"
+        await pilot.press("escape")  # back to the source step, nothing asked
+        await pilot.pause(0.2)
+        assert app.screen is wizard and wizard.step == 0
+        await pilot.press("escape")  # leaving now asks
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("escape")  # "Stay": the wizard and its choices are kept
+        await pilot.pause(0.2)
+        assert app.screen is wizard and wizard.query_one("#fmt").value == "megatron"
+        await pilot.press("escape", "y")  # leave
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, (ConvertScreen, ConfirmDialog))
 
 
 async def _focus(app: CkptscopeApp, pilot, widget_id: str) -> None:

@@ -59,7 +59,7 @@ def _row(label: str, widget: Any) -> Horizontal:
 def _field_names(message: str) -> str:
     """The core's messages name options by their CLI flags; the wizard says which field it means."""
     for option in sorted((o for step in FIELDS.values() for o in step), key=lambda o: -len(o.flag)):
-        message = message.replace(option.flag, f"the \"{option.label}\" field")
+        message = message.replace(option.flag, f"\"{option.label}\"")
     return message
 
 
@@ -80,6 +80,8 @@ class ConvertScreen(Screen):
         self.step = 0
         self.output: Path | None = None
         self.running = False
+        self.finished = False  # a conversion completed: leaving loses nothing
+        self.furthest = 0  # the furthest step reached (choices made beyond the first)
 
     # ----- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -135,6 +137,7 @@ class ConvertScreen(Screen):
 
     def _show_step(self, index: int) -> None:
         self.step = index
+        self.furthest = max(self.furthest, index)
         self.query_one(ContentSwitcher).current = STEPS[index][0]
         text = Text(" ")
         for i, (_, title) in enumerate(STEPS):
@@ -157,6 +160,16 @@ class ConvertScreen(Screen):
     def action_step_back(self) -> None:
         """Esc steps back through the wizard; on the first step (or after a run) it leaves."""
         if self.running:
+            return
+        if self.step == 0 and self.furthest > 0 and not self.finished:  # choices made on later steps: ask first
+            from .dialogs import ConfirmDialog
+
+            def leave(yes: bool | None) -> None:
+                if yes:
+                    self.app.action_back()  # type: ignore[attr-defined]
+
+            self.app.push_screen(ConfirmDialog("Leave the conversion wizard? The choices you made are lost.",
+                                               yes="Leave", no="Stay"), leave)
             return
         if self.step == 0 or STEPS[self.step][0] == "step-run" and self.plan is None:
             self.app.action_back()  # type: ignore[attr-defined]
@@ -396,6 +409,7 @@ class ConvertScreen(Screen):
             self.query_one("#run", Button).disabled = self.plan is None or not self.plan.ok
             self.notify("conversion cancelled", severity="warning")
             return
+        self.finished = True
         log.write_line(f"wrote {printable(message.output, 1000)} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
         self.query_one("#run-status", Static).update(f"done: {printable(message.output)}")
         self.query_one("#verify", Button).disabled = False
