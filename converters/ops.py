@@ -41,14 +41,9 @@ def split(t: torch.Tensor, dim: int, parts: int) -> list[torch.Tensor]:
 
 
 def pack_swiglu(gate: torch.Tensor, up: torch.Tensor, tp: int) -> list[torch.Tensor]:
-    """Per-rank `[gate_r; up_r]`, the `torch`-format packing of SwiGLU fc1."""
+    """Per-rank `[gate_r; up_r]`, the `torch`-format packing of SwiGLU fc1 (the fixture writers'
+    spelling; the converter cuts and glues it as `shards.Blocks`)."""
     return [torch.cat([g, u], dim=0) for g, u in zip(split(gate, 0, tp), split(up, 0, tp))]
-
-
-def unpack_swiglu(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of `pack_swiglu`: halve each rank's shard, then gather gates and ups separately."""
-    halves = [torch.chunk(s, 2, dim=0) for s in shards]
-    return torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)
 
 
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:

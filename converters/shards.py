@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -63,8 +64,9 @@ class Geometry:
     ep: int = 1
     kv_mult: int = 1
 
-    @property
+    @cached_property
     def heads(self) -> HeadMap:
+        """Built once per geometry: every head-cut row of every layer asks for it."""
         return HeadMap.build(self.spec.heads, self.spec.kv_heads, self.tp, self.kv_mult)
 
     @property

@@ -181,7 +181,7 @@ def write(source: TokenizerSource, folder: Path, copy_into: Callable[[Path, Path
             if src.is_file():
                 copy_into(src, folder / name)
         return
-    if not hasattr(folder / "x", "open_write"):
+    if not hasattr(folder, "open_write"):  # a local folder (a remote destination's paths stream: remote_output.OutPath)
         load(source).save_pretrained(str(folder))
         return
     import tempfile

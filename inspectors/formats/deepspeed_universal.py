@@ -43,17 +43,18 @@ def _param_folders(tag: Path) -> list[Path]:
     return [c for c in children if not c.is_symlink() and c.is_dir() and (c / WEIGHT).is_file() and not (c / WEIGHT).is_symlink()]
 
 
-def _tag_of(path: Path) -> Path | None:
-    """The universal tag folder of a path: itself, or the one a root's `latest_universal` names."""
-    if _param_folders(path):
-        return path
+def _tag_of(path: Path) -> tuple[Path, list[Path]] | None:
+    """The universal tag folder of a path (itself, or the one a root's `latest_universal` names)
+    and its parameter folders."""
+    if folders := _param_folders(path):
+        return path, folders
     latest = path / LATEST
     if latest.is_file() and not latest.is_symlink():
         name = read_side_text(latest, "tracker", "latest_universal").strip()
         if name and "/" not in name and name not in (".", ".."):
             tag = path / name
-            if not tag.is_symlink() and _param_folders(tag):
-                return tag
+            if not tag.is_symlink() and (folders := _param_folders(tag)):
+                return tag, folders
     return None
 
 
@@ -69,11 +70,12 @@ class UniversalReader:
         path = as_path(path)
         if not path.is_dir():
             return None
-        tag = _tag_of(path)
-        if tag is None:
+        found = _tag_of(path)
+        if found is None:
             return None
+        tag, folders = found
         return Probe(kind=KIND, path=tag, root=path if tag != path else None, iteration=iteration_of(tag),
-                     detail=f"{len(_param_folders(tag))} parameters (zero/<name>/fp32.pt)")
+                     detail=f"{len(folders)} parameters (zero/<name>/fp32.pt)")
 
     def open(self, probe: Probe) -> Checkpoint:
         tag = as_path(probe.path)
