@@ -13,6 +13,20 @@ def corpus_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's app settings (the saved theme), nor another test's."""
+    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo workspace (one small checkpoint of every format), written once per test module."""
+    from ckptscope.converters.samples.demo import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("ws") / "demo")["hf-llama"].parent
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     root = corpus_root()

@@ -330,7 +330,6 @@ async def test_app_opens_a_remote_checkpoint(request: pytest.FixtureRequest, tmp
     from ckptscope.app.tui.app import CkptscopeApp
     from ckptscope.app.tui.inspect import InspectScreen
 
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
     url, _server = _remote("s3", "megatron/moe_ep2/dist", request)
     app = CkptscopeApp(url)
     async with app.run_test(size=(140, 40)) as pilot:
@@ -393,7 +392,6 @@ async def test_app_browses_a_bucket_prefix(request: pytest.FixtureRequest, tmp_p
     from ckptscope.app.tui.browse import BrowseScreen, CheckpointTree
     from ckptscope.app.tui.inspect import InspectScreen
 
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
     url, _server = _remote("s3", "megatron/gpt_tp2pp1", request)
     dist = storage.as_path(url + "/dist")
     app = CkptscopeApp(url)

@@ -24,11 +24,6 @@ def demo() -> Path:
     return DEMO
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
 async def _settle(pilot) -> None:
     for _ in range(600):
         await pilot.pause(0.05)

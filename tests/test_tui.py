@@ -5,25 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from ckptscope.app.tui.app import CkptscopeApp
-from ckptscope.converters.samples.demo import write_demo
 from ckptscope.converters.samples.megatron_torch import write_megatron_torch
 from ckptscope.converters.samples.spec import SampleSpec
 
 GROUPS = ("open", "explain", "filter", "probe", "stats", "spec", "plan", "convert", "verify", "diff")
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return write_demo(tmp_path_factory.mktemp("ws") / "demo")["hf-llama"].parent
 
 
 async def settle(app: CkptscopeApp, pilot, rounds: int = 600) -> None:

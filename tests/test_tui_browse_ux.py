@@ -8,23 +8,11 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
 
 from ckptscope.app.tui.app import CkptscopeApp
-from ckptscope.converters.samples.demo import write_demo
 from ckptscope.inspectors.browse import label_path
 
 from .test_tui import settle, until
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return write_demo(tmp_path_factory.mktemp("ws") / "demo")["hf-llama"].parent
 
 
 def screen_text(app: CkptscopeApp) -> str:

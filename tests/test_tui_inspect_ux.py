@@ -6,25 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
 from ckptscope.app.tui.app import CkptscopeApp
-from ckptscope.converters.samples.demo import write_demo
 from ckptscope.inspectors import detect
 from ckptscope.inspectors.summary import logical_param_count
 
 from .test_tui import settle, until
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return write_demo(tmp_path_factory.mktemp("ws") / "demo")["hf-llama"].parent
 
 
 async def _open(app: CkptscopeApp, pilot, path: Path):

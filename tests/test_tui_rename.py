@@ -3,7 +3,6 @@ applies them, and carries them into the convert wizard, whose output has the ori
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -11,11 +10,6 @@ from ckptscope.app.tui.app import CkptscopeApp
 
 from .test_rename import FIX, _logits, llama  # noqa: F401 - the fixture: a tiny Llama and its renamed copy
 from .test_tui import click, settle, until
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
 
 
 async def test_check_screen_applies_suggested_renames_and_carries_them_into_the_wizard(llama, tmp_path) -> None:  # noqa: F811

@@ -20,11 +20,6 @@ from .test_tui import click, settle, until
 SPEC = SampleSpec(layers=4, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
-
-
 async def test_wizard_zero_source_with_config_to_nxd(tmp_path: Path) -> None:
     src = dss.write_deepspeed_zero(SPEC, tmp_path / "ds", dp=2, stage=2, bf16=True)
     config = write_hf(SPEC, tmp_path / "ref") / "config.json"

@@ -79,7 +79,6 @@ async def test_app_layers_view_names_the_corrupted_layer(models, tmp_path: Path,
 
     from .test_tui import click, settle, until
 
-    monkeypatch.setenv("CKPTSCOPE_CONFIG_DIR", str(tmp_path / "config"))
     app = CkptscopeApp(models["hf"].parent)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, pilot)
