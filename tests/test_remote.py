@@ -27,6 +27,7 @@ from ckptscope.inspectors import detect, storage
 from ckptscope.inspectors.errors import CheckpointError, NotACheckpoint
 
 from .remote_servers import RangeHTTPServer, S3Server
+from .test_tui import until
 
 BUCKET = "ckpt"
 CREDS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
@@ -333,11 +334,7 @@ async def test_app_opens_a_remote_checkpoint(request: pytest.FixtureRequest, tmp
     url, _server = _remote("s3", "megatron/moe_ep2/dist", request)
     app = CkptscopeApp(url)
     async with app.run_test(size=(140, 40)) as pilot:
-        for _ in range(600):
-            if isinstance(app.screen, InspectScreen):
-                break
-            await pilot.pause(0.05)
-        assert isinstance(app.screen, InspectScreen)
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen))
         for _ in range(40):  # let the screen finish mounting its tabs
             await pilot.pause(0.05)
         assert app.screen.ckpt.path == storage.as_path(url + "/iter_0000010")
@@ -396,20 +393,14 @@ async def test_app_browses_a_bucket_prefix(request: pytest.FixtureRequest, tmp_p
     dist = storage.as_path(url + "/dist")
     app = CkptscopeApp(url)
     async with app.run_test(size=(140, 40)) as pilot:
-        for _ in range(600):
-            if isinstance(app.screen, BrowseScreen) and dist in app.screen.query_one(CheckpointTree).labels:
-                break
-            await pilot.pause(0.05)
+        await until(pilot, lambda: isinstance(app.screen, BrowseScreen) and dist in app.screen.query_one(CheckpointTree).labels)
         tree = app.screen.query_one(CheckpointTree)
         assert tree.labels[dist].kind == "megatron-dist" and tree.labels[storage.as_path(url + "/legacy")].kind == "megatron-torch"
         node = next(n for n in tree.root.children if n.data is not None and n.data.path == dist)
         tree.move_cursor(node)
         await pilot.press("enter")
-        for _ in range(600):
-            if isinstance(app.screen, InspectScreen):
-                break
-            await pilot.pause(0.05)
-        assert isinstance(app.screen, InspectScreen) and app.screen.ckpt.path == storage.as_path(url + "/dist/iter_0000010")
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen))
+        assert app.screen.ckpt.path == storage.as_path(url + "/dist/iter_0000010")
 
 
 @pytest.mark.parametrize("kind", ["hf-folder", "bpe"])

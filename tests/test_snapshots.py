@@ -13,9 +13,10 @@ import pytest
 from ckptscope.app.tui.app import CkptscopeApp
 from ckptscope.converters.samples.demo import write_demo
 
+from .test_tui import settle, until
+
 DEMO = Path("/tmp/ckptscope-snapshot-demo")
 SIZE = (120, 36)
-GROUPS = ("open", "explain", "filter", "probe", "stats", "spec", "plan", "diff")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,20 +26,12 @@ def demo() -> Path:
 
 
 async def _settle(pilot) -> None:
-    for _ in range(600):
-        await pilot.pause(0.05)
-        if not [w for w in pilot.app.workers if w.group in GROUPS and not w.is_finished]:
-            break
+    await settle(pilot.app, pilot)
     await pilot.wait_for_scheduled_animations()
     await pilot.pause(0.5)
 
 
-async def _until(pilot, condition) -> None:
-    for _ in range(600):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not reached")
+_until = until
 
 
 async def _inspecting(pilot) -> None:
@@ -61,11 +54,11 @@ def test_browse(snap_compare, theme: str) -> None:
 
         await _theme(theme)(pilot)
         tree = pilot.app.screen.query_one(CheckpointTree)
-        for _ in range(600):  # the directory listing and the probes land asynchronously
+        def listed() -> bool:  # the directory listing and the probes land asynchronously
             children = [c.data.path for c in tree.root.children if c.data is not None]
-            if len(children) >= 8 and all(p in tree.labels for p in children):
-                break
-            await pilot.pause(0.05)
+            return len(children) >= 8 and all(p in tree.labels for p in children)
+
+        await until(pilot, listed)
         await pilot.press("down", "down", "down")
         await _settle(pilot)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -14,21 +15,34 @@ from ckptscope.converters.samples.spec import SampleSpec
 GROUPS = ("open", "explain", "filter", "probe", "stats", "spec", "plan", "convert", "verify", "diff")
 
 
-async def settle(app: CkptscopeApp, pilot, rounds: int = 600) -> None:
+async def settle(app: CkptscopeApp, pilot, timeout: float = 120.0) -> None:
     """Wait for our own workers (not DirectoryTree's long-lived loader)."""
-    for _ in range(rounds):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         await pilot.pause(0.05)
         if not [w for w in app.workers if w.group in GROUPS and not w.is_finished]:
             break
     await pilot.pause(0.1)
 
 
-async def until(pilot, condition, rounds: int = 600) -> None:
-    for _ in range(rounds):
+def _screen_log(app: CkptscopeApp) -> str:
+    """What the screen's run log says: the reason a wait ran out is usually written there."""
+    try:
+        return " | ".join(app.screen.query_one("#run-log").lines[-8:])
+    except Exception:  # noqa: BLE001 - only a diagnostic
+        return "(no run log on this screen)"
+
+
+async def until(pilot, condition, timeout: float = 120.0) -> None:
+    """Wait on the wall clock, not a count of pauses: a loaded CI machine stretches each pause.
+    The deadlines are far above what any step needs; they only end a hung test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if condition():
             return
         await pilot.pause(0.05)
-    raise AssertionError("condition not reached")
+    raise AssertionError(f"condition not reached in {timeout:.0f}s; screen {type(pilot.app.screen).__name__}, "
+                         f"run log: {_screen_log(pilot.app)}")
 
 
 async def click(pilot, selector: str) -> None:
