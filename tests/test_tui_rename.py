@@ -47,7 +47,7 @@ async def test_check_screen_applies_suggested_renames_and_carries_them_into_the_
         assert wizard.plan.ok and wizard.plan.renamed["transformer.layers.0.mlp.w2.weight"] == "model.layers.0.mlp.down_proj.weight"
         assert "mlp.w2.weight -> model.layers.{0..2}.mlp.down_proj.weight" in str(wizard.query_one("#plan-text").render())
         await click(pilot, "#run")
-        await until(pilot, lambda: "ConvertFinished" in seen, timeout=600)
+        await until(pilot, lambda: "ConvertFinished" in seen, timeout=300)
     assert set(load_file(str(out / "model.safetensors"))) == set(load_file(str(orig / "model.safetensors")))
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

@@ -60,9 +60,9 @@ async def test_wizard_zero_source_with_config_to_nxd(tmp_path: Path) -> None:
         request = wizard._request()
         assert request.values()["from_optimizer_fp32"] and request.values()["strict"] and request.target_options().fuse_qkv
         await click(pilot, "#run")
-        await until(pilot, lambda: "ConvertFinished" in messages, timeout=600)
+        await until(pilot, lambda: "ConvertFinished" in messages, timeout=300)
         await click(pilot, "#verify")
-        await until(pilot, lambda: "VerifyDone" in messages, timeout=600)
+        await until(pilot, lambda: "VerifyDone" in messages, timeout=300)
         await pilot.pause(0.1)
         assert "OK" in "\n".join(wizard.query_one("#run-log").lines)
     ckpt = detect(out)
@@ -108,7 +108,7 @@ async def test_layout_problems_name_the_wizard_field_not_the_cli_flag(tmp_path: 
     async with app.run_test(size=(150, 48)) as pilot:
         await settle(app, pilot)
         app.open_convert(src)
-        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=600)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=300)
         wizard = app.screen
         wizard.query_one("#fmt").value = "megatron"
         await pilot.pause(0.2)
@@ -131,7 +131,7 @@ async def test_default_output_is_in_the_working_folder_not_beside_a_shared_sourc
     async with app.run_test(size=(150, 48)) as pilot:
         await settle(app, pilot)
         app.open_convert(src)
-        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=600)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=300)
         assert app.screen.query_one("#out").value == str(home / "mt-converted")
     monkeypatch.chdir(src)  # working inside the checkpoint: beside it, never inside
     from ckptscope.converters.writers.output import default_destination
@@ -151,7 +151,7 @@ async def test_leaving_the_wizard_with_choices_asks_first(tmp_path: Path) -> Non
     async with app.run_test(size=(150, 48)) as pilot:
         await settle(app, pilot)
         app.open_convert(src)
-        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=600)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=300)
         wizard = app.screen
         await pilot.press("ctrl+n")  # a choice on the target step
         await pilot.pause(0.2)
@@ -189,10 +189,10 @@ async def test_wizard_whole_flow_from_the_keyboard(tmp_path: Path) -> None:
     src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)
     app = CkptscopeApp(src)
     async with app.run_test(size=(150, 48)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, InspectScreen), timeout=600)
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen), timeout=300)
         await settle(app, pilot)
         await pilot.press("x")  # inspect -> convert this checkpoint
-        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=600)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None, timeout=300)
         wizard = app.screen
         await pilot.press("ctrl+n")  # source -> target: the format list has the keys
         await pilot.pause(0.2)
@@ -217,27 +217,55 @@ async def test_wizard_whole_flow_from_the_keyboard(tmp_path: Path) -> None:
         assert app.focused is wizard.query_one("#out")
         first, second = tmp_path / "first", tmp_path / "second"
         await pilot.press("ctrl+a", "ctrl+k", *str(first), "enter")  # the output path, then the plan
-        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok, timeout=600)
+        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok, timeout=300)
         await pilot.press("ctrl+r")  # run: a sign of life while the child process starts
         await pilot.pause(0.3)
         assert "starting the converter process" in str(wizard.query_one("#run-status").render())
         assert wizard.query_one("#run-bar").total is None  # indeterminate until the first bytes
         await pilot.press("ctrl+c")  # ...and cancel while the child starts
-        await until(pilot, lambda: not wizard.running, timeout=600)
+        await until(pilot, lambda: not wizard.running, timeout=300)
         assert "cancelled" in str(wizard.query_one("#run-status").render()) and not first.exists()
         await pilot.press("escape")  # back to the output step, inputs kept
         await pilot.pause(0.3)
         assert wizard.query_one("#wizard-body").current == "step-output" and wizard.query_one("#tp").value == "4"
         await _focus(app, pilot, "out")
         await pilot.press("ctrl+a", "ctrl+k", *str(second), "enter")  # change the output, plan again
-        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok and wizard.output == second, timeout=600)
+        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok and wizard.output == second, timeout=300)
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: not wizard.running and "done" in str(wizard.query_one("#run-status").render()), timeout=600)
+        await until(pilot, lambda: not wizard.running and "done" in str(wizard.query_one("#run-status").render()), timeout=300)
         assert detect(second).parallel.tp == 4
         await _focus(app, pilot, "verify")
         await pilot.press("enter")
-        await until(pilot, lambda: any("logits:" in line for line in wizard.query_one("#run-log").lines), timeout=600)
+        await until(pilot, lambda: any("logits:" in line for line in wizard.query_one("#run-log").lines), timeout=300)
         assert any("logits:" in line and "OK" in line for line in wizard.query_one("#run-log").lines)
         await _focus(app, pilot, "open")
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, InspectScreen) and app.screen.ckpt.root == second.resolve(), timeout=600)
+        await until(pilot, lambda: isinstance(app.screen, InspectScreen) and app.screen.ckpt.root == second.resolve(), timeout=300)
+
+
+async def test_a_failed_conversion_says_why_and_leaves_the_wizard_usable(tmp_path: Path) -> None:
+    """A conversion that fails in the child (here: the source went away after planning) used to
+    leave the wizard "running" with no word: it could neither run again nor go back."""
+    import shutil
+
+    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
+
+    src = write_megatron_torch(SPEC, tmp_path / "mt", tp=2, pp=2)
+    out = tmp_path / "out"
+    app = CkptscopeApp(tmp_path)
+    async with app.run_test(size=(150, 48)) as pilot:
+        await settle(app, pilot)
+        app.open_convert(src)
+        await until(pilot, lambda: getattr(app.screen, "spec", None) is not None)
+        wizard = app.screen
+        wizard.query_one("#out").value = str(out)
+        while wizard.query_one("#wizard-body").current != "step-plan":
+            await click(pilot, "#next")  # the defaults: to HF
+        await until(pilot, lambda: wizard.plan is not None and wizard.plan.ok)
+        shutil.rmtree(src)
+        await click(pilot, "#run")
+        await until(pilot, lambda: not wizard.running, timeout=300)
+        status = str(wizard.query_one("#run-status").render())
+        assert status.startswith("failed: ") and "mt" in status
+        assert any(line.startswith("failed: ") for line in wizard.query_one("#run-log").lines)
+        assert not wizard.query_one("#back").disabled and not app.converting and not out.exists()

@@ -32,7 +32,7 @@ from textual.widgets import (
     Select,
     Static,
 )
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from ckptscope.app.safe import row
 from ckptscope.converters.formats import TARGETS
@@ -80,6 +80,7 @@ class ConvertScreen(Screen):
         self.step = 0
         self.output: Path | None = None
         self.running = False
+        self._conversion_started = False  # set by the conversion thread: a cancel before it posts nothing
         self.finished = False  # a conversion completed: leaving loses nothing
         self.furthest = 0  # the furthest step reached (choices made beyond the first)
 
@@ -351,15 +352,18 @@ class ConvertScreen(Screen):
         for button, disabled in (("#run", True), ("#cancel", False), ("#back", True), ("#verify", True), ("#open", True)):
             self.query_one(button, Button).disabled = disabled
         self.query_one("#run-log", Log).write_line(f"converting to {printable(self.output, 1000)}")
+        self._conversion_started = False
         self.run_conversion(self._request())
 
     @work(thread=True, exclusive=True, group="convert", exit_on_error=False, description="conversion")
     def run_conversion(self, request: Any) -> None:
         """Relay events from a child process: the UI keeps the GIL, and cancel terminates the
-        child, which removes its temporary output folder."""
+        child, which removes its temporary output folder. Every way out posts `ConvertFinished`:
+        a wizard left "running" after a failure could neither run again nor go back."""
         from ckptscope.converters.background import convert_in_subprocess
 
         worker = get_current_worker()
+        self._conversion_started = True
         last = None
         previous = 0.0
         try:
@@ -369,12 +373,24 @@ class ConvertScreen(Screen):
                 if event.stage == "layer":
                     self.post_message(LayerDone(event.index, event.label, event.elapsed - previous))
                     previous = event.elapsed
+        except Exception as exc:  # noqa: BLE001 - shown as one line; the child cleaned up its output
+            self.post_message(ConvertFinished(request.dst, last.elapsed if last else 0.0, last.bytes_done if last else 0,
+                                              error=printable(" ".join(str(exc).split()) or type(exc).__name__, 1000)))
+            return
         finally:
             self.app.converting = False  # type: ignore[attr-defined]
         if worker.is_cancelled or last is None or last.stage != "done":
             self.post_message(ConvertFinished(request.dst, last.elapsed if last else 0.0, last.bytes_done if last else 0, cancelled=True))
             return
         self.post_message(ConvertFinished(last.output, last.elapsed, last.bytes_done))
+
+    @on(Worker.StateChanged)
+    def _worker_state(self, event: Worker.StateChanged) -> None:
+        """A conversion cancelled before its thread started never runs, so it posts nothing."""
+        if (event.worker.group == "convert" and event.state == WorkerState.CANCELLED and self.running
+                and not self._conversion_started):
+            self.app.converting = False  # type: ignore[attr-defined]
+            self.post_message(ConvertFinished(str(self.output), 0.0, 0, cancelled=True))
 
     @on(ConvertProgress)
     def _progress(self, message: ConvertProgress) -> None:
@@ -402,12 +418,17 @@ class ConvertScreen(Screen):
         self.running = False
         log = self.query_one("#run-log", Log)
         self.query_one("#cancel", Button).disabled = True
-        if message.cancelled:
-            log.write_line("cancelled: the partial output was removed")
-            self.query_one("#run-status", Static).update("cancelled")
+        if message.cancelled or message.error:
+            if message.error:
+                log.write_line(f"failed: {message.error} (the partial output was removed)")
+                self.query_one("#run-status", Static).update(Text(f"failed: {message.error}", style="bold red"))
+                self.notify("conversion failed", severity="error")
+            else:
+                log.write_line("cancelled: the partial output was removed")
+                self.query_one("#run-status", Static).update("cancelled")
+                self.notify("conversion cancelled", severity="warning")
             self.query_one("#back", Button).disabled = False  # go back, change, run again
             self.query_one("#run", Button).disabled = self.plan is None or not self.plan.ok
-            self.notify("conversion cancelled", severity="warning")
             return
         self.finished = True
         log.write_line(f"wrote {printable(message.output, 1000)} ({humanize.naturalsize(message.nbytes, binary=True)} in {message.seconds:.1f}s)")
@@ -433,12 +454,21 @@ class ConvertScreen(Screen):
         from ckptscope.converters.verify import verify_conversion
 
         assert self.output is not None and self.plan is not None
-        self.post_message(VerifyDone(verify_conversion(self._request(), self.plan)))
+        try:
+            report = verify_conversion(self._request(), self.plan)
+        except Exception as exc:  # noqa: BLE001 - shown as one line in the run log
+            self.post_message(VerifyDone(None, error=printable(" ".join(str(exc).split()) or type(exc).__name__, 1000)))
+            return
+        self.post_message(VerifyDone(report))
 
     @on(VerifyDone)
     def _verified(self, message: VerifyDone) -> None:
         report = message.report
         log = self.query_one("#run-log", Log)
+        if message.error is not None:
+            log.write_line(f"verification could not run: {message.error}")
+            self.notify("verification could not run", severity="error")
+            return
         from ckptscope.app.render import verify_tensors_text
 
         log.write_line("tensors: " + verify_tensors_text(report)[0])

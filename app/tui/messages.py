@@ -76,11 +76,13 @@ class ConvertFinished(Message):
     seconds: float
     nbytes: int
     cancelled: bool = False
+    error: str | None = None  # the conversion failed: one line, already escaped
 
 
 @dataclass
 class VerifyDone(Message):
     report: Any
+    error: str | None = None  # the verification could not run: one line, already escaped
 
 
 @dataclass
