@@ -185,6 +185,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
     )
+    spec = spec.with_(**_llama4_from_args(args, layers, experts))
     family = families.family(families.recognise_megatron(args, spec))
     return family.megatron.finish(spec.with_(family=family.name))
 
@@ -212,6 +213,29 @@ def _yarn_from_args(args: dict[str, Any]) -> dict[str, Any]:
     if (mscale, all_dim) != (1.0, 0.0):
         out["mscale"], out["mscale_all_dim"] = mscale, all_dim
     return out
+
+
+def _llama4_from_args(args: dict[str, Any], layers: int, experts: int) -> dict[str, Any]:
+    """Llama 4's megatron-core fields: `qk_l2_norm` (RMS-normalised q / k with no weight),
+    `no_rope_freq` (an int N: every N-th layer skips RoPE; or one 0/1 flag per layer, 1 = NoPE) and
+    `moe_apply_probs_on_input` (the routed weight scales the expert input; top-1 only)."""
+    freq = args.get("no_rope_freq")
+    if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        flags = [int((i + 1) % freq == 0) for i in range(layers)]
+    elif isinstance(freq, (list, tuple)) and len(freq) == layers and all(v in (0, 1) for v in freq):
+        flags = [int(v) for v in freq]
+    elif freq in (None, 0, []):
+        flags = [0] * layers
+    else:
+        raise SpecError(f"Megatron no_rope_freq {freq!r} is neither a positive int nor {layers} flags of 0/1")
+    return {"qk_l2_norm": bool(args.get("qk_l2_norm")), "nope_layers": tuple(i for i, v in enumerate(flags) if v),
+            "router_on_input": bool(experts and args.get("moe_apply_probs_on_input"))}
+
+
+def _llama4_args(spec: ModelSpec) -> dict[str, Any]:
+    """Inverse of `_llama4_from_args` (Megatron-LM flags --qk-l2-norm, --no-rope-freq, --moe-apply-probs-on-input)."""
+    return {"qk_l2_norm": spec.qk_l2_norm, "moe_apply_probs_on_input": spec.moe and spec.router_on_input,
+            "no_rope_freq": [int(i in spec.nope_layers) for i in range(spec.layers)] if spec.nope_layers else None}
 
 
 def _yarn_args(spec: ModelSpec) -> dict[str, Any]:
@@ -407,6 +431,7 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),
         "hf_model_type": spec.model_type or families.family(spec.family).model_types[0],
         **_yarn_args(spec),
+        **_llama4_args(spec),
         **{key: getattr(spec, key) for key in TOKEN_IDS},
     })
     if pp_layers and len(set(pp_layers)) > 1:
