@@ -178,3 +178,32 @@ def test_megatron_args_carry_l2_norm_nope_layers_and_input_scaling(models) -> No
     assert _llama4_from_args({}, 4, 0) == {"qk_l2_norm": False, "nope_layers": (), "router_on_input": False}
     with pytest.raises(SpecError, match="no_rope_freq"):
         _llama4_from_args({"no_rope_freq": [1, 0]}, 4, 0)
+
+
+def test_multimodal_checkpoint_converts_its_text_model(tmp_path: Path) -> None:
+    """A `Llama4ForConditionalGeneration` folder (model_type `llama4`, text under `language_model.`):
+    the plan ignores the vision tower by a named rule and advises the rename; renamed, its text model
+    converts to a `llama4_text` folder whose logits equal the multimodal model's language model."""
+    import transformers as t
+    from ckptscope.converters.renames import Renames, parse_rules
+    from ckptscope.converters.run import run_to_end
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vision_output_dim=64,
+                  image_size=28, patch_size=14, projector_input_dim=64, projector_output_dim=64)
+    model = t.Llama4ForConditionalGeneration(t.Llama4Config(text_config={**SMALL, **CASES["step2"]}, vision_config=vision)).eval()
+    model.save_pretrained(tmp_path / "mm")
+    plan = make_plan(tmp_path / "mm", TargetOptions("hf"))
+    assert not plan.ok and any("--rename '^language_model\\.='" in e for e in plan.errors), plan.errors
+    renames = Renames(rules=parse_rules([r"^language_model\.="]))
+    plan = make_plan(tmp_path / "mm", TargetOptions("hf"), renames=renames)
+    assert plan.ok, plan.errors
+    tower = {name for name, rule in plan.accounting.ignored.items() if "(?# Llama 4 vision tower" in rule}
+    assert tower and all(n.startswith(("vision_model.", "multi_modal_projector.")) for n in tower)
+    assert tower == set(plan.accounting.ignored)  # nothing of the text model is dropped
+    run_to_end(plan, tmp_path / "text")
+    text = t.AutoModelForCausalLM.from_pretrained(str(tmp_path / "text")).eval()
+    assert type(text).__name__ == "Llama4ForCausalLM" and text.config.model_type == "llama4_text"
+    ids = fixed_tokens(VOCAB)
+    with torch.no_grad():
+        assert (text(ids).logits - model.language_model(input_ids=ids).logits).abs().max().item() <= 1e-5
