@@ -228,14 +228,26 @@ def _llama4_from_args(args: dict[str, Any], layers: int, experts: int) -> dict[s
         flags = [0] * layers
     else:
         raise SpecError(f"Megatron no_rope_freq {freq!r} is neither a positive int nor {layers} flags of 0/1")
-    return {"qk_l2_norm": bool(args.get("qk_l2_norm")), "nope_layers": tuple(i for i, v in enumerate(flags) if v),
-            "router_on_input": bool(experts and args.get("moe_apply_probs_on_input"))}
+    out = {"qk_l2_norm": bool(args.get("qk_l2_norm")), "nope_layers": tuple(i for i, v in enumerate(flags) if v),
+           "router_on_input": bool(experts and args.get("moe_apply_probs_on_input"))}
+    carried = {field: args[arg] for arg, field in LLAMA4_CARRIED.items() if args.get(arg) is not None}
+    return {**out, **carried}
+
+
+# Llama 4 config fields megatron-core has no use for where it can hold the model (a chunk size on no
+# chunked layer, temperature tuning without NoPE layers): ckptscope writes them beside its args, as
+# it does `hf_model_type`, so that HF -> Megatron -> HF gives the same config.json back.
+LLAMA4_CARRIED = {"hf_attention_chunk_size": "attention_chunk", "hf_attn_temperature_tuning": "temperature_tuning",
+                  "hf_floor_scale": "temperature_floor", "hf_attn_scale": "temperature_scale"}
 
 
 def _llama4_args(spec: ModelSpec) -> dict[str, Any]:
     """Inverse of `_llama4_from_args` (Megatron-LM flags --qk-l2-norm, --no-rope-freq, --moe-apply-probs-on-input)."""
-    return {"qk_l2_norm": spec.qk_l2_norm, "moe_apply_probs_on_input": spec.moe and spec.router_on_input,
-            "no_rope_freq": [int(i in spec.nope_layers) for i in range(spec.layers)] if spec.nope_layers else None}
+    out = {"qk_l2_norm": spec.qk_l2_norm, "moe_apply_probs_on_input": spec.moe and spec.router_on_input,
+           "no_rope_freq": [int(i in spec.nope_layers) for i in range(spec.layers)] if spec.nope_layers else None}
+    if spec.family == "llama4":
+        out.update({arg: getattr(spec, field) for arg, field in LLAMA4_CARRIED.items()})
+    return out
 
 
 def _yarn_args(spec: ModelSpec) -> dict[str, Any]:
