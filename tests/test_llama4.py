@@ -236,3 +236,18 @@ def test_megatron_round_trip_of_what_megatron_core_can_hold(tmp_path: Path, fmt:
     assert logits_diff(back, model, VOCAB) <= 1e-5
     report = verify(tmp_path / "src", mt)  # the Megatron checkpoint itself, through the reference forward
     assert report.identical and report.logits_ok and not report.config_differences, report.to_json()
+
+
+def test_foreign_megatron_args_with_input_scaled_experts_read_as_llama4() -> None:
+    """Args with no `hf_model_type` (a Megatron run of Llama 4): input-scaled experts name the family,
+    before Qwen2-MoE whose shared experts they also have; L2 norm and NoPE layers are read."""
+    from ckptscope.converters.megatron_args import spec_from_megatron_args
+
+    args = dict(num_layers=4, hidden_size=64, num_attention_heads=4, group_query_attention=True, num_query_groups=2,
+                kv_channels=16, ffn_hidden_size=96, swiglu=True, normalization="RMSNorm", position_embedding_type="rope",
+                add_bias_linear=False, num_experts=4, moe_router_topk=1, moe_ffn_hidden_size=32,
+                moe_shared_expert_intermediate_size=32, moe_apply_probs_on_input=True, qk_l2_norm=True, no_rope_freq=4,
+                vocab_size=VOCAB, padded_vocab_size=VOCAB, untie_embeddings_and_output_weights=True)
+    spec = spec_from_megatron_args(args)
+    assert (spec.family, spec.qk_l2_norm, spec.nope_layers, spec.router_on_input) == ("llama4", True, (3,), True)
+    assert not spec.temperature_tuning and spec.attention_chunk is None  # megatron-core has neither

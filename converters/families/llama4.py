@@ -205,7 +205,7 @@ FAMILY = llama_family(
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     ignored_for=lambda s: (VISION,) if s.model_type == "llama4" else (),
-    megatron=MegatronTraits(match=_megatron, rank=3, problems=megatron_problems),
+    megatron=MegatronTraits(match=_megatron, rank=4, problems=megatron_problems),  # before qwen2_moe (shared experts)
     doc="Llama 4 (text): dense / MoE layers interleaved, shared expert, stacked experts scaled on input by a sigmoid top-k "
         "router, NoPE layers, L2 QK-norm, chunked attention, temperature tuning",
 )
