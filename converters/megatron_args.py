@@ -185,6 +185,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
     )
+    spec = spec.with_(**_llama4_from_args(args, layers, experts))
     family = families.family(families.recognise_megatron(args, spec))
     return family.megatron.finish(spec.with_(family=family.name))
 
@@ -211,6 +212,41 @@ def _yarn_from_args(args: dict[str, Any]) -> dict[str, Any]:
     mscale, all_dim = float(args.get("mscale") or 1.0), float(args.get("mscale_all_dim") or 0.0)
     if (mscale, all_dim) != (1.0, 0.0):
         out["mscale"], out["mscale_all_dim"] = mscale, all_dim
+    return out
+
+
+def _llama4_from_args(args: dict[str, Any], layers: int, experts: int) -> dict[str, Any]:
+    """Llama 4's megatron-core fields: `qk_l2_norm` (RMS-normalised q / k with no weight),
+    `no_rope_freq` (an int N: every N-th layer skips RoPE; or one 0/1 flag per layer, 1 = NoPE) and
+    `moe_apply_probs_on_input` (the routed weight scales the expert input; top-1 only)."""
+    freq = args.get("no_rope_freq")
+    if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        flags = [int((i + 1) % freq == 0) for i in range(layers)]
+    elif isinstance(freq, (list, tuple)) and len(freq) == layers and all(v in (0, 1) for v in freq):
+        flags = [int(v) for v in freq]
+    elif freq in (None, 0, []):
+        flags = [0] * layers
+    else:
+        raise SpecError(f"Megatron no_rope_freq {freq!r} is neither a positive int nor {layers} flags of 0/1")
+    out = {"qk_l2_norm": bool(args.get("qk_l2_norm")), "nope_layers": tuple(i for i, v in enumerate(flags) if v),
+           "router_on_input": bool(experts and args.get("moe_apply_probs_on_input"))}
+    carried = {field: args[arg] for arg, field in LLAMA4_CARRIED.items() if args.get(arg) is not None}
+    return {**out, **carried}
+
+
+# Llama 4 config fields megatron-core has no use for where it can hold the model (a chunk size on no
+# chunked layer, temperature tuning without NoPE layers): ckptscope writes them beside its args, as
+# it does `hf_model_type`, so that HF -> Megatron -> HF gives the same config.json back.
+LLAMA4_CARRIED = {"hf_attention_chunk_size": "attention_chunk", "hf_attn_temperature_tuning": "temperature_tuning",
+                  "hf_floor_scale": "temperature_floor", "hf_attn_scale": "temperature_scale"}
+
+
+def _llama4_args(spec: ModelSpec) -> dict[str, Any]:
+    """Inverse of `_llama4_from_args` (Megatron-LM flags --qk-l2-norm, --no-rope-freq, --moe-apply-probs-on-input)."""
+    out = {"qk_l2_norm": spec.qk_l2_norm, "moe_apply_probs_on_input": spec.moe and spec.router_on_input,
+           "no_rope_freq": [int(i in spec.nope_layers) for i in range(spec.layers)] if spec.nope_layers else None}
+    if spec.family == "llama4":
+        out.update({arg: getattr(spec, field) for arg, field in LLAMA4_CARRIED.items()})
     return out
 
 
@@ -407,6 +443,7 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),
         "hf_model_type": spec.model_type or families.family(spec.family).model_types[0],
         **_yarn_args(spec),
+        **_llama4_args(spec),
         **{key: getattr(spec, key) for key in TOKEN_IDS},
     })
     if pp_layers and len(set(pp_layers)) > 1:

@@ -58,14 +58,16 @@ def reference_logits(spec: ModelSpec, get: Getter, input_ids: torch.Tensor, *,
     if spec.embed_norm:
         x = norm(spec, w, "embed_norm", x)
     rope = {local: rope_cos_sin(spec, seq, dtype, local=local) for local in (False, True)} if spec.position == "rope" else {}
-    masks: dict[int | None, torch.Tensor] = {}
+    masks: dict[tuple[int | None, int | None], torch.Tensor] = {}
     see = tap or _no_tap
     see(-1, "hidden", x)
     for i in range(spec.layers):
         p = f"layers.{i}."
-        window = spec.window_of(i)
-        mask = masks.setdefault(window, causal_mask(seq, window))
+        window, chunk = spec.window_of(i), spec.chunk_of(i)
+        mask = masks.setdefault((window, chunk), causal_mask(seq, window, chunk))
         cos, sin = rope.get(window is not None and spec.rope_local_theta is not None, (None, None))
+        if i in spec.nope_layers:  # Llama 4's NoPE layers
+            cos, sin = None, None
         h = norm(spec, w, p + "input_norm", x) if spec.pre_norms else x
         a = (mla_attention if spec.mla else attention)(spec, w, p, h, cos, sin, mask)
         if spec.parallel_attn:  # Falcon: both branches read the layer input
@@ -227,10 +229,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # ----- attention ---------------------------------------------------------------------------------
-def causal_mask(seq: int, window: int | None) -> torch.Tensor:
-    """Boolean [seq, seq], True where query i may attend key j (j <= i, and within the window)."""
+def causal_mask(seq: int, window: int | None, chunk: int | None = None) -> torch.Tensor:
+    """Boolean [seq, seq], True where query i may attend key j (j <= i, within the window, and in
+    the same chunk of `chunk` positions: Llama 4's chunked attention)."""
     q, k = torch.arange(seq)[:, None], torch.arange(seq)[None, :]
     allowed = k <= q
+    if chunk:
+        allowed = allowed & (k // chunk == q // chunk)
     return allowed & (k > q - window) if window else allowed
 
 
@@ -264,6 +269,7 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if cos is not None and sin is not None:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = llama4_qk(spec, q, k, rotated=cos is not None)
     group = spec.heads // spec.kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scale = spec.attention_multiplier if spec.attention_multiplier is not None else d ** -0.5
@@ -278,6 +284,20 @@ def attention(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, cos: torch.Te
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
     return _proj(w, p + "attn.o", out, spec.o_bias)
+
+
+def llama4_qk(spec: ModelSpec, q: torch.Tensor, k: torch.Tensor, *, rotated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama 4 after RoPE ([b, heads, s, d]): RoPE layers RMS-normalise q and k per head with no
+    weight (`use_qk_norm`); NoPE layers scale queries by 1 + scale * log1p(floor((pos + 1) / floor))
+    (`attn_temperature_tuning`). Other models pass through."""
+    if spec.qk_l2_norm and rotated:
+        ones = torch.ones((), dtype=q.dtype)
+        q, k = rms_norm(q, ones, spec.norm_eps), rms_norm(k, ones, spec.norm_eps)
+    if spec.temperature_tuning and not rotated and spec.nope_layers:
+        pos = torch.arange(q.shape[2], dtype=torch.float32)
+        scale = torch.log1p(torch.floor((pos + 1.0) / spec.temperature_floor)) * spec.temperature_scale + 1.0
+        q = (q * scale.view(1, 1, -1, 1)).to(q.dtype)
+    return q, k
 
 
 # transformers' DeepSeek latent norms (q_a_layernorm, kv_a_layernorm) keep RMSNorm's default eps
@@ -387,7 +407,7 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
         token, slot = torch.where(top_i == e)
         if token.numel() == 0:
             continue  # unused expert: its weights are never fetched
-        y = mlp(spec, w, p + f"experts.{e}.", flat[token], bias=spec.expert_bias) * top_w[token, slot, None]
+        y = expert(spec, w, p + f"experts.{e}.", flat[token], top_w[token, slot, None])
         out.index_add_(0, token, y.to(out.dtype))
     if spec.shared_expert_ffn:  # Qwen2-MoE: every token also goes through the shared expert
         shared = mlp(spec, w, p + "shared.", flat, bias=False)
@@ -395,6 +415,13 @@ def moe(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor) -> torch.Tensor:
             shared = torch.sigmoid(F.linear(flat, w(p + "shared_gate"))) * shared
         out = out + shared.to(out.dtype)
     return out.view_as(x)
+
+
+def expert(spec: ModelSpec, w: Getter, p: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One expert on its tokens, its routed weight on the output (Llama 4: on the input)."""
+    if spec.router_on_input:
+        return mlp(spec, w, p, (x * weight).to(x.dtype), bias=spec.expert_bias)
+    return mlp(spec, w, p, x, bias=spec.expert_bias) * weight
 
 
 def route(spec: ModelSpec, w: Getter, p: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

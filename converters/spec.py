@@ -112,6 +112,15 @@ class ModelSpec:
     routed_scaling: float = 1.0  # the routed experts' weights scaled by this (routed_scaling_factor)
     dense_layers: tuple[int, ...] = ()  # MoE models: layers whose MLP is dense, of `ffn` (first_k_dense_replace)
     mtp_layers: int = 0  # multi-token-prediction modules the checkpoint declares beyond `layers` (not modelled)
+    # Llama 4: L2 QK-norm, NoPE layers, chunked local attention, temperature tuning, input-scaled experts
+    qk_l2_norm: bool = False  # q and k RMS-normalised per head after RoPE, no weight, on the RoPE layers only (use_qk_norm)
+    nope_layers: tuple[int, ...] = ()  # layers that apply no RoPE (no_rope_layers' zeros)
+    attention_chunk: int | None = None  # chunked local attention: a query sees the earlier keys of its own chunk only
+    chunked_layers: tuple[int, ...] = ()  # the layers that attend by chunks (layer_types' chunked_attention)
+    temperature_tuning: bool = False  # NoPE-layer queries scaled by 1 + temperature_scale * log1p(floor((pos + 1) / floor))
+    temperature_floor: int = 8192
+    temperature_scale: float = 0.1
+    router_on_input: bool = False  # MoE: an expert's routed weight scales its input, not its output (moe_apply_probs_on_input)
     dtype: torch.dtype = torch.float32
     model_type: str = ""  # the HF model_type the source declared (written back as it came)
     bos_token_id: int | None = None
@@ -211,6 +220,7 @@ class ModelSpec:
                        + (f", routed scale {self.routed_scaling:g}" if self.routed_scaling != 1.0 else ""))
         if self.dense_layers:
             out.append(f"dense MLP on {len(self.dense_layers)} of {self.layers} layers")
+        out += self._llama4_quirks()
         if self.mtp_layers:
             out.append(f"{self.mtp_layers} multi-token-prediction layer(s) declared (not carried: dropped by a named rule)")
         if self.shared_expert_ffn:
@@ -223,6 +233,25 @@ class ModelSpec:
         if self.rope_scaling:
             out.append(f"rope scaling: {self.rope_scaling.get('rope_type') or self.rope_scaling.get('type')}")
         return out
+
+    def _llama4_quirks(self) -> list[str]:
+        """Llama 4's attention and routing quirks (empty for every other model)."""
+        out = []
+        if self.qk_l2_norm:
+            out.append("L2 qk-norm (no weight)" + (" on the RoPE layers" if self.nope_layers else ""))
+        if self.nope_layers:
+            out.append(f"no RoPE on {len(self.nope_layers)} of {self.layers} layers")
+        if self.chunked_layers and self.attention_chunk:
+            out.append(f"chunked attention ({self.attention_chunk} tokens) on {len(self.chunked_layers)} of {self.layers} layers")
+        if self.temperature_tuning and self.nope_layers:
+            out.append(f"attention temperature tuning on NoPE layers (floor {self.temperature_floor}, scale {self.temperature_scale:g})")
+        if self.moe and self.router_on_input:
+            out.append("routed weight scales the expert input")
+        return out
+
+    def chunk_of(self, i: int) -> int | None:
+        """The attention chunk of layer i (None: not chunked)."""
+        return self.attention_chunk if i in self.chunked_layers else None
 
     def padded_for(self, tp: int, divisible_by: int | None = None) -> int:
         """Megatron's padded vocab for a target TP: ceil(vocab / (divisor × TP)) × divisor × TP."""

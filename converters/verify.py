@@ -108,6 +108,8 @@ def probe_length(spec: ModelSpec, asked: int) -> int:
     """Tokens enough for every feature to show: past the sliding window, within the positions."""
     if spec.sliding_window:
         asked = max(asked, 2 * spec.sliding_window + 1)
+    if spec.chunked_layers and spec.attention_chunk:  # Llama 4: into a second chunk
+        asked = max(asked, 2 * spec.attention_chunk + 1)
     return min(asked, spec.max_position_embeddings) if spec.position == "learned" else asked
 
 
@@ -239,7 +241,8 @@ def verify(a: str | Path, b: str | Path, *, logits: bool = True, tokens: int = 1
         report.probe_tokens = probe_length(sa.spec, tokens)
         if report.probe_tokens != tokens:
             report.notes.append(f"probe lengthened to {report.probe_tokens} tokens to cross the "
-                                f"{sa.spec.sliding_window}-token sliding window")
+                                + (f"{sa.spec.sliding_window}-token sliding window" if sa.spec.sliding_window
+                                   else f"{sa.spec.attention_chunk}-token attention chunk"))
         ids = fixed_tokens(vocab, length=report.probe_tokens)
         report.logits_cast = logits_cast(report)
         if progress is not None:

@@ -79,6 +79,13 @@ CASES: dict[str, tuple] = {
     "deepseek_v2-grouped": (lambda t: t.DeepseekV2Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=1, q_lora_rank=24,
                                                          topk_method="group_limited_greedy", n_group=4, topk_group=2,
                                                          routed_scaling_factor=16.0, **SMALL_MHA), "multi-head latent attention"),
+    # Llama 4: MoE every 2nd layer (shared expert, input-scaled top-1 sigmoid router), NoPE layer 3 with temperature tuning,
+    # L2 QK-norm, 8-token chunks on the RoPE layers (the 24-token probe crosses them), llama3 RoPE
+    "llama4": (lambda t: t.Llama4TextConfig(intermediate_size=32, intermediate_size_mlp=96, head_dim=16, num_local_experts=4,
+                                            interleave_moe_layer_step=2, attention_chunk_size=8, floor_scale=4, attn_scale=0.5,
+                                            rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+                                                             "rope_theta": 500000.0}, **SMALL), "chunked local attention"),
 }
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}

@@ -20,6 +20,7 @@ MODULES = (
     "llama", "mistral", "qwen2", "mixtral", "gpt2", "bloom", "falcon", "apertus",
     "qwen3", "qwen3_moe", "qwen2_moe", "phi3", "starcoder2", "olmo2", "granite", "glm4",
     "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss", "deepseek_v2", "deepseek_v3",
+    "llama4",
 )
 
 FAMILIES: dict[str, Family] = {}

@@ -190,6 +190,11 @@ FEATURES: dict[str, Callable[[ModelSpec], bool]] = {
     "a sigmoid / biased-choice / group-limited / scaled router": lambda s: s.moe and (
         s.router_score != "softmax" or s.router_score_bias or s.router_groups > 1 or s.routed_scaling != 1.0),
     "dense layers among MoE layers": lambda s: bool(s.dense_layers),
+    "an L2 QK-norm": lambda s: s.qk_l2_norm,
+    "NoPE layers": lambda s: bool(s.nope_layers),
+    "chunked attention": lambda s: bool(s.chunked_layers),
+    "attention temperature tuning": lambda s: s.temperature_tuning and bool(s.nope_layers),
+    "routed weights on the expert inputs": lambda s: s.moe and s.router_on_input,
 }
 
 

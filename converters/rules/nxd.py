@@ -159,6 +159,8 @@ NXD_CANNOT: tuple[tuple[Callable[[ModelSpec], bool], str], ...] = (
      "or sigmoid / biased / grouped / scaled routers"),
     (lambda s: (s.embedding_multiplier, s.residual_multiplier, s.logits_scaling) != (1.0, 1.0, 1.0)
      or s.attention_multiplier is not None, "NxD's Llama layers have no embedding / residual / attention / logits multipliers"),
+    (lambda s: s.qk_l2_norm or bool(s.nope_layers or s.chunked_layers) or s.router_on_input,
+     "NxD's Llama/Mixtral layers have no L2 QK-norm, NoPE or chunked-attention layers, or input-scaled experts (Llama 4)"),
 )
 
 
