@@ -16,7 +16,7 @@ from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import logical_param_count
 from safetensors.torch import load_file, save_file
 
-from .helpers import convert_to, logits_diff
+from .helpers import assert_same_hf_state, convert_to, logits_diff
 from .test_families_registry import VOCAB, _build
 
 def test_inspect_counts_parameters_and_the_correction_bias_apart(tmp_path: Path) -> None:
@@ -103,3 +103,95 @@ def test_kimi_k2_config_reads_as_deepseek_v3(tmp_path: Path) -> None:
     out = convert_to(src, tmp_path / "hf", "hf")
     assert json.loads((out / "config.json").read_text())["model_type"] == "deepseek_v3"
     assert logits_diff(out, model, VOCAB) == 0.0
+
+
+# ----- through Megatron -----------------------------------------------------------------------------
+def _saved(tmp_path: Path, kind: str = "deepseek_v3", **config) -> tuple[Path, torch.nn.Module]:
+    """A tiny random model of a registry case, its config edited (rebuilt so the weights match it)."""
+    import transformers as t
+
+    from .test_families_registry import CASES
+
+    base = CASES[kind][0](t)
+    for key, value in config.items():
+        setattr(base, key, value)
+    torch.manual_seed(0)
+    model = t.AutoModelForCausalLM.from_config(base).eval()
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    return src, model
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (dict(num_experts_per_tok=2), "this group-limited top-k"),  # top-2 in 2 groups: megatron-core sums a group's top 1
+    (dict(norm_topk_prob=False), "sigmoid router weights renormalised otherwise"),
+    (dict(rope_interleave=False), "latent attention rotating RoPE halves"),
+    (dict(rms_norm_eps=1e-5), "norm epsilon other than 1e-06"),
+])
+def test_megatron_refuses_what_megatron_core_would_run_differently(tmp_path: Path, edit: dict, reason: str) -> None:
+    """Megatron targets of a V3 that megatron-core routes, rotates or normalises otherwise are refused in
+    one line naming the feature (the HF target still takes it); `check --to megatron` says the same."""
+    from ckptscope.app.cli import app
+    from typer.testing import CliRunner
+
+    src, _ = _saved(tmp_path, **edit)
+    assert make_plan(src, TargetOptions("hf")).ok
+    for fmt in ("megatron", "megatron-dist"):
+        plan = make_plan(src, TargetOptions(fmt, tp=2))
+        assert not plan.ok and any(reason in e and "megatron-core cannot express" in e and "\n" not in e
+                                   for e in plan.errors), plan.errors
+    result = CliRunner().invoke(app, ["check", str(src), "--to", "megatron", "--tp", "2"])
+    assert result.exit_code == 1 and result.stdout.startswith("NOT CONVERTIBLE") and reason in result.stdout
+
+
+def test_megatron_te_names_and_moe_layer_freq_forms(tmp_path: Path) -> None:
+    """Under the TE spec the latent norms are fused into the up-projections, the input norm stands
+    alone, the dense layer's pre-MLP norm is fused into fc1 and a MoE layer's is not; the
+    correction bias is `mlp.router.expert_bias` in fp32 whatever the dtype. Megatron's other
+    spellings of `moe_layer_freq` (the CLI's list expression) read as the same layers."""
+    src, model = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2, ep=2, megatron_spec="te", dtype=torch.bfloat16)
+    first = torch.load(next(mt.rglob("mp_rank_00_000_000/model_optim_rng.pt")), weights_only=False)
+    names = first["model"]
+    for name in ("decoder.layers.0.input_layernorm.weight", "decoder.layers.0.self_attention.linear_q_up_proj.layer_norm_weight",
+                 "decoder.layers.0.self_attention.linear_kv_up_proj.layer_norm_weight",
+                 "decoder.layers.0.mlp.linear_fc1.layer_norm_weight", "decoder.layers.1.pre_mlp_layernorm.weight"):
+        assert name in names, name
+    assert names["decoder.layers.1.mlp.router.expert_bias"].dtype == torch.float32
+    assert names["decoder.layers.1.mlp.router.weight"].dtype == torch.bfloat16
+    # TE's duplicated down-projections: whole on every TP rank
+    second = torch.load(next(mt.rglob("mp_rank_01_000_000/model_optim_rng.pt")), weights_only=False)["model"]
+    key = "decoder.layers.0.self_attention.linear_kv_down_proj.weight"
+    assert torch.equal(names[key], second[key]) and names[key].shape[0] == 16 + 8
+    args = vars(first["args"])
+    assert args["moe_layer_freq"] == [0, 1, 1, 1] and args["multi_latent_attention"] and args["mtp_num_layers"] is None
+    reference = convert_to(mt, tmp_path / "hf", "hf")
+    for rank_file in mt.rglob("model_optim_rng.pt"):  # the same layers in the CLI's list-expression form
+        state = torch.load(rank_file, weights_only=False)
+        state["args"].moe_layer_freq = "([0]*1+[1]*3)"
+        torch.save(state, rank_file)
+    assert_same_hf_state(reference, convert_to(mt, tmp_path / "hf2", "hf"))
+
+
+def test_mtp_layers_are_dropped_by_name_for_megatron_too(tmp_path: Path) -> None:
+    """A V3 release's MTP module is not carried into Megatron either: the plan names the rule, the
+    args declare no MTP layers, and the model round-trips with the same logits."""
+    model = _build("deepseek_v3")
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    layers = model.config.num_hidden_layers
+    added = _with_mtp_layer(src, layers)
+    plan = make_plan(src, TargetOptions("megatron", tp=2, ep=2))
+    assert plan.ok, plan.errors
+    assert all("multi-token-prediction" in plan.accounting.ignored[n] for n in added)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, ep=2)
+    assert logits_diff(convert_to(mt, tmp_path / "hf", "hf"), model, VOCAB) <= 1e-5
+
+
+def test_local_spec_refuses_latent_rows_that_do_not_split(tmp_path: Path) -> None:
+    """megatron-core's local spec cuts the down-projections over TP (TE keeps them whole): rows that
+    do not split are refused at plan time for the local spec only."""
+    src, _ = _saved(tmp_path, "deepseek_v2-lite", kv_lora_rank=18)  # 18 + 8 RoPE rows
+    plan = make_plan(src, TargetOptions("megatron-dist", tp=4))
+    assert not plan.ok and any("kv_lora_rank + qk_pos_emb_head_dim 26 do not split" in e for e in plan.errors), plan.errors
+    assert make_plan(src, TargetOptions("megatron-dist", tp=4, megatron_spec="te")).ok
