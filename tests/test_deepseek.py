@@ -1,6 +1,8 @@
 """DeepSeek-V3 beyond the registry's cases: multi-token-prediction layers as the release stores
 them (`model.layers.{num_hidden_layers}.*`) are dropped by a rule the plan names, never silently;
-the correction bias is a buffer, so inspect counts parameters as the model does."""
+the correction bias is a buffer, so inspect counts parameters as the model does. Through Megatron:
+megatron-core's TE names and fp32 `expert_bias`, `moe_layer_freq` forms, runs from elsewhere, and
+one-line refusals of what megatron-core would route, rotate or normalise otherwise."""
 
 from __future__ import annotations
 
@@ -195,3 +197,18 @@ def test_local_spec_refuses_latent_rows_that_do_not_split(tmp_path: Path) -> Non
     plan = make_plan(src, TargetOptions("megatron-dist", tp=4))
     assert not plan.ok and any("kv_lora_rank + qk_pos_emb_head_dim 26 do not split" in e for e in plan.errors), plan.errors
     assert make_plan(src, TargetOptions("megatron-dist", tp=4, megatron_spec="te")).ok
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v3", "deepseek_v2-lite"])
+def test_megatron_run_from_elsewhere_reads_as_deepseek(tmp_path: Path, kind: str) -> None:
+    """Megatron args carry no model type: a run whose args lack ckptscope's `hf_model_type` is
+    recognised by its architecture (latent attention; sigmoid router: V3, softmax: V2)."""
+    src, model = _saved(tmp_path, kind)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, ep=2)
+    for rank_file in mt.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)
+        del state["args"].hf_model_type
+        torch.save(state, rank_file)
+    back = convert_to(mt, tmp_path / "hf", "hf")
+    assert json.loads((back / "config.json").read_text())["model_type"] == kind.split("-")[0]
+    assert logits_diff(back, model, VOCAB) <= 1e-5
