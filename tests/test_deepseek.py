@@ -151,7 +151,7 @@ def test_megatron_te_names_and_moe_layer_freq_forms(tmp_path: Path) -> None:
     alone, the dense layer's pre-MLP norm is fused into fc1 and a MoE layer's is not; the
     correction bias is `mlp.router.expert_bias` in fp32 whatever the dtype. Megatron's other
     spellings of `moe_layer_freq` (the CLI's list expression) read as the same layers."""
-    src, model = _saved(tmp_path)
+    src, _ = _saved(tmp_path)
     mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2, ep=2, megatron_spec="te", dtype=torch.bfloat16)
     first = torch.load(next(mt.rglob("mp_rank_00_000_000/model_optim_rng.pt")), weights_only=False)
     names = first["model"]
