@@ -233,3 +233,13 @@ def test_torch_dist_local_spec_keys_per_layer(tmp_path: Path) -> None:
     back = convert_to(dist, tmp_path / "hf", "hf")
     assert_same_hf_state(src, back)
     assert logits_diff(back, model, VOCAB) <= 1e-5
+
+
+def test_megatron_reshard_chain_keeps_every_bit(tmp_path: Path) -> None:
+    """Megatron -> Megatron between layouts (EP4 under TE with an uneven PP split putting the dense
+    layer alone on stage 0, torch_dist at TP4, torch PP4 × EP2): back in HF bit for bit."""
+    src, _ = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "ep4", "megatron", tp=2, pp=2, ep=4, megatron_spec="te", pp_layers=[1, 3])
+    dist = convert_to(mt, tmp_path / "dist", "megatron-dist", tp=4)
+    pp4 = convert_to(dist, tmp_path / "pp4", "megatron", pp=4, ep=2)
+    assert_same_hf_state(src, convert_to(pp4, tmp_path / "hf", "hf"))
