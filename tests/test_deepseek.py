@@ -243,3 +243,21 @@ def test_megatron_reshard_chain_keeps_every_bit(tmp_path: Path) -> None:
     dist = convert_to(mt, tmp_path / "dist", "megatron-dist", tp=4)
     pp4 = convert_to(dist, tmp_path / "pp4", "megatron", pp=4, ep=2)
     assert_same_hf_state(src, convert_to(pp4, tmp_path / "hf", "hf"))
+
+
+def test_grouped_gemm_expert_names_read_as_per_expert_ones(tmp_path: Path) -> None:
+    """megatron-core's TEGroupedMLP (`moe_grouped_gemm`) stores a rank's experts as
+    `mlp.experts.linear_fc1.weight{j}`: read like SequentialMLP's `local_experts.{j}`, with dense
+    layers among them, bit for bit."""
+    import re
+
+    src, _ = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2, ep=2, megatron_spec="te")
+    grouped = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight")
+    for rank_file in mt.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)
+        state["model"] = {grouped.sub(r"mlp.experts.\2.weight\1", k): v for k, v in state["model"].items()}
+        state["args"].moe_grouped_gemm = True
+        torch.save(state, rank_file)
+    assert any(k.endswith("mlp.experts.linear_fc1.weight0") for k in state["model"])
+    assert_same_hf_state(src, convert_to(mt, tmp_path / "hf", "hf"))
