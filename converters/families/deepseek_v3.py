@@ -9,7 +9,8 @@ the chosen sigmoid scores are renormalised (`norm_topk_prob`) and scaled by
 
 Multi-token-prediction modules (`num_nextn_predict_layers`) are stored as
 `model.layers.{num_hidden_layers + k}.*`, which the causal LM never loads: the plan lists them as
-ignored by a named rule and the written config declares none (ckptscope does not carry them).
+ignored by a named rule and the written config declares none (ckptscope does not carry them; a
+Megatron target gets no megatron-core `mtp.layers.{k}.*` either: `mtp_num_layers` is null).
 """
 
 from __future__ import annotations
