@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import families
+from .reference import MLA_LATENT_EPS
 from .spec import ModelSpec, SpecError
 
 def _arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -139,6 +140,10 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
     window = _window_from_args(args)
     layer_types = _layer_types_from_args(args, layers) if window else None
     shared_ffn = int(args.get("moe_shared_expert_intermediate_size") or 0) if experts else 0
+    mla = _mla_from_args(args)
+    if mla:
+        kv, head_dim, interleaved = heads, mla.pop("head_dim"), False
+        scaling = mla.pop("rope_scaling")
     spec = ModelSpec(
         family="",
         layers=layers,
@@ -172,11 +177,13 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         router_bias=linear_bias and bool(experts),
         attn_sinks=str(args.get("softmax_type") or "vanilla") == "learnable",
         glu_limit=float(args.get("activation_func_clamp_value") or 7.0),
-        qk_norm=bool(args.get("qk_layernorm")),
+        qk_norm=bool(args.get("qk_layernorm")) and not mla,  # MLA's qk_layernorm: the latent norms
         experts=experts,
         topk=int(args.get("moe_router_topk") or 2),
         expert_ffn=int(args.get("moe_ffn_hidden_size") or ffn) if experts else 0,
-        norm_topk_prob=not bool(args.get("moe_router_pre_softmax")),
+        norm_topk_prob=_renormalised_from_args(args),
+        **_router_from_args(args, layers, experts),
+        **mla,
         shared_expert_ffn=shared_ffn,
         shared_expert_gate=bool(shared_ffn and args.get("moe_shared_expert_gate")),
         sliding_window=window,
@@ -191,6 +198,76 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
 
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _mla_from_args(args: dict[str, Any]) -> dict[str, Any]:
+    """ModelSpec fields of megatron-core's multi-latent attention (`MLATransformerConfig`): head_dim
+    is the RoPE part (`qk_pos_emb_head_dim`), the RoPE dims always rotate as adjacent pairs, and its
+    own YaRN (`rope_type yarn`, `rotary_scaling_factor`, `original_max_position_embeddings`,
+    `beta_fast` / `beta_slow`, `mscale` / `mscale_all_dim`, ranges rounded to integers). Empty
+    without `multi_latent_attention`."""
+    if not args.get("multi_latent_attention"):
+        return {}
+    if not args.get("qk_layernorm"):
+        raise SpecError("Megatron multi_latent_attention without qk_layernorm (no latent norms) has no HF equivalent here")
+    factor = float(args.get("rotary_scaling_factor") or 1.0)
+    scaling = None
+    if str(args.get("rope_type") or "yarn") == "yarn" and factor > 1.0:  # MLATransformerConfig's default rope_type is yarn
+        scaling = {"rope_type": "yarn", "factor": factor,
+                   "original_max_position_embeddings": int(args.get("original_max_position_embeddings") or 4096),
+                   "beta_fast": float(args.get("beta_fast") or 32.0), "beta_slow": float(args.get("beta_slow") or 1.0)}
+        mscale, all_dim = float(args.get("mscale") or 1.0), float(args.get("mscale_all_dim") or 0.0)
+        if (mscale, all_dim) != (1.0, 0.0):
+            scaling.update(mscale=mscale, mscale_all_dim=all_dim)
+    return dict(head_dim=int(_arg(args, "qk_pos_emb_head_dim", default=64)), q_lora_rank=int(args.get("q_lora_rank") or 0),
+                kv_lora_rank=int(_arg(args, "kv_lora_rank", default=32)), qk_nope_dim=int(_arg(args, "qk_head_dim", default=128)),
+                v_head_dim=int(_arg(args, "v_head_dim", default=128)), rope_interleave=True, rope_scaling=scaling)
+
+
+def _renormalised_from_args(args: dict[str, Any]) -> bool:
+    """Whether the chosen experts' weights sum to one: softmax after top-k unless
+    `moe_router_pre_softmax`; megatron-core always renormalises sigmoid scores of top-k > 1."""
+    if str(args.get("moe_router_score_function") or "softmax") == "sigmoid":
+        return int(args.get("moe_router_topk") or 2) > 1
+    return not bool(args.get("moe_router_pre_softmax"))
+
+
+def _moe_layers_from_args(args: dict[str, Any], layers: int) -> list[bool]:
+    """megatron-core's `moe_layer_freq`: an int N puts a MoE on every N-th layer (i % N == 0), a
+    list (or its string form, as the CLI takes it) flags each layer 1 (MoE) or 0 (dense)."""
+    freq = args.get("moe_layer_freq", 1)
+    if isinstance(freq, str):
+        freq = _moe_freq_string(freq)
+    if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        return [i % freq == 0 for i in range(layers)]
+    if isinstance(freq, (list, tuple)) and len(freq) == layers and all(v in (0, 1) for v in freq):
+        return [bool(v) for v in freq]
+    raise SpecError(f"Megatron moe_layer_freq {freq!r} is neither a positive int nor {layers} flags of 0/1")
+
+
+def _moe_freq_string(text: str) -> Any:
+    """The CLI's list expression (`([0]*1+[1]*3)`), read without eval: repeated 0/1 runs only."""
+    flat = text.replace(" ", "")
+    if flat.isdigit():
+        return int(flat)
+    match = re.fullmatch(r"\(?((?:\[[01]\]\*\d+\+?)+)\)?(?:\*(\d+))?", flat)
+    if not match:
+        raise SpecError(f"Megatron moe_layer_freq {text!r} is not a list of 0/1 runs")
+    runs = [int(v) for v, n in re.findall(r"\[([01])\]\*(\d+)", match.group(1)) for _ in range(int(n))]
+    return runs * int(match.group(2) or 1)
+
+
+def _router_from_args(args: dict[str, Any], layers: int, experts: int) -> dict[str, Any]:
+    """ModelSpec router and per-layer fields of a MoE (nothing for a dense model)."""
+    if not experts:
+        return {}
+    moe_layers = _moe_layers_from_args(args, layers)
+    return dict(router_score=str(args.get("moe_router_score_function") or "softmax"),
+                router_score_bias=bool(args.get("moe_router_enable_expert_bias")),
+                router_groups=int(args.get("moe_router_num_groups") or 1),
+                router_group_topk=int(args.get("moe_router_group_topk") or 1),
+                routed_scaling=float(args.get("moe_router_topk_scaling_factor") or 1.0),
+                dense_layers=tuple(i for i, moe in enumerate(moe_layers) if not moe))
 
 # HF YaRN keys <-> Megatron-LM's arguments (`--rotary-scaling-factor`, `--yarn-*`, `--mscale*`)
 YARN_ARGS = {"factor": "rotary_scaling_factor", "original_max_position_embeddings": "yarn_original_max_position_embeddings",
@@ -266,6 +343,34 @@ def _yarn_args(spec: ModelSpec) -> dict[str, Any]:
     out["mscale"], out["mscale_all_dim"] = (float(s["mscale"]), float(s["mscale_all_dim"])) if both else (1.0, 0.0)
     return out
 
+def _mla_args(spec: ModelSpec) -> dict[str, Any]:
+    """Inverse of `_mla_from_args`: MLATransformerConfig's fields. GPTModel leaves RoPE to MLA when
+    position_embedding_type is rope (its own `yarn` type would add a second rotary embedding)."""
+    s = spec.rope_scaling or {}
+    yarn = _rope_type(spec) == "yarn"
+    both = bool(s.get("mscale") and s.get("mscale_all_dim"))
+    return {"multi_latent_attention": True, "q_lora_rank": spec.q_lora_rank or None, "kv_lora_rank": spec.kv_lora_rank,
+            "qk_head_dim": spec.qk_nope_dim, "qk_pos_emb_head_dim": spec.head_dim, "v_head_dim": spec.v_head_dim,
+            "qk_layernorm": True, "position_embedding_type": "rope", "rope_type": "yarn" if yarn else "rope",
+            "rotary_scaling_factor": float(s.get("factor") or 1.0) if yarn else 1.0,
+            "original_max_position_embeddings": int(s.get("original_max_position_embeddings") or spec.max_position_embeddings),
+            "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),
+            "mscale": float(s["mscale"]) if both else 1.0, "mscale_all_dim": float(s["mscale_all_dim"]) if both else 0.0,
+            "mtp_num_layers": None}  # multi-token-prediction modules are not carried
+
+
+def _moe_args(spec: ModelSpec) -> dict[str, Any]:
+    """Inverse of `_router_from_args`: the MoE layer pattern and megatron-core's router options."""
+    if not spec.moe:
+        return {}
+    grouped = spec.router_groups > 1
+    return {"moe_layer_freq": [int(i not in spec.dense_layers) for i in range(spec.layers)] if spec.dense_layers else 1,
+            "moe_router_score_function": spec.router_score, "moe_router_enable_expert_bias": spec.router_score_bias,
+            "moe_router_num_groups": spec.router_groups if grouped else None,
+            "moe_router_group_topk": spec.router_group_topk if grouped else None,
+            "moe_router_topk_scaling_factor": spec.routed_scaling if spec.routed_scaling != 1.0 else None}
+
+
 # Features megatron-core has no argument for: a Megatron checkpoint of such a model would run
 # differently, so Megatron targets are refused with these reasons (plus the family's own).
 INEXPRESSIBLE = (
@@ -283,10 +388,36 @@ INEXPRESSIBLE = (
     (lambda s: bool(s.attn_softcap or s.final_softcap), "attention / logit soft-capping"),
     (lambda s: s.rope_local_theta is not None, "a separate RoPE base for the sliding layers"),
     (lambda s: s.norm_zero_centered and s.norm == "rmsnorm", "zero-centred (1 + w) RMSNorm (apply_layernorm_1p covers LayerNorm)"),
-    (lambda s: s.mla or bool(s.dense_layers) or s.router_score != "softmax" or s.router_score_bias or s.router_groups > 1
-     or s.routed_scaling != 1.0, "multi-head latent attention, dense and MoE layers mixed, or a sigmoid / biased / grouped / "
-     "scaled router (megatron-core's multi_latent_attention, moe_layer_freq and router options are not mapped yet)"),
+    (lambda s: s.mla and not s.rope_interleave,
+     "latent attention rotating RoPE halves (megatron-core's MLA always rotates adjacent pairs)"),
+    (lambda s: s.mla and _mla_rope_problem(s), "this RoPE scaling with latent attention (megatron-core's MLA takes plain RoPE "
+     "or YaRN with integer-rounded ranges, and mscale_all_dim only together with mscale)"),
+    (lambda s: s.mla and s.norm_eps != MLA_LATENT_EPS,
+     f"latent attention with a norm epsilon other than {MLA_LATENT_EPS:g} (megatron-core's latent norms use norm_epsilon, HF's "
+     f"{MLA_LATENT_EPS:g})"),
+    (lambda s: s.moe and s.router_score not in ("softmax", "sigmoid"), "this router score function"),
+    (lambda s: s.moe and s.router_groups > 1 and s.topk // s.router_group_topk != (2 if s.router_score == "sigmoid" else 1),
+     "this group-limited top-k (HF scores a group by its best expert under softmax, its best two under sigmoid; megatron-core "
+     "sums a group's top moe_router_topk / moe_router_group_topk)"),
+    (lambda s: s.moe and s.router_groups > 1 and s.router_score == "softmax" and s.norm_topk_prob,
+     "group-limited top-k with renormalised softmax weights (megatron-core then ranks groups by logits)"),
+    (lambda s: s.moe and s.router_score == "sigmoid" and s.norm_topk_prob != (s.topk > 1),
+     "sigmoid router weights renormalised otherwise than megatron-core (always for top-k > 1, never for top-1)"),
+    (lambda s: s.moe and s.router_score_bias and s.router_score != "sigmoid",
+     "a score-correction bias on a softmax router (megatron-core adds expert_bias to sigmoid scores only)"),
+    (lambda s: bool(s.dense_layers) and not s.moe, "dense layers declared in a model without experts"),
 )
+
+
+def _mla_rope_problem(spec: ModelSpec) -> bool:
+    """megatron-core's MLA builds RotaryEmbedding (no scaling) or YarnRotaryEmbedding (ranges rounded
+    to integers, cos / sin scaled by mscale(f, mscale) / mscale(f, mscale_all_dim))."""
+    kind, s = _rope_type(spec), spec.rope_scaling or {}
+    if kind == "default":
+        return False
+    if kind != "yarn" or s.get("attention_factor") is not None or not s.get("truncate", True):
+        return True
+    return bool(s.get("mscale_all_dim")) and not s.get("mscale")
 
 
 def _rope_type(spec: ModelSpec) -> str:
@@ -401,7 +532,7 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "parallel_layernorm": spec.parallel_attn and spec.parallel_norms == 2,
         "add_bias_linear": spec.o_bias,
         "add_qkv_bias": spec.qkv_bias,
-        "qk_layernorm": spec.qk_norm,
+        "qk_layernorm": spec.qk_norm,  # with latent attention: its latent norms (set by _mla_args)
         "untie_embeddings_and_output_weights": not spec.tied,
         "position_embedding_type": {"rope": "rope", "learned": "learned_absolute", "alibi": "alibi"}[spec.position],
         "use_rotary_position_embeddings": spec.position == "rope",
@@ -442,7 +573,8 @@ def megatron_args_from_spec(spec: ModelSpec, *, tp: int, pp: int, ep: int = 1, p
         "moe_shared_expert_intermediate_size": spec.shared_expert_ffn or None,
         "moe_shared_expert_gate": bool(spec.shared_expert_ffn and spec.shared_expert_gate),
         "hf_model_type": spec.model_type or families.family(spec.family).model_types[0],
-        **_yarn_args(spec),
+        **(_mla_args(spec) if spec.mla else _yarn_args(spec)),
+        **_moe_args(spec),
         **_llama4_args(spec),
         **{key: getattr(spec, key) for key in TOKEN_IDS},
     })

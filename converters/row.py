@@ -10,7 +10,7 @@ Names are relative to the table's layer prefix for layer rows; canonical names a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -38,6 +38,9 @@ class Row:
     variants: Mapping[str, str] = field(default_factory=dict)  # naming variant -> spelling (`{variant}_moe` for MoE)
     aliases: tuple[str, ...] = ()  # other spellings accepted on read
     stacked: bool = False  # a rank's experts stacked on a new dim 0 under one name (NxD)
+    # naming variant -> its own TP cut, where specs cut one tensor differently (megatron-core's MLA
+    # down-projections: column-parallel in the local spec, duplicated on every rank under TE)
+    shards: Mapping[str, Shard] = field(default_factory=dict)
 
     @property
     def per_expert(self) -> bool:
@@ -50,10 +53,16 @@ class Row:
         return any("{e}" in c for c in self.canon)
 
     def name_for(self, variant: str, spec: ModelSpec) -> str:
-        """The spelling a naming variant writes (the row's `name` when the variant has none)."""
-        if spec.moe and f"{variant}_moe" in self.variants:
-            return self.variants[f"{variant}_moe"]
+        """The spelling a naming variant writes (the row's `name` when the variant has none);
+        `{variant}_mla` / `{variant}_moe` spell it for a latent-attention / MoE layer's spec."""
+        for kind, has in (("mla", spec.mla), ("moe", spec.moe)):
+            if has and f"{variant}_{kind}" in self.variants:
+                return self.variants[f"{variant}_{kind}"]
         return self.variants.get(variant, self.name)
+
+    def for_variant(self, variant: str) -> Row:
+        """This row with the TP cut the naming variant uses."""
+        return replace(self, shard=self.shards[variant]) if variant in self.shards else self
 
     def read_names(self) -> tuple[str, ...]:
         """Every spelling a reader accepts."""

@@ -1,6 +1,8 @@
 """DeepSeek-V3 beyond the registry's cases: multi-token-prediction layers as the release stores
 them (`model.layers.{num_hidden_layers}.*`) are dropped by a rule the plan names, never silently;
-the correction bias is a buffer, so inspect counts parameters as the model does."""
+the correction bias is a buffer, so inspect counts parameters as the model does. Through Megatron:
+megatron-core's TE names and fp32 `expert_bias`, `moe_layer_freq` forms, runs from elsewhere, and
+one-line refusals of what megatron-core would route, rotate or normalise otherwise."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import logical_param_count
 from safetensors.torch import load_file, save_file
 
-from .helpers import convert_to, logits_diff
+from .helpers import assert_same_hf_state, convert_to, logits_diff
 from .test_families_registry import VOCAB, _build
 
 def test_inspect_counts_parameters_and_the_correction_bias_apart(tmp_path: Path) -> None:
@@ -103,3 +105,159 @@ def test_kimi_k2_config_reads_as_deepseek_v3(tmp_path: Path) -> None:
     out = convert_to(src, tmp_path / "hf", "hf")
     assert json.loads((out / "config.json").read_text())["model_type"] == "deepseek_v3"
     assert logits_diff(out, model, VOCAB) == 0.0
+
+
+# ----- through Megatron -----------------------------------------------------------------------------
+def _saved(tmp_path: Path, kind: str = "deepseek_v3", **config) -> tuple[Path, torch.nn.Module]:
+    """A tiny random model of a registry case, its config edited (rebuilt so the weights match it)."""
+    import transformers as t
+
+    from .test_families_registry import CASES
+
+    base = CASES[kind][0](t)
+    for key, value in config.items():
+        setattr(base, key, value)
+    torch.manual_seed(0)
+    model = t.AutoModelForCausalLM.from_config(base).eval()
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    return src, model
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (dict(num_experts_per_tok=2), "this group-limited top-k"),  # top-2 in 2 groups: megatron-core sums a group's top 1
+    (dict(norm_topk_prob=False), "sigmoid router weights renormalised otherwise"),
+    (dict(rope_interleave=False), "latent attention rotating RoPE halves"),
+    (dict(rms_norm_eps=1e-5), "norm epsilon other than 1e-06"),
+])
+def test_megatron_refuses_what_megatron_core_would_run_differently(tmp_path: Path, edit: dict, reason: str) -> None:
+    """Megatron targets of a V3 that megatron-core routes, rotates or normalises otherwise are refused in
+    one line naming the feature (the HF target still takes it); `check --to megatron` says the same."""
+    from ckptscope.app.cli import app
+    from typer.testing import CliRunner
+
+    src, _ = _saved(tmp_path, **edit)
+    assert make_plan(src, TargetOptions("hf")).ok
+    for fmt in ("megatron", "megatron-dist"):
+        plan = make_plan(src, TargetOptions(fmt, tp=2))
+        assert not plan.ok and any(reason in e and "megatron-core cannot express" in e and "\n" not in e
+                                   for e in plan.errors), plan.errors
+    result = CliRunner().invoke(app, ["check", str(src), "--to", "megatron", "--tp", "2"])
+    assert result.exit_code == 1 and result.stdout.startswith("NOT CONVERTIBLE") and reason in result.stdout
+
+
+def test_megatron_te_names_and_moe_layer_freq_forms(tmp_path: Path) -> None:
+    """Under the TE spec the latent norms are fused into the up-projections, the input norm stands
+    alone, the dense layer's pre-MLP norm is fused into fc1 and a MoE layer's is not; the
+    correction bias is `mlp.router.expert_bias` in fp32 whatever the dtype. Megatron's other
+    spellings of `moe_layer_freq` (the CLI's list expression) read as the same layers."""
+    src, _ = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2, ep=2, megatron_spec="te", dtype=torch.bfloat16)
+    first = torch.load(next(mt.rglob("mp_rank_00_000_000/model_optim_rng.pt")), weights_only=False)
+    names = first["model"]
+    for name in ("decoder.layers.0.input_layernorm.weight", "decoder.layers.0.self_attention.linear_q_up_proj.layer_norm_weight",
+                 "decoder.layers.0.self_attention.linear_kv_up_proj.layer_norm_weight",
+                 "decoder.layers.0.mlp.linear_fc1.layer_norm_weight", "decoder.layers.1.pre_mlp_layernorm.weight"):
+        assert name in names, name
+    assert names["decoder.layers.1.mlp.router.expert_bias"].dtype == torch.float32
+    assert names["decoder.layers.1.mlp.router.weight"].dtype == torch.bfloat16
+    # TE's duplicated down-projections: whole on every TP rank
+    second = torch.load(next(mt.rglob("mp_rank_01_000_000/model_optim_rng.pt")), weights_only=False)["model"]
+    key = "decoder.layers.0.self_attention.linear_kv_down_proj.weight"
+    assert torch.equal(names[key], second[key]) and names[key].shape[0] == 16 + 8
+    args = vars(first["args"])
+    assert args["moe_layer_freq"] == [0, 1, 1, 1] and args["multi_latent_attention"] and args["mtp_num_layers"] is None
+    reference = convert_to(mt, tmp_path / "hf", "hf")
+    for rank_file in mt.rglob("model_optim_rng.pt"):  # the same layers in the CLI's list-expression form
+        state = torch.load(rank_file, weights_only=False)
+        state["args"].moe_layer_freq = "([0]*1+[1]*3)"
+        torch.save(state, rank_file)
+    assert_same_hf_state(reference, convert_to(mt, tmp_path / "hf2", "hf"))
+
+
+def test_mtp_layers_are_dropped_by_name_for_megatron_too(tmp_path: Path) -> None:
+    """A V3 release's MTP module is not carried into Megatron either: the plan names the rule, the
+    args declare no MTP layers, and the model round-trips with the same logits."""
+    model = _build("deepseek_v3")
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    layers = model.config.num_hidden_layers
+    added = _with_mtp_layer(src, layers)
+    plan = make_plan(src, TargetOptions("megatron", tp=2, ep=2))
+    assert plan.ok, plan.errors
+    assert all("multi-token-prediction" in plan.accounting.ignored[n] for n in added)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, ep=2)
+    assert logits_diff(convert_to(mt, tmp_path / "hf", "hf"), model, VOCAB) <= 1e-5
+
+
+def test_local_spec_refuses_latent_rows_that_do_not_split(tmp_path: Path) -> None:
+    """megatron-core's local spec cuts the down-projections over TP (TE keeps them whole): rows that
+    do not split are refused at plan time for the local spec only."""
+    src, _ = _saved(tmp_path, "deepseek_v2-lite", kv_lora_rank=18)  # 18 + 8 RoPE rows
+    plan = make_plan(src, TargetOptions("megatron-dist", tp=4))
+    assert not plan.ok and any("kv_lora_rank + qk_pos_emb_head_dim 26 do not split" in e for e in plan.errors), plan.errors
+    assert make_plan(src, TargetOptions("megatron-dist", tp=4, megatron_spec="te")).ok
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v3", "deepseek_v2-lite"])
+def test_megatron_run_from_elsewhere_reads_as_deepseek(tmp_path: Path, kind: str) -> None:
+    """Megatron args carry no model type: a run whose args lack ckptscope's `hf_model_type` is
+    recognised by its architecture (latent attention; sigmoid router: V3, softmax: V2)."""
+    src, model = _saved(tmp_path, kind)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, ep=2)
+    for rank_file in mt.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)
+        del state["args"].hf_model_type
+        torch.save(state, rank_file)
+    back = convert_to(mt, tmp_path / "hf", "hf")
+    assert json.loads((back / "config.json").read_text())["model_type"] == kind.split("-")[0]
+    assert logits_diff(back, model, VOCAB) <= 1e-5
+
+
+def test_torch_dist_local_spec_keys_per_layer(tmp_path: Path) -> None:
+    """torch_dist of a V2-Lite in the local spec: one key per layer (dense and MoE layers differ:
+    megatron-core's non_homogeneous_layers), the local spec's own latent names (no keys map for
+    MLA), the down-projection cut over TP; back to HF bit for bit."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    src, model = _saved(tmp_path, "deepseek_v2-lite")
+    dist = convert_to(src, tmp_path / "dist", "megatron-dist", tp=2)
+    meta = FileSystemReader(str(next(dist.glob("iter_*")))).read_metadata().state_dict_metadata
+    for key in ("decoder.layers.0.input_layernorm.weight", "decoder.layers.0.self_attention.linear_q_proj.weight",
+                "decoder.layers.0.self_attention.kv_layernorm.weight", "decoder.layers.0.pre_mlp_layernorm.weight",
+                "decoder.layers.0.mlp.linear_fc1.weight", "decoder.layers.1.mlp.router.weight",
+                "decoder.layers.1.mlp.experts.experts.linear_fc1.weight"):
+        assert key in meta, key
+    assert not any(k.startswith("decoder.layers.mlp.") for k in meta)  # nothing stacked over layers
+    assert len(meta["decoder.layers.1.self_attention.linear_kv_down_proj.weight"].chunks) == 2  # column-cut
+    back = convert_to(dist, tmp_path / "hf", "hf")
+    assert_same_hf_state(src, back)
+    assert logits_diff(back, model, VOCAB) <= 1e-5
+
+
+def test_megatron_reshard_chain_keeps_every_bit(tmp_path: Path) -> None:
+    """Megatron -> Megatron between layouts (EP4 under TE with an uneven PP split putting the dense
+    layer alone on stage 0, torch_dist at TP4, torch PP4 × EP2): back in HF bit for bit."""
+    src, _ = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "ep4", "megatron", tp=2, pp=2, ep=4, megatron_spec="te", pp_layers=[1, 3])
+    dist = convert_to(mt, tmp_path / "dist", "megatron-dist", tp=4)
+    pp4 = convert_to(dist, tmp_path / "pp4", "megatron", pp=4, ep=2)
+    assert_same_hf_state(src, convert_to(pp4, tmp_path / "hf", "hf"))
+
+
+def test_grouped_gemm_expert_names_read_as_per_expert_ones(tmp_path: Path) -> None:
+    """megatron-core's TEGroupedMLP (`moe_grouped_gemm`) stores a rank's experts as
+    `mlp.experts.linear_fc1.weight{j}`: read like SequentialMLP's `local_experts.{j}`, with dense
+    layers among them, bit for bit."""
+    import re
+
+    src, _ = _saved(tmp_path)
+    mt = convert_to(src, tmp_path / "mt", "megatron", tp=2, pp=2, ep=2, megatron_spec="te")
+    grouped = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight")
+    for rank_file in mt.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)
+        state["model"] = {grouped.sub(r"mlp.experts.\2.weight\1", k): v for k, v in state["model"].items()}
+        state["args"].moe_grouped_gemm = True
+        torch.save(state, rank_file)
+    assert any(k.endswith("mlp.experts.linear_fc1.weight0") for k in state["model"])
+    assert_same_hf_state(src, convert_to(mt, tmp_path / "hf", "hf"))

@@ -35,6 +35,8 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attentio
 SMALL_MHA = {**SMALL, "num_key_value_heads": SMALL["num_attention_heads"]}  # latent attention: kv heads = heads
 DEEPSEEK = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12, moe_intermediate_size=16,
                 n_routed_experts=8, num_experts_per_tok=2)
+# V3 scores a group by its best two experts: megatron-core sums a group's top topk / group_topk, so 4 of 16 in 2 of 4 groups
+DEEPSEEK_V3 = {**DEEPSEEK, "n_routed_experts": 16, "num_experts_per_tok": 4}
 
 
 # kind: (transformers config with every feature on, why a Megatron target is refused or None)
@@ -68,17 +70,17 @@ CASES: dict[str, tuple] = {
                                          **SMALL), None),
     # DeepSeek: latent attention (q latent, or one q_proj like V2-Lite), YaRN with mscale_all_dim, a dense first layer,
     # routed + shared experts; V3's sigmoid router with correction bias and top-2 of 4 groups, V2's group-limited softmax
-    "deepseek_v3": (lambda t: t.DeepseekV3Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=2, n_group=4, topk_group=2,
+    "deepseek_v3": (lambda t: t.DeepseekV3Config(intermediate_size=96, **DEEPSEEK_V3, n_shared_experts=2, n_group=4, topk_group=2,
                                                  first_k_dense_replace=1, routed_scaling_factor=2.5, q_lora_rank=24,
                                                  num_mtp_layers=0, rope_parameters={
                                                      "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                                                      "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.707,
-                                                     "rope_theta": 10000.0}, **SMALL_MHA), "multi-head latent attention"),
+                                                     "rope_theta": 10000.0}, **SMALL_MHA), None),
     "deepseek_v2-lite": (lambda t: t.DeepseekV2Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=2, first_k_dense_replace=1,
-                                                      q_lora_rank=None, **SMALL_MHA), "multi-head latent attention"),
+                                                      q_lora_rank=None, **SMALL_MHA), None),
     "deepseek_v2-grouped": (lambda t: t.DeepseekV2Config(intermediate_size=96, **DEEPSEEK, n_shared_experts=1, q_lora_rank=24,
                                                          topk_method="group_limited_greedy", n_group=4, topk_group=2,
-                                                         routed_scaling_factor=16.0, **SMALL_MHA), "multi-head latent attention"),
+                                                         routed_scaling_factor=16.0, **SMALL_MHA), None),
     # Llama 4: MoE every 2nd layer (shared expert, input-scaled top-1 sigmoid router), NoPE layer 3 with temperature tuning,
     # L2 QK-norm, 8-token chunks on the RoPE layers (the 24-token probe crosses them), llama3 RoPE
     "llama4": (lambda t: t.Llama4TextConfig(intermediate_size=32, intermediate_size_mlp=96, head_dim=16, num_local_experts=4,
@@ -90,7 +92,7 @@ CASES: dict[str, tuple] = {
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
 KINDS = tuple(CASES)
-MOE = tuple(k for k in CASES if k.endswith("_moe")) + ("gpt_oss",)
+MOE = tuple(k for k in CASES if k.endswith("_moe") or k.startswith("deepseek")) + ("gpt_oss",)
 
 
 def _build(kind: str) -> torch.nn.Module:

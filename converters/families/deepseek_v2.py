@@ -17,7 +17,7 @@ from typing import Any
 
 from ..row import Row
 from ..spec import ModelSpec, SpecError
-from .base import FusedExperts
+from .base import FusedExperts, MegatronTraits
 from .common import experts, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features, swiglu_mlp
 
 FEATURES = ("experts", "a shared expert", "un-renormalised top-k", "multi-head latent attention", "RoPE on adjacent pairs",
@@ -132,5 +132,6 @@ FAMILY = llama_family(
     spec_from_config=spec_from_config,
     config_from_spec=config_from_spec,
     fused_experts=FusedExperts(),
+    megatron=MegatronTraits(match=lambda args, s: s.mla and s.router_score == "softmax", rank=5),
     doc="DeepSeek-V2 / V2-Lite: multi-head latent attention, softmax (group-limited) router, shared experts, dense layers first",
 )

@@ -9,7 +9,8 @@ the chosen sigmoid scores are renormalised (`norm_topk_prob`) and scaled by
 
 Multi-token-prediction modules (`num_nextn_predict_layers`) are stored as
 `model.layers.{num_hidden_layers + k}.*`, which the causal LM never loads: the plan lists them as
-ignored by a named rule and the written config declares none (ckptscope does not carry them).
+ignored by a named rule and the written config declares none (ckptscope does not carry them; a
+Megatron target gets no megatron-core `mtp.layers.{k}.*` either: `mtp_num_layers` is null).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import ModelSpec
-from .base import FusedExperts
+from .base import FusedExperts, MegatronTraits
 from .common import finish_hf_config, llama_family, llama_spec, need, refuse_features
 from .deepseek_v2 import FEATURES, MLA_ROWS, MOE_ROWS, common_kwargs, mla_fields, moe_fields
 
@@ -58,5 +59,6 @@ FAMILY = llama_family(
     config_from_spec=config_from_spec,
     ignored_for=mtp_layers,
     fused_experts=FusedExperts(),
+    megatron=MegatronTraits(match=lambda args, s: s.mla and s.router_score == "sigmoid", rank=5),
     doc="DeepSeek-V3 / R1: MLA, sigmoid group-limited router with correction bias, shared experts, dense first, MTP dropped",
 )

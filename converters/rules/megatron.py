@@ -31,9 +31,11 @@ def _always(spec: ModelSpec) -> bool:
 
 
 def mrow(canon: tuple[str, ...], names: dict[str, str], op: Layout = IDENTITY, shard: Shard = REPLICATED,
-         when: Callable[[ModelSpec], bool] = _always, aliases: tuple[str, ...] = ()) -> Row:
-    """A Megatron row: `names` maps naming variant -> spelling (`local` is the row's name)."""
-    return Row(names["local"], canon, op, when, shard, variants=names, aliases=aliases)
+         when: Callable[[ModelSpec], bool] = _always, aliases: tuple[str, ...] = (),
+         shards: dict[str, Shard] | None = None) -> Row:
+    """A Megatron row: `names` maps naming variant -> spelling (`local` is the row's name);
+    `shards` gives a variant its own TP cut."""
+    return Row(names["local"], canon, op, when, shard, variants=names, aliases=aliases, shards=shards or {})
 
 
 def _dense(spec: ModelSpec) -> bool:
@@ -57,16 +59,50 @@ def _post_norm(spec: ModelSpec) -> bool:
     return spec.has_post_attn_norm
 
 
+def _mha(spec: ModelSpec) -> bool:
+    """q, k, v projections fused in linear_qkv (every attention but latent attention)."""
+    return not spec.mla
+
+
+def _mla_q_down(spec: ModelSpec) -> bool:
+    return spec.mla and spec.q_lora_rank > 0
+
+
+# megatron-core's MLA (`multi_latent_attention.py`, `gpt_layer_specs.py`): the down-projections are
+# TELinear `duplicated` under TE (whole on every rank) and ColumnParallelLinear in the local spec (cut,
+# the latent gathered before its norm); the up-projections and linear_q_proj are cut by heads (each
+# head's rows are contiguous: [nope; rope] for q, [k_nope; v] for kv), linear_proj by its input.
+# The latent norms are fused into the up-projections under TE (`layer_norm_weight`), `q_layernorm` /
+# `kv_layernorm` in the local spec; the input norm is never fused (`input_layernorm`).
+LATENT_DOWN_CUTS = {"te": REPLICATED}
+MLA_PARAMS: tuple[Row, ...] = (
+    mrow(("attn.q",), {"local": "self_attention.linear_q_proj.weight"}, IDENTITY, COLUMN,
+         when=lambda s: s.mla and not s.q_lora_rank),
+    mrow(("attn.q_down",), {"local": "self_attention.linear_q_down_proj.weight"}, IDENTITY, COLUMN, when=_mla_q_down,
+         shards=LATENT_DOWN_CUTS),
+    mrow(("attn.q_down_norm",), {"local": "self_attention.q_layernorm.weight",
+                                  "te": "self_attention.linear_q_up_proj.layer_norm_weight"}, when=_mla_q_down),
+    mrow(("attn.q_up",), {"local": "self_attention.linear_q_up_proj.weight"}, IDENTITY, COLUMN, when=_mla_q_down),
+    mrow(("attn.kv_down",), {"local": "self_attention.linear_kv_down_proj.weight"}, IDENTITY, COLUMN,
+         when=lambda s: s.mla, shards=LATENT_DOWN_CUTS),
+    mrow(("attn.kv_down_norm",), {"local": "self_attention.kv_layernorm.weight",
+                                   "te": "self_attention.linear_kv_up_proj.layer_norm_weight"}, when=lambda s: s.mla),
+    mrow(("attn.kv_up",), {"local": "self_attention.linear_kv_up_proj.weight"}, IDENTITY, COLUMN, when=lambda s: s.mla),
+)
+
+
 LAYER_PARAMS: tuple[Row, ...] = (
     mrow(("input_norm",), {"local": "input_layernorm.weight", "te": "self_attention.linear_qkv.layer_norm_weight",
-                            "legacy": "input_norm.weight", "dist": "self_attention.linear_qkv.layer_norm_weight"},
+                            "legacy": "input_norm.weight", "dist": "self_attention.linear_qkv.layer_norm_weight",
+                            "te_mla": "input_layernorm.weight"},
           NORM, REPLICATED, aliases=("input_layernorm.weight",)),
     mrow(("input_norm.bias",), {"local": "input_layernorm.bias", "te": "self_attention.linear_qkv.layer_norm_bias",
                                  "legacy": "input_norm.bias", "dist": "self_attention.linear_qkv.layer_norm_bias"},
           IDENTITY, REPLICATED, when=_norm_bias, aliases=("input_layernorm.bias",)),
     mrow(("attn.q", "attn.k", "attn.v"), {"local": "self_attention.linear_qkv.weight",
                                            "legacy": "self_attention.query_key_value.weight"},
-          QKV, QKV_CUT, aliases=("attention.query_key_value.weight",)),
+          QKV, QKV_CUT, when=_mha, aliases=("attention.query_key_value.weight",)),
+    *MLA_PARAMS,
     mrow(("attn.q.bias", "attn.k.bias", "attn.v.bias"), {"local": "self_attention.linear_qkv.bias",
                                                           "legacy": "self_attention.query_key_value.bias"},
           QKV, QKV_CUT, when=lambda s: s.qkv_bias, aliases=("attention.query_key_value.bias",)),
@@ -102,6 +138,9 @@ LAYER_PARAMS: tuple[Row, ...] = (
           IDENTITY, REPLICATED, when=lambda s: _dense(s) and s.mlp_bias),
     mrow(("router",), {"local": "mlp.router.weight"}, IDENTITY, REPLICATED, when=lambda s: s.moe),
     mrow(("router.bias",), {"local": "mlp.router.bias"}, IDENTITY, REPLICATED, when=lambda s: s.moe and s.router_bias),
+    # megatron-core's `moe_router_enable_expert_bias` buffer (fp32), added to the sigmoid scores for the choice only
+    mrow(("router.score_bias",), {"local": "mlp.router.expert_bias"}, IDENTITY, REPLICATED,
+         when=lambda s: s.moe and s.router_score_bias),
     mrow(("shared.gate", "shared.up"), {"local": "mlp.shared_experts.linear_fc1.weight"}, SWIGLU, GATE_UP,
           when=lambda s: s.moe and s.shared_expert_ffn > 0),
     mrow(("shared.down",), {"local": "mlp.shared_experts.linear_fc2.weight"}, IDENTITY, ROW, when=lambda s: s.moe and s.shared_expert_ffn > 0),
@@ -163,12 +202,13 @@ IGNORED_PATTERNS = (
     r"^rerun_state_machine",
     r"^opt_param_scheduler",
     r"^lr_scheduler",
-    r"(^|\.)expert_bias$",
 )
 
 
-def layer_params(spec: ModelSpec) -> list[Row]:
-    return [p for p in LAYER_PARAMS if p.when(spec)]
+def layer_params(spec: ModelSpec, variant: str = "local") -> list[Row]:
+    """The rows of one layer (`spec.layer_spec(i)`: a dense layer of a MoE model has no expert rows),
+    each with the TP cut of the naming variant."""
+    return [p.for_variant(variant) for p in LAYER_PARAMS if p.when(spec)]
 
 
 def global_params(spec: ModelSpec) -> list[tuple[Row, str]]:

@@ -106,7 +106,7 @@ TIED_HEAD_COPY = {TRAIN: "word_embeddings_for_head.weight", RELEASE: "word_embed
 LAYER_PREFIX = {TRAIN: "language_model.encoder.layers.{i}.", RELEASE: "language_model.transformer.layers.{i}."}
 
 
-def layer_params(spec: ModelSpec) -> list[Row]:
+def layer_params(spec: ModelSpec, variant: str = "") -> list[Row]:
     return [p for p in LAYER_PARAMS if p.when(spec)]
 
 
@@ -205,6 +205,6 @@ def detect_variant(names: list[str], args: dict | None = None) -> str:
         return found
     if any(n.startswith("language_model.") for n in names):
         return "legacy"
-    if any(".linear_qkv.layer_norm_weight" in n for n in names):
-        return "te"
+    if any(n.endswith((".linear_qkv.layer_norm_weight", ".linear_kv_up_proj.layer_norm_weight")) for n in names):
+        return "te"  # norms fused into the next linear (latent attention: its KV latent norm)
     return "local"

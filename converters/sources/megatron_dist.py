@@ -44,7 +44,7 @@ class MegatronDistSource(CanonicalSource):
                 if name in self.index:
                     return [(name, ())]
             return []
-        rels = [param.name_for("dist", self.spec), *param.read_names()]
+        rels = [param.name_for("dist", self.spec.layer_spec(layer)), *param.read_names()]
         for rel in dict.fromkeys(rels):
             rel = rel.replace("{e}", "")
             stacked = f"decoder.layers.{rel}"
@@ -66,8 +66,9 @@ class MegatronDistSource(CanonicalSource):
                 if where == stage:
                     out.append((param, self._locate(param, None, None), list(param.canon)))
             return out
-        for param in mg.layer_params(spec):
-            for e in range(spec.experts) if param.expert else [None]:
+        layer = spec.layer_spec(group)  # a dense layer of a MoE model (moe_layer_freq) has no expert rows
+        for param in mg.layer_params(layer):
+            for e in range(layer.experts) if param.expert else [None]:
                 canon = [f"layers.{group}." + c.format(e=e) for c in param.canon]
                 out.append((param, self._locate(param, group, e), canon))
         return out

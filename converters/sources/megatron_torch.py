@@ -50,7 +50,8 @@ class MegatronTorchSource(CanonicalSource):
     def _stored(self, param: Row, layer: int | None, expert: int | None = None) -> str | None:
         """The stored global name of a param (first spelling present on disk)."""
         prefix = self.rules.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else ""
-        candidates = [param.name_for(self.variant, self.spec), *param.read_names()]
+        spec = self.spec.layer_spec(layer) if layer is not None else self.spec
+        candidates = [param.name_for(self.variant, spec), *param.read_names()]
         for name in dict.fromkeys(candidates):
             full = prefix + name.format(e=expert)
             if full in self.index:
@@ -67,11 +68,12 @@ class MegatronTorchSource(CanonicalSource):
                     name = self._stored(param, None) or param.name_for(self.variant, spec)  # te has no global names: local
                     out.append((param, name, list(param.canon)))
             return out
-        for param in self.rules.layer_params(spec):
-            for e in range(spec.experts) if param.expert else [None]:
+        layer = spec.layer_spec(group)  # a dense layer of a MoE model (moe_layer_freq) has no expert rows
+        for param in self.rules.layer_params(layer, self.variant):
+            for e in range(layer.experts) if param.expert else [None]:
                 canon = [f"layers.{group}." + c.format(e=e) for c in param.canon]
                 name = self._stored(param, group, e) or (self.rules.LAYER_PREFIX[self.variant].format(i=group)
-                                                         + param.name_for(self.variant, spec).format(e=e))
+                                                         + param.name_for(self.variant, layer).format(e=e))
                 out.append((param, name, canon))
         return out
 

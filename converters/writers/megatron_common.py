@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..megatron_args import megatron_args_from_spec
-from ..spec import ModelSpec
+from ..spec import ModelSpec, SpecError
 from collections.abc import Callable
 
 from .base import TargetOptions, Unit
@@ -25,7 +25,19 @@ def stage_of(spec: ModelSpec, opts: TargetOptions, group: int) -> int:
     raise ValueError(group)
 
 
+def latent_cut_problem(spec: ModelSpec, opts: TargetOptions) -> str | None:
+    """megatron-core's local spec cuts MLA's down-projections over TP (TE duplicates them)."""
+    if not spec.mla or opts.megatron_spec == "te":
+        return None
+    rows = {"q_lora_rank": spec.q_lora_rank, "kv_lora_rank + qk_pos_emb_head_dim": spec.kv_lora_rank + spec.head_dim}
+    uneven = [f"{name} {n}" for name, n in rows.items() if n % opts.tp]
+    return (f"the local spec cuts the latent down-projections over TP={opts.tp}, and {', '.join(uneven)} do not split "
+            "(--megatron-spec te keeps them whole)") if uneven else None
+
+
 def target_args(spec: ModelSpec, opts: TargetOptions, ckpt_format: str) -> dict:
+    if problem := latent_cut_problem(spec, opts):
+        raise SpecError(problem)
     args = megatron_args_from_spec(
         spec.with_(dtype=opts.dtype or spec.dtype), tp=opts.tp, pp=opts.pp, ep=opts.ep,
         padded_vocab=target_padded_vocab(spec, opts), pp_layers=opts.pp_layers, iteration=opts.iteration,

@@ -17,8 +17,10 @@ import torch
 
 from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
+from .. import vocab
 from ..rules import megatron as mg
 from ..row import Row, boxes, stored_shape, to_stored
+from ..spec import ModelSpec
 from ..sources import PRE
 from .base import PlannedFile, Writer
 from .dcp import DcpStreamWriter, torch_bytes
@@ -28,6 +30,9 @@ from .output import save_to
 METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
                  "common_backend_version": 1}
 EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv")
+EXTRA_STATE_MLA = ("self_attention.linear_proj", "self_attention.linear_kv_down_proj", "self_attention.linear_kv_up_proj")
+EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention.linear_q_up_proj"),
+                     False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
 EXTRA_STATE_EXPERTS = ("mlp.experts.experts.linear_fc1", "mlp.experts.experts.linear_fc2")
 
@@ -40,13 +45,27 @@ class MegatronDistWriter(Writer):
         self.args = argparse.Namespace(**target_args(spec, opts, "torch_dist"))
         self.iter_dir = iteration_folder_name(opts.iteration)
         self.dcp: DcpStreamWriter | None = None
+        # layers that differ (dense among MoE: moe_layer_freq a list) are megatron-core's
+        # `non_homogeneous_layers`: one key per layer (`decoder.layers.{i}.<name>`), no layer axis
+        self.per_layer = bool(spec.dense_layers)
+        # megatron-core's latent-attention layers have no keys map: their keys are the spec's own module
+        # names (the experts' keys are the grouped ones all the same)
+        self.mla_naming = "te" if opts.megatron_spec == "te" else "local"
 
-    def _layer_key(self, param: Row) -> str:
-        return "decoder.layers." + param.name_for("dist", self.spec).replace("{e}", "")
+    def _naming(self, param: Row, layer: ModelSpec) -> str:
+        return self.mla_naming if layer.mla and not param.expert else "dist"
 
-    def _layer_shape(self, param: Row) -> tuple[int, ...]:
-        lead = (self.spec.layers, self.spec.experts) if param.expert else (self.spec.layers,)
-        return (*lead, *stored_shape(param, self.row_spec))
+    def _layer_key(self, param: Row, layer: ModelSpec, i: int) -> str:
+        rel = param.name_for(self._naming(param, layer), layer).replace("{e}", "")
+        return f"decoder.layers.{i}.{rel}" if self.per_layer else f"decoder.layers.{rel}"
+
+    def _layer_shape(self, param: Row, layer: ModelSpec) -> tuple[int, ...]:
+        lead = (layer.experts,) if param.expert else ()
+        return (*(() if self.per_layer else (self.spec.layers,)), *lead, *stored_shape(param, self.row_spec))
+
+    def _dtype(self, param: Row) -> torch.dtype:
+        """The stored dtype: a buffer megatron-core keeps in fp32 (expert_bias) stays fp32."""
+        return torch.float32 if all(vocab.kept_fp32(c) for c in param.canon) else self.dtype
 
     def files(self) -> list[PlannedFile]:
         numel = sum(torch.Size(s).numel() for s in self.spec.canonical_shapes().values())
@@ -62,15 +81,17 @@ class MegatronDistWriter(Writer):
         spec = self.spec
         for param, _ in mg.global_params(spec):
             self.dcp.declare(param.name_for("local", spec), self.dtype, stored_shape(param, self.row_spec))
-        for param in mg.layer_params(spec):
-            self.dcp.declare(self._layer_key(param), self.dtype, self._layer_shape(param))
+        for i in range(spec.layers) if self.per_layer else [0]:
+            layer = spec.layer_spec(i)
+            for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
+                self.dcp.declare(self._layer_key(param, layer, i), self._dtype(param), self._layer_shape(param, layer))
 
     def _chunks(self, key: str, param: Row, full: torch.Tensor, lead: tuple[int, ...]) -> None:
         assert self.dcp is not None
         for b, (offsets, sizes) in enumerate(boxes(param, tuple(full.shape), self.opts.tp)):
             piece = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
             piece = piece.reshape((1,) * len(lead) + tuple(piece.shape))
-            self.dcp.add_chunk(key, (*lead, *offsets), piece.to(self.dtype), rank=b % self.opts.tp)
+            self.dcp.add_chunk(key, (*lead, *offsets), piece.to(self._dtype(param)), rank=b % self.opts.tp)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         assert self.dcp is not None
@@ -83,18 +104,23 @@ class MegatronDistWriter(Writer):
                     self._chunks(param.name_for("local", spec), param, full, ())
             return
         i, L = group, spec.layers
-        for param in mg.layer_params(spec):
-            for e in range(spec.experts) if param.expert else [None]:
+        layer = spec.layer_spec(i)
+        at = () if self.per_layer else (i,)
+        for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
+            for e in range(layer.experts) if param.expert else [None]:
                 canon = [tensors[f"layers.{i}." + c.format(e=e)] for c in param.canon]
                 full = to_stored(param, canon, self.row_spec)
-                self._chunks(self._layer_key(param), param, full, (i,) if e is None else (i, e))
+                self._chunks(self._layer_key(param, layer, i), param, full, at if e is None else (*at, e))
         empty = torch_bytes([None])
-        for module in EXTRA_STATE_MODULES + (() if spec.moe else EXTRA_STATE_DENSE):
-            self.dcp.add_bytes(f"decoder.layers.{module}._extra_state/shard_{i}_{L}", empty)
-        if spec.moe:
+        prefix, where = (f"decoder.layers.{i}.", ("0", "1")) if self.per_layer else ("decoder.layers.", (str(i), str(L)))
+        attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0]) if spec.mla else EXTRA_STATE_MODULES
+        for module in attention + (() if layer.moe else EXTRA_STATE_DENSE):
+            self.dcp.add_bytes(f"{prefix}{module}._extra_state/shard_{where[0]}_{where[1]}", empty)
+        if layer.moe:
             for module in EXTRA_STATE_EXPERTS:
-                for e in range(spec.experts):
-                    self.dcp.add_bytes(f"decoder.layers.{module}._extra_state/shard_{i}.{e}_{L}.{spec.experts}", empty)
+                for e in range(layer.experts):
+                    offsets, sizes = (str(e), str(layer.experts)) if self.per_layer else (f"{i}.{e}", f"{L}.{layer.experts}")
+                    self.dcp.add_bytes(f"{prefix}{module}._extra_state/shard_{offsets}_{sizes}", empty)
 
     def close(self) -> None:
         assert self.dcp is not None and self.folder is not None

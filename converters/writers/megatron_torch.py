@@ -19,6 +19,7 @@ import torch
 
 from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
+from .. import vocab
 from ..row import scatter
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
@@ -30,6 +31,10 @@ from .megatron_common import stage_of, stage_units, target_args, target_padded_v
 from .torchzip import TorchZipWriter
 
 TE_EXTRA_STATE = ("self_attention.linear_qkv", "self_attention.linear_proj", "self_attention.core_attention")
+TE_EXTRA_STATE_MLA = ("self_attention.linear_kv_down_proj", "self_attention.linear_kv_up_proj", "self_attention.linear_proj",
+                      "self_attention.core_attention")
+TE_EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention.linear_q_up_proj"),
+                        False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 TE_EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
 
 
@@ -108,10 +113,11 @@ class MegatronTorchWriter(StagedWriter):
         self._writers.clear()
         self._models.clear()
 
-    def _put(self, name: str, shards: list[torch.Tensor], ep_ranks: range | list[int]) -> None:
+    def _put(self, name: str, shards: list[torch.Tensor], ep_ranks: range | list[int], fp32: bool = False) -> None:
+        dtype = torch.float32 if fp32 else self.dtype  # a buffer megatron-core keeps in fp32 (expert_bias)
         for tp, shard in enumerate(shards):
             for ep in ep_ranks:
-                self._models[(tp, ep)][name] = self._writers[(tp, ep)].add(shard.to(self.dtype))
+                self._models[(tp, ep)][name] = self._writers[(tp, ep)].add(shard.to(dtype))
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         spec, opts = self.spec, self.opts
@@ -130,18 +136,21 @@ class MegatronTorchWriter(StagedWriter):
             return
         local = group - self.stages[self._stage].start
         prefix = (self.rules.LAYER_PREFIX[self.variant] if self.rules is mllm else "decoder.layers.{i}.").format(i=local)
-        e_local = spec.experts // opts.ep if spec.moe else 0
-        for param in self.rules.layer_params(spec):
+        layer = spec.layer_spec(group)  # a dense layer of a MoE model (moe_layer_freq) has no expert rows
+        e_local = layer.experts // opts.ep if layer.moe else 0
+        for param in self.rules.layer_params(layer, self.variant):
             if param.expert:
-                for e in range(spec.experts):
+                for e in range(layer.experts):
                     canon = [tensors[f"layers.{group}." + c.format(e=e)] for c in param.canon]
-                    name = prefix + param.name_for(self.variant, spec).format(e=e % e_local)
+                    name = prefix + param.name_for(self.variant, layer).format(e=e % e_local)
                     self._put(name, scatter(param, canon, self.geo), [e // e_local])
                 continue
             canon = [tensors[f"layers.{group}." + c] for c in param.canon]
-            self._put(prefix + param.name_for(self.variant, spec), scatter(param, canon, self.geo), all_ep)
+            self._put(prefix + param.name_for(self.variant, layer), scatter(param, canon, self.geo), all_ep,
+                      fp32=all(vocab.kept_fp32(c) for c in param.canon))
         if self.variant == "te":
-            for module in TE_EXTRA_STATE + (() if spec.moe else TE_EXTRA_STATE_DENSE):
+            attention = TE_EXTRA_STATE_MLA + TE_EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0] if spec.mla else TE_EXTRA_STATE
+            for module in attention + (() if layer.moe else TE_EXTRA_STATE_DENSE):
                 for model in self._models.values():
                     model[f"{prefix}{module}._extra_state"] = io.BytesIO()
 

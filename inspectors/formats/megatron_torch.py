@@ -243,7 +243,7 @@ class MegatronTorchReader:
         names = [t.name for t in ckpt.model_tensors()]
         if any(n.startswith("language_model.") for n in names):
             style = "legacy nested (language_model)"
-        elif any("linear_qkv.layer_norm_weight" in n for n in names):
+        elif any(n.endswith(("linear_qkv.layer_norm_weight", "linear_kv_up_proj.layer_norm_weight")) for n in names):
             style = "Megatron-Core, Transformer-Engine spec"
         else:
             style = "Megatron-Core, local spec"
