@@ -40,10 +40,9 @@ LAYER_TYPES = ("chunked_attention", "full_attention")
 VISION = r"^(vision_model|multi_modal_projector)\.(?# Llama 4 vision tower / projector: not part of the text model; not carried)"
 
 # megatron-core can hold Llama 4 only without chunked attention and temperature tuning (and, with
-# NoPE layers, without the L2 QK-norm it would apply on every layer). What it can hold needs the
-# per-layer dense / MoE tables (`moe_layer_freq`) plus the args in `megatron_args` (qk_l2_norm,
-# no_rope_freq, moe_apply_probs_on_input, sigmoid router): flip this once they are merged.
-MEGATRON_ROWS_READY = False
+# NoPE layers, without the L2 QK-norm it would apply on every layer); what it holds goes through the
+# per-layer dense / MoE tables (`moe_layer_freq`) and the args in `megatron_args` (qk_l2_norm,
+# no_rope_freq, moe_apply_probs_on_input, sigmoid router).
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +151,6 @@ def megatron_problems(spec: ModelSpec) -> list[str]:
         out.append("an L2 QK-norm on the RoPE layers only (megatron-core's qk_l2_norm normalises every layer)")
     if spec.moe and spec.router_on_input and spec.topk != 1:
         out.append(f"routed weights on the expert inputs with top-{spec.topk} (moe_apply_probs_on_input needs moe_router_topk 1)")
-    if not MEGATRON_ROWS_READY:
-        out.append("Llama 4's interleaved dense / MoE layers, L2 QK-norm, NoPE layers and input-scaled experts "
-                   "(moe_layer_freq, qk_l2_norm, no_rope_freq, moe_apply_probs_on_input) are not mapped yet")
     return out
 
 
