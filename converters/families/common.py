@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..layouts import IDENTITY, InterleavedRotary
 from ..row import Row
 from ..spec import DTYPES, ModelSpec, SpecError
 from .base import Family
@@ -261,6 +262,15 @@ def llama_attention(input_norm: str = "input_layernorm", post_norm: str = "post_
         Row("self_attn.k_norm.weight", ("attn.k_norm",), when=lambda s: s.qk_norm),
         Row(f"{post_norm}.weight", ("post_attn_norm",), when=lambda s: s.pre_norms),
     )
+
+
+def interleaved_qkv() -> tuple[Row, ...]:
+    """`self_attn.{q,k,v}_proj` (optional biases) whose q / k rows hold RoPE on adjacent (complex)
+    pairs, read to rotate-half order (GLM4, Llama 4)."""
+    ops = {"q": InterleavedRotary(keys=False), "k": InterleavedRotary(keys=True), "v": IDENTITY}
+    return tuple(row for n, op in ops.items() for row in (
+        Row(f"self_attn.{n}_proj.weight", (f"attn.{n}",), op),
+        Row(f"self_attn.{n}_proj.bias", (f"attn.{n}.bias",), op, when=_qkv_bias)))
 
 
 def swiglu_mlp(prefix: str = "mlp.") -> tuple[Row, ...]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layouts import ConcatRows, InterleavedRotary
+from ..layouts import ConcatRows
 from ..row import Row
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
+from .common import (interleaved_qkv, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
 
-Q, K = InterleavedRotary(keys=False), InterleavedRotary(keys=True)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -31,21 +30,13 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     return finish_hf_config(config, spec, "Glm4ForCausalLM")
 
 
-def _bias(s: ModelSpec) -> bool:
-    return s.qkv_bias
-
 
 FAMILY = llama_family(
     name="glm4",
     model_types=("glm4",),
     layer=(
         Row("input_layernorm.weight", ("input_norm",)),
-        Row("self_attn.q_proj.weight", ("attn.q",), Q),
-        Row("self_attn.q_proj.bias", ("attn.q.bias",), Q, when=_bias),
-        Row("self_attn.k_proj.weight", ("attn.k",), K),
-        Row("self_attn.k_proj.bias", ("attn.k.bias",), K, when=_bias),
-        Row("self_attn.v_proj.weight", ("attn.v",)),
-        Row("self_attn.v_proj.bias", ("attn.v.bias",), when=_bias),
+        *interleaved_qkv(),
         Row("self_attn.o_proj.weight", ("attn.o",)),
         Row("post_self_attn_layernorm.weight", ("attn_out_norm",)),
         Row("post_attention_layernorm.weight", ("post_attn_norm",)),

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layouts import ConcatRows, InterleavedRotary, Stacked, Transposed
+from ..layouts import ConcatRows, Stacked, Transposed
 from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import MegatronTraits
-from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features, rope_parameters
+from .common import interleaved_qkv, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features, rope_parameters
 
 FEATURES = ("experts", "a shared expert", "un-renormalised top-k", "a sigmoid / biased-choice / group-limited / scaled router",
             "dense layers among MoE layers", "an L2 QK-norm", "NoPE layers", "chunked attention", "attention temperature tuning",
@@ -166,11 +166,7 @@ def _dense(s: ModelSpec) -> bool:
     return not s.moe
 
 
-def _bias(s: ModelSpec) -> bool:
-    return s.qkv_bias
 
-
-Q, K = InterleavedRotary(keys=False), InterleavedRotary(keys=True)
 FF = "feed_forward."
 
 FAMILY = llama_family(
@@ -178,12 +174,7 @@ FAMILY = llama_family(
     model_types=("llama4_text", "llama4"),
     layer=(
         Row("input_layernorm.weight", ("input_norm",)),
-        Row("self_attn.q_proj.weight", ("attn.q",), Q),
-        Row("self_attn.q_proj.bias", ("attn.q.bias",), Q, when=_bias),
-        Row("self_attn.k_proj.weight", ("attn.k",), K),
-        Row("self_attn.k_proj.bias", ("attn.k.bias",), K, when=_bias),
-        Row("self_attn.v_proj.weight", ("attn.v",)),
-        Row("self_attn.v_proj.bias", ("attn.v.bias",), when=_bias),
+        *interleaved_qkv(),
         Row("self_attn.o_proj.weight", ("attn.o",)),
         Row("self_attn.o_proj.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
         Row("post_attention_layernorm.weight", ("post_attn_norm",)),
