@@ -319,8 +319,10 @@ def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
 
 
 # Stored tensors that are buffers, not parameters (the model's `parameters()` does not hold them):
-# rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's expert bias.
-BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias|_extra_state)$")
+# rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's and torchtitan's
+# expert bias and torchtitan's routing counters (`_E`: its shape-suffixed spellings).
+BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias(_E)?|tokens_per_expert(_E)?|"
+                       r"_extra_state)$")
 
 
 def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:

@@ -6,6 +6,7 @@ config.json beside them or from --config."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -13,12 +14,15 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from ckptscope.converters.plan import make_plan
-from ckptscope.converters.sources.dcp import torchtitan_name
+from ckptscope.converters.spec import SpecError
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
 from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.summary import logical_param_count
 
-from .helpers import convert_to, logits_diff
+from .helpers import convert_to, hf_state, logits_diff
+from .test_families_registry import VOCAB as REGISTRY_VOCAB
+from .test_families_registry import _build
 
 VOCAB = 128
 
@@ -57,11 +61,84 @@ def test_accelerate_fsdp_sharded_state_dict(tmp_path: Path) -> None:
     assert logits_diff(out, model, VOCAB) <= 1e-5
 
 
+# torchtitan's own state_dict_adapter maps (HF -> torchtitan, `{}` for layer then expert), re-derived from its
+# source: the spellings of today and those before its 2026 renames (qkv_linear, lm_head, w1_EFD, routed_experts)
+TITAN_COMMON = {
+    "model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
+    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attention.q_norm.weight",
+    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attention.k_norm.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
+    "model.layers.{}.mlp.gate.weight": "layers.{}.moe.router.gate.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",  # DeepSeek without a q latent
+    "model.layers.{}.self_attn.q_a_proj.weight": "layers.{}.attention.wq_a.weight",
+    "model.layers.{}.self_attn.q_a_layernorm.weight": "layers.{}.attention.q_norm.weight",
+    "model.layers.{}.self_attn.q_b_proj.weight": "layers.{}.attention.wq_b.weight",
+    "model.layers.{}.self_attn.kv_a_proj_with_mqa.weight": "layers.{}.attention.wkv_a.weight",
+    "model.layers.{}.self_attn.kv_a_layernorm.weight": "layers.{}.attention.kv_norm.weight",
+    "model.layers.{}.self_attn.kv_b_proj.weight": "layers.{}.attention.wkv_b.weight",
+    "model.layers.{}.mlp.shared_experts.gate_proj.weight": "layers.{}.moe.shared_experts.w1.weight",
+    "model.layers.{}.mlp.shared_experts.up_proj.weight": "layers.{}.moe.shared_experts.w3.weight",
+    "model.layers.{}.mlp.shared_experts.down_proj.weight": "layers.{}.moe.shared_experts.w2.weight",
+}
+TITAN = {
+    "now": {**TITAN_COMMON, "lm_head.weight": "lm_head.weight",
+            **{f"model.layers.{{}}.self_attn.{n}_proj.weight": f"layers.{{}}.attention.qkv_linear.w{n}.weight" for n in "kv"},
+            "model.layers.{}.mlp.experts.{}.gate_proj.weight": "layers.{}.moe.routed_experts.inner_experts.w1_EFD",
+            "model.layers.{}.mlp.experts.{}.up_proj.weight": "layers.{}.moe.routed_experts.inner_experts.w3_EFD",
+            "model.layers.{}.mlp.experts.{}.down_proj.weight": "layers.{}.moe.routed_experts.inner_experts.w2_EDF",
+            "model.layers.{}.mlp.gate.e_score_correction_bias": "layers.{}.moe.expert_bias_E"},
+    "before": {**TITAN_COMMON, "lm_head.weight": "output.weight",
+               **{f"model.layers.{{}}.self_attn.{n}_proj.weight": f"layers.{{}}.attention.w{n}.weight" for n in "kv"},
+               "model.layers.{}.mlp.experts.{}.gate_proj.weight": "layers.{}.moe.experts.w1",
+               "model.layers.{}.mlp.experts.{}.up_proj.weight": "layers.{}.moe.experts.w3",
+               "model.layers.{}.mlp.experts.{}.down_proj.weight": "layers.{}.moe.experts.w2",
+               "model.layers.{}.mlp.gate.e_score_correction_bias": "layers.{}.moe.expert_bias"},
+}
+
+
+def _llama_q_or_k(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """torchtitan's Llama 3 adapter, HF -> torchtitan (`_reverse_permute`): its RoPE rotates adjacent pairs."""
+    rows, cols = w.shape
+    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def torchtitan_state(model: torch.nn.Module, folder: Path, generation: str) -> dict[str, torch.Tensor]:
+    """The model's state as torchtitan's `from_hf` builds it: its names, experts stacked on dim 0
+    (expert order), Llama's q/k permuted to adjacent-pair RoPE, and a training run's optimizer state."""
+    model.save_pretrained(folder)  # per-expert HF names, as the adapter reads them
+    mapping, config = TITAN[generation], model.config
+    # only a Llama-style attention's q_proj is torchtitan's `qkv_linear.wq` (DeepSeek's is `attention.wq`)
+    q_name = "layers.{}.attention.qkv_linear.wq.weight" if generation == "now" else "layers.{}.attention.wq.weight"
+    mapping = {**mapping, **({} if getattr(config, "kv_lora_rank", None) else {"model.layers.{}.self_attn.q_proj.weight": q_name})}
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in hf_state(folder).items():
+        numbers = re.findall(r"\d+", key)
+        abstract = re.sub(r"\d+", "{}", key, count=2 if ".experts." in key and "shared" not in key else 1)
+        target = mapping[abstract].format(numbers[0]) if numbers else mapping[abstract]
+        if config.model_type == "llama" and abstract.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in key else config.num_key_value_heads
+            value = _llama_q_or_k(value, heads)
+        if ".experts." in key and "shared" not in key:
+            experts.setdefault(target, {})[int(numbers[1])] = value
+        else:
+            out[target] = value.clone()
+    out.update({name: torch.stack([by_e[e] for e in sorted(by_e)]) for name, by_e in experts.items()})
+    shutil.rmtree(folder)
+    out["optimizer.state.tok_embeddings.weight.exp_avg"] = torch.zeros_like(out["tok_embeddings.weight"])
+    return out
+
+
+@pytest.mark.parametrize("generation", ["now", "before"])
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
-def test_torchtitan_step_folder(tmp_path: Path, kind: str) -> None:
+def test_torchtitan_step_folder(tmp_path: Path, kind: str, generation: str) -> None:
     model = _model(kind)
-    state = {torchtitan_name(k): v.clone() for k, v in model.state_dict().items()}
-    state["optimizer.state.tok_embeddings.weight.exp_avg"] = torch.zeros(VOCAB, 64)
+    state = torchtitan_state(model, tmp_path / "hf-src", generation)
     state["train_state"] = {"step": 10}
     folder = _save(state, tmp_path / "checkpoint" / "step-10")
     with pytest.raises(CheckpointError, match="--config"):
@@ -71,6 +148,78 @@ def test_torchtitan_step_folder(tmp_path: Path, kind: str) -> None:
     assert logits_diff(out, model, VOCAB) <= 1e-5
     plan = make_plan(folder, TargetOptions("megatron", tp=2), config=tmp_path / "config.json")
     assert plan.ok and "DCP naming: torchtitan" in plan.notes and not plan.accounting.unmatched
+    assert any(n.startswith("older torchtitan spellings") for n in plan.notes) == (generation == "before")
+
+
+@pytest.mark.parametrize("generation", ["now", "before"])
+@pytest.mark.parametrize("kind", ["deepseek_v3", "deepseek_v2-lite", "qwen3_moe"])
+def test_torchtitan_moe_step_folder(tmp_path: Path, kind: str, generation: str) -> None:
+    """torchtitan's DeepSeek-V3 model (latent attention with or without a q latent, dense first
+    layer, stacked routed experts, shared experts, its load-balancing bias as the correction bias)
+    and Qwen3-MoE: HF logits equal the model's; an MTP module and the routing counters are dropped by
+    named rules, and a family whose HF router has no bias takes torchtitan's zero bias and drops it."""
+    model = _build(kind)
+    state = torchtitan_state(model, tmp_path / "hf-src", generation)
+    bias = "expert_bias_E" if generation == "now" else "expert_bias"
+    for i in range(1 if kind.startswith("deepseek") else 0, model.config.num_hidden_layers):
+        state.setdefault(f"layers.{i}.moe.{bias}", torch.zeros(model.config.num_experts if kind == "qwen3_moe"
+                                                                    else model.config.n_routed_experts))
+        state[f"layers.{i}.moe.tokens_per_expert"] = torch.ones(state[f"layers.{i}.moe.{bias}"].shape)
+    if kind == "deepseek_v3":
+        state["mtp_layers.0.enorm.weight"] = torch.ones(model.config.hidden_size)
+    folder = _save(state, tmp_path / "step-20")
+    model.config.to_json_file(tmp_path / "config.json")  # a config.json beside the run
+    plan = make_plan(folder, TargetOptions("hf"))
+    assert plan.ok, plan.errors
+    assert "DCP naming: torchtitan" in plan.notes and not plan.accounting.unmatched and not plan.accounting.missing
+    assert any("multi-token-prediction" in r for r in plan.accounting.ignored.values()) == (kind == "deepseek_v3")
+    out = convert_to(folder, tmp_path / "hf", "hf")
+    assert logits_diff(out, model, REGISTRY_VOCAB) <= 1e-5
+    ckpt = detect(folder)  # parameters as torchtitan's model counts them (its MTP module too); bias and counters apart
+    mtp = sum(v.numel() for k, v in state.items() if k.startswith("mtp_layers."))
+    assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters()) + mtp
+    assert logical_param_count(ckpt, buffers=True) == sum(v.numel() for k, v in state.items() if "_per_expert" in k or "bias" in k)
+    stacked = "moe.routed_experts.inner_experts.w1_EFD" if generation == "now" else "moe.experts.w1"
+    assert state[f"layers.1.{stacked}"].shape[0] == (model.config.num_experts if kind == "qwen3_moe" else model.config.n_routed_experts)
+
+
+def test_torchtitan_without_load_balancing_reads_a_zero_correction_bias(tmp_path: Path) -> None:
+    """A run without load balancing has no `expert_bias`: DeepSeek-V3's correction bias is zero then."""
+    model = _build("deepseek_v3")
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.zero_()
+    state = {k: v for k, v in torchtitan_state(model, tmp_path / "hf-src", "now").items() if "expert_bias" not in k}
+    folder = _save(state, tmp_path / "step-1")
+    model.config.to_json_file(tmp_path / "config.json")
+    out = convert_to(folder, tmp_path / "hf", "hf")
+    assert logits_diff(out, model, REGISTRY_VOCAB) <= 1e-5
+
+
+def test_torchtitan_nonzero_bias_without_a_place_is_refused(tmp_path: Path) -> None:
+    """Qwen3-MoE in HF routes without a bias: torchtitan's own export drops a trained one and so
+    changes the expert choice; ckptscope refuses it in one line instead."""
+    model = _build("qwen3_moe")
+    state = torchtitan_state(model, tmp_path / "hf-src", "now")
+    state["layers.2.moe.expert_bias_E"] = torch.full((model.config.num_experts,), 0.01)
+    folder = _save(state, tmp_path / "step-1")
+    model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(SpecError, match=r"layers\.2\.moe\.expert_bias_E is not zero"):
+        convert_to(folder, tmp_path / "hf", "hf")
+
+
+def test_torchtitan_before_its_hf_adapter_is_refused_by_shape(tmp_path: Path) -> None:
+    """torchtitan's first DeepSeek-V3 (July 2025) stored experts as [E, dim, ffn]: never misread."""
+    model = _build("deepseek_v3")
+    state = torchtitan_state(model, tmp_path / "hf-src", "before")
+    for w in ("w1", "w2", "w3"):
+        for i in range(1, model.config.num_hidden_layers):
+            state[f"layers.{i}.moe.experts.{w}"] = state[f"layers.{i}.moe.experts.{w}"].transpose(1, 2).contiguous()
+    folder = _save(state, tmp_path / "step-1")
+    model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(SpecError, match=r"layers\.1\.moe\.experts\.w1 is \[8, 64, 16\], the model needs \[8, 16, 64\]"):
+        convert_to(folder, tmp_path / "hf", "hf")
 
 
 def test_megatron_torch_dist_is_not_taken_for_plain_dcp(tmp_path: Path) -> None:
