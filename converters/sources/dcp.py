@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.model import Checkpoint
 
 from .. import families, vocab
@@ -27,7 +28,7 @@ from .base import Accounting, CanonicalSource, groups
 NEEDS_CONFIG = "torch DCP checkpoints carry no architecture: pass --config with the model's HF config.json"
 
 WRAPPER_PREFIXES = ("", "model.", "module.", "_orig_mod.", "model._orig_mod.")
-LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")  # a main layer's stored name (not `mtp_layers.`)
+LAYER = re.compile(r"(^|\.)layers\.\d+\.")  # a main layer's stored name (not `mtp_layers.`)
 IGNORED = (r"^optimizer\.", r"^(lr_scheduler|dataloader|train_state)", r"(^|\.)inv_freq$", r"(^|\.)freqs_cis$")
 
 Spelled = list[tuple[families.HfEntry, tuple[str, ...]]]  # an entry and every spelling it may be stored under
@@ -54,9 +55,25 @@ class DcpSource(CanonicalSource):
         self.style, entries, self.names, self.older = self._naming(styles(spec))
         self.entries = {g: [e for e in entries if e.group == g] for g in groups(spec)}
         self.shapes = spec.canonical_shapes()
-        checked = self.style.startswith("torchtitan") and torchtitan.ZERO_ONLY in torchtitan.ignored(spec)
+        self._check(entries)
+
+    def _check(self, entries: list[families.HfEntry]) -> None:
+        """Refuse at plan time what would convert into a different model: a stored shape that is not
+        the model's (torchtitan's July 2025 experts were [E, dim, ffn]), or a non-zero torchtitan
+        load-balancing bias on a family whose HF router has none (torchtitan's own export drops it)."""
+        for entry in entries:
+            stored = self.names[entry.name]
+            if stored in self.index:
+                expected = tuple(entry.op.shape([self.shapes[c] for c in entry.canon], self.spec))
+                if tuple(self.index[stored].shape) != expected:
+                    raise SpecError(f"{stored} is {list(self.index[stored].shape)}, the model needs {list(expected)}")
+        if not (self.style.startswith("torchtitan") and torchtitan.ZERO_ONLY in torchtitan.ignored(self.spec)):
+            return
         zero_only = re.compile(torchtitan.ZERO_ONLY)
-        self.zero_only = {n: int(m.group(2)) for n in self.index if checked and zero_only.search(n) and (m := LAYER.search(n))}
+        for name in (n for n in self.index if zero_only.search(n) and LAYER.search(n)):
+            if self.ckpt.load(self.index[name]).any():
+                raise SpecError(f"{name} is not zero: torchtitan's load-balancing bias moves the expert choice and "
+                                f"HF {self.spec.family} has no such bias (torchtitan's own export drops it)")
 
     def _naming(self, options: dict[str, Spelled]) -> tuple[str, list[families.HfEntry], dict[str, str], list[str]]:
         """The naming style and wrapper prefix under which the most entries are stored, each entry's
@@ -90,16 +107,9 @@ class DcpSource(CanonicalSource):
                 out.update((c, torch.zeros(s, dtype=torch.float32)) for c, s in zip(entry.canon, shapes))
                 continue
             if stored not in self.index:
-                raise SpecError(f"{self.ckpt.path}: missing tensor {stored}")
-            expected, found = tuple(entry.op.shape(shapes, self.spec)), tuple(self.index[stored].shape)
-            if found != expected:
-                raise SpecError(f"{self.ckpt.path}: {stored} is {list(found)}, the model needs {list(expected)}")
+                raise CheckpointError(self.ckpt.path, f"missing tensor {stored}")
             parts = entry.op.unpack(self.ckpt.load(self.index[stored]), shapes, self.spec)
             out.update(zip(entry.canon, parts))
-        for name in (n for n, g in self.zero_only.items() if g == group):
-            if self.ckpt.load(self.index[name]).any():
-                raise SpecError(f"{self.ckpt.path}: {name} is not zero: torchtitan's load-balancing bias moves the "
-                                f"expert choice and HF {self.spec.family} has no such bias")
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
