@@ -32,7 +32,8 @@ def _model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     small = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2)
-    config = t.Qwen3Config(head_dim=32, **small) if kind == "qwen3" else t.LlamaConfig(**small)
+    config = t.Qwen3Config(head_dim=32, tie_word_embeddings=kind == "qwen3-tied", **small) if kind.startswith("qwen3") \
+        else t.LlamaConfig(**small)
     model = t.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -134,10 +135,12 @@ def torchtitan_state(model: torch.nn.Module, folder: Path, generation: str) -> d
 
 
 @pytest.mark.parametrize("generation", ["now", "before"])
-@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "qwen3-tied"])
 def test_torchtitan_step_folder(tmp_path: Path, kind: str, generation: str) -> None:
     model = _model(kind)
     state = torchtitan_state(model, tmp_path / "hf-src", generation)
+    if model.config.tie_word_embeddings:  # torchtitan's weight tying keeps the head's key too (the same tensor)
+        state["lm_head.weight" if generation == "now" else "output.weight"] = state["tok_embeddings.weight"]
     state["train_state"] = {"step": 10}
     folder = _save(state, tmp_path / "checkpoint" / "step-10")
     with pytest.raises(CheckpointError, match="--config"):
