@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from ckptscope.app.tui.app import CkptscopeApp
 from ckptscope.converters.samples import deepspeed as dss
 from ckptscope.converters.samples.hf import write_hf
