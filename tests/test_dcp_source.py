@@ -101,6 +101,16 @@ TITAN = {
 }
 
 
+# gpt-oss's routed experts as torchtitan's model holds them (its adapter maps only the MXFP4 release's `*_blocks`):
+# HF's stacked tensors in nn.Linear's orientation ([E, 2f, dim], gate / up still interleaved) - HF stem: (today, before, transpose)
+TITAN_GPT_OSS = {"gate_up_proj": ("mlp1_weight_EGD", "mlp1_weight", True), "gate_up_proj_bias": ("mlp1_bias_EG", "mlp1_bias", False),
+                 "down_proj": ("mlp2_weight_EDF", "mlp2_weight", True), "down_proj_bias": ("mlp2_bias_ED", "mlp2_bias", False)}
+TITAN_GPT_OSS_LAYER = {"model.layers.{}.self_attn.o_proj.bias": "layers.{}.attention.wo.bias",
+                       "model.layers.{}.self_attn.sinks": "layers.{}.attention.sinks",
+                       "model.layers.{}.mlp.router.weight": "layers.{}.moe.router.gate.weight",
+                       "model.layers.{}.mlp.router.bias": "layers.{}.moe.router.gate.bias"}
+
+
 def _llama_q_or_k(w: torch.Tensor, heads: int) -> torch.Tensor:
     """torchtitan's Llama 3 adapter, HF -> torchtitan (`_reverse_permute`): its RoPE rotates adjacent pairs."""
     rows, cols = w.shape
@@ -115,10 +125,17 @@ def torchtitan_state(model: torch.nn.Module, folder: Path, generation: str) -> d
     # only a Llama-style attention's q_proj is torchtitan's `qkv_linear.wq` (DeepSeek's is `attention.wq`)
     q_name = "layers.{}.attention.qkv_linear.wq.weight" if generation == "now" else "layers.{}.attention.wq.weight"
     mapping = {**mapping, **({} if getattr(config, "kv_lora_rank", None) else {"model.layers.{}.self_attn.q_proj.weight": q_name})}
+    mapping.update({f"model.layers.{{}}.self_attn.{n}_proj.bias": q_name.replace("wq.weight", f"w{n}.bias") for n in "qkv"})
+    mapping.update(TITAN_GPT_OSS_LAYER)
     out: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in hf_state(folder).items():
         numbers = re.findall(r"\d+", key)
+        if (stem := key.rsplit(".", 1)[-1]) in TITAN_GPT_OSS and ".mlp.experts." in key:  # gpt-oss: stacked already
+            now, before, transpose = TITAN_GPT_OSS[stem]
+            name = f"moe.routed_experts.inner_experts.{now}" if generation == "now" else f"moe.experts.{before}"
+            out[f"layers.{numbers[0]}.{name}"] = (value.transpose(1, 2) if transpose else value).contiguous()
+            continue
         abstract = re.sub(r"\d+", "{}", key, count=2 if ".experts." in key and "shared" not in key else 1)
         target = mapping[abstract].format(numbers[0]) if numbers else mapping[abstract]
         if config.model_type == "llama" and abstract.endswith(("q_proj.weight", "k_proj.weight")):
@@ -154,18 +171,18 @@ def test_torchtitan_step_folder(tmp_path: Path, kind: str, generation: str) -> N
 
 
 @pytest.mark.parametrize("generation", ["now", "before"])
-@pytest.mark.parametrize("kind", ["deepseek_v3", "deepseek_v2-lite", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["deepseek_v3", "deepseek_v2-lite", "qwen3_moe", "gpt_oss"])
 def test_torchtitan_moe_step_folder(tmp_path: Path, kind: str, generation: str) -> None:
     """torchtitan's DeepSeek-V3 model (latent attention with or without a q latent, dense first
     layer, stacked routed experts, shared experts, its load-balancing bias as the correction bias)
-    and Qwen3-MoE: HF logits equal the model's; an MTP module and the routing counters are dropped by
+    Qwen3-MoE and gpt-oss (biases, sinks, interleaved gate / up): HF logits equal the model's; an MTP module and the routing counters are dropped by
     named rules, and a family whose HF router has no bias takes torchtitan's zero bias and drops it."""
     model = _build(kind)
+    experts = getattr(model.config, "n_routed_experts", None) or model.config.num_experts
     state = torchtitan_state(model, tmp_path / "hf-src", generation)
     bias = "expert_bias_E" if generation == "now" else "expert_bias"
     for i in range(1 if kind.startswith("deepseek") else 0, model.config.num_hidden_layers):
-        state.setdefault(f"layers.{i}.moe.{bias}", torch.zeros(model.config.num_experts if kind == "qwen3_moe"
-                                                                    else model.config.n_routed_experts))
+        state.setdefault(f"layers.{i}.moe.{bias}", torch.zeros(experts))
         state[f"layers.{i}.moe.tokens_per_expert"] = torch.ones(state[f"layers.{i}.moe.{bias}"].shape)
     if kind == "deepseek_v3":
         state["mtp_layers.0.enorm.weight"] = torch.ones(model.config.hidden_size)
@@ -180,9 +197,11 @@ def test_torchtitan_moe_step_folder(tmp_path: Path, kind: str, generation: str) 
     ckpt = detect(folder)  # parameters as torchtitan's model counts them (its MTP module too); bias and counters apart
     mtp = sum(v.numel() for k, v in state.items() if k.startswith("mtp_layers."))
     assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters()) + mtp
-    assert logical_param_count(ckpt, buffers=True) == sum(v.numel() for k, v in state.items() if "_per_expert" in k or "bias" in k)
-    stacked = "moe.routed_experts.inner_experts.w1_EFD" if generation == "now" else "moe.experts.w1"
-    assert state[f"layers.1.{stacked}"].shape[0] == (model.config.num_experts if kind == "qwen3_moe" else model.config.n_routed_experts)
+    assert logical_param_count(ckpt, buffers=True) == sum(v.numel() for k, v in state.items() if "_per_expert" in k or "expert_bias" in k)
+    w1 = ("mlp1_weight_EGD" if generation == "now" else "mlp1_weight") if kind == "gpt_oss" else \
+        ("w1_EFD" if generation == "now" else "w1")
+    stacked = f"layers.1.moe.routed_experts.inner_experts.{w1}" if generation == "now" else f"layers.1.moe.experts.{w1}"
+    assert state[stacked].shape[0] == experts
 
 
 def test_torchtitan_without_load_balancing_reads_a_zero_correction_bias(tmp_path: Path) -> None:

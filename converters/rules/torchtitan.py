@@ -1,5 +1,8 @@
 """torchtitan's names for each family's model: the naming style of its `step-N/` DCP folders.
 
+Families: Llama (torchtitan's llama3), Qwen3, Qwen3-MoE (its qwen3), DeepSeek-V3 / V2 (its
+deepseek_v3, which also builds V2-Lite-like models), gpt-oss. Its Llama 4 has no HF family here.
+
 torchtitan trains its own module trees (`tok_embeddings`, `layers.{i}.attention.*`,
 `feed_forward.w1/w2/w3`, `moe.*`, `norm`, `lm_head`), and its `state_dict_adapter.py` per model
 maps them to HF. These tables hold the same facts as `Row`s over the canonical vocabulary, one
@@ -10,7 +13,9 @@ What the adapters say, learned from torchtitan's history:
   rotate-half (`InterleavedRotary`). Qwen3 uses cos/sin RoPE (rotate-half) and DeepSeek's latent
   attention rotates adjacent pairs in HF too (`rope_interleave`): stored as HF stores them.
 - Routed experts are one tensor per projection, every expert stacked on dim 0 in nn.Linear's
-  orientation: w1 / w3 `[E, ffn, dim]`, w2 `[E, dim, ffn]` (`Stacked`).
+  orientation: w1 / w3 `[E, ffn, dim]`, w2 `[E, dim, ffn]` (`Stacked`). gpt-oss's `mlp1_weight`
+  is `[E, 2 ffn, dim]` with gate / up rows interleaved as in HF's `gate_up_proj` (which HF keeps
+  `[E, dim, 2 ffn]`); its adapter maps only the MXFP4 release, so its model is the reference.
 - Spellings changed over time; each row's `aliases` are the older ones (a reader takes the
   first on disk, row by row, since the renames landed separately):
   `attention.wq` -> `attention.qkv_linear.wq` (2026-04), `output` -> `lm_head` (2026-04),
@@ -33,7 +38,7 @@ from dataclasses import replace
 from .. import families
 from ..families import Family, HfEntry
 from ..families.base import hf_entries
-from ..layouts import IDENTITY, InterleavedRotary, Layout, Stacked
+from ..layouts import IDENTITY, Interleave, InterleavedRotary, Layout, Stacked
 from ..row import Row
 from ..spec import ModelSpec
 
@@ -101,13 +106,40 @@ SHARED_EXPERTS = tuple(Row(f"moe.shared_experts.{w}.weight", (f"shared.{p}",), w
 SCORE_BIAS = (Row("moe.expert_bias_E", ("router.score_bias",), when=lambda s: s.moe and s.router_score_bias,
                   aliases=("moe.expert_bias",)),)
 
-# family -> its torchtitan layer rows (torchtitan's llama3, qwen3 and deepseek_v3 models)
+
+
+def _biased(n: str) -> Row:
+    """A q / k / v bias (gpt-oss)."""
+    return Row(f"attention.qkv_linear.w{n}.bias", (f"attn.{n}.bias",), when=lambda s: s.qkv_bias,
+               aliases=(f"attention.w{n}.bias",))
+
+
+def _gpt_oss_experts(w: str, shape: str, canon: tuple[str, ...], op: Layout) -> Row:
+    """gpt-oss's stacked experts: `mlp1` rows interleave gate (even) and up (odd) like HF's
+    `gate_up_proj`, but in nn.Linear's orientation ([E, 2f, dim], HF keeps [E, dim, 2f])."""
+    return Row(f"moe.routed_experts.inner_experts.{w}_{shape}", canon, op, _moe, stacked=True,
+               aliases=(f"moe.experts.{w}_{shape}", f"moe.experts.{w}"))
+
+
+GPT_OSS_ATTENTION = (_qkv("q"), _qkv("k"), _qkv("v"), _biased("q"), _biased("k"), _biased("v"),
+                     Row("attention.wo.weight", ("attn.o",)), Row("attention.wo.bias", ("attn.o.bias",), when=lambda s: s.o_bias),
+                     Row("attention.sinks", ("attn.sinks",), when=lambda s: s.attn_sinks))
+GPT_OSS_EXPERTS = (
+    Row("moe.router.gate.weight", ("router",), when=_moe), Row("moe.router.gate.bias", ("router.bias",), when=_moe),
+    _gpt_oss_experts("mlp1_weight", "EGD", ("experts.{e}.gate", "experts.{e}.up"), Stacked(Interleave(), 2)),
+    _gpt_oss_experts("mlp1_bias", "EG", ("experts.{e}.gate.bias", "experts.{e}.up.bias"), Stacked(Interleave(), 2)),
+    _gpt_oss_experts("mlp2_weight", "EDF", ("experts.{e}.down",), Stacked()),
+    _gpt_oss_experts("mlp2_bias", "ED", ("experts.{e}.down.bias",), Stacked()),
+)
+
+# family -> its torchtitan layer rows (torchtitan's llama3, qwen3, deepseek_v3 and gpt_oss models)
 TABLES: dict[str, tuple[Row, ...]] = {
     "llama": (*NORMS, *LLAMA_ATTENTION, *FEED_FORWARD),
     "qwen3": (*NORMS, *QWEN3_ATTENTION, *FEED_FORWARD),
     "qwen3_moe": (*NORMS, *QWEN3_ATTENTION, *ROUTED_EXPERTS),
     "deepseek_v3": (*NORMS, *LATENT_ATTENTION, *FEED_FORWARD, *ROUTED_EXPERTS, *SHARED_EXPERTS, *SCORE_BIAS),
     "deepseek_v2": (*NORMS, *LATENT_ATTENTION, *FEED_FORWARD, *ROUTED_EXPERTS, *SHARED_EXPERTS),
+    "gpt_oss": (*NORMS, *GPT_OSS_ATTENTION, *GPT_OSS_EXPERTS),
 }
 
 # canonical tensors torchtitan leaves out when the feature is off (no load balancing: no bias), zero then
