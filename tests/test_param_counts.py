@@ -4,6 +4,7 @@ EP ranks counted once, and stored buffers (xIELU constants) shown apart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,15 @@ def test_buffers_are_shown_apart(tmp_path: Path) -> None:
     stored_buffers = sum(b.numel() for name, b in model.state_dict().items() if name.endswith((".beta", ".eps")))
     assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters())
     assert logical_param_count(ckpt, buffers=True) == stored_buffers > 0
+    # what the user sees: inspect's totals name the buffers beside the parameters, never inside them
+    from typer.testing import CliRunner
+
+    from ckptscope.app.cli import app
+
+    doc = json.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "src"), "--json"]).stdout)
+    assert (doc["totals"]["parameters"], doc["totals"]["buffer_elements"]) == (logical_param_count(ckpt), stored_buffers)
+    human = CliRunner().invoke(app, ["inspect", str(tmp_path / "src")], terminal_width=200)
+    assert f"{logical_param_count(ckpt):,} + {stored_buffers:,} in buffers" in human.stdout, human.stdout
 
 
 @pytest.mark.parametrize("item", ["hf/llama_gqa_sharded", "hf/llama_gqa_pytorch_bin_sharded", "hf/mixtral_moe_sharded"])
