@@ -66,9 +66,8 @@ def test_buffers_are_shown_apart(tmp_path: Path) -> None:
     assert logical_param_count(ckpt) == sum(p.numel() for p in model.parameters())
     assert logical_param_count(ckpt, buffers=True) == stored_buffers > 0
     # what the user sees: inspect's totals name the buffers beside the parameters, never inside them
-    from typer.testing import CliRunner
-
     from ckptscope.app.cli import app
+    from typer.testing import CliRunner
 
     doc = json.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "src"), "--json"]).stdout)
     assert (doc["totals"]["parameters"], doc["totals"]["buffer_elements"]) == (logical_param_count(ckpt), stored_buffers)
