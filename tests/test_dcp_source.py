@@ -59,6 +59,12 @@ def test_accelerate_fsdp_sharded_state_dict(tmp_path: Path) -> None:
     assert "DCP naming: hf (under `model`)" in plan.notes and f"architecture: from {run / 'config.json'}" in plan.notes
     out = convert_to(folder, tmp_path / "hf", "hf")
     assert logits_diff(out, model, VOCAB) <= 1e-5
+    # torch's .metadata records the checkpoint_id as a PosixPath: read as its text, no warning on every DCP folder
+    from ckptscope.app.cli import app
+    from typer.testing import CliRunner
+
+    shown = CliRunner().invoke(app, ["inspect", str(folder)], terminal_width=200)
+    assert shown.exit_code == 0 and "warnings" not in shown.stdout and not detect(folder).placeholders
 
 
 # torchtitan's own state_dict_adapter maps (HF -> torchtitan, `{}` for layer then expert), re-derived from its
