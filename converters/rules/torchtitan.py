@@ -1,7 +1,8 @@
 """torchtitan's names for each family's model: the naming style of its `step-N/` DCP folders.
 
 Families: Llama (torchtitan's llama3), Qwen3, Qwen3-MoE (its qwen3), DeepSeek-V3 / V2 (its
-deepseek_v3, which also builds V2-Lite-like models), gpt-oss. Its Llama 4 has no HF family here.
+deepseek_v3, which also builds V2-Lite-like models), gpt-oss, Llama 4 (its llama4, whose table
+applies where the llama4 family is registered).
 
 torchtitan trains its own module trees (`tok_embeddings`, `layers.{i}.attention.*`,
 `feed_forward.w1/w2/w3`, `moe.*`, `norm`, `lm_head`), and its `state_dict_adapter.py` per model
@@ -140,6 +141,9 @@ TABLES: dict[str, tuple[Row, ...]] = {
     "deepseek_v3": (*NORMS, *LATENT_ATTENTION, *FEED_FORWARD, *ROUTED_EXPERTS, *SHARED_EXPERTS, *SCORE_BIAS),
     "deepseek_v2": (*NORMS, *LATENT_ATTENTION, *FEED_FORWARD, *ROUTED_EXPERTS, *SHARED_EXPERTS),
     "gpt_oss": (*NORMS, *GPT_OSS_ATTENTION, *GPT_OSS_EXPERTS),
+    # Llama 4 (torchtitan's llama4, deprecated there in 2026-06): complex RoPE like HF's own, dense
+    # layers between MoE ones, HF's `gate_up_proj` [E, dim, 2f] = [gate | up] stored as w1 / w3 [E, f, dim]
+    "llama4": (*NORMS, *LLAMA_ATTENTION, *FEED_FORWARD, *ROUTED_EXPERTS, *SHARED_EXPERTS),
 }
 
 # canonical tensors torchtitan leaves out when the feature is off (no load balancing: no bias), zero then
