@@ -261,7 +261,9 @@ def test_torchtitan_before_its_hf_adapter_is_refused_by_shape(tmp_path: Path) ->
             state[f"layers.{i}.moe.experts.{w}"] = state[f"layers.{i}.moe.experts.{w}"].transpose(1, 2).contiguous()
     folder = _save(state, tmp_path / "step-1")
     model.config.to_json_file(tmp_path / "config.json")
-    with pytest.raises(CheckpointError, match=r"layers\.1\.moe\.experts\.w1 is \[8, 64, 16\], the model needs \[8, 16, 64\] \(each expert \[in, out\]"):
+    e, d, f = model.config.n_routed_experts, model.config.hidden_size, model.config.moe_intermediate_size
+    with pytest.raises(CheckpointError, match=rf"layers\.1\.moe\.experts\.w1 is \[{e}, {d}, {f}\], the model needs \[{e}, {f}, {d}\] "
+                                              r"\(each expert \[in, out\]"):
         make_plan(folder, TargetOptions("hf"))
 
 
