@@ -310,7 +310,7 @@ def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
     tensors and EP / DP copies of one slice count once (as `logical_param_count`)."""
     first = shards[0]
     slices = {t.ranks.tp or 0: t for t in shards}
-    if first.chunks or len(slices) < 2 or not first.shape or REPLICATED_RE.search(first.global_name):
+    if first.chunks or len(slices) < 2 or not first.shape or replicated(first):
         return first.shape
     dim = 1 if len(first.shape) > 1 and ROW_PARALLEL_RE.search(first.global_name) else 0
     if any(t.shape[:dim] + t.shape[dim + 1:] != first.shape[:dim] + first.shape[dim + 1:] for t in slices.values()):
@@ -318,21 +318,36 @@ def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
     return first.shape[:dim] + (sum(t.shape[dim] for t in slices.values()),) + first.shape[dim + 1:]
 
 
+# A pipeline layer that is itself a norm (Megatron-DeepSpeed's final LayerNorm is `{N}.weight` / `{N}.bias`)
+BARE_LAYER_RE = re.compile(r"^\d+\.(weight|bias)$")
+# Experts stacked on dim 0 under one name on every EP rank (NxD's `expert_mlps`): each rank holds other experts
+STACKED_EXPERTS_RE = re.compile(r"\.expert_mlps\.")
+
+
+def replicated(t: TensorInfo) -> bool:
+    """Is every TP rank's copy of this tensor the whole tensor (norms, routers, row-parallel biases)?"""
+    return bool(REPLICATED_RE.search(t.global_name)) or (len(t.shape) == 1 and bool(BARE_LAYER_RE.match(t.global_name)))
+
+
 # Stored tensors that are buffers, not parameters (the model's `parameters()` does not hold them):
-# rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's expert bias.
-BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias|_extra_state)$")
+# rotary tables, xIELU's constants, DeepSeek-V3's router correction bias, Megatron's and torchtitan's
+# expert bias and torchtitan's routing counters (`_E`: its shape-suffixed spellings).
+BUFFER_RE = re.compile(r"(inv_freq|\.act_fn\.(beta|eps)|e_score_correction_bias|expert_bias(_E)?|tokens_per_expert(_E)?|"
+                       r"_extra_state)$")
 
 
 def logical_param_count(ckpt: Checkpoint, *, buffers: bool = False) -> int:
     """Parameters of the model (or, with `buffers`, the elements of its stored buffers): one TP
-    slice of each tensor per rank, EP / DP replicas of a slice once, replicated tensors once."""
-    by_name: dict[str, dict[int, TensorInfo]] = {}
+    slice of each tensor per rank, EP / DP replicas of a slice once (NxD's stacked experts once per
+    EP rank: each rank stacks other experts), replicated tensors once."""
+    by_name: dict[str, dict[tuple[int, int], TensorInfo]] = {}
     for t in ckpt.model_tensors():
         if bool(BUFFER_RE.search(t.global_name)) == buffers:
-            by_name.setdefault(t.global_name, {}).setdefault(t.ranks.tp or 0, t)  # other EP ranks hold replicas
+            ep = t.ranks.ep or 0 if STACKED_EXPERTS_RE.search(t.global_name) else 0  # other EP ranks hold replicas
+            by_name.setdefault(t.global_name, {}).setdefault((t.ranks.tp or 0, ep), t)
     total = 0
-    for name, slices in by_name.items():
-        if len(slices) > 1 and REPLICATED_RE.search(name):
+    for slices in by_name.values():
+        if len({tp for tp, _ in slices}) > 1 and replicated(next(iter(slices.values()))):
             total += _params_in(next(iter(slices.values())), by_name)
         else:
             total += sum(_params_in(t, by_name) for t in slices.values())

@@ -245,6 +245,9 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
         ("torch", "device"): torch.device,
         ("torch.serialization", "_get_layout"): _get_layout,
         ("torch_xla.utils.serialization", "TensorReference"): XserTensorRef,
+        # torch DCP's `.metadata` keeps the checkpoint_id it was saved to (a PosixPath): its text
+        **{(module, cls): _path_text for module in ("pathlib", "pathlib._local")
+           for cls in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path", "PurePath")},
     }
     for name in dir(torch):
         value = getattr(torch, name, None)
@@ -267,6 +270,11 @@ def _codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     if not isinstance(obj, str) or str(encoding).lower() not in _TEXT_CODECS or errors not in ("strict", "ignore", "replace"):
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {str(encoding)[:20]!r} refused")
     return obj.encode(encoding, errors)
+
+
+def _path_text(*parts: Any) -> str:
+    """A pickled path as the text of the path: a string opens nothing."""
+    return "/".join(p for p in parts if isinstance(p, str))
 
 
 def _get_layout(name: str) -> Any:

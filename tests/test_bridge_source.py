@@ -13,7 +13,7 @@ from ckptscope.converters.plan import make_plan
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors.errors import CheckpointError
 
-from .helpers import convert_to, logits_diff
+from .helpers import assert_same_hf_state, convert_to, logits_diff
 
 VOCAB = 256
 
@@ -56,6 +56,7 @@ def test_bridge_checkpoint_converts_with_its_run_config(tmp_path: Path, qk_norm:
     assert plan.spec.family == ("qwen3" if qk_norm else "llama")
     out = convert_to(root, tmp_path / "out", "hf")
     assert logits_diff(out, model, VOCAB) <= 1e-5
+    assert_same_hf_state(out, tmp_path / "hf")  # HF -> Bridge-style torch_dist -> HF: the same bits
 
 
 def test_without_run_config_or_args_asks_for_a_config(tmp_path: Path) -> None:

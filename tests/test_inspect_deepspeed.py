@@ -297,3 +297,26 @@ def test_corpus_single_file_and_copy_with_bad_latest(corpus: Path, tmp_path: Pat
     assert err.value.path.endswith("latest")
     ckpt = open_path(item / "global_step2" / "mp_rank_00_model_states.pt")
     assert len(ckpt.tensors) == 21
+
+
+@pytest.mark.parametrize("model_axis", [True, False], ids=["layer_XX-model_YY", "layer_XX"])
+def test_inspect_json_names_pipeline_tensors_as_stored(tmp_path: Path, model_axis: bool) -> None:
+    """Issue 14: `inspect --json` said `0.embed_tokens.weight` where the layer file holds
+    `embed_tokens.weight`; `name` is the stored key and `global_name` the PipelineModule's."""
+    import json
+
+    from ckptscope.app.cli import app
+    from ckptscope.converters.samples import deepspeed as dss
+    from ckptscope.converters.samples.spec import SampleSpec
+    from typer.testing import CliRunner
+
+    root = dss.write_deepspeed_pipeline(SampleSpec(layers=2, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=64),
+                                        tmp_path / "ds", pp=2, model_axis=model_axis)
+    result = CliRunner().invoke(app, ["inspect", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [t for t in json.loads(result.stdout)["tensors"] if t["file"].startswith("layer_")]
+    assert rows
+    for row in rows:
+        stored = trusted_load(root / "global_step2" / row["file"])
+        number = int(row["file"].split("-")[0].removeprefix("layer_"))
+        assert row["name"] in stored and row["global_name"] == f"{number}.{row['name']}"
