@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
-from .. import families, fp8
+from .. import families, fp8, vocab
 from ..layouts import Identity
 from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
@@ -27,9 +27,13 @@ class HfSource(CanonicalSource):
             if not isinstance(config, dict):
                 raise SpecError(f"{ckpt.path}: no config.json; pass --config FILE")
             spec = families.spec_from_hf_config(config)
-        self.spec = spec
         self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
+        mtp = self.family.layer_prefix.format(i=spec.layers)
+        if spec.mtp and not any(n.startswith(mtp) for n in self.index):  # declared, then stripped from the files
+            note = f"config declares {spec.mtp} multi-token-prediction module(s), the files hold none ({mtp}*): written as none"
+            spec = spec.with_(mtp_layers=0, notes=[*spec.notes, note])
+        self.spec = spec
         self.mxfp4 = {name: pair for name, pair in quantized_pairs(self.index).items() if name not in self.index}
         self.fp8 = {n: pair for n, pair in fp8.quantized_pairs(self.index).items()  # a scale beside a float8 weight only
                     if self.index[n].dtype.startswith("float8")}
@@ -57,6 +61,21 @@ class HfSource(CanonicalSource):
             out.update(zip(entry.canon, parts))
         if self.fused and 0 <= group < self.spec.layers and self.spec.layer_spec(group).moe:
             out.update(self._read_fused(group))
+        return out
+
+    def drop_mtp(self) -> None:
+        self.__init__(self.ckpt, self.spec.with_(mtp_dropped=True))  # type: ignore[misc]
+
+    def mtp_copy_mismatches(self) -> list[str]:
+        """Each MTP module's `embed_tokens` / `shared_head.head` against the model's own, one pair in
+        memory at a time."""
+        own = {c: e.name for e in (*self.entries[-1], *self.entries[self.spec.layers]) for c in e.canon}
+        out = []
+        for k in range(self.spec.mtp):
+            for entry in self.entries[self.spec.layers + 1 + k]:
+                shared = entry.canon[0].split(".", 2)[2]
+                if shared in vocab.MTP_SHARED and shared in own and not torch.equal(self._stored(entry.name), self._stored(own[shared])):
+                    out.append(f"{entry.name} differs from {own[shared]}")
         return out
 
     def _stored(self, name: str) -> torch.Tensor:
