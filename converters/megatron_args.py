@@ -189,6 +189,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         sliding_window=window,
         layer_types=layer_types,
         dtype=_dtype_from_args(args),
+        mtp_layers=int(args.get("mtp_num_layers") or 0),  # megatron-core's `mtp.layers.{k}` (HF: where the family has them)
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
     )
@@ -221,8 +222,7 @@ def _mla_from_args(args: dict[str, Any]) -> dict[str, Any]:
             scaling.update(mscale=mscale, mscale_all_dim=all_dim)
     return dict(head_dim=int(_arg(args, "qk_pos_emb_head_dim", default=64)), q_lora_rank=int(args.get("q_lora_rank") or 0),
                 kv_lora_rank=int(_arg(args, "kv_lora_rank", default=32)), qk_nope_dim=int(_arg(args, "qk_head_dim", default=128)),
-                v_head_dim=int(_arg(args, "v_head_dim", default=128)), rope_interleave=True, rope_scaling=scaling,
-                mtp_layers=int(args.get("mtp_num_layers") or 0))
+                v_head_dim=int(_arg(args, "v_head_dim", default=128)), rope_interleave=True, rope_scaling=scaling)
 
 
 def _renormalised_from_args(args: dict[str, Any]) -> bool:

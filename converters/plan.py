@@ -19,6 +19,7 @@ from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.storage import as_path
 
+from . import families
 from .discovery import read_config
 from .rename_advice import suggest_renames
 from .renames import Renames
@@ -134,10 +135,11 @@ def _carry_mtp(source: CanonicalSource, target: TargetOptions) -> tuple[list[str
     n = source.spec.mtp
     if not n or target.format not in TARGETS:
         return [], []
-    if not TARGETS[target.format].holds_mtp or target.megatron_spec == "megatron-llm":
-        source.drop_mtp()
+    fmt = TARGETS[target.format]
+    if not fmt.holds_mtp or target.megatron_spec == "megatron-llm" or (fmt.name == "hf" and not families.family(source.spec.family).mtp):
+        source.drop_mtp()  # (an HF family without MTP modules: transformers has no names for them)
         return [], []
-    if TARGETS[target.format].whole_model:
+    if fmt.whole_model:
         return [], [f"multi-token-prediction: {n} module(s) carried"]
     differ = source.mtp_copy_mismatches()
     if differ:

@@ -131,6 +131,29 @@ def test_mtp_layers_through_megatron_keep_every_bit(tmp_path: Path) -> None:
     assert_same_hf_state(src, back)
 
 
+def test_mtp_layers_in_fused_expert_form(tmp_path: Path) -> None:
+    """Files holding transformers-5's fused experts (`mlp.experts.gate_up_proj` / `down_proj`) for
+    every MoE layer, the MTP module's included: read as the per-expert form, bit for bit."""
+    import re
+
+    src, _, _ = _mtp_source(tmp_path)
+    state, per_expert = load_file(str(src / "model.safetensors")), re.compile(r"(.+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight")
+    fused: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for name in [n for n in state if per_expert.match(n)]:
+        m = per_expert.match(name)
+        fused.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = state.pop(name)
+    for prefix, experts in fused.items():
+        state[prefix + ".gate_up_proj"] = torch.stack([torch.cat([experts[e]["gate"], experts[e]["up"]]) for e in sorted(experts)])
+        state[prefix + ".down_proj"] = torch.stack([experts[e]["down"] for e in sorted(experts)])
+    assert "model.layers.4.mlp.experts.gate_up_proj" in state
+    folder = tmp_path / "fused"
+    folder.mkdir()
+    (folder / "config.json").write_text((src / "config.json").read_text())
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    mt = convert_to(folder, tmp_path / "mt", "megatron", tp=2, ep=2)
+    assert_same_hf_state(src, convert_to(mt, tmp_path / "hf", "hf"))
+
+
 def test_mtp_copies_that_differ_are_refused_for_megatron(tmp_path: Path) -> None:
     """megatron-core stores one embedding and head for the model and its MTP modules: copies that
     differ are refused at plan time in one line (an HF target keeps them as they are)."""

@@ -59,7 +59,7 @@ class HfSource(CanonicalSource):
             stored = self._stored(entry.name)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
-        if self.fused and 0 <= group < self.spec.layers and self.spec.layer_spec(group).moe:
+        if self.fused and group in self._fused_layers():
             out.update(self._read_fused(group))
         return out
 
@@ -98,13 +98,22 @@ class HfSource(CanonicalSource):
         tensor `safe_open`, a header parse + mmap + copy, cost more than the data of small experts)."""
         return self.ckpt.load(info)
 
-    def _fused_names(self, i: int) -> dict[str, list[str]]:
-        """Stored fused name -> canonical pattern names of layer i (router included)."""
+    def _fused_layers(self) -> dict[int, tuple[int, str]]:
+        """Streaming group -> (stored layer index, canonical prefix) of every MoE layer, MTP modules' included."""
+        spec = self.spec
+        out = {i: (i, f"layers.{i}.") for i in range(spec.layers) if spec.layer_spec(i).moe}
+        if spec.mtp_spec().moe:
+            out.update({spec.layers + 1 + k: (spec.layers + k, f"mtp.{k}.") for k in range(spec.mtp)})
+        return out
+
+    def _fused_names(self, group: int) -> dict[str, list[str]]:
+        """Stored fused name -> canonical pattern names of a MoE layer's group (router included)."""
         form = self.family.fused_experts
         assert form is not None
-        prefix = self.family.layer_prefix.format(i=i)
-        out = {prefix + form.router: [f"layers.{i}.router"]}
-        out.update({prefix + name: [f"layers.{i}.{c}" for c in canon] for name, canon in form.rows()})
+        stored, canon_prefix = self._fused_layers()[group]
+        prefix = self.family.layer_prefix.format(i=stored)
+        out = {prefix + form.router: [canon_prefix + "router"]}
+        out.update({prefix + name: [canon_prefix + c for c in canon] for name, canon in form.rows()})
         return out
 
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
@@ -126,8 +135,8 @@ class HfSource(CanonicalSource):
                 for name in self.mxfp4.get(entry.name) or self.fp8.get(entry.name) or (entry.name,):
                     expected.setdefault(name, []).extend(entry.canon)
         if self.fused:
-            for i in (i for i in range(self.spec.layers) if self.spec.layer_spec(i).moe):
-                for name, canon in self._fused_names(i).items():
+            for group in self._fused_layers():
+                for name, canon in self._fused_names(group).items():
                     expected[name] = [c.replace("{e}", "*") for c in canon]
         rules = list(families.hf_ignored(self.spec))
         if self.spec.tied:
