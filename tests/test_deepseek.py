@@ -363,3 +363,21 @@ def test_grouped_gemm_expert_names_read_as_per_expert_ones(tmp_path: Path) -> No
         torch.save(state, rank_file)
     assert any(k.endswith("mlp.experts.linear_fc1.weight0") for k in state["model"])
     assert_same_hf_state(src, convert_to(mt, tmp_path / "hf", "hf"))
+
+
+def test_megatron_mtp_of_a_family_without_hf_mtp_names_is_dropped_by_name(tmp_path: Path) -> None:
+    """megatron-core can give any GPT MTP modules (`mtp_num_layers`); an HF family with no names for
+    them (Qwen3) drops them by the named rule instead of writing orphan layers."""
+    model = _build("qwen3")
+    model.save_pretrained(tmp_path / "src")
+    mt = convert_to(tmp_path / "src", tmp_path / "mt", "megatron")
+    rank_file = next(mt.rglob("model_optim_rng.pt"))
+    state = torch.load(rank_file, weights_only=False)
+    state["args"].mtp_num_layers = 1
+    state["model"]["mtp.layers.0.enorm.weight"] = torch.ones(model.config.hidden_size)
+    torch.save(state, rank_file)
+    plan = make_plan(mt, TargetOptions("hf"))
+    assert plan.ok, plan.errors
+    assert "multi-token-prediction" in plan.accounting.ignored["mtp.layers.0.enorm.weight"]
+    back = convert_to(mt, tmp_path / "hf", "hf")
+    assert logits_diff(back, model, VOCAB) <= 1e-5
