@@ -116,6 +116,10 @@ def test_mtp_layers_through_megatron_keep_every_bit(tmp_path: Path) -> None:
     assert json.loads((back / "config.json").read_text())["num_nextn_predict_layers"] == 1
     assert logits_diff(back, model, VOCAB) <= 1e-5
     assert "MTP modules" in str(rank_map(detect(mt)).cells)
+    from ckptscope.converters.diff import diff_checkpoints
+
+    diff = diff_checkpoints(src, mt, numeric=True)  # the shared embedding and head serve as the MTP copies
+    assert diff.mode == "canonical" and diff.identical, diff.problems()
     for rank_file in mt.rglob("model_optim_rng.pt"):  # megatron-core before 0.16: `transformer_layer.`
         state = torch.load(rank_file, weights_only=False)
         state["model"] = {k.replace(".mtp_model_layer.", ".transformer_layer."): v for k, v in state["model"].items()}

@@ -67,8 +67,8 @@ class MegatronDistSource(CanonicalSource):
                 return [(per_layer + "_w", idx_e), (per_layer + "_v", idx_e)]
         return []
 
-    def _expected_mtp(self, k: int, shared: bool) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
-        """MTP module k: its own rows and layer; with `shared` the embedding and head it shares."""
+    def _expected_mtp(self, k: int) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
+        """MTP module k: its own rows and layer, then the embedding and head it shares with the model."""
         spec, top = self.spec, mg.MTP_PREFIX.format(k=k)
         out = [(p, [(top + p.name, ())] if top + p.name in self.index else [], [f"mtp.{k}." + c for c in p.canon])
                for p in mg.MTP_PARAMS]
@@ -76,15 +76,14 @@ class MegatronDistSource(CanonicalSource):
         for param in mg.layer_params(layer):
             for e in range(layer.experts) if param.expert else [None]:
                 out.append((param, self._locate(param, spec.layers, e, mtp=k), [f"mtp.{k}." + c.format(e=e) for c in param.canon]))
-        if shared:
-            out += [(p, self._locate(p, None, None), [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
-                    if p.canon[0] in vocab.MTP_SHARED]
+        out += [(p, self._locate(p, None, None), [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
+                if p.canon[0] in vocab.MTP_SHARED]
         return out
 
-    def _expected(self, group: int, shared: bool = True) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
+    def _expected(self, group: int) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
         spec, out = self.spec, []
         if group > spec.layers:
-            return self._expected_mtp(group - spec.layers - 1, shared)
+            return self._expected_mtp(group - spec.layers - 1)
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
             for param, where in mg.global_params(spec):
@@ -111,7 +110,7 @@ class MegatronDistSource(CanonicalSource):
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected: dict[str, list[str]] = {}
         for g in groups(self.spec):
-            for param, where, canon in self._expected(g, shared=False):
+            for param, where, canon in self._expected(g):  # the embedding and head also serve as MTP copies
                 keys = [k for k, _ in where] or [f"decoder.layers.{param.name_for('dist', self.spec)}"]
                 for key in keys:
                     expected.setdefault(key, []).extend(canon)

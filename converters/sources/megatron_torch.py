@@ -61,9 +61,9 @@ class MegatronTorchSource(CanonicalSource):
                     return full
         return None
 
-    def _expected_mtp(self, k: int, shared: bool) -> list[tuple[Row, str, list[str]]]:
-        """MTP module k: its own rows and layer; with `shared` the embedding and head it shares with
-        the model, read again as its HF copies."""
+    def _expected_mtp(self, k: int) -> list[tuple[Row, str, list[str]]]:
+        """MTP module k: its own rows and layer, then the embedding and head it shares with the model
+        (read again as its HF copies)."""
         spec, top = self.spec, mg.MTP_PREFIX.format(k=k)
         out = [(p, top + p.name, [f"mtp.{k}." + c for c in p.canon]) for p in mg.MTP_PARAMS]
         prefixes = tuple(top + p for p in (mg.MTP_LAYER, *mg.MTP_LAYER_ALIASES))
@@ -72,16 +72,15 @@ class MegatronTorchSource(CanonicalSource):
             for e in range(layer.experts) if param.expert else [None]:
                 name = self._stored(param, spec.layers, e, prefixes) or prefixes[0] + param.name_for(self.variant, layer).format(e=e)
                 out.append((param, name, [f"mtp.{k}." + c.format(e=e) for c in param.canon]))
-        if shared:
-            out += [(p, self._stored(p, None) or p.name, [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
-                    if p.canon[0] in vocab.MTP_SHARED]
+        out += [(p, self._stored(p, None) or p.name, [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
+                if p.canon[0] in vocab.MTP_SHARED]
         return out
 
-    def _expected(self, group: int, shared: bool = True) -> list[tuple[Row, str, list[str]]]:
+    def _expected(self, group: int) -> list[tuple[Row, str, list[str]]]:
         """(param, stored name, canonical names) for one group; stored name may be missing."""
         spec, out = self.spec, []
         if group > spec.layers:
-            return self._expected_mtp(group - spec.layers - 1, shared)
+            return self._expected_mtp(group - spec.layers - 1)
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
             for param, where in self.rules.global_params(spec):
@@ -109,7 +108,10 @@ class MegatronTorchSource(CanonicalSource):
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
-        expected = {name: canon for g in groups(self.spec) for _, name, canon in self._expected(g, shared=False)}
+        expected: dict[str, list[str]] = {}
+        for g in groups(self.spec):  # the embedding and head also serve as the MTP modules' copies
+            for _, name, canon in self._expected(g):
+                expected.setdefault(name, []).extend(canon)
         rules = list(self.rules.IGNORED_PATTERNS) + mtp_dropped(self.spec)
         if self.spec.tied:  # last-stage synced copy of the tied embedding
             rules += [rf"^{re.escape(n)}$" for n in set(self.rules.TIED_HEAD_COPY.values())]
