@@ -43,6 +43,11 @@ class HfSource(CanonicalSource):
             raise SpecError(f"{ckpt.path}: {unscaled} is stored as {self.index[unscaled].dtype} without a weight_scale_inv beside it")
         form = self.family.fused_experts
         self.fused = form is not None and any(n.endswith(form.gate_up) for n in self.index)
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """The stored tensors read per streaming group, from the spec."""
+        spec = self.spec
         self.entries: dict[int, list[families.HfEntry]] = {g: [] for g in groups(spec)}
         for entry in families.hf_entries(spec):
             if not entry.canon:
@@ -64,7 +69,8 @@ class HfSource(CanonicalSource):
         return out
 
     def drop_mtp(self) -> None:
-        self.__init__(self.ckpt, self.spec.with_(mtp_dropped=True))  # type: ignore[misc]
+        super().drop_mtp()
+        self._lay_out()
 
     def mtp_copy_mismatches(self) -> list[str]:
         """Each MTP module's `embed_tokens` / `shared_head.head` against the model's own, one pair in
