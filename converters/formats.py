@@ -23,6 +23,7 @@ class Format:
     writer: str = ""  # "module:Class" under converters.writers ("": read only)
     reads: tuple[str, ...] = ()  # inspector kinds whose source this format is
     whole_model: bool = False  # one copy of the model: no TP / PP / EP
+    holds_mtp: bool = False  # multi-token-prediction modules are written (else dropped by a named rule)
 
     @property
     def target_options(self) -> tuple[Option, ...]:
@@ -35,11 +36,11 @@ class Format:
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("hf", "Hugging Face (safetensors)", "sharded safetensors + index, config.json, generation_config.json, tokenizer",
-           "hf:HfWriter", reads=("hf",), whole_model=True),
+           "hf:HfWriter", reads=("hf",), whole_model=True, holds_mtp=True),
     Format("megatron", "Megatron-LM torch", "iter_*/mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (local, TE or Megatron-LLM names)",
-           "megatron_torch:MegatronTorchWriter", reads=("megatron-torch",)),
+           "megatron_torch:MegatronTorchWriter", reads=("megatron-torch",), holds_mtp=True),
     Format("megatron-dist", "Megatron-Core torch_dist", "metadata.json, .metadata, common.pt, __R_N.distcp",
-           "megatron_dist:MegatronDistWriter", reads=("megatron-dist",)),
+           "megatron_dist:MegatronDistWriter", reads=("megatron-dist",), holds_mtp=True),
     Format("nxd", "NxD Training (Neuron)", "<tag>/model/dp_rank_00_tp_rank_TT_pp_rank_PP.pt, plain or xser",
            "nxd:NxdWriter", reads=("nxd",)),
     Format("deepspeed", "DeepSpeed / Megatron-DeepSpeed", "global_stepN/ model states, pipeline layer files, ZeRO partitions; "

@@ -189,6 +189,7 @@ def spec_from_megatron_args(args: dict[str, Any], *, true_vocab: int | None = No
         sliding_window=window,
         layer_types=layer_types,
         dtype=_dtype_from_args(args),
+        mtp_layers=int(args.get("mtp_num_layers") or 0),  # megatron-core's `mtp.layers.{k}` (HF: where the family has them)
         model_type=str(args.get("hf_model_type") or ""),
         **{key: _token_id(args.get(key)) for key in TOKEN_IDS},
     )
@@ -356,7 +357,7 @@ def _mla_args(spec: ModelSpec) -> dict[str, Any]:
             "original_max_position_embeddings": int(s.get("original_max_position_embeddings") or spec.max_position_embeddings),
             "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),
             "mscale": float(s["mscale"]) if both else 1.0, "mscale_all_dim": float(s["mscale_all_dim"]) if both else 0.0,
-            "mtp_num_layers": None}  # multi-token-prediction modules are not carried
+            "mtp_num_layers": spec.mtp or None}  # multi-token-prediction modules carried (`mtp.layers.{k}.*`)
 
 
 def _moe_args(spec: ModelSpec) -> dict[str, Any]:
@@ -374,6 +375,8 @@ def _moe_args(spec: ModelSpec) -> dict[str, Any]:
 # Features megatron-core has no argument for: a Megatron checkpoint of such a model would run
 # differently, so Megatron targets are refused with these reasons (plus the family's own).
 INEXPRESSIBLE = (
+    (lambda s: s.mtp > 0 and s.layer_spec(s.layers - 1).moe != s.mtp_spec().moe,
+     "a multi-token-prediction layer whose MLP is not the last layer's kind (megatron-core builds it from the last layer's spec)"),
     (lambda s: _bias_problem(s),
      "these biases (Megatron's are all-or-nothing: add_bias_linear on every linear, the router and the experts included, "
      "plus add_qkv_bias for q/k/v alone; shared experts without)"),

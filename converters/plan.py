@@ -19,6 +19,7 @@ from ckptscope.inspectors import Checkpoint, detect
 from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.storage import as_path
 
+from . import families
 from .discovery import read_config
 from .rename_advice import suggest_renames
 from .renames import Renames
@@ -127,6 +128,27 @@ def option_conflicts(target: TargetOptions) -> list[str]:
     return []
 
 
+def _carry_mtp(source: CanonicalSource, target: TargetOptions) -> tuple[list[str], list[str]]:
+    """Multi-token-prediction modules go where the target holds them (else the source drops them by
+    a named rule); megatron-core shares the embedding and head with them, so copies must be equal.
+    Returns (errors, notes)."""
+    n = source.spec.mtp
+    if not n or target.format not in TARGETS:
+        return [], []
+    fmt = TARGETS[target.format]
+    if not fmt.holds_mtp or target.megatron_spec == "megatron-llm" or (fmt.name == "hf" and not families.family(source.spec.family).mtp):
+        source.drop_mtp()  # (an HF family without MTP modules: transformers has no names for them)
+        return [], []
+    if fmt.whole_model:
+        return [], [f"multi-token-prediction: {n} module(s) carried"]
+    differ = source.mtp_copy_mismatches()
+    if differ:
+        shared = "megatron-core shares one embedding and head with its MTP modules"
+        return [f"multi-token-prediction: {'; '.join(differ)}, and {shared}"], []
+    carried = f"{n} module(s) carried as megatron-core's mtp.layers.{{k}} (mtp_num_layers {n})"
+    return [], [f"multi-token-prediction: {carried}, the embedding and head shared with the model"]
+
+
 def make_plan(
     src: str | Path,
     target: TargetOptions,
@@ -160,6 +182,7 @@ def make_plan(
         raise CheckpointError(src, str(exc)) from None
     architecture_from = source.architecture_from
     ckpt, renamed = source.ckpt, dict(source.renamed)  # the names as read (renamed view)
+    mtp_errors, mtp_notes = _carry_mtp(source, target)
     vocab_fit = None
     if tokenizer is not None and tok_size is not None:
         note = f"size of the tokenizer ({tokenizer.origin}: {tokenizer.path})"
@@ -170,7 +193,7 @@ def make_plan(
         else:
             source.spec = source.spec.with_(vocab_note=note)
     spec = source.spec
-    errors: list[str] = []
+    errors: list[str] = mtp_errors
     warnings: list[str] = list(ckpt.warnings)
     if target.format not in TARGETS:
         raise CheckpointError(src, f"unknown target format {target.format!r} (choose from {', '.join(TARGETS)})")
@@ -199,7 +222,7 @@ def make_plan(
     except SpecError as exc:
         errors.append(str(exc))
         writer, files = None, []  # type: ignore[assignment]
-    notes = source.notes() + (writer.notes() if writer is not None else [])
+    notes = source.notes() + mtp_notes + (writer.notes() if writer is not None else [])
     notes.append(f"model family: {spec.family}" + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
     if architecture_from:
         notes.append(f"architecture: from {architecture_from}")

@@ -111,7 +111,8 @@ class ModelSpec:
     router_group_topk: int = 1  # ... experts chosen only from this many best groups (max score; top-2 sum when sigmoid)
     routed_scaling: float = 1.0  # the routed experts' weights scaled by this (routed_scaling_factor)
     dense_layers: tuple[int, ...] = ()  # MoE models: layers whose MLP is dense, of `ffn` (first_k_dense_replace)
-    mtp_layers: int = 0  # multi-token-prediction modules the checkpoint declares beyond `layers` (not modelled)
+    mtp_layers: int = 0  # multi-token-prediction modules the checkpoint declares beyond `layers` (DeepSeek-V3)
+    mtp_dropped: bool = False  # the target cannot hold them: dropped by a named rule instead of carried
     # Llama 4: L2 QK-norm, NoPE layers, chunked local attention, temperature tuning, input-scaled experts
     qk_l2_norm: bool = False  # q and k RMS-normalised per head after RoPE, no weight, on the RoPE layers only (use_qk_norm)
     nope_layers: tuple[int, ...] = ()  # layers that apply no RoPE (no_rope_layers' zeros)
@@ -143,6 +144,15 @@ class ModelSpec:
             return self
         return replace(self, experts=0, shared_expert_ffn=0, shared_expert_gate=False, router_bias=False, expert_bias=False,
                        router_score_bias=False, dense_layers=())
+
+    @property
+    def mtp(self) -> int:
+        """The multi-token-prediction modules carried (canonical `mtp.{k}.*`, streamed after the head)."""
+        return 0 if self.mtp_dropped else self.mtp_layers
+
+    def mtp_spec(self) -> ModelSpec:
+        """The MTP modules' inner layer: HF numbers it after the last layer (MoE past the dense ones)."""
+        return self.layer_spec(self.layers)
 
     @property
     def norm_bias(self) -> bool:
@@ -222,7 +232,8 @@ class ModelSpec:
             out.append(f"dense MLP on {len(self.dense_layers)} of {self.layers} layers")
         out += self._llama4_quirks()
         if self.mtp_layers:
-            out.append(f"{self.mtp_layers} multi-token-prediction layer(s) declared (not carried: dropped by a named rule)")
+            out.append(f"{self.mtp_layers} multi-token-prediction module(s) after the {self.layers} layers"
+                       + (" (dropped by a named rule: the target cannot hold them)" if self.mtp_dropped else ""))
         if self.shared_expert_ffn:
             out.append("shared expert" + (" with sigmoid gate" if self.shared_expert_gate else ""))
         if self.moe and not self.norm_topk_prob:

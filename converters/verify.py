@@ -166,8 +166,9 @@ def compare_tensors(a: CanonicalSource, b: CanonicalSource, report: VerifyReport
             progress("comparing tensors", done, len(todo))
         if group >= b.spec.layers and group < a.spec.layers:
             continue
+        at_b = group if group < a.spec.layers else b.spec.layers + group - a.spec.layers  # the head, then MTP modules
         ga = a.read(group)
-        gb = b.read(group if group < a.spec.layers else b.spec.layers)
+        gb = b.read(at_b) if at_b <= b.spec.layers + b.spec.mtp else {}
         for name in ga:
             if name not in gb:
                 report.only_a.append(name)

@@ -177,7 +177,18 @@ POST: tuple[Canonical, ...] = (
     Canonical("lm_head", "head", lambda s: (s.vocab, s.hidden), lambda s: not s.tied, "output head (absent when tied)", "vocab"),
 )
 
-declared: dict[str, Canonical] = {c.name: c for c in (*PRE, *LAYER, *POST)}
+# A multi-token-prediction module k (DeepSeek-V3) is `mtp.{k}.` + its own tensors below, one layer's
+# tensors (`LAYER`) and the embedding, final norm and head it applies: `embed` / `lm_head` are copies
+# of the model's own in HF files, shared (stored once) in megatron-core.
+MTP: tuple[Canonical, ...] = (
+    Canonical("enorm", "norm", _h, lambda s: s.mtp > 0, "MTP norm of the next token's embedding"),
+    Canonical("hnorm", "norm", _h, lambda s: s.mtp > 0, "MTP norm of the previous depth's hidden state"),
+    Canonical("eh_proj", "mlp", lambda s: (s.hidden, 2 * s.hidden), lambda s: s.mtp > 0,
+              "MTP projection of [enorm(embedding); hnorm(hidden)] back to hidden [hidden, 2*hidden]", "column"),
+)
+MTP_SHARED = ("embed", "lm_head")  # an MTP module's copies of the model's own tensors
+
+declared: dict[str, Canonical] = {c.name: c for c in (*PRE, *LAYER, *POST, *MTP)}
 
 
 def layer_shapes(spec: ModelSpec, i: int) -> dict[str, Shape]:
@@ -204,19 +215,33 @@ def layer_shapes(spec: ModelSpec, i: int) -> dict[str, Shape]:
     return out
 
 
+def mtp_shapes(spec: ModelSpec, k: int) -> dict[str, Shape]:
+    """Every canonical tensor of MTP module k: its embedding copy, norms and projection, its layer,
+    its final norm and head copy."""
+    prefix = f"mtp.{k}."
+    out = {prefix + "embed": (spec.vocab, spec.hidden)}
+    out.update({prefix + c.name: c.shape(spec) for c in MTP})
+    out.update({prefix + n.removeprefix(f"layers.{spec.layers}."): shape
+                for n, shape in layer_shapes(spec, spec.layers).items()})  # numbered after the last layer, as in HF
+    out.update({prefix + c.name: c.shape(spec) for c in POST if c.present(spec)})
+    return out
+
+
 def model_shapes(spec: ModelSpec) -> dict[str, Shape]:
     """Every canonical tensor of the model with its full shape, in model order."""
     out = {c.name: c.shape(spec) for c in PRE if c.present(spec)}
     for i in range(spec.layers):
         out.update(layer_shapes(spec, i))
     out.update({c.name: c.shape(spec) for c in POST if c.present(spec)})
+    for k in range(spec.mtp):
+        out.update(mtp_shapes(spec, k))
     return out
 
 
 def pattern_of(canonical: str) -> str:
     """The vocabulary pattern of a concrete canonical name (`layers.3.experts.7.up` -> `experts.{e}.up`)."""
     parts = canonical.split(".")
-    if parts[0] == "layers":
+    if parts[0] in ("layers", "mtp"):
         parts = parts[2:]
     if len(parts) > 1 and parts[0] == "experts":
         parts[1] = "{e}"

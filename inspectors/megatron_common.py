@@ -195,8 +195,9 @@ def layer_offsets(args: dict[str, Any], pp: int, vpp: int) -> dict[tuple[int, in
 
 
 def globalise_name(name: str, layer_offset: int, expert_offset: int) -> str:
-    """Rename pipeline-local layer and EP-local expert numbers to global ones."""
-    if layer_offset:
+    """Rename pipeline-local layer and EP-local expert numbers to global ones (megatron-core numbers
+    its multi-token-prediction modules, `mtp.layers.{k}`, from 0 on the stage that holds them all)."""
+    if layer_offset and not name.startswith("mtp."):
         name = LAYER_RE.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", name, count=1)
     if expert_offset:
         name = LOCAL_EXPERT_RE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + expert_offset}{m.group(3)}", name)

@@ -16,7 +16,7 @@ from typing import Any
 from .model import Checkpoint
 
 AXES = ("tp", "pp", "ep")
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_RE = re.compile(r"(?:^|(?<!^mtp)\.)layers\.(\d+)\.")  # megatron-core's `mtp.layers.{k}` are MTP modules
 _EXPERT_RE = re.compile(r"(?:^|\.)experts\.(?:local_experts\.)?(\d+)\.")
 _PIPE_MODULE_RE = re.compile(r"^(\d+)\.")  # DeepSpeed pipeline files: `3.mlp.dense_4h_to_h.weight`
 # whole-model parts worth naming in a cell (the first and last pipeline stages hold them)
@@ -24,6 +24,7 @@ PARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("embedding", re.compile(r"(embed|wte\b|word_embeddings|tok_embeddings)")),
     ("final norm", re.compile(r"(final_layernorm|final_layer_norm|(^|\.)norm\.weight$|ln_f\.)")),
     ("output head", re.compile(r"(output_layer|lm_head|(^|\.)output\.weight$)")),
+    ("MTP modules", re.compile(r"^mtp\.layers\.")),
 )
 Key = tuple[Any, ...]  # (tp, pp, ep) with None for an axis the files do not carry, or (file,)
 

@@ -25,7 +25,7 @@ def _rel(canon: str) -> str:
 def test_every_table_row_names_declared_canonical_tensors() -> None:
     rows: list[tuple[str, tuple[str, ...]]] = []
     for family in families.FAMILIES.values():
-        rows += [(f"{family.name}:{r.name}", r.canon) for r in (*family.pre, *family.layer, *family.post)]
+        rows += [(f"{family.name}:{r.name}", r.canon) for r in (*family.pre, *family.layer, *family.post, *family.mtp)]
     for where, table in ALL_TABLES.items():
         rows += [(f"{where}:{r.name}", r.canon) for r in table]
     undeclared = [(where, c) for where, canon in rows for c in canon if not vocab.is_declared(_rel(c))]
@@ -34,7 +34,7 @@ def test_every_table_row_names_declared_canonical_tensors() -> None:
 
 
 ALL_TABLES: dict[str, tuple[Row, ...]] = {
-    "megatron": (*megatron.LAYER_PARAMS, *(p for p, _ in megatron.GLOBAL_PARAMS)),
+    "megatron": (*megatron.LAYER_PARAMS, *(p for p, _ in megatron.GLOBAL_PARAMS), *megatron.MTP_PARAMS),
     "megatron-llm": (*megatron_llm.LAYER_PARAMS, *(p for p, _ in megatron_llm.GLOBAL_PARAMS)),
     "deepspeed": tuple(p for table in deepspeed.ROLE_ROWS.values() for naming in table.values() for p in naming),
     "nxd": (*nxd.LAYER_PARAMS, *(p for p, _ in nxd.GLOBAL_PARAMS), *(p for form in nxd.ATTENTION_FORMS.values() for p in form)),

@@ -67,6 +67,7 @@ class Family:
     ignored_for: Callable[[ModelSpec], tuple[str, ...]] = _no_rules
     megatron: MegatronTraits = field(default_factory=MegatronTraits)
     fused_experts: FusedExperts | None = None  # MoE families whose files may hold the fused form
+    mtp: tuple[Row, ...] = ()  # a multi-token-prediction module's own rows, relative to its layer prefix
     doc: str = ""
 
 
@@ -80,28 +81,37 @@ class HfEntry:
     group: int
 
 
-def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
-    """Every stored HF tensor of the model, in model order (per-expert rows expanded expert-major)."""
-    out = [HfEntry(p.name, p.canon, p.op, -1) for p in family.pre if p.when(spec)]
-    for i in range(spec.layers):
-        prefix = family.layer_prefix.format(i=i)
-        layer = spec.layer_spec(i)  # a dense layer of a MoE model has its dense rows
-        rows = [p for p in family.layer if p.when(layer)]
-        pending: list[Row] = []
+def _layer_entries(family: Family, prefix: str, canon: str, layer: ModelSpec, group: int) -> list[HfEntry]:
+    """The stored tensors of one layer (`prefix` stored, `canon` canonical), per-expert rows expert-major."""
+    out: list[HfEntry] = []
+    pending: list[Row] = []
 
-        def flush() -> None:
-            for e in range(layer.experts):
-                out.extend(HfEntry(prefix + p.name.format(e=e), tuple(f"layers.{i}." + c.format(e=e) for c in p.canon),
-                                   p.op, i) for p in pending)
-            pending.clear()
+    def flush() -> None:
+        for e in range(layer.experts):
+            out.extend(HfEntry(prefix + p.name.format(e=e), tuple(canon + c.format(e=e) for c in p.canon), p.op, group)
+                       for p in pending)
+        pending.clear()
 
-        for p in rows:
-            if p.per_expert:
-                pending.append(p)
-                continue
-            flush()
-            experts = range(layer.experts) if p.stacked else [0]  # a stacked row holds every expert, expert-major
-            out.append(HfEntry(prefix + p.name, tuple(f"layers.{i}." + c.format(e=e) for e in experts for c in p.canon), p.op, i))
+    for p in (p for p in family.layer if p.when(layer)):
+        if p.per_expert:
+            pending.append(p)
+            continue
         flush()
+        experts = range(layer.experts) if p.stacked else [0]  # a stacked row holds every expert, expert-major
+        out.append(HfEntry(prefix + p.name, tuple(canon + c.format(e=e) for e in experts for c in p.canon), p.op, group))
+    flush()
+    return out
+
+
+def hf_entries(family: Family, spec: ModelSpec) -> list[HfEntry]:
+    """Every stored HF tensor of the model, in model order (per-expert rows expanded expert-major);
+    carried multi-token-prediction modules last, numbered after the last layer as HF stores them."""
+    out = [HfEntry(p.name, p.canon, p.op, -1) for p in family.pre if p.when(spec)]
+    for i in range(spec.layers):  # a dense layer of a MoE model has its dense rows
+        out += _layer_entries(family, family.layer_prefix.format(i=i), f"layers.{i}.", spec.layer_spec(i), i)
     out += [HfEntry(p.name, p.canon, p.op, spec.layers) for p in family.post if p.when(spec)]
+    for k in range(spec.mtp):
+        prefix, canon, group = family.layer_prefix.format(i=spec.layers + k), f"mtp.{k}.", spec.layers + 1 + k
+        out += [HfEntry(prefix + p.name, tuple(canon + c for c in p.canon), p.op, group) for p in family.mtp if p.when(spec)]
+        out += _layer_entries(family, prefix, canon, spec.mtp_spec(), group)
     return out

@@ -8,15 +8,18 @@ the chosen sigmoid scores are renormalised (`norm_topk_prob`) and scaled by
 `mscale_all_dim` scales the softmax by mscale².
 
 Multi-token-prediction modules (`num_nextn_predict_layers`) are stored as
-`model.layers.{num_hidden_layers + k}.*`, which the causal LM never loads: the plan lists them as
-ignored by a named rule and the written config declares none (ckptscope does not carry them; a
-Megatron target gets no megatron-core `mtp.layers.{k}.*` either: `mtp_num_layers` is null).
+`model.layers.{num_hidden_layers + k}.*` (which transformers' causal LM never loads): their own
+`enorm`, `hnorm`, `eh_proj`, `shared_head.norm`, copies of the embedding and head
+(`embed_tokens`, `shared_head.head`) and one decoder layer. They are carried (canonical
+`mtp.{k}.*`) to HF and to megatron-core's `mtp.layers.{k}.*`; a target that cannot hold them
+drops them by the rule `mtp_layers()` names, which the plan shows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..row import Row
 from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
 from .common import finish_hf_config, llama_family, llama_spec, need, refuse_features
@@ -39,16 +42,27 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     need(spec.router_score == "sigmoid" and spec.router_score_bias, "HF DeepSeek-V3 has a sigmoid router with a correction bias")
     config = transformers.DeepseekV3Config(**common_kwargs(spec), norm_topk_prob=spec.norm_topk_prob, n_group=spec.router_groups,
                                            topk_group=spec.router_group_topk, rope_interleave=spec.rope_interleave,
-                                           num_nextn_predict_layers=0)  # the MTP modules are not carried
+                                           num_nextn_predict_layers=spec.mtp)  # the MTP modules carried
     return finish_hf_config(config, spec, "DeepseekV3ForCausalLM")
 
 
 def mtp_layers(spec: ModelSpec) -> tuple[str, ...]:
-    """The multi-token-prediction modules beyond the last layer, dropped by a rule the plan shows."""
-    if not spec.mtp_layers:
+    """The multi-token-prediction modules beyond the last layer, when the target cannot hold them:
+    dropped by a rule the plan shows."""
+    if not spec.mtp_layers or not spec.mtp_dropped:
         return ()
     indices = "|".join(str(spec.layers + k) for k in range(spec.mtp_layers))
-    return (rf"^model\.layers\.({indices})\.(?# multi-token-prediction module: the causal LM never loads it; not carried)",)
+    return (rf"^model\.layers\.({indices})\.(?# multi-token-prediction module: the target cannot hold it; not carried)",)
+
+
+MTP_ROWS = (  # an MTP module's own tensors (then one decoder layer's), as the V3 release stores them
+    Row("embed_tokens.weight", ("embed",)),
+    Row("enorm.weight", ("enorm",)),
+    Row("hnorm.weight", ("hnorm",)),
+    Row("eh_proj.weight", ("eh_proj",)),
+    Row("shared_head.norm.weight", ("final_norm",)),
+    Row("shared_head.head.weight", ("lm_head",), when=lambda s: not s.tied),
+)
 
 
 FAMILY = llama_family(
@@ -59,6 +73,7 @@ FAMILY = llama_family(
     config_from_spec=config_from_spec,
     ignored_for=mtp_layers,
     fused_experts=FusedExperts(),
+    mtp=MTP_ROWS,
     megatron=MegatronTraits(match=lambda args, s: s.mla and s.router_score == "sigmoid", rank=5),
-    doc="DeepSeek-V3 / R1: MLA, sigmoid group-limited router with correction bias, shared experts, dense first, MTP dropped",
+    doc="DeepSeek-V3 / R1: MLA, sigmoid group-limited router with correction bias, shared experts, dense first, MTP carried",
 )

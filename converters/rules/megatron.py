@@ -193,6 +193,21 @@ TIED_HEAD_COPY = {"local": "output_layer.weight", "legacy": "word_embeddings_for
 LAYER_PREFIX = {"local": "decoder.layers.{i}.", "te": "decoder.layers.{i}.", "legacy": "language_model.encoder.layers.{i}.",
                 "dist": "decoder.layers.{i}."}
 
+# megatron-core's multi-token prediction (`multi_token_prediction.py`): module k is `mtp.layers.{k}.` with
+# its norms, eh_proj (a ColumnParallelLinear over [embedding; hidden]: rows cut over TP), final_layernorm and
+# one transformer layer of the last decoder layer's spec (`mtp_model_layer.`; `transformer_layer.` before
+# megatron-core 0.16). Embedding and output layer are the model's own (shared): on the last PP stage the
+# `torch` format stores a copy of the embedding (`embedding.word_embeddings.weight`), torch_dist one key.
+MTP_PREFIX = "mtp.layers.{k}."
+MTP_LAYER = "mtp_model_layer."
+MTP_LAYER_ALIASES = ("transformer_layer.",)
+MTP_PARAMS: tuple[Row, ...] = (
+    mrow(("enorm",), {"local": "enorm.weight"}, NORM),
+    mrow(("hnorm",), {"local": "hnorm.weight"}, NORM),
+    mrow(("eh_proj",), {"local": "eh_proj.weight"}, IDENTITY, COLUMN),
+    mrow(("final_norm",), {"local": "final_layernorm.weight"}, NORM),
+)
+
 # Stored entries that carry no weights and are dropped by rule (the plan lists them as ignored).
 IGNORED_PATTERNS = (
     r"(^|\.)_extra_state($|/)",

@@ -18,6 +18,7 @@ import torch
 
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
+from .. import vocab
 from ..spec import ModelSpec
 
 PRE = -1
@@ -27,9 +28,11 @@ PRE_CANON = ("embed", "pos_embed", "embed_norm", "embed_norm.bias")  # the embed
 
 
 def group_of(spec: ModelSpec, canon: str) -> int:
-    """The streaming group of a canonical name."""
+    """The streaming group of a canonical name (MTP module k is group L + 1 + k, after the head)."""
     if canon.startswith("layers."):
         return int(canon.split(".")[1])
+    if canon.startswith("mtp."):
+        return spec.layers + 1 + int(canon.split(".")[1])
     return PRE if canon in PRE_CANON else spec.layers
 
 
@@ -40,15 +43,19 @@ def group_canon(spec: ModelSpec, group: int) -> list[str]:
         return [c for c in PRE_CANON if c in shapes]
     if group < spec.layers:
         return list(spec.layer_shapes(group))
+    if group > spec.layers:
+        return list(vocab.mtp_shapes(spec, group - spec.layers - 1))
     names = ["final_norm"] + (["final_norm.bias"] if spec.norm_bias else [])
     return names + ([] if spec.tied else ["lm_head"])
 
 
 def groups(spec: ModelSpec) -> list[int]:
-    return [PRE, *range(spec.layers), spec.layers]
+    return [PRE, *range(spec.layers), *range(spec.layers, spec.layers + 1 + spec.mtp)]
 
 
 def group_label(spec: ModelSpec, group: int) -> str:
+    if group > spec.layers:
+        return f"MTP module {group - spec.layers - 1}"
     return "embeddings" if group == PRE else f"layer {group}" if group < spec.layers else "final norm + head"
 
 
@@ -105,6 +112,15 @@ class CanonicalSource(ABC):
         if cached is None or cached[0] != group:
             cached = self._cache = (group, self.read(group))
         return cached[1][name]
+
+    def drop_mtp(self) -> None:
+        """The target cannot hold multi-token-prediction modules: account them as ignored by rule."""
+        self.spec = self.spec.with_(mtp_dropped=True)
+
+    def mtp_copy_mismatches(self) -> list[str]:
+        """Stored MTP copies of the embedding / head that differ from the model's own (a target that
+        shares them, megatron-core, cannot hold them); sources that store them once have none."""
+        return []
 
     def notes(self) -> list[str]:
         return []

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
-from .. import families, fp8
+from .. import families, fp8, vocab
 from ..layouts import Identity
 from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
@@ -27,9 +27,13 @@ class HfSource(CanonicalSource):
             if not isinstance(config, dict):
                 raise SpecError(f"{ckpt.path}: no config.json; pass --config FILE")
             spec = families.spec_from_hf_config(config)
-        self.spec = spec
         self.family = families.family(spec.family)
         self.index = {t.name: t for t in ckpt.model_tensors()}
+        mtp = self.family.layer_prefix.format(i=spec.layers)
+        if spec.mtp and not any(n.startswith(mtp) for n in self.index):  # declared, then stripped from the files
+            note = f"config declares {spec.mtp} multi-token-prediction module(s), the files hold none ({mtp}*): written as none"
+            spec = spec.with_(mtp_layers=0, notes=[*spec.notes, note])
+        self.spec = spec
         self.mxfp4 = {name: pair for name, pair in quantized_pairs(self.index).items() if name not in self.index}
         self.fp8 = {n: pair for n, pair in fp8.quantized_pairs(self.index).items()  # a scale beside a float8 weight only
                     if self.index[n].dtype.startswith("float8")}
@@ -39,6 +43,11 @@ class HfSource(CanonicalSource):
             raise SpecError(f"{ckpt.path}: {unscaled} is stored as {self.index[unscaled].dtype} without a weight_scale_inv beside it")
         form = self.family.fused_experts
         self.fused = form is not None and any(n.endswith(form.gate_up) for n in self.index)
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """The stored tensors read per streaming group, from the spec."""
+        spec = self.spec
         self.entries: dict[int, list[families.HfEntry]] = {g: [] for g in groups(spec)}
         for entry in families.hf_entries(spec):
             if not entry.canon:
@@ -55,8 +64,24 @@ class HfSource(CanonicalSource):
             stored = self._stored(entry.name)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
-        if self.fused and 0 <= group < self.spec.layers and self.spec.layer_spec(group).moe:
+        if self.fused and group in self._fused_layers():
             out.update(self._read_fused(group))
+        return out
+
+    def drop_mtp(self) -> None:
+        super().drop_mtp()
+        self._lay_out()
+
+    def mtp_copy_mismatches(self) -> list[str]:
+        """Each MTP module's `embed_tokens` / `shared_head.head` against the model's own, one pair in
+        memory at a time."""
+        own = {c: e.name for e in (*self.entries[-1], *self.entries[self.spec.layers]) for c in e.canon}
+        out = []
+        for k in range(self.spec.mtp):
+            for entry in self.entries[self.spec.layers + 1 + k]:
+                shared = entry.canon[0].split(".", 2)[2]
+                if shared in vocab.MTP_SHARED and shared in own and not torch.equal(self._stored(entry.name), self._stored(own[shared])):
+                    out.append(f"{entry.name} differs from {own[shared]}")
         return out
 
     def _stored(self, name: str) -> torch.Tensor:
@@ -79,13 +104,22 @@ class HfSource(CanonicalSource):
         tensor `safe_open`, a header parse + mmap + copy, cost more than the data of small experts)."""
         return self.ckpt.load(info)
 
-    def _fused_names(self, i: int) -> dict[str, list[str]]:
-        """Stored fused name -> canonical pattern names of layer i (router included)."""
+    def _fused_layers(self) -> dict[int, tuple[int, str]]:
+        """Streaming group -> (stored layer index, canonical prefix) of every MoE layer, MTP modules' included."""
+        spec = self.spec
+        out = {i: (i, f"layers.{i}.") for i in range(spec.layers) if spec.layer_spec(i).moe}
+        if spec.mtp_spec().moe:
+            out.update({spec.layers + 1 + k: (spec.layers + k, f"mtp.{k}.") for k in range(spec.mtp)})
+        return out
+
+    def _fused_names(self, group: int) -> dict[str, list[str]]:
+        """Stored fused name -> canonical pattern names of a MoE layer's group (router included)."""
         form = self.family.fused_experts
         assert form is not None
-        prefix = self.family.layer_prefix.format(i=i)
-        out = {prefix + form.router: [f"layers.{i}.router"]}
-        out.update({prefix + name: [f"layers.{i}.{c}" for c in canon] for name, canon in form.rows()})
+        stored, canon_prefix = self._fused_layers()[group]
+        prefix = self.family.layer_prefix.format(i=stored)
+        out = {prefix + form.router: [canon_prefix + "router"]}
+        out.update({prefix + name: [canon_prefix + c for c in canon] for name, canon in form.rows()})
         return out
 
     def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
@@ -107,8 +141,8 @@ class HfSource(CanonicalSource):
                 for name in self.mxfp4.get(entry.name) or self.fp8.get(entry.name) or (entry.name,):
                     expected.setdefault(name, []).extend(entry.canon)
         if self.fused:
-            for i in (i for i in range(self.spec.layers) if self.spec.layer_spec(i).moe):
-                for name, canon in self._fused_names(i).items():
+            for group in self._fused_layers():
+                for name, canon in self._fused_names(group).items():
                     expected[name] = [c.replace("{e}", "*") for c in canon]
         rules = list(families.hf_ignored(self.spec))
         if self.spec.tied:

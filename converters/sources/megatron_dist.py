@@ -11,10 +11,12 @@ from ckptscope.inspectors.model import Checkpoint
 
 from ..megatron_args import spec_from_megatron_args
 from ..row import Row, from_stored
+from .. import vocab
 from ..rules import megatron as mg
 from ..shards import Blocks
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
+from .megatron_torch import mtp_dropped
 
 
 NEMO_PREFIX = "module."
@@ -36,8 +38,10 @@ class MegatronDistSource(CanonicalSource):
         if self.index and all(n.startswith(NEMO_PREFIX) for n in self.index):  # NeMo 2: MegatronParallel's wrapper
             self.index = {n[len(NEMO_PREFIX):]: t for n, t in self.index.items()}
 
-    def _locate(self, param: Row, layer: int | None, expert: int | None) -> list[tuple[str, tuple[int, ...]]]:
-        """Stored keys and index prefixes holding this param (two keys for split swiglu)."""
+    def _locate(self, param: Row, layer: int | None, expert: int | None,
+                mtp: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+        """Stored keys and index prefixes holding this param (two keys for split swiglu); `mtp`: the
+        layer of MTP module k (one key per module, as megatron-core stores it)."""
         if layer is None:
             names = [param.name_for("local", self.spec), *param.read_names()]
             for name in names:
@@ -47,9 +51,14 @@ class MegatronDistSource(CanonicalSource):
         rels = [param.name_for("dist", self.spec.layer_spec(layer)), *param.read_names()]
         for rel in dict.fromkeys(rels):
             rel = rel.replace("{e}", "")
+            idx_e = (expert,) if param.expert else ()
+            if mtp is not None:
+                for inner in (mg.MTP_LAYER, *mg.MTP_LAYER_ALIASES):
+                    if (key := mg.MTP_PREFIX.format(k=mtp) + inner + rel) in self.index:
+                        return [(key, idx_e)]
+                continue
             stacked = f"decoder.layers.{rel}"
             per_layer = f"decoder.layers.{layer}.{rel}"
-            idx_e = (expert,) if param.expert else ()
             if stacked in self.index:
                 return [(stacked, (layer, *idx_e))]
             if per_layer in self.index:
@@ -58,8 +67,23 @@ class MegatronDistSource(CanonicalSource):
                 return [(per_layer + "_w", idx_e), (per_layer + "_v", idx_e)]
         return []
 
+    def _expected_mtp(self, k: int) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
+        """MTP module k: its own rows and layer, then the embedding and head it shares with the model."""
+        spec, top = self.spec, mg.MTP_PREFIX.format(k=k)
+        out = [(p, [(top + p.name, ())] if top + p.name in self.index else [], [f"mtp.{k}." + c for c in p.canon])
+               for p in mg.MTP_PARAMS]
+        layer = spec.mtp_spec()
+        for param in mg.layer_params(layer):
+            for e in range(layer.experts) if param.expert else [None]:
+                out.append((param, self._locate(param, spec.layers, e, mtp=k), [f"mtp.{k}." + c.format(e=e) for c in param.canon]))
+        out += [(p, self._locate(p, None, None), [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
+                if p.canon[0] in vocab.MTP_SHARED]
+        return out
+
     def _expected(self, group: int) -> list[tuple[Row, list[tuple[str, tuple[int, ...]]], list[str]]]:
         spec, out = self.spec, []
+        if group > spec.layers:
+            return self._expected_mtp(group - spec.layers - 1)
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
             for param, where in mg.global_params(spec):
@@ -86,11 +110,11 @@ class MegatronDistSource(CanonicalSource):
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected: dict[str, list[str]] = {}
         for g in groups(self.spec):
-            for param, where, canon in self._expected(g):
+            for param, where, canon in self._expected(g):  # the embedding and head also serve as MTP copies
                 keys = [k for k, _ in where] or [f"decoder.layers.{param.name_for('dist', self.spec)}"]
                 for key in keys:
                     expected.setdefault(key, []).extend(canon)
-        rules = list(mg.IGNORED_PATTERNS)
+        rules = list(mg.IGNORED_PATTERNS) + mtp_dropped(self.spec)
         if self.spec.tied:
             rules.append(r"^output_layer\.weight$")
         acc = Accounting()

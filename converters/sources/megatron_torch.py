@@ -13,6 +13,7 @@ import torch
 
 from ckptscope.inspectors.model import Checkpoint
 
+from .. import vocab
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
 from ..row import Row, gather
@@ -47,20 +48,39 @@ class MegatronTorchSource(CanonicalSource):
         # Megatron-LLM always groups QKV per KV head ([q.., k, v]: the checkpoint_version 2 order)
         self.spec = spec.with_(qkv_version=2 if self.rules is mllm else legacy_qkv_version(ckpt, spec))
 
-    def _stored(self, param: Row, layer: int | None, expert: int | None = None) -> str | None:
+    def _stored(self, param: Row, layer: int | None, expert: int | None = None, prefixes: tuple[str, ...] = ()) -> str | None:
         """The stored global name of a param (first spelling present on disk)."""
-        prefix = self.rules.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else ""
+        if not prefixes:
+            prefixes = (self.rules.LAYER_PREFIX[self.variant].format(i=layer) if layer is not None else "",)
         spec = self.spec.layer_spec(layer) if layer is not None else self.spec
         candidates = [param.name_for(self.variant, spec), *param.read_names()]
-        for name in dict.fromkeys(candidates):
-            full = prefix + name.format(e=expert)
-            if full in self.index:
-                return full
+        for prefix in prefixes:
+            for name in dict.fromkeys(candidates):
+                full = prefix + name.format(e=expert)
+                if full in self.index:
+                    return full
         return None
+
+    def _expected_mtp(self, k: int) -> list[tuple[Row, str, list[str]]]:
+        """MTP module k: its own rows and layer, then the embedding and head it shares with the model
+        (read again as its HF copies)."""
+        spec, top = self.spec, mg.MTP_PREFIX.format(k=k)
+        out = [(p, top + p.name, [f"mtp.{k}." + c for c in p.canon]) for p in mg.MTP_PARAMS]
+        prefixes = tuple(top + p for p in (mg.MTP_LAYER, *mg.MTP_LAYER_ALIASES))
+        layer = spec.mtp_spec()
+        for param in mg.layer_params(layer, self.variant):
+            for e in range(layer.experts) if param.expert else [None]:
+                name = self._stored(param, spec.layers, e, prefixes) or prefixes[0] + param.name_for(self.variant, layer).format(e=e)
+                out.append((param, name, [f"mtp.{k}." + c.format(e=e) for c in param.canon]))
+        out += [(p, self._stored(p, None) or p.name, [f"mtp.{k}.{p.canon[0]}"]) for p, _ in mg.global_params(spec)
+                if p.canon[0] in vocab.MTP_SHARED]
+        return out
 
     def _expected(self, group: int) -> list[tuple[Row, str, list[str]]]:
         """(param, stored name, canonical names) for one group; stored name may be missing."""
         spec, out = self.spec, []
+        if group > spec.layers:
+            return self._expected_mtp(group - spec.layers - 1)
         if group in (PRE, spec.layers):
             stage = "first" if group == PRE else "last"
             for param, where in self.rules.global_params(spec):
@@ -88,8 +108,11 @@ class MegatronTorchSource(CanonicalSource):
         return out
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
-        expected = {name: canon for g in groups(self.spec) for _, name, canon in self._expected(g)}
-        rules = list(self.rules.IGNORED_PATTERNS)
+        expected: dict[str, list[str]] = {}
+        for g in groups(self.spec):  # the embedding and head also serve as the MTP modules' copies
+            for _, name, canon in self._expected(g):
+                expected.setdefault(name, []).extend(canon)
+        rules = list(self.rules.IGNORED_PATTERNS) + mtp_dropped(self.spec)
         if self.spec.tied:  # last-stage synced copy of the tied embedding
             rules += [rf"^{re.escape(n)}$" for n in set(self.rules.TIED_HEAD_COPY.values())]
         acc = Accounting()
@@ -102,6 +125,11 @@ class MegatronTorchSource(CanonicalSource):
             naming += " (epfLLM Megatron-LLM" + (": dense_h_to_4h packs [up; gate] per rank)" if self.spec.gated else ")")
         return [naming, f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})",
                 *(f"layout quirk: {q}" for q in self.spec.quirks() if "interleaved" in q or "checkpoint_version" in q)]
+
+
+def mtp_dropped(spec: ModelSpec) -> list[str]:
+    """megatron-core's MTP modules when the target cannot hold them: ignored by a named rule."""
+    return [r"^mtp\.layers\.(?# multi-token-prediction module: the target cannot hold it; not carried)"] if spec.mtp_dropped else []
 
 
 def legacy_qkv_version(ckpt: Checkpoint, spec: ModelSpec) -> int:

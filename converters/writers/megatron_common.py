@@ -57,7 +57,7 @@ def stage_units(spec: ModelSpec, opts: TargetOptions, groups: list[int], rank_fi
     stages: dict[int, set[int]] = {}
     for g in groups:
         stages.setdefault(stage_of(spec, opts, g), set()).add(g)
-    if tied_copy and spec.tied and opts.pp > 1:
+    if tied_copy and (spec.tied or spec.mtp) and opts.pp > 1:  # MTP: the last stage's embedding copy
         stages[0] |= stages.pop(opts.pp - 1)
     units = []
     for stage, held in sorted(stages.items()):

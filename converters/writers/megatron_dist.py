@@ -85,6 +85,16 @@ class MegatronDistWriter(Writer):
             layer = spec.layer_spec(i)
             for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
                 self.dcp.declare(self._layer_key(param, layer, i), self._dtype(param), self._layer_shape(param, layer))
+        for k in range(spec.mtp):  # one key per MTP module and tensor (no layer axis), experts grouped
+            top, layer = mg.MTP_PREFIX.format(k=k), spec.mtp_spec()
+            for param in mg.MTP_PARAMS:
+                self.dcp.declare(top + param.name, self.dtype, stored_shape(param, self.row_spec))
+            for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
+                lead = (layer.experts,) if param.expert else ()
+                self.dcp.declare(self._mtp_key(param, layer, k), self._dtype(param), (*lead, *stored_shape(param, self.row_spec)))
+
+    def _mtp_key(self, param: Row, layer: ModelSpec, k: int) -> str:
+        return mg.MTP_PREFIX.format(k=k) + mg.MTP_LAYER + param.name_for(self._naming(param, layer), layer).replace("{e}", "")
 
     def _chunks(self, key: str, param: Row, full: torch.Tensor, lead: tuple[int, ...]) -> None:
         assert self.dcp is not None
@@ -102,6 +112,9 @@ class MegatronDistWriter(Writer):
                 if where == stage:
                     full = to_stored(param, [tensors[c] for c in param.canon], self.row_spec)
                     self._chunks(param.name_for("local", spec), param, full, ())
+            return
+        if group > spec.layers:
+            self._write_mtp(group - spec.layers - 1, tensors)
             return
         i, L = group, spec.layers
         layer = spec.layer_spec(i)
@@ -121,6 +134,25 @@ class MegatronDistWriter(Writer):
                 for e in range(layer.experts):
                     offsets, sizes = (str(e), str(layer.experts)) if self.per_layer else (f"{i}.{e}", f"{L}.{layer.experts}")
                     self.dcp.add_bytes(f"{prefix}{module}._extra_state/shard_{offsets}_{sizes}", empty)
+
+    def _write_mtp(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        """MTP module k: its norms and projection, then its layer (the embedding and head are the model's)."""
+        top, layer, at = mg.MTP_PREFIX.format(k=k), self.spec.mtp_spec(), f"mtp.{k}."
+        for param in mg.MTP_PARAMS:
+            self._chunks(top + param.name, param, to_stored(param, [tensors[at + c] for c in param.canon], self.row_spec), ())
+        for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
+            for e in range(layer.experts) if param.expert else [None]:
+                full = to_stored(param, [tensors[at + c.format(e=e)] for c in param.canon], self.row_spec)
+                self._chunks(self._mtp_key(param, layer, k), param, full, () if e is None else (e,))
+        assert self.dcp is not None
+        empty, inner = torch_bytes([None]), top + mg.MTP_LAYER
+        attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[layer.q_lora_rank > 0]) if layer.mla else EXTRA_STATE_MODULES
+        for module in attention + (() if layer.moe else EXTRA_STATE_DENSE):
+            self.dcp.add_bytes(f"{inner}{module}._extra_state/shard_0_1", empty)
+        self.dcp.add_bytes(f"{top}eh_proj._extra_state/shard_0_1", empty)
+        for module in EXTRA_STATE_EXPERTS if layer.moe else ():
+            for e in range(layer.experts):
+                self.dcp.add_bytes(f"{inner}{module}._extra_state/shard_{e}_{layer.experts}", empty)
 
     def close(self) -> None:
         assert self.dcp is not None and self.folder is not None

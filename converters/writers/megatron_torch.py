@@ -76,7 +76,7 @@ class MegatronTorchWriter(StagedWriter):
         """One unit per stage; with tied embeddings and PP > 1 the last stage needs stage 0's
         embedding shards in memory, so stage 0 is always redone."""
         units = stage_units(self.spec, self.opts, groups, self._rank_file, tied_copy=False)
-        return units[1:] if self.spec.tied and self.opts.pp > 1 else units
+        return units[1:] if (self.spec.tied or self.spec.mtp) and self.opts.pp > 1 else units
 
     def ownership_units(self, groups: list[int]) -> list[Unit]:
         return stage_units(self.spec, self.opts, groups, self._rank_file, tied_copy=True)
@@ -86,7 +86,8 @@ class MegatronTorchWriter(StagedWriter):
         out = []
         shapes = spec.canonical_shapes()
         for pp in range(opts.pp):
-            groups = ([PRE] if pp == 0 else []) + list(self.stages[pp]) + ([spec.layers] if pp == opts.pp - 1 else [])
+            last = list(range(spec.layers, spec.layers + 1 + spec.mtp))  # head, then the MTP modules
+            groups = ([PRE] if pp == 0 else []) + list(self.stages[pp]) + (last if pp == opts.pp - 1 else [])
             for ep in range(opts.ep):
                 names = [c for g in groups for c in group_canon(spec, g)
                          if ".experts." not in c or int(c.split(".")[3]) // (spec.experts // opts.ep) == ep]
@@ -129,24 +130,39 @@ class MegatronTorchWriter(StagedWriter):
                 if where == stage:
                     shards = scatter(param, [tensors[c] for c in param.canon], self.geo)
                     self._put(param.name_for(self.variant, spec), shards, all_ep)  # te has no global names: local
-                    if param.canon == ("embed",) and spec.tied and opts.pp > 1:
+                    if param.canon == ("embed",) and (spec.tied or spec.mtp) and opts.pp > 1:
                         self._tied_embed = shards
             if group == spec.layers and spec.tied and opts.pp > 1 and self._tied_embed is not None:
                 self._put(self.rules.TIED_HEAD_COPY.get(self.variant, mg.TIED_HEAD_COPY["local"]), self._tied_embed, all_ep)
+            if group == spec.layers and spec.mtp and opts.pp > 1 and self._tied_embed is not None:
+                self._put(mg.GLOBAL_PARAMS[0][0].name, self._tied_embed, all_ep)  # the MTP stage's embedding
+            return
+        if group > spec.layers:  # MTP module k: its own rows, then its layer (the embedding and head are shared)
+            k = group - spec.layers - 1
+            prefix = mg.MTP_PREFIX.format(k=k)
+            for param in mg.MTP_PARAMS:
+                self._put(prefix + param.name, scatter(param, [tensors[f"mtp.{k}." + c] for c in param.canon], self.geo), all_ep)
+            self._write_layer(prefix + mg.MTP_LAYER, spec.mtp_spec(), f"mtp.{k}.", tensors)
+            if self.variant == "te":  # eh_proj is a TEColumnParallelLinear
+                for model in self._models.values():
+                    model[f"{prefix}eh_proj._extra_state"] = io.BytesIO()
             return
         local = group - self.stages[self._stage].start
         prefix = (self.rules.LAYER_PREFIX[self.variant] if self.rules is mllm else "decoder.layers.{i}.").format(i=local)
-        layer = spec.layer_spec(group)  # a dense layer of a MoE model (moe_layer_freq) has no expert rows
+        self._write_layer(prefix, spec.layer_spec(group), f"layers.{group}.", tensors)
+
+    def _write_layer(self, prefix: str, layer, at: str, tensors: dict[str, torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
+        """One transformer layer's rank tensors (`layer`: a dense layer of a MoE model has no expert rows)."""
+        spec, opts, all_ep = self.spec, self.opts, range(self.opts.ep)
         e_local = layer.experts // opts.ep if layer.moe else 0
         for param in self.rules.layer_params(layer, self.variant):
             if param.expert:
                 for e in range(layer.experts):
-                    canon = [tensors[f"layers.{group}." + c.format(e=e)] for c in param.canon]
+                    canon = [tensors[at + c.format(e=e)] for c in param.canon]
                     name = prefix + param.name_for(self.variant, layer).format(e=e % e_local)
                     self._put(name, scatter(param, canon, self.geo), [e // e_local])
                 continue
-            canon = [tensors[f"layers.{group}." + c] for c in param.canon]
-            self._put(prefix + param.name_for(self.variant, layer), scatter(param, canon, self.geo), all_ep,
+            self._put(prefix + param.name_for(self.variant, layer), scatter(param, [tensors[at + c] for c in param.canon], self.geo), all_ep,
                       fp32=all(vocab.kept_fp32(c) for c in param.canon))
         if self.variant == "te":
             attention = TE_EXTRA_STATE_MLA + TE_EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0] if spec.mla else TE_EXTRA_STATE
