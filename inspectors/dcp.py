@@ -467,10 +467,22 @@ def _read_runs(fh: Any, offset: int, target: memoryview, runs: list[tuple[int, i
 
 
 class _Window(io.RawIOBase):
-    """A byte range of an open file as a seekable file of its own (one DCP payload for zipfile)."""
+    """A byte range of an open file as a seekable file of its own (one DCP payload for zipfile).
+
+    zipfile and the pickle need only the payload's first and last few KB (data.pkl and the
+    central directory): both are read once, so locating a chunk costs two reads, not a dozen
+    (each read drops the GIL and waits to get it back while other threads run)."""
+
+    EDGE = 8192
 
     def __init__(self, fh: Any, start: int, length: int) -> None:
         self._fh, self._start, self._length, self._pos = fh, start, length, 0
+        self._head = self._tail = b""
+        fh.seek(start)
+        self._head = fh.read(min(length, self.EDGE))
+        tail_at = max(len(self._head), length - self.EDGE)
+        fh.seek(start + tail_at)
+        self._tail_at, self._tail = tail_at, fh.read(length - tail_at)
 
     def readable(self) -> bool:
         return True
@@ -490,6 +502,11 @@ class _Window(io.RawIOBase):
         n = max(0, min(len(buf), self._length - self._pos))
         if not n:
             return 0
+        for at, edge in ((0, self._head), (self._tail_at, self._tail)):
+            if at <= self._pos and self._pos + n <= at + len(edge):
+                memoryview(buf)[:n] = edge[self._pos - at:self._pos - at + n]
+                self._pos += n
+                return n
         self._fh.seek(self._start + self._pos)
         got = self._fh.readinto(memoryview(buf)[:n])
         self._pos += got
@@ -512,10 +529,9 @@ def _payload_data_offset(path: Path, folder: Path, chunk: DcpChunk, dtype: torch
     try:
         real = inside(path, folder, "data file", path)
         with open_regular(real, "data file", nofollow=True) as fh:
-            fh.seek(chunk.byte_offset)
-            if fh.read(2) != _ZIP_MAGIC:
-                return chunk.byte_offset if chunk.length == need else None
             window = _Window(fh, chunk.byte_offset, chunk.length)
+            if window.read(2) != _ZIP_MAGIC:
+                return chunk.byte_offset if chunk.length == need else None
             with zipfile.ZipFile(window) as zf:  # type: ignore[arg-type]
                 index, data = zip_pickle(path, zf)
 
