@@ -77,9 +77,9 @@ class _RecordThread:
             size = tensor.nbytes
             try:
                 if self.error is None:
-                    t = _storage_exact(tensor)
-                    self._zip.write_record(name, t.untyped_storage(), t.nbytes)
-                    del t
+                    t, storage = _exact_bytes(tensor)
+                    self._zip.write_record(name, storage, t.nbytes)
+                    del t, storage
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread at its next call
                 self.error = exc
             del item, tensor
@@ -106,12 +106,16 @@ class _RecordThread:
             raise self.error
 
 
-def _storage_exact(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor whose storage is exactly its bytes (what write_record writes)."""
+def _exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(contiguous tensor, storage of exactly its bytes): a row block of a larger tensor (a TP
+    shard cut along dim 0) is written from a slice of its base storage, which shares memory,
+    instead of a clone of it; anything strided is made contiguous first."""
     t = tensor.detach().cpu().contiguous()
-    if t.storage_offset() or t.untyped_storage().nbytes() != t.nbytes:
-        t = t.clone()
-    return t
+    storage = t.untyped_storage()
+    if t.storage_offset() or storage.nbytes() != t.nbytes:
+        start = t.storage_offset() * t.element_size()
+        storage = storage[start:start + t.nbytes]
+    return t, storage
 
 
 class TorchZipWriter:
@@ -134,8 +138,8 @@ class TorchZipWriter:
             t = tensor.detach()
             self._thread.put(f"data/{key}", t)
         else:
-            t = _storage_exact(tensor)
-            self._zip.write_record(f"data/{key}", t.untyped_storage(), t.nbytes)
+            t, storage = _exact_bytes(tensor)
+            self._zip.write_record(f"data/{key}", storage, t.nbytes)
         self.bytes_written += t.nbytes
         return TensorRecord(_Storage(key, t.dtype, t.numel()), tuple(t.shape))
 
