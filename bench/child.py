@@ -1,6 +1,7 @@
 """One measurement in a fresh process; prints one JSON line.
 
-    python -m bench.child ours|naive SRC DST FORMAT [--tp N --pp N --ep N --workers N --true-vocab N]
+    python -m bench.child ours|naive SRC DST FORMAT [--tp N --pp N --ep N --workers N --true-vocab N
+                                                     --config F --xser --from-optimizer-fp32]
     python -m bench.child inspect|loadall SRC
 
 Timing starts after the interpreter, torch and ckptscope are imported (a `cp -r` has no such
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--true-vocab", type=int, default=None)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--xser", action="store_true")
+    parser.add_argument("--from-optimizer-fp32", action="store_true")
     a = parser.parse_args()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the peak from here on (imports stay resident)
     base = proc_status()["VmRSS"]
@@ -80,8 +83,8 @@ def main() -> None:
     elif a.mode == "loadall":
         load_all(a.src)
     else:
-        opts = TargetOptions(a.fmt, tp=a.tp, pp=a.pp, ep=a.ep, workers=a.workers)
-        plan = make_plan(a.src, opts, true_vocab=a.true_vocab, config=a.config)
+        opts = TargetOptions(a.fmt, tp=a.tp, pp=a.pp, ep=a.ep, workers=a.workers, xser=a.xser)
+        plan = make_plan(a.src, opts, true_vocab=a.true_vocab, config=a.config, from_optimizer_fp32=a.from_optimizer_fp32)
         assert plan.ok, plan.errors
         if a.mode == "ours":
             for _ in convert(plan, a.dst):

@@ -8,6 +8,7 @@ disk time. A folder with a `.bench-complete` stamp matching the spec is reused b
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ckptscope.converters.samples.hf import write_hf
+from ckptscope.converters.samples.deepspeed import write_deepspeed_zero
+from ckptscope.converters.samples.hf import hf_config, write_hf
 from ckptscope.converters.samples.megatron_dist import write_megatron_dist
 from ckptscope.converters.samples.megatron_torch import write_megatron_torch
 from ckptscope.converters.samples.nxd import write_nxd
@@ -45,7 +47,16 @@ LAYOUTS: dict[str, Callable[[SampleSpec, Path], Path]] = {
     "megatron-torch": lambda s, d: write_megatron_torch(s, d, tp=2, pp=2, iterations=(1000,)),
     "torch_dist": lambda s, d: write_megatron_dist(s, d, tp=2, pp=2, iteration=1000),
     "nxd": lambda s, d: write_nxd(s, d, tp=2, pp=2, tag="step_1000"),
+    "megatron-torch-ep": lambda s, d: write_megatron_torch(s, d, tp=2, ep=2, iterations=(1000,)),
+    "zero": lambda s, d: _zero(s, d),
 }
+
+
+def _zero(spec: SampleSpec, folder: Path) -> Path:
+    """A ZeRO-2 bf16 root (dp 2) and the HF config.json it needs (ZeRO saves carry none)."""
+    write_deepspeed_zero(spec, folder, dp=2, stage=2, bf16=True)
+    (folder / "config.json").write_text(json.dumps(hf_config(spec), indent=2, sort_keys=True) + "\n")
+    return folder
 
 
 def generate(spec: CachedSpec, folder: Path, layouts: list[str]) -> dict[str, Path]:

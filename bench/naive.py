@@ -67,11 +67,13 @@ class _MemoryZip:
 
     saved: list[tuple[Path, Any]] = []
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, **_: object) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bytes_written = 0
 
     def add(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.bytes_written += tensor.nbytes
         return tensor.contiguous()
 
     def finish(self, obj: Any) -> None:
@@ -110,10 +112,12 @@ def naive_convert(plan: Plan, dst: Path) -> dict[str, float]:
     from ckptscope.converters.writers import hf as hf_mod
     from ckptscope.converters.writers import megatron_torch as mt_mod
     from ckptscope.converters.writers import nxd as nxd_mod
+    from ckptscope.converters.writers import xser as xser_mod
 
     hf_mod.SafetensorsStreamWriter = _MemorySafetensors  # type: ignore[misc,assignment]
     mt_mod.TorchZipWriter = _MemoryZip  # type: ignore[misc,assignment]
     nxd_mod.TorchZipWriter = _MemoryZip  # type: ignore[misc,assignment]
+    xser_mod.TorchZipWriter = _MemoryZip  # type: ignore[misc,assignment]
     t0 = time.perf_counter()
     loaded = load_everything(plan)
     t1 = time.perf_counter()

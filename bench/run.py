@@ -44,7 +44,7 @@ from bench.naive import layer_bytes
 REPO = Path(__file__).resolve().parent.parent
 MB = 2**20
 
-# Targets from issue 7
+# Targets from issues 7 and 17
 CP_RATIO = 1.3  # ours / cp -r
 NAIVE_SPEEDUP = 2.0  # naive / ours, time
 NAIVE_MEMORY = 5.0  # naive / ours, peak RSS
@@ -57,36 +57,56 @@ class Path_:
     """One conversion path of the bench."""
 
     label: str
-    model: str  # "dense" | "moe"
+    model: str  # a key of specs(): "dense" | "moe" | "zero" | "moe64" | "moe256"
     layout: str
     fmt: str
     tp: int = 1
     pp: int = 1
     ep: int = 1
     megatron_source: bool = False  # give --true-vocab-size (Megatron pads the vocabulary)
+    config: bool = False  # give --config (the model's HF config.json): NxD and ZeRO sources carry none
+    xser: bool = False
+    from_fp32: bool = False  # ZeRO: rebuild fp32 weights from the optimizer partitions
+    naive: bool = True  # the load-everything baseline applies (it cannot unpickle DeepSpeed's optimizer classes)
 
 
 PATHS = [
     Path_("Megatron torch TP2PP2 -> HF", "dense", "megatron-torch", "hf", megatron_source=True),
     Path_("HF -> Megatron TP4PP1", "dense", "hf", "megatron", tp=4),
+    Path_("HF -> torch_dist TP2PP2", "dense", "hf", "megatron-dist", tp=2, pp=2),
     Path_("torch_dist TP2PP2 -> HF", "dense", "torch_dist", "hf", megatron_source=True),
     Path_("HF -> NxD TP2PP2", "dense", "hf", "nxd", tp=2, pp=2),
+    Path_("HF -> NxD TP2PP2 xser", "dense", "hf", "nxd", tp=2, pp=2, xser=True),
+    Path_("NxD TP2PP2 -> HF", "dense", "nxd", "hf", config=True),
+    Path_("Megatron TP2PP2 -> TP4PP1", "dense", "megatron-torch", "megatron", tp=4, megatron_source=True),
+    Path_("ZeRO-2 fp32 rebuild -> HF", "zero", "zero", "hf", config=True, from_fp32=True, naive=False),
     Path_("MoE HF -> Megatron TP2EP2", "moe", "hf", "megatron", tp=2, ep=2),
+    Path_("MoE Megatron TP2EP2 -> HF", "moe", "megatron-torch-ep", "hf", megatron_source=True),
+    Path_("MoE64 HF -> Megatron TP2EP2", "moe64", "hf", "megatron", tp=2, ep=2),
+    Path_("MoE256 HF -> Megatron TP2EP2", "moe256", "hf", "megatron", tp=2, ep=2),
 ]
 
+LAYOUTS = {"dense": ["hf", "megatron-torch", "torch_dist", "nxd"], "moe": ["hf", "megatron-torch-ep"], "zero": ["zero"],
+           "moe64": ["hf"], "moe256": ["hf"]}
 
-def specs(quick: bool) -> tuple[CachedSpec, CachedSpec, list[CachedSpec]]:
-    """(dense, moe, scaling sizes); the largest scaling size is the dense model itself."""
+
+def specs(quick: bool) -> tuple[dict[str, CachedSpec], list[CachedSpec]]:
+    """(model key -> spec, scaling sizes); the largest scaling size is the dense model itself."""
     if quick:
         dense = dict(hidden=768, heads=12, kv_heads=4, ffn=2048)
         moe = bf16(layers=2, hidden=512, heads=8, kv_heads=2, ffn=256, experts=16, expert_ffn=256, vocab=8000)
+        many = dict(layers=2, hidden=256, heads=4, kv_heads=2, ffn=128, vocab=4000)
         layers = [2, 4, 8, 16]
     else:
         dense = dict(hidden=2048, heads=32, kv_heads=8, ffn=5632)
         moe = bf16(layers=6, hidden=1024, heads=16, kv_heads=4, ffn=512, experts=32, expert_ffn=512, vocab=32000)
+        many = dict(layers=3, hidden=1024, heads=16, kv_heads=4, ffn=512, vocab=16000)
         layers = [2, 4, 8, 16]
     sizes = [bf16(layers=n, vocab=2000 * n, **dense) for n in layers]  # vocab scales too: bytes double each step
-    return sizes[-1], moe, sizes
+    models = {"dense": sizes[-1], "moe": moe, "zero": sizes[0],  # ZeRO: weights + fp32 master + two Adam moments = 7x
+              "moe64": bf16(experts=64, expert_ffn=many["hidden"] // 4, **many),  # DeepSeek-like: many small experts
+              "moe256": bf16(experts=256, expert_ffn=many["hidden"] // 16, **many)}
+    return models, sizes
 
 
 # ----- measuring ------------------------------------------------------------------------------
@@ -130,29 +150,39 @@ def child(mode: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "bench.child", mode, *args]
 
 
-def convert_cmd(mode: str, path: Path_, src: Path, dst: Path, spec: CachedSpec, workers: int) -> list[str]:
+def convert_cmd(mode: str, path: Path_, src: Path, dst: Path, spec: CachedSpec, workers: int, config: Path | None = None) -> list[str]:
     cmd = child(mode, str(src), str(dst), path.fmt, "--tp", str(path.tp), "--pp", str(path.pp), "--ep", str(path.ep),
                 "--workers", str(workers))
     if path.megatron_source:
         cmd += ["--true-vocab", str(spec.vocab)]
+    if path.config:
+        cmd += ["--config", str(config)]
+    cmd += ["--xser"] * path.xser + ["--from-optimizer-fp32"] * path.from_fp32
     return cmd
 
 
-def measure_path(path: Path_, src: Path, spec: CachedSpec, out: Path, drop: bool, workers: int, naive: bool) -> dict[str, Any]:
-    """ckptscope, cp -r and (optionally) the naive baseline on the same source, each cold."""
+def measure_path(path: Path_, src: Path, spec: CachedSpec, out: Path, drop: bool, workers: int, naive: bool,
+                 config: Path | None = None, warm: bool = True) -> dict[str, Any]:
+    """ckptscope, cp -r and (optionally) the naive baseline on the same source, each cold; then
+    cp -r and ckptscope again with the source in the page cache (warm)."""
     row: dict[str, Any] = {"path": path.label, "source_bytes": data_bytes(src),
                            "largest_layer_bytes": layer_bytes(spec.canonical_shapes(), spec.dtype.itemsize)}
-    runs = [("ours", convert_cmd("ours", path, src, out, spec, workers)), ("cp", ["cp", "-r", str(src), str(out)])]
-    if naive:
-        runs.append(("naive", convert_cmd("naive", path, src, out, spec, workers)))
-    for name, cmd in runs:
+    ours_cmd = convert_cmd("ours", path, src, out, spec, workers, config)
+    runs = [("cp", ["cp", "-r", str(src), str(out)], drop), ("ours", ours_cmd, drop)]
+    if naive and path.naive:
+        runs.append(("naive", convert_cmd("naive", path, src, out, spec, workers, config), drop))
+    if warm:
+        runs += [("cp_warm", ["cp", "-r", str(src), str(out)], False), ("ours_warm", ours_cmd, False)]
+    for name, cmd, cold in runs:
         shutil.rmtree(out, ignore_errors=True)
-        row[name] = run_measured(cmd, drop)
+        row[name] = run_measured(cmd, cold)
+        row[name]["load_average"] = os.getloadavg()[0]
         if name == "ours":
             row["output_bytes"] = data_bytes(out)
         shutil.rmtree(out, ignore_errors=True)
         peak = row[name]["peak_rss"]
-        print(f"  {path.label:30} {name:6} {row[name]['seconds']:7.2f} s" + (f"  peak {peak / MB:7.0f} MiB" if peak else ""), flush=True)
+        print(f"  {path.label:30} {name:9} {row[name]['seconds']:7.2f} s" + (f"  peak {peak / MB:7.0f} MiB" if peak else "")
+              + f"  (load {row[name]['load_average']:.1f})", flush=True)
     ours, cp = row["ours"], row["cp"]
     budget = RSS_LAYERS * row["largest_layer_bytes"] + RSS_SLACK
     row["ratios"] = {"ours_over_cp": ours["seconds"] / cp["seconds"],
@@ -160,7 +190,10 @@ def measure_path(path: Path_, src: Path, spec: CachedSpec, out: Path, drop: bool
                      "peak_over_largest_layer": ours["peak_rss"] / row["largest_layer_bytes"],
                      "peak_budget_bytes": budget}
     row["targets"] = {"time_vs_cp": ours["seconds"] <= CP_RATIO * cp["seconds"], "peak_rss": ours["peak_rss"] <= budget}
-    if naive:
+    if warm:
+        row["ratios"]["ours_over_cp_warm"] = row["ours_warm"]["seconds"] / row["cp_warm"]["seconds"]
+        row["targets"]["time_vs_cp_warm"] = row["ratios"]["ours_over_cp_warm"] <= CP_RATIO
+    if "naive" in row:
         nv = row["naive"]
         row["ratios"] |= {"naive_over_ours_time": nv["seconds"] / ours["seconds"], "naive_over_ours_peak": nv["peak_rss"] / ours["peak_rss"]}
         row["targets"] |= {"faster_than_naive": nv["seconds"] >= NAIVE_SPEEDUP * ours["seconds"],
@@ -192,16 +225,20 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"{r['layout']:22} {r['bytes'] / 2**30:9.2f} {r['ours']['seconds']:8.3f} {r['ours']['read_bytes']:12,} "
               f"{r['load_all']['seconds']:11.2f} {r['ratios']['speedup']:8.1f}x {100 * r['ratios']['bytes_read_fraction']:6.3f}  "
               f"bytes {_ok(t['bytes_read'])}, speed {_ok(t['speedup'])}")
-    print("\nconvert                         GiB   cp s  ours s  naive s  ours/cp  naive/ours  peak MiB  naive MiB  mem x  "
-          "peak/layer  targets (cp, rss, 2x, 5x)")
+    nan = float("nan")
+    print("\nconvert (cold, then warm)       GiB   cp s  ours s  ours/cp  cp warm  ours warm  ours/cp warm  naive s  naive/ours  "
+          "peak MiB  naive MiB  mem x  peak/layer  budget MiB  load  targets (cp, cp warm, rss, 2x, 5x)")
     for r in result["convert"]:
         ra, t = r["ratios"], r["targets"]
-        nv = r.get("naive")
+        nv, cw, ow = r.get("naive"), r.get("cp_warm"), r.get("ours_warm")
         print(f"{r['path']:30} {r['source_bytes'] / 2**30:5.2f} {r['cp']['seconds']:6.2f} {r['ours']['seconds']:7.2f} "
-              f"{(nv['seconds'] if nv else float('nan')):8.2f} {ra['ours_over_cp']:8.2f} {ra.get('naive_over_ours_time', float('nan')):11.2f} "
-              f"{r['ours']['peak_rss'] / MB:9.0f} {(nv['peak_rss'] / MB if nv else float('nan')):10.0f} "
-              f"{ra.get('naive_over_ours_peak', float('nan')):6.1f} {ra['peak_over_largest_layer']:11.1f}  "
-              f"{_ok(t['time_vs_cp'])}, {_ok(t['peak_rss'])}, {_ok(t.get('faster_than_naive'))}, {_ok(t.get('less_memory_than_naive'))}")
+              f"{ra['ours_over_cp']:8.2f} {(cw['seconds'] if cw else nan):8.2f} {(ow['seconds'] if ow else nan):10.2f} "
+              f"{ra.get('ours_over_cp_warm', nan):13.2f} {(nv['seconds'] if nv else nan):8.2f} {ra.get('naive_over_ours_time', nan):11.2f} "
+              f"{r['ours']['peak_rss'] / MB:9.0f} {(nv['peak_rss'] / MB if nv else nan):10.0f} "
+              f"{ra.get('naive_over_ours_peak', nan):6.1f} {ra['peak_over_largest_layer']:11.1f} {ra['peak_budget_bytes'] / MB:11.0f} "
+              f"{r['ours'].get('load_average', nan):5.1f}  "
+              f"{_ok(t['time_vs_cp'])}, {_ok(t.get('time_vs_cp_warm'))}, {_ok(t['peak_rss'])}, {_ok(t.get('faster_than_naive'))}, "
+              f"{_ok(t.get('less_memory_than_naive'))}")
     print("\nscaling (Megatron TP2PP2 -> HF)  GiB   cp s  ours s  ours/cp  s per GiB  peak MiB")
     for r in result["scaling"]:
         gib = r["source_bytes"] / 2**30
@@ -217,6 +254,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="ckptscope --workers for every conversion")
     parser.add_argument("--no-naive", action="store_true", help="skip the load-everything baseline")
     parser.add_argument("--no-drop-caches", action="store_true", help="keep the page cache between measurements")
+    parser.add_argument("--no-multiprocess", action="store_true", help="skip the torchrun --nproc-per-node 2 table")
+    parser.add_argument("--paths", nargs="*", default=None, help="only the convert paths whose label contains one of these words")
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/bench[-quick].json")
     opts = parser.parse_args()
     drop = not opts.no_drop_caches
@@ -224,32 +263,41 @@ def main() -> None:
     out = work / "out"
     began = time.perf_counter()
     try:
-        dense, moe, sizes = specs(opts.quick)
+        models, sizes = specs(opts.quick)
+        dense = models["dense"]
         print(f"generating in {work} ...", flush=True)
         t0 = time.perf_counter()
-        ckpts = {"dense": generate(dense, work / f"dense-{dense.layers}", ["hf", "megatron-torch", "torch_dist", "nxd"]),
-                 "moe": generate(moe, work / "moe", ["hf"])}
+        ckpts = {key: generate(models[key], work / (f"dense-{dense.layers}" if key == "dense" else key), layouts)
+                 for key, layouts in LAYOUTS.items()}
         scaled = [generate(s, work / f"scale-{s.layers}", ["megatron-torch"])["megatron-torch"] for s in sizes[:-1]]
         scaled.append(ckpts["dense"]["megatron-torch"])
+        configs = {"dense": ckpts["dense"]["hf"] / "config.json", "zero": ckpts["zero"]["zero"] / "config.json"}
         print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
         result: dict[str, Any] = {
             "command": "python -m bench" + (" --quick" if opts.quick else "") + ("" if opts.workers == 2 else f" --workers {opts.workers}"),
             "machine": f"{os.cpu_count()} cores, {_mem_gib():.0f} GiB RAM, Python {platform.python_version()}, torch {torch.__version__}, "
                        f"load average at start {os.getloadavg()[0]:.2f}",
-            "workers": opts.workers, "specs": {"dense": _spec(dense), "moe": _spec(moe)},
+            "workers": opts.workers, "specs": {key: _spec(spec) for key, spec in models.items()},
             "cold_cache": drop_caches(drop), "inspect": [], "convert": [], "scaling": []}
         for layout, src in ckpts["dense"].items():
             result["inspect"].append(measure_inspect(layout, src, drop))
-        for path in PATHS:
-            spec = dense if path.model == "dense" else moe
-            result["convert"].append(measure_path(path, ckpts[path.model][path.layout], spec, out, drop, opts.workers, not opts.no_naive))
-        for spec, src in zip(sizes, scaled):
-            if spec is dense:
+        only = [p for p in PATHS if not opts.paths or any(w.lower() in p.label.lower() for w in opts.paths)]
+        for path in only:
+            result["convert"].append(measure_path(path, ckpts[path.model][path.layout], models[path.model], out, drop, opts.workers,
+                                                  not opts.no_naive, config=configs.get(path.model)))
+        for spec, src in zip(sizes, scaled) if not opts.paths else ():
+            if spec is dense and result["convert"] and result["convert"][0]["path"] == PATHS[0].label:
                 row = dict(result["convert"][0])
             else:
-                row = measure_path(PATHS[0], src, spec, out, drop, opts.workers, naive=False)
+                row = measure_path(PATHS[0], src, spec, out, drop, opts.workers, naive=False, warm=False)
             row |= {"layers": spec.layers, "vocab": spec.vocab}
             result["scaling"].append(row)
+        if not opts.no_multiprocess:
+            from bench.multiprocess import measure_multiprocess, print_multiprocess
+
+            result["multiprocess"] = measure_multiprocess(ckpts["dense"], dense, configs["dense"], out, drop)
+        else:
+            print_multiprocess = None  # type: ignore[assignment]
         from bench.remote_bench import measure_remote, print_row
 
         result["remote"] = measure_remote(ckpts["dense"]["hf"], work, workers=opts.workers)  # skipped without moto/s3fs
@@ -257,6 +305,9 @@ def main() -> None:
         result["seconds_total"] = time.perf_counter() - began
         result["load_average_end"] = os.getloadavg()[0]
         print_report(result)
+        if print_multiprocess is not None:
+            print_multiprocess(result["multiprocess"])
+        result["startup"] = startup_table()
         target = opts.json or REPO / "bench" / "results" / ("bench-quick.json" if opts.quick else "bench.json")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=1) + "\n")
@@ -265,6 +316,21 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         if opts.workdir is None and not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def startup_table() -> str | None:
+    """The start-up table of bench/startup.py (another part of issue 17), printed when that module exists."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("bench.startup") is None:
+            raise ImportError("bench.startup")
+    except ImportError:
+        return None
+    print("\nstart-up (python -m bench.startup)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.startup"], cwd=REPO, capture_output=True, text=True)
+    print(proc.stdout + proc.stderr[-2000:], flush=True)
+    return proc.stdout
 
 
 def _spec(spec: CachedSpec) -> dict[str, Any]:

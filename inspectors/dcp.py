@@ -261,16 +261,69 @@ class DcpReader:
         out = torch.empty(sizes, dtype=info.dtype)
         covered = 0
         for chunk, (start, stop) in parts:
-            data = self.read_chunk(key, chunk, info.dtype)
             src = tuple(slice(a - c, b - c) for a, b, c in zip(start, stop, chunk.offsets))
             dst = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offsets))
-            out[dst].copy_(data[src])
+            self.copy_chunk(key, chunk, info.dtype, out, src, dst)
             covered += math.prod(b - a for a, b in zip(start, stop))
         if covered != math.prod(sizes):
             raise CheckpointError(
                 self.metadata_path, f"{key!r}: stored chunks cover {covered} of the {math.prod(sizes)} requested elements"
             )
         return out
+
+    def copy_chunk(self, key: str, chunk: DcpChunk, dtype: torch.dtype, out: torch.Tensor,
+                   src: tuple[slice, ...], dst: tuple[slice, ...]) -> None:
+        """`out[dst] = chunk[src]`: straight from the file when the chunk is plain, else decoded."""
+        if not self._read_into(key, chunk, dtype, out, src, dst):  # decoding path: odd payloads, and their errors
+            out[dst].copy_(self.read_chunk(key, chunk, dtype)[src])
+
+    def _read_into(self, key: str, chunk: DcpChunk, dtype: torch.dtype, out: torch.Tensor,
+                   src: tuple[slice, ...], dst: tuple[slice, ...]) -> bool:
+        """Read the overlap `src` of a chunk straight from the file into `out[dst]`: no payload
+        read, no `torch.load` of it, no staging copy (each was a full copy of the chunk). Works
+        when the chunk's elements are one plain C-order storage at a known place in the file and
+        `src` is one contiguous span of it (a layer of a layer-stacked chunk, rows of a TP
+        shard); False leaves the chunk to `read_chunk`, which decodes anything else."""
+        at = self._chunk_data_offset(key, chunk, dtype)
+        span = _contiguous_span(chunk.sizes, src)
+        if at is None or span is None:
+            return False
+        first, count = span
+        size = dtype.itemsize
+        runs = _runs(tuple(out.shape), dst)
+        target = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+        path = self.folder / chunk.file
+        real = inside(path, self.folder, "data file", path)
+        with reading(path, f"cannot read {key!r}"), open_regular(real, "data file", nofollow=True) as fh:
+            offset = at + first * size
+            if len(runs) == 1:  # the destination slice is contiguous too: one read straight into it
+                start, length = runs[0]
+                fh.seek(offset)
+                got = fh.readinto(target[start * size:(start + length) * size])
+            else:
+                got = _read_runs(fh, offset, target, [(s * size, n * size) for s, n in runs])
+        if got != count * size:
+            raise CheckpointError(path, f"truncated: {key!r} needs bytes {offset}..{offset + count * size}, file ends at {offset + got}")
+        return True
+
+    def _chunk_data_offset(self, key: str, chunk: DcpChunk, dtype: torch.dtype) -> int | None:
+        """File offset of the chunk's first element, when its bytes are one plain C-order storage;
+        found once per chunk (payloads are located by their zip directory and pickle, which
+        must describe exactly this chunk: one contiguous tensor of its shape and dtype)."""
+        where = (key, chunk.offsets, chunk.file, chunk.byte_offset, chunk.length)  # safetensors DCP: ranges are not unique
+        cache: dict[tuple, int | None] = self.__dict__.setdefault("_data_offsets", {})
+        if where in cache:
+            return cache[where]
+        found = None
+        need = chunk.numel * dtype.itemsize
+        if chunk.file and not chunk.transforms:
+            entry = self._safetensors_entry(key, chunk)
+            if entry is not None:
+                found = entry.begin if entry.end - entry.begin == need else None
+            else:
+                found = _payload_data_offset(self.folder / chunk.file, self.folder, chunk, dtype)
+        cache[where] = found
+        return found
 
     def read_chunk(self, key: str, chunk: DcpChunk, dtype: torch.dtype) -> torch.Tensor:
         """Decode one chunk: a `torch.save` zip (weights_only) or raw little-endian bytes.
@@ -350,6 +403,168 @@ class DcpReader:
         if got != length:
             raise CheckpointError(path, f"truncated: {key!r} needs bytes {offset}..{offset + length}, file ends at {offset + got}")
         return buf
+
+
+def _contiguous_span(shape: tuple[int, ...], box: tuple[slice, ...]) -> tuple[int, int] | None:
+    """(first element, count) when the box is one contiguous C-order run of a `shape` array:
+    single indices, then one range, then whole axes; None otherwise."""
+    ranges = [(s.start, s.stop) for s in box]
+    wide = next((d for d, (a, b) in enumerate(ranges) if b - a > 1), len(ranges))
+    if any(a != 0 or b != n for (a, b), n in zip(ranges[wide + 1:], shape[wide + 1:])):
+        return None
+    stride, first = 1, 0
+    for (a, _), n in zip(reversed(ranges), reversed(shape)):
+        first += a * stride
+        stride *= n
+    return first, math.prod(b - a for a, b in ranges)
+
+
+def _runs(shape: tuple[int, ...], box: tuple[slice, ...]) -> list[tuple[int, int]]:
+    """The box of a C-order `shape` array as (first element, count) runs, in C order."""
+    ranges = [(s.start, s.stop) for s in box]
+    inner = len(ranges)  # axes from `inner` on are whole: they join the run
+    while inner > 0 and ranges[inner - 1] == (0, shape[inner - 1]):
+        inner -= 1
+    if inner == 0:
+        return [(0, math.prod(shape))]
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    length = (ranges[inner - 1][1] - ranges[inner - 1][0]) * strides[inner - 1]
+    starts = [ranges[inner - 1][0] * strides[inner - 1]]
+    for d in range(inner - 2, -1, -1):  # outer axes: every index of their ranges
+        a, b = ranges[d]
+        starts = [i * strides[d] + s for i in range(a, b) for s in starts]
+    return [(s, length) for s in starts]
+
+
+def _read_runs(fh: Any, offset: int, target: memoryview, runs: list[tuple[int, int]]) -> int:
+    """Read consecutive file bytes from `offset` into the byte runs of `target` (strided
+    destination, e.g. a column block of a row-parallel weight): `preadv` in batches of up to
+    1024 buffers where there is a descriptor, else one read and a copy per run."""
+    import os
+
+    views = [target[s:s + n] for s, n in runs]
+    try:
+        fd = fh.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    got = 0
+    if fd is not None and hasattr(os, "preadv"):
+        for i in range(0, len(views), 1024):
+            batch = views[i:i + 1024]
+            want = sum(len(v) for v in batch)
+            n = os.preadv(fd, batch, offset + got)
+            got += n
+            if n != want:
+                return got
+        return got
+    fh.seek(offset)
+    for view in views:
+        n = fh.readinto(view)
+        got += n
+        if n != len(view):
+            return got
+    return got
+
+
+class _Window(io.RawIOBase):
+    """A byte range of an open file as a seekable file of its own (one DCP payload for zipfile).
+
+    zipfile and the pickle need only the payload's first and last few KB (data.pkl and the
+    central directory): both are read once, so locating a chunk costs two reads, not a dozen
+    (each read drops the GIL and waits to get it back while other threads run)."""
+
+    EDGE = 8192
+
+    def __init__(self, fh: Any, start: int, length: int) -> None:
+        self._fh, self._start, self._length, self._pos = fh, start, length, 0
+        self._head = self._tail = b""
+        fh.seek(start)
+        self._head = fh.read(min(length, self.EDGE))
+        tail_at = max(len(self._head), length - self.EDGE)
+        fh.seek(start + tail_at)
+        self._tail_at, self._tail = tail_at, fh.read(length - tail_at)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        n = max(0, min(len(buf), self._length - self._pos))
+        if not n:
+            return 0
+        for at, edge in ((0, self._head), (self._tail_at, self._tail)):
+            if at <= self._pos and self._pos + n <= at + len(edge):
+                memoryview(buf)[:n] = edge[self._pos - at:self._pos - at + n]
+                self._pos += n
+                return n
+        self._fh.seek(self._start + self._pos)
+        got = self._fh.readinto(memoryview(buf)[:n])
+        self._pos += got
+        return got
+
+
+class _Storage:
+    def __init__(self, dtype: torch.dtype, key: str, numel: int) -> None:
+        self.dtype, self.key, self.numel = dtype, key, numel
+
+
+def _payload_data_offset(path: Path, folder: Path, chunk: DcpChunk, dtype: torch.dtype) -> int | None:
+    """File offset of a `torch.save` payload's tensor bytes, when the payload holds exactly one
+    contiguous tensor of the chunk's shape and dtype at storage offset 0, in a stored (not
+    compressed) member inside the payload's byte range; raw payloads start at their offset.
+    Anything else (or anything malformed) is None: the decoding path reads it and names the problem."""
+    import pickle
+
+    need = chunk.numel * dtype.itemsize
+    try:
+        real = inside(path, folder, "data file", path)
+        with open_regular(real, "data file", nofollow=True) as fh:
+            window = _Window(fh, chunk.byte_offset, chunk.length)
+            if window.read(2) != _ZIP_MAGIC:
+                return chunk.byte_offset if chunk.length == need else None
+            with zipfile.ZipFile(window) as zf:  # type: ignore[arg-type]
+                index, data = zip_pickle(path, zf)
+
+            def persistent(pid: Any) -> _Storage:
+                return _Storage(*storage_id(path, pid))
+
+            def make(storage: Any, offset: Any, size: Any, stride: Any, dt: Any) -> tuple:
+                return ("tensor", storage, int(offset), tuple(int(s) for s in size), None if stride is None else tuple(stride), dt)
+
+            obj = RestrictedUnpickler(io.BytesIO(data), hooks=_rebuild_hooks(make), persistent=persistent, seen=set(),
+                                      atoms=frozenset({_Storage})).load()
+            if not (isinstance(obj, tuple) and len(obj) == 6 and obj[0] == "tensor" and isinstance(obj[1], _Storage)):
+                return None
+            _, storage, offset, shape, stride, dt = obj
+            contiguous = [math.prod(shape[d + 1:]) for d in range(len(shape))]  # C order (a size-1 axis may have any stride)
+            if (offset or shape != chunk.sizes
+                    or (stride is not None and any(n > 1 and st != c for n, st, c in zip(shape, stride, contiguous)))
+                    or (dt if isinstance(dt, torch.dtype) else storage.dtype) != dtype or storage.dtype != dtype
+                    or storage.numel * dtype.itemsize < need):
+                return None
+            info = index.infos.get(f"{index.prefix}data/{storage.key}")
+            if info is None or info.compress_type != zipfile.ZIP_STORED or info.file_size < need:
+                return None
+            window.seek(info.header_offset)
+            header = window.read(30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+            start = info.header_offset + 30 + name_len + extra_len
+            return chunk.byte_offset + start if start + need <= chunk.length else None
+    except (CheckpointError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+            AttributeError, EOFError, IndexError):
+        return None
 
 
 def check_tiling(blame: Path, key: str, shape: tuple[int, ...], chunks: Sequence[DcpChunk]) -> str | None:

@@ -67,13 +67,13 @@ def check_matches_writer(ckpt: Checkpoint, expected: dict[str, torch.Tensor]) ->
 
 def record_chunk_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
     reads: list[tuple[str, tuple[int, ...]]] = []
-    original = DcpReader.read_chunk
+    original = DcpReader.copy_chunk  # every chunk a box read touches, read straight or decoded
 
-    def spy(self: DcpReader, key: str, chunk, dtype):  # type: ignore[no-untyped-def]
+    def spy(self: DcpReader, key: str, chunk, *rest):  # type: ignore[no-untyped-def]
         reads.append((key, chunk.offsets))
-        return original(self, key, chunk, dtype)
+        return original(self, key, chunk, *rest)
 
-    monkeypatch.setattr(DcpReader, "read_chunk", spy)
+    monkeypatch.setattr(DcpReader, "copy_chunk", spy)
     return reads
 
 

@@ -9,12 +9,14 @@ from collections.abc import Iterable
 
 import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
+from ckptscope.inspectors.safetensors_header import StEntry
 
 from .. import families, fp8, vocab
 from ..layouts import Identity
 from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
 from .base import Accounting, CanonicalSource, groups
+from .grouped_read import read_grouped, worth_grouping
 
 
 class HfSource(CanonicalSource):
@@ -59,13 +61,15 @@ class HfSource(CanonicalSource):
         self.ops = {e.name: e.op for entries in self.entries.values() for e in entries}
 
     def read(self, group: int) -> dict[str, torch.Tensor]:
+        fused = self.fused and group in self._fused_layers()
+        batch = self._read_batch([e.name for e in self.entries[group]] + (list(self._fused_names(group)) if fused else []))
         out: dict[str, torch.Tensor] = {}
         for entry in self.entries[group]:
-            stored = self._stored(entry.name)
+            stored = self._stored(entry.name, batch)
             parts = entry.op.unpack(stored, [self.shapes[c] for c in entry.canon], self.spec)
             out.update(zip(entry.canon, parts))
-        if self.fused and group in self._fused_layers():
-            out.update(self._read_fused(group))
+        if fused:
+            out.update(self._read_fused(group, batch))
         return out
 
     def drop_mtp(self) -> None:
@@ -84,8 +88,16 @@ class HfSource(CanonicalSource):
                     out.append(f"{entry.name} differs from {own[shared]}")
         return out
 
-    def _stored(self, name: str) -> torch.Tensor:
+    def _read_batch(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """A group of many small plain tensors (an MoE layer) read into one buffer (grouped_read.py)."""
+        plain = [self.index[n].source for n in names if n in self.index and n not in self.fp8 and n not in self.mxfp4]
+        entries = [s for s in plain if isinstance(s, StEntry)]
+        return read_grouped(entries) if len(entries) == len(plain) and worth_grouping(entries) else {}
+
+    def _stored(self, name: str, batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The stored tensor of a table name (dequantized to the model's dtype when kept as MXFP4)."""
+        if batch and name in batch:
+            return batch[name]
         if name in self.mxfp4:
             blocks, scales = (self._load(self.index[n]) for n in self.mxfp4[name])
             return dequantize(blocks, scales, self.spec.dtype)
@@ -122,10 +134,10 @@ class HfSource(CanonicalSource):
         out.update({prefix + name: [canon_prefix + c for c in canon] for name, canon in form.rows()})
         return out
 
-    def _read_fused(self, i: int) -> dict[str, torch.Tensor]:
+    def _read_fused(self, i: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name, canon in self._fused_names(i).items():
-            stored = self._stored(name)
+            stored = self._stored(name, batch)
             if len(canon) == 1 and "{e}" not in canon[0]:
                 out[canon[0]] = stored
                 continue

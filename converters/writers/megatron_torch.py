@@ -102,7 +102,8 @@ class MegatronTorchWriter(StagedWriter):
         assert self.folder is not None
         for tp in range(self.opts.tp):
             for ep in range(self.opts.ep):
-                self._writers[(tp, ep)] = TorchZipWriter(self.folder / self._rank_file(tp, stage, ep))
+                # one writer thread per rank file: the stage's files are written concurrently
+                self._writers[(tp, ep)] = TorchZipWriter(self.folder / self._rank_file(tp, stage, ep), background=True)
                 self._models[(tp, ep)] = OrderedDict()
 
     def _finish_stage(self) -> None:
@@ -177,4 +178,6 @@ class MegatronTorchWriter(StagedWriter):
             (self.folder / TRACKER).write_text(f"{self.opts.iteration}\n")  # marker last
 
     def abort(self) -> None:
+        for writer in self._writers.values():
+            writer.abort()
         self._writers.clear()

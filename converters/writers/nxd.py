@@ -36,13 +36,16 @@ class _Sink(Protocol):
 
 class _PlainSink:
     def __init__(self, path: Path) -> None:
-        self.zip = TorchZipWriter(path)
+        self.zip = TorchZipWriter(path, background=True)  # one writer thread per rank file
 
     def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any:
         return self.zip.add(tensor)
 
     def finish(self, obj: Any) -> None:
         self.zip.finish(obj)
+
+    def abort(self) -> None:
+        self.zip.abort()
 
 
 class NxdWriter(StagedWriter):
@@ -151,5 +154,7 @@ class NxdWriter(StagedWriter):
             (self.folder / self.tag / DONE).write_text("1")  # marker last: the save completed
 
     def abort(self) -> None:
+        for sink in self._sinks.values():
+            getattr(sink, "abort", lambda: None)()
         self._sinks.clear()
         self._states.clear()

@@ -4,12 +4,21 @@
 archive as soon as it is produced (`add`), and only its shape/dtype are remembered; `finish`
 pickles the object tree with those records in place of tensors. The result loads with
 `torch.load` (including `weights_only=True` and `mmap=True`) like any other checkpoint.
+
+With `background=True` the records are written by a thread of the file's own (torch's writer
+computes each record's CRC-32 and writes it with the GIL released): a writer of several rank
+files hands a shard to each file's thread and goes on scattering, so the files are written
+concurrently instead of one after another on the caller's thread. The queue is bounded by
+bytes (`QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory; records
+keep their order, so the bytes are those of the synchronous writer.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import queue
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -39,8 +48,78 @@ class TensorRecord:
         return torch._utils._rebuild_tensor_v2, (self.storage, 0, torch.Size(self.shape), stride, False, OrderedDict())
 
 
+QUEUE_BYTES = 16 * 2**20  # per background writer: tensors handed over but not yet written
+
+
+class _RecordThread:
+    """One file's record writer: takes (name, tensor) in order, at most QUEUE_BYTES queued."""
+
+    def __init__(self, zip_writer: Any, name: str) -> None:
+        self._zip = zip_writer
+        self._queue: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue()
+        self._room = threading.Condition()
+        self._queued = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ckptscope-zip {name}", daemon=True)
+        self._thread.start()
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        with self._room:  # one record always fits: a tensor larger than the bound waits for an empty queue
+            while self._queued and self._queued + tensor.nbytes > QUEUE_BYTES and self.error is None:
+                self._room.wait()
+            self._queued += tensor.nbytes
+        self._check()
+        self._queue.put((name, tensor))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            name, tensor = item
+            size = tensor.nbytes
+            try:
+                if self.error is None:
+                    t, storage = _exact_bytes(tensor)
+                    self._zip.write_record(name, storage, t.nbytes)
+                    del t, storage
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread at its next call
+                self.error = exc
+            del item, tensor
+            with self._room:
+                self._queued -= size
+                self._room.notify_all()
+
+    def drain(self) -> None:
+        """Wait for every queued record; stop the thread; raise what it raised."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def stop(self) -> None:
+        """After a failure elsewhere: write nothing more, let the thread end."""
+        if self.error is None:
+            self.error = RuntimeError("aborted")
+        with self._room:
+            self._room.notify_all()
+        self._queue.put(None)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(contiguous tensor, storage of exactly its bytes): a row block of a larger tensor (a TP
+    shard cut along dim 0) is written from a slice of its base storage, which shares memory,
+    instead of a clone of it; anything strided is made contiguous first."""
+    t = tensor.detach().cpu().contiguous()
+    storage = t.untyped_storage()
+    if t.storage_offset() or storage.nbytes() != t.nbytes:
+        start = t.storage_offset() * t.element_size()
+        storage = storage[start:start + t.nbytes]
+    return t, storage
+
+
 class TorchZipWriter:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, background: bool = False) -> None:
         self.path = path if hasattr(path, "open_write") else Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         refuse_special(self.path)
@@ -48,19 +127,32 @@ class TorchZipWriter:
         self._zip = torch._C.PyTorchFileWriter(self._stream if self._stream is not None else str(self.path))
         self._count = 0
         self.bytes_written = 0
+        self._thread = _RecordThread(self._zip, str(path)) if background else None
 
     def add(self, tensor: torch.Tensor) -> TensorRecord:
-        """Write the tensor's bytes now; return the record to place in the object tree."""
-        t = tensor.detach().cpu().contiguous()
-        if t.storage_offset() or t.untyped_storage().nbytes() != t.nbytes:
-            t = t.clone()
+        """Write the tensor's bytes now (or hand them to the file's thread); return the record to
+        place in the object tree."""
         key = str(self._count)
         self._count += 1
-        self._zip.write_record(f"data/{key}", t.untyped_storage(), t.nbytes)
+        if self._thread is not None:
+            t = tensor.detach()
+            self._thread.put(f"data/{key}", t)
+        else:
+            t, storage = _exact_bytes(tensor)
+            self._zip.write_record(f"data/{key}", storage, t.nbytes)
         self.bytes_written += t.nbytes
         return TensorRecord(_Storage(key, t.dtype, t.numel()), tuple(t.shape))
 
+    def abort(self) -> None:
+        """Stop the file's thread after a failure (the file itself is removed with its folder)."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.stop()
+
     def finish(self, obj: Any) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.drain()
         buf = io.BytesIO()
         pickler = pickle.Pickler(buf, protocol=2)
         pickler.persistent_id = self._persistent_id  # type: ignore[method-assign]
