@@ -142,7 +142,7 @@ def parse_renames(values: Any) -> tuple[str, ...]:
 
 
 def parse_dtype(text: str) -> Any:
-    return DTYPES[text]
+    return DTYPES[text].torch  # a conversion option: the writers make tensors of it
 
 
 MEGATRON = ("megatron", "megatron-dist")

@@ -12,8 +12,12 @@ The architecture comes from `--config` or a `config.json` found beside the check
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from ckptscope.inspectors.model import Checkpoint
 

@@ -16,9 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES, DType
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.formats.deepspeed import REBUILD_HINT
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
@@ -49,10 +54,10 @@ def megatron_deepspeed_args(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _stored_dtype(tensors: list[TensorInfo]) -> torch.dtype | None:
+def _stored_dtype(tensors: list[TensorInfo]) -> DType | None:
     for t in tensors:
-        dtype = getattr(torch, t.dtype, None)
-        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        dtype = DTYPES.get(t.dtype)
+        if dtype is not None and dtype.is_floating_point:
             return dtype
     return None
 

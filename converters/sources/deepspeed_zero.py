@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.formats.deepspeed import ds_files, param_shape_map
 from ckptscope.inspectors.model import Checkpoint, Ranks, TensorInfo, dtype_name

@@ -6,8 +6,12 @@ weights stored as MXFP4 (gpt-oss: `W_blocks` + `W_scales`) or as block-scaled FP
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from .. import families, fp8

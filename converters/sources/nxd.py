@@ -9,8 +9,12 @@ the KV heads were replicated and the Q heads reordered; the rows' `Heads` cuts u
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.formats.nxd import guess_style
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
