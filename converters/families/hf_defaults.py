@@ -62,7 +62,10 @@ def hf_config(class_name: str, **kwargs: Any) -> Any:
         import transformers
 
         return getattr(transformers, class_name)(**kwargs)
-    entry = _table()["classes"][class_name]
+    entry = _table()["classes"].get(class_name)
+    if entry is None:
+        raise KeyError(f"{class_name} is not in {TABLE.name}: add it to CLASSES and rerun "
+                       "`python -m ckptscope.converters.families.hf_defaults --write`")
     values = copy.deepcopy(entry["defaults"])
     aliases = entry["attribute_map"]
     given = {aliases.get(k, k): v for k, v in kwargs.items()}
