@@ -227,14 +227,16 @@ class DTypeField:
     """A dataclass field holding a dtype given as a stand-in, a name or a torch dtype; reads
     give `resolve(value)`. The default is a stand-in, so defining the class imports nothing."""
 
-    def __init__(self, default: str) -> None:
-        self.default = DTYPES[default]
+    def __init__(self, default: str | None = None) -> None:
+        self.default = DTYPES[default] if default else None
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = "_" + name
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
+            if self.default is None:  # dataclasses read this as "no default"
+                raise AttributeError(self.slot)
             return self.default  # what dataclasses take as the field default
         return resolve(obj.__dict__.get(self.slot, self.default))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dtypes import DTYPES, STORAGE_DTYPES, DType
+from .dtypes import DTYPES, STORAGE_DTYPES, DType, DTypeField, as_torch
 from .errors import CheckpointError, reading
 from .files import file_size, open_regular
 from .safe_pickle import RestrictedUnpickler
@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
     if name == "STORAGE_TYPE_NAMES":
         table: dict[Any, str] = {}
         for storage, dtype in _STORAGE_DTYPES.items():
-            table.setdefault(dtype.torch, storage)
+            table.setdefault(as_torch(dtype), storage)
         globals()[name] = table
         return table
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -75,7 +75,7 @@ class StorageRef:
 
     file: Path
     key: str
-    dtype: DType
+    dtype: DType = DTypeField()  # type: ignore[assignment]  # the stand-in; torch's once torch is imported
     numel: int
     offset: int = -1  # absolute file offset of element 0, resolved lazily for zip members
     archive: _ZipIndex | None = field(default=None, repr=False)
@@ -95,7 +95,7 @@ class LazyTensor:
     storage_offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    dtype: DType  # a torch-free stand-in: `dtype.torch` is the real one
+    dtype: DType = DTypeField()  # type: ignore[assignment]  # the stand-in; torch's once torch is imported
 
     @property
     def numel(self) -> int:
@@ -108,7 +108,7 @@ class LazyTensor:
         if self.storage is None:
             raise CheckpointError("<meta>", "tensor was saved without data (meta tensor)")
         ref = self.storage
-        dtype = self.dtype.torch
+        dtype = as_torch(self.dtype)
         if self.numel == 0:
             return torch.empty(self.shape, dtype=dtype)
         extent = 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride) if s > 0)
