@@ -19,11 +19,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ckptscope.inspectors.dtypes import DTYPES, DType
-
-if TYPE_CHECKING:
-    import torch
-else:
-    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.formats.deepspeed import REBUILD_HINT
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
@@ -36,6 +31,11 @@ from .base import PRE, Accounting, CanonicalSource, groups
 from .deepspeed_zero import rebuild_fp32
 from .hf import HfSource
 from .megatron_torch import MegatronTorchSource
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 ZERO3_NEEDS_OPTION = ("ZeRO-3 checkpoint: the model-states files hold only partitioned placeholders; rebuild the weights "
                       "from the optimizer partitions with --from-optimizer-fp32")

@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
-else:
-    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.formats.deepspeed import ds_files, param_shape_map
 from ckptscope.inspectors.model import Checkpoint, Ranks, TensorInfo, dtype_name
 from ckptscope.inspectors.safe_pickle import Placeholder
 from ckptscope.inspectors.torchfile import LazyTensor, open_torch_file
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 OPTIM_KEY = "optimizer_state_dict"
 STAGE12_GROUPS = "single_partition_of_fp32_groups"

@@ -8,10 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
-else:
-    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from .. import families, fp8
@@ -19,6 +15,11 @@ from ..layouts import Identity
 from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
 from .base import Accounting, CanonicalSource, groups
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 
 class HfSource(CanonicalSource):

@@ -7,10 +7,6 @@ from typing import TYPE_CHECKING
 
 from ckptscope.inspectors.dtypes import DTYPES
 
-if TYPE_CHECKING:
-    import torch
-else:
-    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from ..ops import rotary_to_half
@@ -19,6 +15,11 @@ from ..row import Row, gather
 from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 
 class MetaSource(CanonicalSource):
