@@ -73,20 +73,35 @@ def _cli() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ckptscope.app.cli"]
 
 
-def _time(argv: list[str], runs: int, cwd: Path) -> dict[str, float]:
-    """Median and best wall / CPU seconds of `runs` fresh processes (one warm-up run first)."""
-    walls, cpus = [], []
+def _run(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one fresh process."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for i in range(runs + 1):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        wall = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if i:  # the first run warms the page cache and writes the bytecode cache
-            walls.append(wall)
-            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return {"median_s": statistics.median(walls), "min_s": min(walls), "cpu_median_s": statistics.median(cpus)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _summary(samples: list[tuple[float, float]]) -> dict[str, float]:
+    walls = [w for w, _ in samples]
+    return {"median_s": statistics.median(walls), "min_s": min(walls), "cpu_median_s": statistics.median(c for _, c in samples)}
+
+
+def _time(argv: list[str], runs: int, cwd: Path) -> dict[str, float]:
+    """Median and best wall / CPU seconds of `runs` fresh processes (one warm-up run first, which
+    warms the page cache and writes the bytecode cache)."""
+    _run(argv, cwd)
+    return _summary([_run(argv, cwd) for _ in range(runs)])
+
+
+def _difference(argv: list[str], base: list[str], runs: int, cwd: Path) -> dict[str, float]:
+    """Median of (argv - base) over runs taken in alternation: a drift of the machine between two
+    separate series (import torch alone varies by half a second here) cancels out."""
+    _run(argv, cwd), _run(base, cwd)
+    pairs = [(_run(argv, cwd), _run(base, cwd)) for _ in range(runs)]
+    return _summary([(a[0] - b[0], a[1] - b[1]) for a, b in pairs])
 
 
 def measure(runs: int = 7, workdir: Path | None = None) -> list[dict[str, Any]]:
@@ -107,17 +122,16 @@ def measure(runs: int = 7, workdir: Path | None = None) -> list[dict[str, Any]]:
             return row
 
         add("python -c pass", "baseline", [sys.executable, "-c", "pass"])
-        torch_row = add('python -c "import torch"', "baseline", [sys.executable, "-c", "import torch"])
+        add('python -c "import torch"', "baseline", [sys.executable, "-c", "import torch"])
         for args in (["--help"], ["inspect", "--help"], ["convert", "--help"]):
             add("ckptscope " + " ".join(args), "help", cli + args)
         for name, path in formats.items():
             add(f"inspect --json {name}", "inspect", cli + ["inspect", "--json", str(path)])
         out = root / "converted"
         convert = [*cli, "convert", str(formats["hf-llama"]), str(out), "--to", "hf", "--force", "--json"]
-        row = add("convert hf-llama (1 MB) --to hf", "convert", convert)
+        add("convert hf-llama (1 MB) --to hf", "convert", convert)
         fixed = {"what": "convert fixed cost beyond import torch", "kind": "convert fixed cost",
-                 "median_s": row["median_s"] - torch_row["median_s"], "min_s": row["min_s"] - torch_row["min_s"],
-                 "cpu_median_s": row["cpu_median_s"] - torch_row["cpu_median_s"]}
+                 **_difference(convert, [sys.executable, "-c", "import torch"], runs, root)}
         fixed["target_s"] = TARGETS["convert fixed cost"]
         fixed["ok"] = fixed["median_s"] <= fixed["target_s"]
         rows.append(fixed)
