@@ -302,6 +302,10 @@ def main() -> None:
 
         result["remote"] = measure_remote(ckpts["dense"]["hf"], work, workers=opts.workers)  # skipped without moto/s3fs
         print_row(result["remote"])
+        from bench.startup import measure as measure_startup, print_table  # issue 17: --help, inspect, fixed cost
+
+        result["startup"] = measure_startup(5, work / "startup")
+        print_table(result["startup"])
         result["seconds_total"] = time.perf_counter() - began
         result["load_average_end"] = os.getloadavg()[0]
         print_report(result)

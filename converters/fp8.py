@@ -13,14 +13,19 @@ rows at a time keeps the temporaries small: a layer of 256 experts is never held
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 SCALE = "_scale_inv"  # `<module>.weight` -> `<module>.weight_scale_inv`
 DEFAULT_BLOCK = (128, 128)
 ELEMENTS_PER_STEP = 1 << 22  # bounds the fp32 temporaries to a few tens of MB per step
-FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+FP8 = (DTYPES["float8_e4m3fn"], DTYPES["float8_e5m2"])  # torch-free; equal to torch's own
 
 
 def block_size(config: dict[str, Any] | None) -> tuple[int, int]:

@@ -8,9 +8,14 @@ which Megatron ignores, so that a round trip gives back the config it started fr
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES, DType
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from . import families
 from .reference import MLA_LATENT_EPS
@@ -23,13 +28,13 @@ def _arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
-def _dtype_from_args(args: dict[str, Any]) -> torch.dtype:
+def _dtype_from_args(args: dict[str, Any]) -> DType:
     params = str(args.get("params_dtype", ""))
     if args.get("bf16") or "bfloat16" in params:
-        return torch.bfloat16
+        return DTYPES["bfloat16"]
     if args.get("fp16") or "float16" in params:
-        return torch.float16
-    return torch.float32
+        return DTYPES["float16"]
+    return DTYPES["float32"]
 
 
 def is_megatron_llm(args: dict[str, Any]) -> bool:

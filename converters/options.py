@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spec import DTYPES
 
 MAX_DEGREE = 4096  # TP / PP / EP beyond this are typos, not clusters
 MAX_INT = 2**62
@@ -142,7 +141,9 @@ def parse_renames(values: Any) -> tuple[str, ...]:
 
 
 def parse_dtype(text: str) -> Any:
-    return DTYPES[text]
+    from .spec import DTYPES
+
+    return DTYPES[text].torch  # a conversion option: the writers make tensors of it
 
 
 MEGATRON = ("megatron", "megatron-dist")

@@ -25,18 +25,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES as _STANDINS, DTypeField
 
 from . import vocab
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first use: specs are made by `inspect` too
 
 ACTIVATIONS = ("swiglu", "geglu_tanh", "geglu", "gelu", "gelu_tanh", "xielu", "relu2", "clamped_swiglu")
 GATED = ("swiglu", "geglu_tanh", "geglu", "clamped_swiglu")  # fc1 holds gate and up
 POSITIONS = ("rope", "learned", "alibi")
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+# --dtype names -> torch-free dtypes (`.torch` is torch's; a ModelSpec resolves them itself)
+DTYPES = {"fp32": _STANDINS["float32"], "float32": _STANDINS["float32"], "bf16": _STANDINS["bfloat16"],
+          "bfloat16": _STANDINS["bfloat16"], "fp16": _STANDINS["float16"], "float16": _STANDINS["float16"]}
 
 
 class SpecError(ValueError):
@@ -122,7 +128,7 @@ class ModelSpec:
     temperature_floor: int = 8192
     temperature_scale: float = 0.1
     router_on_input: bool = False  # MoE: an expert's routed weight scales its input, not its output (moe_apply_probs_on_input)
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = DTypeField("float32")  # type: ignore[assignment]  # torch's once torch is imported
     model_type: str = ""  # the HF model_type the source declared (written back as it came)
     bos_token_id: int | None = None
     eos_token_id: int | None = None

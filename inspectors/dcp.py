@@ -20,16 +20,21 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .dcp_meta import BytesStorageMetadata, Metadata, TensorStorageMetadata
+from .dtypes import DType
 from .errors import CheckpointError, reading
 from .files import file_size, inside, lexists, open_regular
 from .safe_pickle import RestrictedUnpickler
 from .safetensors_header import StEntry, StHeader, read_header
 from .torchfile import _rebuild_hooks, check_view, storage_id, zip_pickle
 from .storage import as_path
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from .lazy import torch  # imported by the first tensor read; indexing `.metadata` never needs it
 
 METADATA_FILE = ".metadata"
 _ZIP_MAGIC = b"PK"
@@ -60,8 +65,13 @@ class DcpTensor:
 
     key: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype_info: DType  # torch-free: name and itemsize
     chunks: tuple[DcpChunk, ...]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype (imports torch: for code that reads the tensor)."""
+        return self.dtype_info.torch
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,8 @@ class DcpBytes:
 
 
 def load_metadata(path: Path) -> tuple[Any, set[str]]:
-    """Unpickle a DCP `.metadata` file with the allowlist. Returns (Metadata, placeholder names)."""
-    from torch.distributed.checkpoint.metadata import Metadata
-
+    """Unpickle a DCP `.metadata` file with the allowlist. Returns (Metadata, placeholder names);
+    the DCP classes are torch-free records (dcp_meta.py)."""
     if not path.exists():
         raise CheckpointError(path, "missing DCP metadata file (.metadata)")
     with reading(path, "garbled DCP metadata"), open_regular(path, "DCP metadata file") as fh:
@@ -111,11 +120,6 @@ class DcpReader:
 
     # ----- index -----------------------------------------------------------------------
     def _index(self) -> None:
-        from torch.distributed.checkpoint.metadata import (
-            BytesStorageMetadata,
-            TensorStorageMetadata,
-        )
-
         storage = self._storage_table()
         with reading(self.metadata_path, "garbled DCP metadata"):
             for key, entry in self.metadata.state_dict_metadata.items():
@@ -149,7 +153,7 @@ class DcpReader:
     def _tensor_entry(self, key: str, entry: Any, storage: dict[Any, Any]) -> DcpTensor:
         shape = tuple(int(s) for s in entry.size)
         dtype = entry.properties.dtype
-        if not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, DType):
             raise CheckpointError(self.metadata_path, f"garbled DCP metadata: {key!r} has dtype {dtype!r}")
         chunks = []
         for chunk in entry.chunks:
@@ -637,7 +641,8 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
     storages: dict[str, torch.Tensor] = {}
 
     def persistent(pid: Any) -> torch.Tensor:
-        dtype, key, numel = storage_id("<bytes>", pid)
+        stored, key, numel = storage_id("<bytes>", pid)
+        dtype = stored.torch
         if key not in storages:
             raw = bytearray(index.read(zf, f"{index.prefix}data/{key}"))
             if len(raw) < numel * dtype.itemsize:
@@ -648,9 +653,10 @@ def safe_torch_loads(buf: bytes, seen: set[str] | None = None) -> Any:
 
     def make(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) -> torch.Tensor:
         shape = tuple(int(s) for s in size)
+        dtype = dtype.torch if isinstance(dtype, DType) else None
         if not isinstance(storage, torch.Tensor):
-            return torch.empty(shape, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
-        flat = storage if not isinstance(dtype, torch.dtype) or dtype == storage.dtype else storage.view(dtype)
+            return torch.empty(shape, dtype=dtype or torch.float32)
+        flat = storage if dtype is None or dtype == storage.dtype else storage.view(dtype)
         if stride is None or len(stride) != len(shape):
             stride = tuple(int(math.prod(shape[i + 1:])) for i in range(len(shape)))
         stride = tuple(int(s) for s in stride)

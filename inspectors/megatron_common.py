@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .dtypes import DType
 from .errors import CheckpointError
 from .files import parse_iteration, read_side_text
 from .safe_pickle import Placeholder, short_repr
@@ -110,8 +111,6 @@ def plain_value(value: Any, depth: int = 0, _budget: list[int] | None = None) ->
     Bounded: shared containers (pickle memo) could otherwise expand exponentially, a huge int
     cannot be printed (`sys.get_int_max_str_digits`), a deep structure cannot be repr'd.
     """
-    import torch
-
     budget = [MAX_PLAIN_ITEMS] if _budget is None else _budget
     budget[0] -= 1
     if budget[0] < 0:
@@ -122,7 +121,7 @@ def plain_value(value: Any, depth: int = 0, _budget: list[int] | None = None) ->
         return short_repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, torch.dtype):
+    if isinstance(value, DType) or (type(value).__name__ == "dtype" and type(value).__module__ == "torch"):
         return str(value)
     if isinstance(value, Placeholder):
         return f"<{value.describe()}>"

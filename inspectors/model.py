@@ -11,9 +11,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+from .dtypes import DType, dtype as _dtype
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("hf", "megatron-torch", "megatron-dist", "nxd", "deepspeed")
 
@@ -97,15 +100,13 @@ class TensorSource(Protocol):
     def load(self) -> torch.Tensor: ...
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: DType | torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
 def dtype_from_name(name: str) -> torch.dtype:
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
-    return value
+    """The torch dtype called `name` (imports torch: for code that makes tensors)."""
+    return _dtype(name).torch
 
 
 _ITEMSIZE: dict[str, float] = {}
@@ -115,7 +116,7 @@ def itemsize(dtype: str) -> float:
     """Bytes per element (fractional for sub-byte dtypes); cached, as 100k-tensor indexes ask often."""
     size = _ITEMSIZE.get(dtype)
     if size is None:
-        size = _ITEMSIZE[dtype] = dtype_from_name(dtype).itemsize if dtype != "bool" else 1
+        size = _ITEMSIZE[dtype] = _dtype(dtype).itemsize
     return size
 
 

@@ -4,7 +4,9 @@ Checkpoints from the wild are untrusted. `pickle` can call any importable callab
 only safe reader is one that decides what every GLOBAL resolves to. Here:
 
 - a small allowlist maps to real objects that cannot run code (containers, `argparse.Namespace`,
-  torch dtypes and `torch.Size`, numpy arrays/scalars/dtypes, DCP metadata dataclasses);
+  numpy arrays/scalars/dtypes) and to torch-free stand-ins for torch's dtypes, `torch.Size`,
+  devices and layouts (`dtypes.py`) and DCP metadata dataclasses (`dcp_meta.py`): reading a
+  pickle never imports torch (numpy is imported the first time a pickle names it);
 - tensor rebuild functions map to hooks the caller provides (lazy tensors: no bytes read);
 - everything else (`megatron.*` enums, Transformer Engine recipes, `os.system`, `builtins.eval`,
   `builtins.getattr`, ...) becomes a `Placeholder` subclass that records its qualified name and
@@ -30,7 +32,8 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any, BinaryIO, ClassVar
 
-import torch
+from . import dcp_meta
+from .dtypes import DTYPES, LAYOUTS, Device, Size
 
 
 class Placeholder:
@@ -241,23 +244,16 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
         ("_io", "BytesIO"): io.BytesIO,  # TE `_extra_state` blobs; state is just bytes
         ("io", "BytesIO"): io.BytesIO,
         ("types", "SimpleNamespace"): argparse.Namespace,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
+        ("torch", "Size"): Size,
+        ("torch", "device"): Device,
         ("torch.serialization", "_get_layout"): _get_layout,
         ("torch_xla.utils.serialization", "TensorReference"): XserTensorRef,
         # torch DCP's `.metadata` keeps the checkpoint_id it was saved to (a PosixPath): its text
         **{(module, cls): _path_text for module in ("pathlib", "pathlib._local")
            for cls in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path", "PurePath")},
     }
-    for name in dir(torch):
-        value = getattr(torch, name, None)
-        if isinstance(value, torch.dtype):
-            allow[("torch", name)] = value
-    for attr in ("strided", "sparse_coo", "sparse_csr", "_mkldnn"):
-        value = getattr(torch, attr, None)
-        if value is not None:
-            allow[("torch", attr)] = value
-    _add_numpy(allow)
+    allow.update({("torch", name): value for name, value in DTYPES.items()})
+    allow.update({("torch", name): value for name, value in LAYOUTS.items()})
     return allow
 
 
@@ -278,15 +274,17 @@ def _path_text(*parts: Any) -> str:
 
 
 def _get_layout(name: str) -> Any:
-    layout = getattr(torch, str(name).removeprefix("torch."), None)
-    return layout if isinstance(layout, torch.layout) else name
+    return LAYOUTS.get(str(name).removeprefix("torch."), name)
 
 
-def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
+@functools.cache
+def _numpy_allowlist() -> dict[tuple[str, str], Any]:
+    """numpy's arrays, scalars and dtypes; built (numpy imported) when a pickle first names numpy."""
+    allow: dict[tuple[str, str], Any] = {}
     try:
         import numpy as np
     except Exception:  # noqa: BLE001
-        return
+        return allow
     numpy_reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
 
     def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
@@ -310,6 +308,7 @@ def _add_numpy(allow: dict[tuple[str, str], Any]) -> None:
         for name in dir(dtypes):
             if name.endswith("DType"):
                 allow[("numpy.dtypes", name)] = getattr(dtypes, name)
+    return allow
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -338,35 +337,6 @@ def _check_ndarray_state(state: Any) -> None:
         raise pickle.UnpicklingError(f"numpy array of {count} x {dtype.itemsize} bytes with {got} data bytes refused")
     if dtype.hasobject:  # a pointer per element; other arrays keep the pickle's own bytes
         _charge(count * 8, "numpy object array")
-
-
-_DCP_MODULES = ("torch.distributed.checkpoint.", "megatron.core.dist_checkpointing.")
-
-
-@functools.cache
-def _dcp_allowlist() -> dict[tuple[str, str], Any]:
-    """torch.distributed.checkpoint metadata classes (plain dataclasses and enums).
-
-    Built on first use: importing torch.distributed.checkpoint costs most of a second.
-    """
-    allow: dict[tuple[str, str], Any] = {}
-    try:
-        from torch.distributed.checkpoint import filesystem, metadata, planner
-    except Exception:  # noqa: BLE001
-        return allow
-    for mod, names in (
-        (metadata, ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                    "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
-        (planner, ("SavePlan", "WriteItem", "WriteItemType", "TensorWriteData", "LoadPlan", "ReadItem",
-                   "LoadItemType")),
-        (filesystem, ("_StorageInfo", "_StoragePrefix")),
-    ):
-        for name in names:
-            if hasattr(mod, name):
-                allow[(mod.__name__, name)] = getattr(mod, name)
-    # Megatron-Core >= 0.15 pickles a Metadata subclass; its extra field lands in __dict__.
-    allow[("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata")] = metadata.Metadata
-    return allow
 
 
 ALLOWLIST: dict[tuple[str, str], Any] = _build_allowlist()
@@ -670,8 +640,10 @@ class RestrictedUnpickler(pickle._Unpickler):
             found = self._hooks[key]
         elif key in ALLOWLIST:
             found = ALLOWLIST[key]
-        elif module.startswith(_DCP_MODULES) and key in _dcp_allowlist():
-            found = _dcp_allowlist()[key]
+        elif key in dcp_meta.ALLOWLIST:
+            found = dcp_meta.ALLOWLIST[key]
+        elif module.startswith("numpy") and key in _numpy_allowlist():
+            found = _numpy_allowlist()[key]
         else:
             self.placeholders.add(f"{module}.{name}")
             found = placeholder_class(module, name)

@@ -18,15 +18,17 @@ import struct
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-import torch
 
 from .errors import CheckpointError, reading
 from .files import file_size, open_regular
 from .model import dtype_from_name
 from .storage import as_path
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_HEADER_BYTES = 100_000_000
 
@@ -83,6 +85,8 @@ class StEntry(msgspec.Struct, gc=False):
 
     def load(self) -> torch.Tensor:
         """Read exactly this tensor's bytes into a new tensor (no mmap, no header re-parse)."""
+        import torch
+
         path = as_path(self.path)
         raw = torch.empty(self.end - self.begin, dtype=torch.uint8)
         with reading(path, f"cannot read tensor {self.name!r}"), open_regular(path, "safetensors file") as fh:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .model import Checkpoint, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 _BLOCK = 1 << 22  # elements per pass: bounds the float64 working copy to 32 MB
 
@@ -37,6 +39,8 @@ class TensorStats:
 
 def tensor_stats(values: torch.Tensor, name: str = "", file: str = "", bins: int = 32) -> TensorStats:
     """Streaming moments over finite values in blocks; NaN/Inf are counted, not mixed in."""
+    import torch
+
     flat = values.reshape(-1)
     n_finite = nan = inf = zeros = 0
     total = 0.0

@@ -25,11 +25,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -453,6 +455,8 @@ _pool: list[ThreadPoolExecutor] = []
 def _executor() -> ThreadPoolExecutor:
     with _lock:
         if not _pool or _pool[0]._max_workers != SETTINGS["read_concurrency"]:
+            from concurrent.futures import ThreadPoolExecutor  # remote reads only: local ones never start it
+
             _pool[:] = [ThreadPoolExecutor(max_workers=max(1, SETTINGS["read_concurrency"]), thread_name_prefix="ckptscope-read")]
         return _pool[0]
 

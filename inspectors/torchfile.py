@@ -21,39 +21,32 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .dtypes import DTYPES, STORAGE_DTYPES, DType, DTypeField, as_torch
 from .errors import CheckpointError, reading
 from .files import file_size, open_regular
 from .safe_pickle import RestrictedUnpickler
 from .storage import as_path
 
-# Storage class names (as pickled in the persistent id) -> dtype
-_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-    "UntypedStorage": torch.uint8,
-}
-for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-    if hasattr(torch, _name):
-        _STORAGE_DTYPES["".join(p.capitalize() for p in _name.split("_")) + "Storage"] = getattr(torch, _name)
+if TYPE_CHECKING:
+    import torch
 
-# dtype -> storage class name, as torch.save pickles it (first name wins for uint8)
-STORAGE_TYPE_NAMES: dict[torch.dtype, str] = {}
-for _name, _dtype in _STORAGE_DTYPES.items():
-    STORAGE_TYPE_NAMES.setdefault(_dtype, _name)
+# Storage class names (as pickled in the persistent id) -> dtype
+_STORAGE_DTYPES: dict[str, DType] = {name: DTYPES[dtype] for name, dtype in STORAGE_DTYPES.items()}
+
+
+def __getattr__(name: str) -> Any:
+    """`STORAGE_TYPE_NAMES` (torch dtype -> storage class name, as torch.save pickles it; the first
+    name wins for uint8) is built on first use: it needs torch, which readers do not import."""
+    if name == "STORAGE_TYPE_NAMES":
+        table: dict[Any, str] = {}
+        for storage, dtype in _STORAGE_DTYPES.items():
+            table.setdefault(as_torch(dtype), storage)
+        globals()[name] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -69,7 +62,7 @@ MAX_VIEW_EXPANSION = 1 << 24
 class StorageType:
     """What `torch.FloatStorage` & co. resolve to: just a dtype."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: DType) -> None:
         self.dtype = dtype
 
     def __repr__(self) -> str:
@@ -82,7 +75,7 @@ class StorageRef:
 
     file: Path
     key: str
-    dtype: torch.dtype
+    dtype: DType = DTypeField()  # type: ignore[assignment]  # the stand-in; torch's once torch is imported
     numel: int
     offset: int = -1  # absolute file offset of element 0, resolved lazily for zip members
     archive: _ZipIndex | None = field(default=None, repr=False)
@@ -102,7 +95,7 @@ class LazyTensor:
     storage_offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType = DTypeField()  # type: ignore[assignment]  # the stand-in; torch's once torch is imported
 
     @property
     def numel(self) -> int:
@@ -110,11 +103,14 @@ class LazyTensor:
 
     def load(self) -> torch.Tensor:
         """Read exactly the byte range this view covers and return a contiguous CPU tensor."""
+        import torch
+
         if self.storage is None:
             raise CheckpointError("<meta>", "tensor was saved without data (meta tensor)")
         ref = self.storage
+        dtype = as_torch(self.dtype)
         if self.numel == 0:
-            return torch.empty(self.shape, dtype=self.dtype)
+            return torch.empty(self.shape, dtype=dtype)
         extent = 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride) if s > 0)
         if self.storage_offset + extent > ref.numel:
             raise CheckpointError(ref.file, f"tensor view exceeds storage {ref.key} ({ref.numel} elements)")
@@ -130,7 +126,7 @@ class LazyTensor:
                 raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {len(buf)} bytes at {start}, file has {got}")
             if ref.archive is not None and self.storage_offset == 0:
                 ref.archive.check_crc(ref.key, buf)  # type: ignore[arg-type]
-            flat = raw.view(self.dtype)
+            flat = raw.view(dtype)
             return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
 
 
@@ -257,8 +253,8 @@ def _make_lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) ->
     if stride is None or len(stride) != len(shape):
         stride = tuple(int(math.prod(shape[i + 1 :])) for i in range(len(shape)))
     ref = storage if isinstance(storage, StorageRef) else None
-    if not isinstance(dtype, torch.dtype):
-        dtype = ref.dtype if ref is not None else torch.uint8
+    if not isinstance(dtype, DType):
+        dtype = ref.dtype if ref is not None else DTYPES["uint8"]
     stride = tuple(int(s) for s in stride)
     if ref is not None:
         check_view(ref.file, ref.key, ref.numel * ref.dtype.itemsize, int(offset), shape, stride, dtype.itemsize)
@@ -311,12 +307,12 @@ def zip_pickle(path: Path | str, zf: zipfile.ZipFile) -> tuple[_ZipIndex, bytes]
     return index, data
 
 
-def storage_id(path: Path | str, pid: Any) -> tuple[torch.dtype, str, int]:
+def storage_id(path: Path | str, pid: Any) -> tuple[DType, str, int]:
     """(dtype, key, numel) of a torch.save storage persistent id; any other id is refused."""
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
         raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
     _, stype, key, _location, numel = pid[:5]
-    return (stype.dtype if isinstance(stype, StorageType) else torch.uint8), str(key), int(numel)
+    return (stype.dtype if isinstance(stype, StorageType) else DTYPES["uint8"]), str(key), int(numel)
 
 
 def _open_zip(path: Path, fh: Any) -> TorchFile:
@@ -373,7 +369,7 @@ def _open_legacy(path: Path, fh: Any) -> TorchFile:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise CheckpointError(path, f"unexpected persistent id {str(pid)[:80]!r}")
         _, stype, key, _location, numel = pid[:5]
-        dtype = stype.dtype if isinstance(stype, StorageType) else torch.uint8
+        dtype = stype.dtype if isinstance(stype, StorageType) else DTYPES["uint8"]
         key = str(key)
         ref = storages.setdefault(key, StorageRef(path, key, dtype, int(numel)))
         view = pid[5] if len(pid) > 5 else None

@@ -12,6 +12,7 @@ from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import Family, MegatronTraits
 from .common import hf_common, lm_head, refuse_features, rope_from_config, rope_parameters
+from .hf_defaults import hf_config
 
 XIELU_BETA, XIELU_EPS = 0.5, -1e-6
 
@@ -37,14 +38,12 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> Any:
-    import transformers
-
     refuse_features(spec, "Apertus", ("QK-norm",))
     if spec.activation != "xielu" or not spec.qk_norm or spec.norm != "rmsnorm" or spec.mlp_bias or spec.qkv_bias != spec.o_bias:
         raise SpecError("HF Apertus needs xIELU, QK-norm, RMSNorm, no MLP bias and attention biases on q/k/v/o or none")
     if spec.head_dim * spec.heads != spec.hidden:
         raise SpecError("HF Apertus needs head_dim = hidden / heads")
-    config = transformers.ApertusConfig(
+    config = hf_config("ApertusConfig",
         vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, max_position_embeddings=spec.max_position_embeddings,
         rms_norm_eps=spec.norm_eps, tie_word_embeddings=spec.tied, attention_bias=spec.qkv_bias,

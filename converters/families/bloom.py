@@ -11,6 +11,7 @@ from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import Family, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common, refuse_features
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -28,14 +29,12 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> Any:
-    import transformers
-
     refuse_features(spec, "BLOOM")
     if spec.kv_heads != spec.heads or spec.head_dim * spec.heads != spec.hidden or spec.ffn != 4 * spec.hidden:
         raise SpecError("HF BLOOM needs multi-head attention, head_dim = hidden / heads and FFN = 4 x hidden")
     if spec.position != "alibi" or not spec.embed_norm or spec.activation != "gelu_tanh" or spec.norm != "layernorm":
         raise SpecError("HF BLOOM needs ALiBi, an embedding LayerNorm and a GELU (tanh) MLP")
-    config = transformers.BloomConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
+    config = hf_config("BloomConfig", vocab_size=spec.vocab, hidden_size=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
                                       layer_norm_epsilon=spec.norm_eps, tie_word_embeddings=spec.tied)
     config.architectures = ["BloomForCausalLM"]
     return config

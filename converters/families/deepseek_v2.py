@@ -19,6 +19,7 @@ from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import FusedExperts, MegatronTraits
 from .common import experts, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features, swiglu_mlp
+from .hf_defaults import hf_config
 
 FEATURES = ("experts", "a shared expert", "un-renormalised top-k", "multi-head latent attention", "RoPE on adjacent pairs",
             "a sigmoid / biased-choice / group-limited / scaled router", "dense layers among MoE layers")
@@ -81,13 +82,11 @@ def common_kwargs(spec: ModelSpec) -> dict[str, Any]:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "DeepSeek-V2", FEATURES)
     need(spec.router_score == "softmax" and not spec.router_score_bias and not spec.norm_topk_prob and spec.rope_interleave,
          "HF DeepSeek-V2 has a softmax router without a correction bias or renormalised top-k, and RoPE on adjacent pairs")
     grouped = spec.router_groups > 1
-    config = transformers.DeepseekV2Config(**common_kwargs(spec), norm_topk_prob=False,
+    config = hf_config("DeepseekV2Config", **common_kwargs(spec), norm_topk_prob=False,
                                            topk_method="group_limited_greedy" if grouped else "greedy",
                                            n_group=spec.router_groups if grouped else None,
                                            topk_group=spec.router_group_topk if grouped else None)

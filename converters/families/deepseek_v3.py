@@ -23,6 +23,7 @@ from ..row import Row
 from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
 from .common import finish_hf_config, llama_family, llama_spec, need, refuse_features
+from .hf_defaults import hf_config
 from .deepseek_v2 import FEATURES, MLA_ROWS, MOE_ROWS, common_kwargs, mla_fields, moe_fields
 
 
@@ -36,11 +37,9 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "DeepSeek-V3", FEATURES)
     need(spec.router_score == "sigmoid" and spec.router_score_bias, "HF DeepSeek-V3 has a sigmoid router with a correction bias")
-    config = transformers.DeepseekV3Config(**common_kwargs(spec), norm_topk_prob=spec.norm_topk_prob, n_group=spec.router_groups,
+    config = hf_config("DeepseekV3Config", **common_kwargs(spec), norm_topk_prob=spec.norm_topk_prob, n_group=spec.router_groups,
                                            topk_group=spec.router_group_topk, rope_interleave=spec.rope_interleave,
                                            num_nextn_predict_layers=spec.mtp)  # the MTP modules carried
     return finish_hf_config(config, spec, "DeepseekV3ForCausalLM")

@@ -16,6 +16,7 @@ from ..spec import ModelSpec, SpecError
 from .base import Family, MegatronTraits
 from .common import (LN_F_AND_HEAD, first, hf_common, norm_rows, one_of, refuse_features, rope_from_config,
                      rope_parameters)
+from .hf_defaults import hf_config
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -54,8 +55,6 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> Any:
-    import transformers
-
     refuse_features(spec, "Falcon")
     if spec.norm != "layernorm" or spec.position != "rope" or spec.activation not in HF_ACTIVATION:
         raise SpecError("HF Falcon needs LayerNorm, RoPE and a GELU MLP")
@@ -76,7 +75,7 @@ def config_from_spec(spec: ModelSpec) -> Any:
         kwargs.update(num_kv_heads=spec.kv_heads, num_ln_in_parallel_attn=spec.parallel_norms, multi_query=False)
     else:
         kwargs.update(multi_query=spec.kv_heads == 1 and spec.heads > 1)
-    config = transformers.FalconConfig(**kwargs)
+    config = hf_config("FalconConfig", **kwargs)
     config.architectures = ["FalconForCausalLM"]
     return config
 

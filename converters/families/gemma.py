@@ -11,6 +11,7 @@ from typing import Any
 from ..spec import ModelSpec, SpecError
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, one_of, refuse_features
+from .hf_defaults import hf_config
 
 ACTIVATIONS = {"gelu_pytorch_tanh": "geglu_tanh", "gelu_tanh": "geglu_tanh", "gelu_new": "geglu_tanh", "gelu": "geglu"}
 HF_ACTIVATION = {"geglu_tanh": "gelu_pytorch_tanh", "geglu": "gelu"}
@@ -58,11 +59,9 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     kwargs = gemma_kwargs(spec, "Gemma", act_key="hidden_act")
     need(spec.attention_multiplier is None, "HF Gemma scales attention by 1/sqrt(head_dim) only")
-    return finish_hf_config(transformers.GemmaConfig(**kwargs), spec, "GemmaForCausalLM")
+    return finish_hf_config(hf_config("GemmaConfig", **kwargs), spec, "GemmaForCausalLM")
 
 
 FAMILY = llama_family(

@@ -11,6 +11,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_attention, llama_family, swiglu_mlp
 from .gemma import attention_multiplier, gemma_kwargs, gemma_spec, query_pre_attn_scalar
+from .hf_defaults import hf_config
 
 GEMMA2_FEATURES = ("soft-capping", "norms on the branch outputs", "a sliding window", "a per-layer sliding pattern")
 
@@ -40,9 +41,7 @@ def gemma2_kwargs(spec: ModelSpec, holds: str, supported: tuple[str, ...] = ()) 
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
-    return finish_hf_config(transformers.Gemma2Config(**gemma2_kwargs(spec, "Gemma 2")), spec, "Gemma2ForCausalLM")
+    return finish_hf_config(hf_config("Gemma2Config", **gemma2_kwargs(spec, "Gemma 2")), spec, "Gemma2ForCausalLM")
 
 
 FAMILY = llama_family(

@@ -10,6 +10,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_family, rope_from_config
 from .gemma import attention_multiplier, gemma_spec
+from .hf_defaults import hf_config
 from .gemma2 import GEMMA2_LAYER, gemma2_kwargs
 
 
@@ -25,15 +26,13 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     kwargs = gemma2_kwargs(spec, "Gemma 3", ("QK-norm", "a second RoPE base"))
     full = {"rope_type": "default", **(spec.rope_scaling or {}), "rope_theta": spec.rope_theta}
     local = {"rope_type": "default", "rope_theta": spec.rope_local_theta if spec.rope_local_theta is not None else spec.rope_theta}
     for key in ("rope_theta", "rope_scaling"):
         kwargs.pop(key, None)
     kwargs["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
-    return finish_hf_config(transformers.Gemma3TextConfig(**kwargs), spec, "Gemma3ForCausalLM")
+    return finish_hf_config(hf_config("Gemma3TextConfig", **kwargs), spec, "Gemma3ForCausalLM")
 
 
 FAMILY = llama_family(

@@ -12,6 +12,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (interleaved_qkv, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
+from .hf_defaults import hf_config
 
 
 
@@ -21,12 +22,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "GLM4", ("partial rotary", "norms on the branch outputs"))
     need(spec.out_norms and spec.pre_norms and not spec.qk_norm and not spec.moe and not spec.o_bias and not spec.mlp_bias,
          "HF GLM4 needs pre- and post-norms, q/k/v biases only, no QK-norm or experts")
-    config = transformers.Glm4Config(**llama_config_kwargs(spec, attention_bias=spec.qkv_bias, rope_parameters=rope_parameters(spec)))
+    config = hf_config("Glm4Config", **llama_config_kwargs(spec, attention_bias=spec.qkv_bias, rope_parameters=rope_parameters(spec)))
     return finish_hf_config(config, spec, "Glm4ForCausalLM")
 
 

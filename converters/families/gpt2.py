@@ -11,6 +11,7 @@ from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import Family, MegatronTraits
 from .common import LN_F_AND_HEAD, first, hf_common, one_of, refuse_features
+from .hf_defaults import hf_config
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
@@ -32,14 +33,12 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> Any:
-    import transformers
-
     refuse_features(spec, "GPT-2")
     if spec.kv_heads != spec.heads or spec.head_dim * spec.heads != spec.hidden or spec.norm != "layernorm":
         raise SpecError("HF GPT-2 needs multi-head attention with head_dim = hidden / heads and LayerNorm")
     if spec.activation not in HF_ACTIVATION or spec.position != "learned" or not (spec.qkv_bias and spec.o_bias and spec.mlp_bias):
         raise SpecError("HF GPT-2 needs learned positions, a GELU MLP and biases on every linear")
-    config = transformers.GPT2Config(
+    config = hf_config("GPT2Config",
         vocab_size=spec.vocab, n_positions=spec.max_position_embeddings, n_embd=spec.hidden, n_layer=spec.layers,
         n_head=spec.heads, n_inner=spec.ffn if spec.ffn != 4 * spec.hidden else None,
         activation_function=HF_ACTIVATION[spec.activation], layer_norm_epsilon=spec.norm_eps, tie_word_embeddings=spec.tied)

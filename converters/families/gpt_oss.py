@@ -14,6 +14,7 @@ from ..row import Row
 from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .hf_defaults import hf_config
 
 FEATURES = ("experts", "a sliding window", "a per-layer sliding pattern", "attention sinks", "router / expert biases",
             "a clamped SwiGLU")
@@ -28,8 +29,6 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "GptOss", FEATURES)
     need(spec.moe and spec.norm_topk_prob and not spec.shared_expert_ffn and spec.attn_sinks and spec.router_bias
          and spec.expert_bias and spec.activation == "clamped_swiglu",
@@ -38,7 +37,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     kwargs = llama_config_kwargs(spec, intermediate_size=spec.expert_ffn, num_local_experts=spec.experts,
                                  num_experts_per_tok=spec.topk, sliding_window=spec.sliding_window, attention_bias=spec.o_bias,
                                  swiglu_alpha=spec.glu_alpha, swiglu_limit=spec.glu_limit)
-    return finish_hf_config(transformers.GptOssConfig(**kwargs), spec, "GptOssForCausalLM")
+    return finish_hf_config(hf_config("GptOssConfig", **kwargs), spec, "GptOssForCausalLM")
 
 
 def _moe(spec: ModelSpec) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -22,8 +23,6 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Granite", ("embedding / residual / attention / logits multipliers",))
     need(not spec.qk_norm and not spec.moe and spec.qkv_bias == spec.o_bias, "HF Granite has no QK-norm or experts")
     kwargs = llama_config_kwargs(
@@ -31,7 +30,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         residual_multiplier=spec.residual_multiplier, logits_scaling=spec.logits_scaling,
         attention_multiplier=spec.attention_multiplier if spec.attention_multiplier is not None else spec.head_dim ** -0.5,
         derived_head_dim="Granite")
-    config = transformers.GraniteConfig(**kwargs)
+    config = hf_config("GraniteConfig", **kwargs)
     return finish_hf_config(config, spec, "GraniteForCausalLM")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -17,13 +18,11 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Llama")
     need(spec.qkv_bias == spec.o_bias, "HF Llama's attention_bias covers q/k/v and o together (q/k/v-only biases: Qwen2)")
     need(not spec.qk_norm and not spec.moe and spec.sliding_window is None,
          "HF Llama has no QK-norm, experts or sliding window (Qwen3, Mixtral, Mistral have)")
-    config = transformers.LlamaConfig(**llama_config_kwargs(spec, attention_bias=spec.qkv_bias, mlp_bias=spec.mlp_bias))
+    config = hf_config("LlamaConfig", **llama_config_kwargs(spec, attention_bias=spec.qkv_bias, mlp_bias=spec.mlp_bias))
     return finish_hf_config(config, spec, "LlamaForCausalLM")
 
 

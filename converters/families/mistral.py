@@ -8,6 +8,7 @@ from typing import Any
 from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -15,12 +16,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Mistral", ("a sliding window",))
     need(not (spec.qkv_bias or spec.o_bias or spec.mlp_bias or spec.qk_norm or spec.moe),
          "HF Mistral has no biases, QK-norm or experts")
-    config = transformers.MistralConfig(**llama_config_kwargs(spec, sliding_window=spec.sliding_window))
+    config = hf_config("MistralConfig", **llama_config_kwargs(spec, sliding_window=spec.sliding_window))
     return finish_hf_config(config, spec, "MistralForCausalLM")
 
 

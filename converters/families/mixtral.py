@@ -10,6 +10,7 @@ from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need,
                      refuse_features)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -19,12 +20,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Mixtral", ("experts", "a sliding window"))
     need(spec.moe and spec.norm_topk_prob and not spec.shared_expert_ffn, "HF Mixtral needs experts with renormalised top-k and no shared expert")
     need(not (spec.qkv_bias or spec.o_bias or spec.qk_norm), "HF Mixtral has no attention biases or QK-norm")
-    config = transformers.MixtralConfig(**llama_config_kwargs(
+    config = hf_config("MixtralConfig", **llama_config_kwargs(
         spec, intermediate_size=spec.expert_ffn or spec.ffn, num_local_experts=spec.experts, num_experts_per_tok=spec.topk,
         sliding_window=spec.sliding_window))
     return finish_hf_config(config, spec, "MixtralForCausalLM")

@@ -12,6 +12,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, lm_head, need, norm_rows, one_of,
                      refuse_features, rope_parameters)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -22,15 +23,13 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Nemotron", ("zero-centred norms", "partial rotary", "a squared-ReLU MLP"))
     need(spec.norm == "layernorm" and spec.norm_zero_centered and spec.activation == "relu2" and spec.qkv_bias == spec.o_bias,
          "HF Nemotron needs LayerNorm1P, a squared-ReLU MLP and attention biases on q/k/v/o or none")
     kwargs = llama_config_kwargs(spec, norm_eps=spec.norm_eps, hidden_act="relu2", attention_bias=spec.qkv_bias,
                                  mlp_bias=spec.mlp_bias, rope_parameters=rope_parameters(spec))
     del kwargs["rms_norm_eps"]
-    return finish_hf_config(transformers.NemotronConfig(**kwargs), spec, "NemotronForCausalLM")
+    return finish_hf_config(hf_config("NemotronConfig", **kwargs), spec, "NemotronForCausalLM")
 
 
 

@@ -11,6 +11,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, need,
                      refuse_features, swiglu_mlp)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -19,15 +20,13 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "OLMo2", (
         "QK-norm", "full-width QK-norm", "norms on the branch outputs", "a block without pre-norms"))
     need(spec.qk_norm and spec.qk_norm_full and not spec.pre_norms and spec.out_norms,
          "HF OLMo2 needs full-width QK-norm and norms on the branch outputs only")
     need(not spec.moe and not spec.mlp_bias and spec.qkv_bias == spec.o_bias, "HF OLMo2 has no experts or MLP bias")
     kwargs = llama_config_kwargs(spec, attention_bias=spec.qkv_bias, derived_head_dim="OLMo2")
-    config = transformers.Olmo2Config(**kwargs)
+    config = hf_config("Olmo2Config", **kwargs)
     return finish_hf_config(config, spec, "Olmo2ForCausalLM")
 
 

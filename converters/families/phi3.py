@@ -11,6 +11,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -18,15 +19,13 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Phi-3", ("partial rotary", "a sliding window"))
     need(not (spec.qkv_bias or spec.o_bias or spec.mlp_bias or spec.qk_norm or spec.moe),
          "HF Phi-3 has no biases, QK-norm or experts")
     kwargs = llama_config_kwargs(spec, sliding_window=spec.sliding_window, rope_parameters=rope_parameters(spec),
                                  derived_head_dim="Phi-3",
                                  **({"partial_rotary_factor": spec.rotary_percent} if spec.rotary_percent != 1.0 else {}))
-    config = transformers.Phi3Config(**kwargs)
+    config = hf_config("Phi3Config", **kwargs)
     return finish_hf_config(config, spec, "Phi3ForCausalLM")
 
 

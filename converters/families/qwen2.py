@@ -8,6 +8,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, qwen_window_kwargs,
                      refuse_features)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -15,12 +16,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Qwen2", ("a sliding window", "a per-layer sliding pattern"))
     need(not (spec.o_bias or spec.mlp_bias), "Qwen2 has q/k/v biases only; this model also has output / MLP biases")
     need(not spec.qk_norm and not spec.moe, "HF Qwen2 has no QK-norm or experts (Qwen3, Qwen2-MoE have)")
-    config = transformers.Qwen2Config(**llama_config_kwargs(spec, optional_head_dim=True, **qwen_window_kwargs(spec)))
+    config = hf_config("Qwen2Config", **llama_config_kwargs(spec, optional_head_dim=True, **qwen_window_kwargs(spec)))
     return finish_hf_config(config, spec, "Qwen2ForCausalLM")
 
 

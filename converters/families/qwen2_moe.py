@@ -11,6 +11,7 @@ from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
                      need, qwen_window_kwargs, refuse_features)
+from .hf_defaults import hf_config
 from .qwen3_moe import every_layer_sparse
 
 
@@ -24,8 +25,6 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Qwen2-MoE", (
         "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.shared_expert_ffn > 0 and spec.shared_expert_gate, "HF Qwen2-MoE needs experts and a gated shared expert")
@@ -34,7 +33,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         spec, qkv_bias=spec.qkv_bias, num_experts=spec.experts, num_experts_per_tok=spec.topk, moe_intermediate_size=spec.expert_ffn,
         shared_expert_intermediate_size=spec.shared_expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1,
         mlp_only_layers=[], derived_head_dim="Qwen2-MoE", **qwen_window_kwargs(spec))
-    config = transformers.Qwen2MoeConfig(**kwargs)
+    config = hf_config("Qwen2MoeConfig", **kwargs)
     return finish_hf_config(config, spec, "Qwen2MoeForCausalLM")
 
 

@@ -9,6 +9,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, qwen_window_kwargs,
                      refuse_features)
+from .hf_defaults import hf_config
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -17,12 +18,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Qwen3", ("QK-norm", "a sliding window", "a per-layer sliding pattern"))
     need(spec.qk_norm and not spec.qk_norm_full and not spec.moe and spec.qkv_bias == spec.o_bias and not spec.mlp_bias,
          "HF Qwen3 needs per-head QK-norm, no experts, attention biases on q/k/v/o or none, no MLP bias")
-    config = transformers.Qwen3Config(**llama_config_kwargs(
+    config = hf_config("Qwen3Config", **llama_config_kwargs(
         spec, attention_bias=spec.qkv_bias, **qwen_window_kwargs(spec)))
     return finish_hf_config(config, spec, "Qwen3ForCausalLM")
 

@@ -10,6 +10,7 @@ from ..spec import ModelSpec, SpecError
 from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
                      need, qwen_window_kwargs, refuse_features)
+from .hf_defaults import hf_config
 
 
 def every_layer_sparse(config: dict[str, Any]) -> None:
@@ -28,14 +29,12 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Qwen3-MoE", (
         "QK-norm", "experts", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
     need(spec.moe and spec.qk_norm and not spec.qk_norm_full and not spec.shared_expert_ffn,
          "HF Qwen3-MoE needs experts without a shared expert and per-head QK-norm")
     need(spec.qkv_bias == spec.o_bias, "HF Qwen3-MoE's attention_bias covers q/k/v and o together")
-    config = transformers.Qwen3MoeConfig(**llama_config_kwargs(
+    config = hf_config("Qwen3MoeConfig", **llama_config_kwargs(
         spec, attention_bias=spec.qkv_bias, num_local_experts=spec.experts, num_experts_per_tok=spec.topk,
         moe_intermediate_size=spec.expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
         **qwen_window_kwargs(spec)))

@@ -10,6 +10,7 @@ from ..spec import ModelSpec
 from .base import MegatronTraits
 from .common import (finish_hf_config, llama_attention, llama_config_kwargs, llama_family, llama_spec, lm_head, need,
                      norm_rows, one_of, refuse_features)
+from .hf_defaults import hf_config
 
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
@@ -23,8 +24,6 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "StarCoder2", ("a sliding window",))
     need(spec.norm == "layernorm" and spec.activation in HF_ACTIVATION and spec.position == "rope",
          "HF StarCoder2 needs LayerNorm, RoPE and a GELU MLP")
@@ -33,7 +32,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     kwargs = llama_config_kwargs(spec, norm_epsilon=spec.norm_eps, use_bias=spec.qkv_bias, hidden_act=HF_ACTIVATION[spec.activation],
                                  sliding_window=spec.sliding_window, derived_head_dim="StarCoder2")
     del kwargs["rms_norm_eps"]
-    config = transformers.Starcoder2Config(**kwargs)
+    config = hf_config("Starcoder2Config", **kwargs)
     return finish_hf_config(config, spec, "Starcoder2ForCausalLM")
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES, DType
 from ckptscope.inspectors.formats.deepspeed import REBUILD_HINT
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
@@ -31,6 +31,11 @@ from .base import PRE, Accounting, CanonicalSource, groups
 from .deepspeed_zero import rebuild_fp32
 from .hf import HfSource
 from .megatron_torch import MegatronTorchSource
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 ZERO3_NEEDS_OPTION = ("ZeRO-3 checkpoint: the model-states files hold only partitioned placeholders; rebuild the weights "
                       "from the optimizer partitions with --from-optimizer-fp32")
@@ -49,10 +54,10 @@ def megatron_deepspeed_args(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _stored_dtype(tensors: list[TensorInfo]) -> torch.dtype | None:
+def _stored_dtype(tensors: list[TensorInfo]) -> DType | None:
     for t in tensors:
-        dtype = getattr(torch, t.dtype, None)
-        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        dtype = DTYPES.get(t.dtype)
+        if dtype is not None and dtype.is_floating_point:
             return dtype
     return None
 

@@ -17,14 +17,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.formats.deepspeed import ds_files, param_shape_map
 from ckptscope.inspectors.model import Checkpoint, Ranks, TensorInfo, dtype_name
 from ckptscope.inspectors.safe_pickle import Placeholder
 from ckptscope.inspectors.torchfile import LazyTensor, open_torch_file
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 OPTIM_KEY = "optimizer_state_dict"
 STAGE12_GROUPS = "single_partition_of_fp32_groups"

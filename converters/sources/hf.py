@@ -6,8 +6,8 @@ weights stored as MXFP4 (gpt-oss: `W_blocks` + `W_scales`) or as block-scaled FP
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 from ckptscope.inspectors.safetensors_header import StEntry
 
@@ -17,6 +17,11 @@ from ..mxfp4 import dequantize, quantized_pairs
 from ..spec import ModelSpec, SpecError
 from .base import Accounting, CanonicalSource, groups
 from .grouped_read import read_grouped, worth_grouping
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 
 class HfSource(CanonicalSource):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+from ckptscope.inspectors.dtypes import DTYPES
+
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
 from ..ops import rotary_to_half
@@ -13,6 +15,11 @@ from ..row import Row, gather
 from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 
 class MetaSource(CanonicalSource):
@@ -43,7 +50,7 @@ class MetaSource(CanonicalSource):
         vocab = int(params.get("vocab_size") or -1)
         if vocab <= 0:
             vocab = embed[0].shape[0] if embed[0].shape[1] != hidden or len(embed) == 1 else sum(t.shape[0] for t in embed)
-        dtype = getattr(torch, embed[0].dtype, torch.float32)
+        dtype = DTYPES.get(embed[0].dtype, DTYPES["float32"])
         spec = ModelSpec(
             family="llama", layers=layers, hidden=hidden, heads=heads, kv_heads=int(params.get("n_kv_heads") or heads),
             head_dim=hidden // heads, ffn=sum(t.shape[0] for t in w1), vocab=int(true_vocab or vocab),
@@ -51,7 +58,7 @@ class MetaSource(CanonicalSource):
             rope_theta=float(params.get("rope_theta", 10000.0)),
             rope_scaling=rules.llama3_scaling() if params.get("use_scaled_rope") else None,
             max_position_embeddings=int(params.get("max_seq_len") or 4096), tied="output.weight" not in self.index,
-            dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32,
+            dtype=dtype,
         )
         note = rules.family_note(spec)
         if note:

@@ -9,8 +9,8 @@ the KV heads were replicated and the Q heads reordered; the rows' `Heads` cuts u
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
 from ckptscope.inspectors.formats.nxd import guess_style
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
@@ -19,6 +19,11 @@ from ..rules import nxd as rules
 from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 NEEDS_CONFIG = "NxD checkpoints carry no architecture: pass --config with the model's HF config.json"
 Expected = tuple[Row, str, list[str]]

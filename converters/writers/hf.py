@@ -14,7 +14,6 @@ import torch
 from .. import vocab
 from ..families import HfEntry, hf_config_from_spec, hf_entries
 from ..sources.base import group_of
-from .background import Background
 from .base import PlannedFile, Unit, Writer
 from .output import copy_into
 from .safetensors_stream import SafetensorsStreamWriter
@@ -69,12 +68,6 @@ class HfWriter(Writer):
             out.append(PlannedFile(INDEX, 0, 0))
         return out
 
-    def open(self, folder) -> None:  # type: ignore[no-untyped-def]
-        super().open(folder)
-        # build config.json (imports transformers: seconds) while the tensors stream, not after them
-        if self.finalize:
-            self._config: Background[dict] = Background(lambda: hf_config_from_spec(self.spec.with_(dtype=self.dtype)))
-
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         assert self.folder is not None
         for entry in self.by_group.get(group, []):
@@ -97,8 +90,7 @@ class HfWriter(Writer):
             raise RuntimeError(f"shards left incomplete: {sorted(self._open)}")
         if not self.finalize:
             return
-        pending = getattr(self, "_config", None)
-        config = pending.result() if pending is not None else hf_config_from_spec(self.spec.with_(dtype=self.dtype))
+        config = hf_config_from_spec(self.spec.with_(dtype=self.dtype))  # a table lookup: no transformers import
         (self.folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         generation = {k: v for k, v in (("bos_token_id", self.spec.bos_token_id), ("eos_token_id", self.spec.eos_token_id)) if v is not None}
         generation["_from_model_config"] = True

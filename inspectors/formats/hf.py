@@ -6,10 +6,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import torch
 
 from ..probing import Probe
 from ..errors import CheckpointError, reading
@@ -17,6 +16,9 @@ from ..files import read_side_file, read_side_text
 from ..model import Checkpoint, ShardFile, TensorInfo, dtype_name, relpath
 from ..safetensors_header import read_header
 from ..torchfile import LazyTensor, flatten, open_torch_file
+
+if TYPE_CHECKING:
+    import torch
 
 SHARD_RE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$", re.ASCII)
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

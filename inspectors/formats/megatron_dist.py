@@ -14,9 +14,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 
 from ..dcp import METADATA_FILE, DcpBytes, DcpReader, DcpTensor
 from ..probing import Probe
@@ -45,6 +44,9 @@ from ..model import (
 )
 from ..torchfile import open_torch_file
 from ..storage import as_path
+
+if TYPE_CHECKING:
+    import torch
 
 MARKER_FILE = "metadata.json"
 COMMON_FILE = "common.pt"
@@ -257,7 +259,7 @@ class MegatronDistReader:
         return TensorInfo(
             name=tensor.key,
             shape=tensor.shape,
-            dtype=dtype_name(tensor.dtype),
+            dtype=dtype_name(tensor.dtype_info),
             file=chunks[0].file if chunks else "",
             group=tensor_group(tensor.key),
             chunks=chunks,

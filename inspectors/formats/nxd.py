@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..dtypes import DTYPES, DType
 from ..probing import Probe
 from ..errors import CheckpointError
 from ..files import read_side_text
@@ -299,8 +298,8 @@ def _info_entry(shard: Path, name: str, meta: dict[str, Any]) -> tuple[tuple[int
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 48 for s in raw_shape
     ):
         raise CheckpointError(info, f"xser info for {name!r} has shape {short_repr(raw_shape, 1)[:60]}, not a list of sizes")
-    dtype = dtype_name(raw_dtype) if isinstance(raw_dtype, torch.dtype) else raw_dtype.removeprefix("torch.") if isinstance(raw_dtype, str) else None
-    if dtype is None or not isinstance(getattr(torch, dtype, None), torch.dtype):
+    dtype = dtype_name(raw_dtype) if isinstance(raw_dtype, DType) else raw_dtype.removeprefix("torch.") if isinstance(raw_dtype, str) else None
+    if dtype is None or dtype not in DTYPES:
         raise CheckpointError(info, f"xser info for {name!r} has dtype {short_repr(raw_dtype, 1)[:60]}, not a torch dtype")
     return tuple(raw_shape), dtype
 
