@@ -18,8 +18,7 @@ else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from . import families
-from .reference import MLA_LATENT_EPS
-from .spec import ModelSpec, SpecError
+from .spec import MLA_LATENT_EPS, ModelSpec, SpecError
 
 def _arg(args: dict[str, Any], *names: str, default: Any = None) -> Any:
     for name in names:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .spec import ModelSpec, SpecError
+from .spec import MLA_LATENT_EPS, ModelSpec, SpecError
 
 Getter = Callable[[str], torch.Tensor]
 Tap = Callable[[int, str, torch.Tensor], None]
@@ -300,8 +300,6 @@ def llama4_qk(spec: ModelSpec, q: torch.Tensor, k: torch.Tensor, *, rotated: boo
     return q, k
 
 
-# transformers' DeepSeek latent norms (q_a_layernorm, kv_a_layernorm) keep RMSNorm's default eps
-MLA_LATENT_EPS = 1e-6
 
 
 def mla_softmax_scale(spec: ModelSpec) -> float:

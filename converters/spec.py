@@ -49,6 +49,10 @@ class SpecError(ValueError):
     """The architecture cannot be determined or is not supported for this conversion."""
 
 
+# transformers' DeepSeek latent norms (q_a_layernorm, kv_a_layernorm) keep RMSNorm's default eps
+MLA_LATENT_EPS = 1e-6
+
+
 @dataclass
 class ModelSpec:
     family: str

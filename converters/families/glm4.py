@@ -10,7 +10,7 @@ from ..layouts import ConcatRows
 from ..row import Row
 from ..spec import ModelSpec
 from .base import MegatronTraits
-from .common import (interleaved_qkv, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
+from .common import (finish_hf_config, interleaved_qkv, llama_config_kwargs, llama_family, llama_spec, need, refuse_features,
                      rope_parameters)
 from .hf_defaults import hf_config
 
@@ -27,7 +27,6 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
          "HF GLM4 needs pre- and post-norms, q/k/v biases only, no QK-norm or experts")
     config = hf_config("Glm4Config", **llama_config_kwargs(spec, attention_bias=spec.qkv_bias, rope_parameters=rope_parameters(spec)))
     return finish_hf_config(config, spec, "Glm4ForCausalLM")
-
 
 
 FAMILY = llama_family(

@@ -25,6 +25,7 @@ TABLE = Path(__file__).with_name("hf_defaults.json")
 # The config classes the families build (converters/families/*.py).
 CLASSES = ("ApertusConfig", "BloomConfig", "DeepseekV2Config", "DeepseekV3Config", "FalconConfig", "GPT2Config",
            "GemmaConfig", "Gemma2Config", "Gemma3TextConfig", "Glm4Config", "GptOssConfig", "GraniteConfig", "LlamaConfig",
+           "Llama4TextConfig",
            "MistralConfig", "MixtralConfig", "NemotronConfig", "Olmo2Config", "Phi3Config", "Qwen2Config", "Qwen2MoeConfig",
            "Qwen3Config", "Qwen3MoeConfig", "Starcoder2Config")
 

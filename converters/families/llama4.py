@@ -29,6 +29,7 @@ from ..row import Row
 from ..spec import ModelSpec, SpecError
 from .base import MegatronTraits
 from .common import interleaved_qkv, finish_hf_config, llama_config_kwargs, llama_family, llama_spec, need, refuse_features, rope_parameters
+from .hf_defaults import hf_config
 
 FEATURES = ("experts", "a shared expert", "un-renormalised top-k", "a sigmoid / biased-choice / group-limited / scaled router",
             "dense layers among MoE layers", "an L2 QK-norm", "NoPE layers", "chunked attention", "attention temperature tuning",
@@ -111,8 +112,6 @@ def _period(flags: list[bool], first: int) -> int | None:
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    import transformers
-
     refuse_features(spec, "Llama4", FEATURES)
     need(spec.moe and spec.router_score == "sigmoid" and not spec.norm_topk_prob and not spec.router_score_bias
          and spec.router_groups == 1 and spec.routed_scaling == 1.0 and spec.router_on_input,
@@ -135,7 +134,7 @@ def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         attention_bias=spec.o_bias, rope_parameters=rope_parameters(spec))
     for key in ("rope_theta", "rope_scaling"):
         kwargs.pop(key, None)
-    return finish_hf_config(transformers.Llama4TextConfig(**kwargs), spec, "Llama4ForCausalLM")
+    return finish_hf_config(hf_config("Llama4TextConfig", **kwargs), spec, "Llama4ForCausalLM")
 
 
 def megatron_problems(spec: ModelSpec) -> list[str]:

@@ -12,14 +12,18 @@ done.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from ckptscope.inspectors.errors import CheckpointError, reading
 from ckptscope.inspectors.files import open_regular
 from ckptscope.inspectors.model import dtype_from_name
 from ckptscope.inspectors.safetensors_header import StEntry
 from ckptscope.inspectors.storage import as_path
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ckptscope.inspectors.lazy import torch  # imported on the first read: `inspect` opens sources too
 
 MIN_TENSORS = 16  # fewer tensors: the per-tensor path costs nothing worth saving
 MAX_AVERAGE_BYTES = 8 * 2**20  # larger tensors get their own mapping anyway (dense layers stay per tensor)
