@@ -37,8 +37,11 @@ def no_planning(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the checkpoint was opened before the options were checked")
 
-    for target in ("ckptscope.app.cli.detect", "ckptscope.converters.plan.make_plan", "ckptscope.converters.diff.diff_checkpoints",
-                   "ckptscope.converters.diff.check_target", "ckptscope.converters.verify.verify"):
+    # the modules that bind `detect` at import are imported (by resolving their targets) before
+    # `detect` itself is patched: the CLI imports them lazily, and one first imported while the
+    # patch is on would keep `boom` after the test
+    for target in ("ckptscope.converters.plan.make_plan", "ckptscope.converters.diff.diff_checkpoints",
+                   "ckptscope.converters.diff.check_target", "ckptscope.converters.verify.verify", "ckptscope.inspectors.detect"):
         monkeypatch.setattr(target, boom)
 
 
