@@ -159,3 +159,22 @@ def test_a_float8_weight_without_scales_is_refused(released: Path, tmp_path: Pat
                           "--to", "hf"], capture_output=True, text=True)
     assert run.returncode == 2 and "o_proj.weight is stored as float8_e4m3fn without a weight_scale_inv" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "megatron-dist"])
+def test_released_deepseek_converts_to_megatron_as_transformers_reads_it(released: Path, tmp_path: Path, fmt: str) -> None:
+    """FP8 release -> Megatron (weights dequantized to bf16 on the way, the correction bias kept fp32)
+    -> HF: the same bits as transformers' own dequantized model, so the same logits."""
+    reference = _transformers_dequantized(released)
+    layout = dict(tp=2, ep=2) if fmt == "megatron" else dict(tp=2)
+    back = convert_to(convert_to(released, tmp_path / "mt", fmt, **layout), tmp_path / "hf", "hf")
+    import transformers as t
+
+    plain = t.AutoModelForCausalLM.from_pretrained(str(back), dtype=torch.bfloat16).eval()
+    theirs, ours = reference.state_dict(), plain.state_dict()  # the models' own (fused-expert) names
+    assert theirs.keys() == ours.keys()
+    for name, value in theirs.items():
+        assert ours[name].dtype == value.dtype and torch.equal(ours[name], value), name
+    ids = torch.arange(24).reshape(1, 24) % 256
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, reference(ids).logits)

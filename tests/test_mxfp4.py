@@ -103,3 +103,21 @@ def test_inspect_counts_mxfp4_parameters_as_the_model_has_them(released: Path) -
     report = json.loads(out.stdout)
     assert report["totals"]["parameters"] == sum(p.numel() for p in _transformers_dequantized(released).parameters())
     assert "4 weights stored as MXFP4 (_blocks + _scales, 32-value groups), dequantized on read" in report["quirks"]
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "megatron-dist"])
+def test_released_gpt_oss_converts_to_megatron_as_transformers_reads_it(released: Path, tmp_path: Path, fmt: str) -> None:
+    """MXFP4 release -> Megatron (experts dequantized to bf16 on the way) -> HF: the same bits as
+    transformers' own dequantized model, so the same logits."""
+    reference = _transformers_dequantized(released)
+    layout = dict(tp=2, pp=2, ep=2) if fmt == "megatron" else dict(tp=2)
+    back = convert_to(convert_to(released, tmp_path / "mt", fmt, **layout), tmp_path / "hf", "hf")
+    state = hf_state(back)
+    for name, value in reference.state_dict().items():
+        assert state[name].dtype == torch.bfloat16 and torch.equal(state[name], value), name
+    import transformers as t
+
+    plain = t.AutoModelForCausalLM.from_pretrained(str(back), dtype=torch.bfloat16).eval()
+    ids = torch.arange(24).reshape(1, 24) % 256
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, reference(ids).logits)
