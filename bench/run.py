@@ -311,7 +311,6 @@ def main() -> None:
         print_report(result)
         if print_multiprocess is not None:
             print_multiprocess(result["multiprocess"])
-        result["startup"] = startup_table()
         target = opts.json or REPO / "bench" / "results" / ("bench-quick.json" if opts.quick else "bench.json")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=1) + "\n")
@@ -320,21 +319,6 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         if opts.workdir is None and not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def startup_table() -> str | None:
-    """The start-up table of bench/startup.py (another part of issue 17), printed when that module exists."""
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("bench.startup") is None:
-            raise ImportError("bench.startup")
-    except ImportError:
-        return None
-    print("\nstart-up (python -m bench.startup)", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "bench.startup"], cwd=REPO, capture_output=True, text=True)
-    print(proc.stdout + proc.stderr[-2000:], flush=True)
-    return proc.stdout
 
 
 def _spec(spec: CachedSpec) -> dict[str, Any]:
