@@ -31,41 +31,11 @@ TARGETS = {"help": 0.3, "inspect": 0.6, "convert fixed cost": 0.3}
 
 
 def write_formats(root: Path) -> dict[str, Path]:
-    """The demo workspace plus the formats it lacks (HF .bin, NxD xser, DeepSpeed ZeRO and
-    universal, Megatron legacy, a plain torch DCP folder); name -> checkpoint path."""
-    import warnings
+    """The demo workspace plus the formats it lacks; name -> checkpoint path."""
+    from ckptscope.converters.samples.demo import write_demo
+    from ckptscope.converters.samples.extra_formats import write_extra_formats
 
-    import torch
-    import torch.distributed.checkpoint as dcp
-
-    from ckptscope.converters.samples.demo import DEMO_SPEC, write_demo
-    from ckptscope.converters.samples.deepspeed import write_deepspeed_zero
-    from ckptscope.converters.samples.hf import hf_config, hf_state_dict, write_hf
-    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
-    from ckptscope.converters.samples.nxd import write_nxd
-
-    out = write_demo(root / "demo")
-    out["hf-bin"] = write_hf(DEMO_SPEC, root / "hf-bin", shards=2, fmt="bin")
-    out["nxd-xser"] = write_nxd(DEMO_SPEC, root / "nxd-xser", tp=2, xser=True)
-    out["deepspeed-zero"] = write_deepspeed_zero(DEMO_SPEC, root / "ds-zero", dp=2)
-    out["megatron-legacy"] = write_megatron_torch(DEMO_SPEC, root / "megatron-legacy", tp=2, legacy=True, with_optimizer=True)
-    state = hf_state_dict(DEMO_SPEC)
-    tag = root / "ds-universal" / "global_step7_universal"
-    for name, value in state.items():
-        folder = tag / "zero" / name
-        folder.mkdir(parents=True)
-        torch.save({"param": value.float().clone(), "cat_dim": 0}, folder / "fp32.pt")
-        torch.save({"param": torch.zeros_like(value), "cat_dim": 0}, folder / "exp_avg.pt")
-    torch.save({"module": None, "ds_version": "0.19.8", "global_steps": 7}, tag / "mp_rank_00_model_states.pt")
-    (tag.parent / "latest_universal").write_text(tag.name)
-    (tag.parent / "config.json").write_text(json.dumps(hf_config(DEMO_SPEC)))
-    out["deepspeed-universal"] = tag.parent
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... assuming a single process"
-        dcp.save({"model": {k: v.clone() for k, v in state.items()}}, checkpoint_id=str(root / "dcp" / "fsdp_0"))
-    (root / "dcp" / "config.json").write_text(json.dumps(hf_config(DEMO_SPEC)))
-    out["torch-dcp"] = root / "dcp" / "fsdp_0"
-    return out
+    return {**write_demo(root / "demo"), **write_extra_formats(root)}
 
 
 def _cli() -> list[str]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+import torch  # noqa: F401 - this process answers with torch loaded, the fresh one without
 
 from ckptscope.app.cli import main
 
@@ -57,35 +57,10 @@ def _inspect_here(path: Path) -> str:
 def every_format(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The demo workspace plus the formats it lacks: HF .bin, NxD xser, DeepSpeed ZeRO and
     universal, Megatron legacy (nested, with optimizer), a plain torch DCP folder."""
-    import torch.distributed.checkpoint as dcp
+    from ckptscope.converters.samples.extra_formats import write_extra_formats
 
-    from ckptscope.converters.samples.demo import DEMO_SPEC
-    from ckptscope.converters.samples.deepspeed import write_deepspeed_zero
-    from ckptscope.converters.samples.hf import hf_config, hf_state_dict, write_hf
-    from ckptscope.converters.samples.megatron_torch import write_megatron_torch
-    from ckptscope.converters.samples.nxd import write_nxd
-
-    root = tmp_path_factory.mktemp("formats")
-    paths = sorted(p for p in demo.iterdir() if p.is_dir())
-    paths.append(write_hf(DEMO_SPEC, root / "hf-bin", shards=2, fmt="bin"))
-    paths.append(write_nxd(DEMO_SPEC, root / "nxd-xser", tp=2, xser=True))
-    paths.append(write_deepspeed_zero(DEMO_SPEC, root / "ds-zero", dp=2))
-    paths.append(write_megatron_torch(DEMO_SPEC, root / "megatron-legacy", tp=2, legacy=True, with_optimizer=True))
-    state = hf_state_dict(DEMO_SPEC)
-    tag = root / "ds-universal" / "global_step7_universal"
-    for name, value in state.items():
-        folder = tag / "zero" / name
-        folder.mkdir(parents=True)
-        torch.save({"param": value.float().clone(), "cat_dim": 0}, folder / "fp32.pt")
-        torch.save({"param": torch.zeros_like(value), "cat_dim": 0}, folder / "exp_avg.pt")
-    torch.save({"module": None, "ds_version": "0.19.8", "global_steps": 7}, tag / "mp_rank_00_model_states.pt")
-    (tag.parent / "latest_universal").write_text(tag.name)
-    (tag.parent / "config.json").write_text(json.dumps(hf_config(DEMO_SPEC)))
-    paths.append(tag.parent)
-    with pytest.warns(UserWarning):  # "torch.distributed is disabled ... assuming a single process"
-        dcp.save({"model": {k: v.clone() for k, v in state.items()}}, checkpoint_id=str(root / "dcp" / "fsdp_0"))
-    (root / "dcp" / "config.json").write_text(json.dumps(hf_config(DEMO_SPEC)))
-    paths.append(root / "dcp" / "fsdp_0")
+    extra = write_extra_formats(tmp_path_factory.mktemp("formats"))
+    paths = sorted(p for p in demo.iterdir() if p.is_dir()) + list(extra.values())
     return paths
 
 
