@@ -313,7 +313,7 @@ def render_plan(console: Console, plan: Any) -> None:
         f" (layers per stage {','.join(map(str, t.pp_layers))})" if t.pp_layers else "") + f", {t.megatron_spec} spec"
     row(grid, "target", Text(f"{t.format}{layout}, {str(plan.writer.dtype)[6:] if plan.writer else '?'}"))
     row(grid, "model", Text(printable(f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
-                            f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}"
+                            f"{spec.ffn_label()}, vocab {spec.vocab}"
                             + (f" (stored {spec.padded_vocab})" if spec.padded_vocab and spec.padded_vocab != spec.vocab else "")
                             + (f", {spec.experts} experts top-{spec.topk}" if spec.moe else "") + (", tied" if spec.tied else ""), 1000)))
     row(grid, "tensors", Text(f"{len(acc.mapped)} mapped, {len(acc.ignored)} ignored by rule, {len(acc.unmatched)} unmatched, "

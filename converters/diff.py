@@ -315,7 +315,7 @@ def _open_view(ckpt: Checkpoint, config: dict[str, Any] | None, side: Side) -> _
                  dtypes={c: _dtype_label(infos[c]) for c in held},
                  shards={c: len(infos[c]) for c in held}, stored={c: list(held[c]) for c in held})
     side.model = (f"{spec.family}: {spec.layers} layers, hidden {spec.hidden}, heads {spec.heads}/{spec.kv_heads} kv, "
-                  f"ffn {spec.expert_ffn or spec.ffn}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else "")
+                  f"{spec.ffn_label()}, vocab {spec.vocab}" + (f", {spec.experts} experts" if spec.moe else "")
                   + (f"; quirks: {'; '.join(spec.quirks())}" if spec.quirks() else ""))
     side.ignored = dict(Counter(acc.ignored.values()))
     side.missing_stored = list(acc.missing)

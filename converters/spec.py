@@ -183,6 +183,13 @@ class ModelSpec:
     def has_post_attn_norm(self) -> bool:
         return not (self.parallel_attn and self.parallel_norms == 1)
 
+    def ffn_label(self) -> str:
+        """The MLP width as summaries print it: a model with dense layers among its MoE ones
+        (DeepSeek's first layers, Llama 4's interleave) has two widths, and both are named."""
+        if self.moe and self.dense_layers:
+            return f"ffn {self.ffn} dense / {self.expert_ffn} per expert"
+        return f"ffn {self.expert_ffn or self.ffn}"
+
     def quirks(self) -> list[str]:
         """Layout quirks worth flagging in inspect / diff views."""
         out = []

@@ -208,7 +208,7 @@ class ConvertScreen(Screen):
         s = self.spec
         status.set_class(True, "ok")
         status.update(printable(f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} query groups, "
-                      f"ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else "")
+                      f"{s.ffn_label()}, vocab {s.vocab}" + (f", {s.experts} experts" if s.moe else "")
                       + (f"\narchitecture from {message.origin}" if message.origin else ""), 1000))
         self._validate_layout()
 

@@ -312,7 +312,7 @@ class InspectScreen(Screen):
         if view.spec is not None:
             s = view.spec
             row(table, "model", f"{s.family}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} kv, "
-                                f"head dim {s.head_dim}, ffn {s.expert_ffn or s.ffn}, vocab {s.vocab}"
+                                f"head dim {s.head_dim}, {s.ffn_label()}, vocab {s.vocab}"
                                 + (f" (stored {s.padded_vocab})" if s.padded_vocab and s.padded_vocab != s.vocab else "")
                                 + (f", {s.experts} experts top-{s.topk}" if s.moe else ""))
             if view.quirks:  # the same list `ckptscope inspect` and diff print
