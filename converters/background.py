@@ -37,22 +37,40 @@ def convert_in_subprocess(request: ConvertRequest, *, poll: float = 0.1,
     seconds), or this generator is closed, the child is terminated and cleans up after itself."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ckptscope.converters.background"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
     )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(request.to_json())
+    assert proc.stdin is not None
+    proc.stdin.write(request.to_json().encode())
     proc.stdin.close()
+    yield from relay_events(proc, poll=poll, should_stop=should_stop)
+
+
+def relay_events(proc: subprocess.Popen, *, poll: float = 0.1,
+                 should_stop: Callable[[], bool] = lambda: False) -> Iterator[Progress]:
+    """Turn the child's JSON lines into events until its "end" (or "error") line.
+
+    Lines are split here from raw `os.read` chunks, never through a buffered file: `select` sees
+    only the pipe, so a buffered reader holding the last lines (the final event and "end" often
+    arrive in one chunk) would look like a child that exited without a word."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
     try:
         while not should_stop():
-            ready, _, _ = select.select([proc.stdout], [], [], poll)
-            if not ready:
-                if proc.poll() is not None:
-                    raise ConversionFailed(f"conversion process died (exit {proc.returncode})")
+            newline = pending.find(b"\n")
+            if newline < 0:
+                ready, _, _ = select.select([fd], [], [], poll)
+                if not ready:
+                    if proc.poll() is not None:  # exited and its pipe is empty: it never said "end"
+                        raise ConversionFailed(f"conversion process died (exit {proc.returncode})")
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    proc.wait(30)
+                    raise ConversionFailed(f"conversion process ended unexpectedly (exit {proc.returncode})")
+                pending += chunk
                 continue
-            line = proc.stdout.readline()
-            if not line:
-                proc.wait(30)
-                raise ConversionFailed(f"conversion process ended unexpectedly (exit {proc.returncode})")
+            line, pending = pending[:newline], pending[newline + 1:]
             message = json.loads(line)
             kind = message.pop("kind")
             if kind == "event":
