@@ -72,7 +72,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--xser", action="store_true")
     parser.add_argument("--from-optimizer-fp32", action="store_true")
+    parser.add_argument("--drop-caches", action="store_true", help="empty the page cache after the imports")
     a = parser.parse_args()
+    if a.drop_caches:
+        from bench.run import drop_caches
+
+        drop_caches(True)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the peak from here on (imports stay resident)
     base = proc_status()["VmRSS"]
     io0 = proc_io()

@@ -18,11 +18,11 @@ import pickle
 import struct
 import threading
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .crc import crc32
 from .dtypes import DTYPES, STORAGE_DTYPES, DType, DTypeField, as_torch
 from .errors import CheckpointError, reading
 from .files import file_size, open_regular
@@ -191,7 +191,7 @@ class _ZipIndex:
     def check_crc(self, key: str, data: bytes | bytearray) -> None:
         """A read that covers a whole member is checked against the zip's CRC-32 (catches bit flips)."""
         info = self.infos.get(f"{self.prefix}data/{key}")
-        if info is not None and len(data) == info.file_size and zlib.crc32(data) != info.CRC:
+        if info is not None and len(data) == info.file_size and crc32(data) != info.CRC:
             raise CheckpointError(self.path, f"CRC-32 mismatch in member {info.filename!r}: tensor bytes are corrupt")
 
     def member_size(self, key: str) -> int:
