@@ -3,9 +3,12 @@
     python -m bench.child ours|naive SRC DST FORMAT [--tp N --pp N --ep N --workers N --true-vocab N
                                                      --config F --xser --from-optimizer-fp32]
     python -m bench.child inspect|loadall SRC
+    python -m bench.child --serve      # fork server: one JSON argv per stdin line, one JSON reply each
 
 Timing starts after the interpreter, torch and ckptscope are imported (a `cp -r` has no such
-start-up; the bench reports the process time separately). Peak RSS is the process's VmHWM,
+start-up; whole-process start-up is measured by bench/startup.py). `python -m bench` runs its
+measurements through the fork server: each is a process forked from one that imported
+everything once, so ~60 measurements do not each pay 2-3 s of `import torch`. Peak RSS is the process's VmHWM,
 counting everything the process ever held, imports included. Bytes read/written come from
 /proc/self/io (rchar/wchar: what the process asked of the kernel, cache hits included).
 """
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch  # noqa: F401 - imported before the clock starts, like ckptscope itself
@@ -58,7 +64,7 @@ def load_all(src: Path) -> None:
     load_everything(plan)  # type: ignore[arg-type]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["ours", "naive", "inspect", "loadall"])
     parser.add_argument("src", type=Path)
@@ -73,7 +79,7 @@ def main() -> None:
     parser.add_argument("--xser", action="store_true")
     parser.add_argument("--from-optimizer-fp32", action="store_true")
     parser.add_argument("--drop-caches", action="store_true", help="empty the page cache after the imports")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
     if a.drop_caches:
         from bench.run import drop_caches
 
@@ -105,5 +111,51 @@ def main() -> None:
                       "read_bytes": io1["rchar"] - io0["rchar"], "written_bytes": io1["wchar"] - io0["wchar"], **extra}))
 
 
+def _forked(argv: list[str]) -> dict:
+    """Run `main(argv)` in a forked child; its stdout, exit code, stderr tail and wall time."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the measured process: nothing but imports before it, no threads yet
+        code = 1
+        try:
+            os.close(out_r), os.close(err_r)
+            os.dup2(out_w, 1), os.dup2(err_w, 2)
+            main(argv)
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported to the bench as the child's stderr
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w), os.close(err_w)
+    with os.fdopen(err_r, "rb") as err_pipe, os.fdopen(out_r, "rb") as out_pipe:
+        import threading
+
+        err: list[bytes] = []
+        drain = threading.Thread(target=lambda: err.append(err_pipe.read()))  # stderr must not fill and block the child
+        drain.start()
+        out = out_pipe.read()
+        drain.join()
+    _, status = os.waitpid(pid, 0)
+    return {"code": os.waitstatus_to_exitcode(status), "stdout": out.decode(errors="replace"),
+            "stderr": b"".join(err).decode(errors="replace")[-3000:], "wall": time.perf_counter() - start}
+
+
+def serve() -> None:
+    """Fork server: read one JSON argv per line, answer one JSON line per measurement."""
+    for line in sys.stdin:
+        reply = _forked(json.loads(line))
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main()

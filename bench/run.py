@@ -127,17 +127,52 @@ def _can_drop() -> bool:
     return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
 
 
+class ForkServer:
+    """`python -m bench.child --serve`, started once: measurements fork from it (bench/child.py)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.child", "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, cwd=REPO, text=True)
+
+    def run(self, argv: list[str]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(argv) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bench's fork server died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+_SERVER: ForkServer | None = None
+
+
+def fork_server() -> ForkServer:
+    global _SERVER
+    if _SERVER is None or _SERVER.proc.poll() is not None:
+        _SERVER = ForkServer()
+    return _SERVER
+
+
 def run_measured(cmd: list[str], drop: bool) -> dict[str, Any]:
     """Run one child with a cold cache; wall time and peak RSS of the process, plus its JSON line.
 
-    A `bench.child` empties the cache itself, after its imports: what is measured (the source's
-    bytes) starts cold as before, while the interpreter and torch load from a warm cache - a cold
-    `import torch` cost seconds per child and was no part of any measurement."""
-    if drop and cmd[1:3] == ["-m", "bench.child"]:
+    A `bench.child` measurement is forked from the fork server (imports done once) and empties
+    the cache itself: what is measured (the source's bytes) starts cold as before, while ~60
+    children no longer pay 2-3 s each of a cold `import torch` that no measurement included."""
+    if cmd[1:3] == ["-m", "bench.child"]:
         os.sync()
-        cmd, cold = [*cmd, "--drop-caches"], _can_drop()
-    else:
-        cold = drop_caches(drop)
+        argv = cmd[3:] + ["--drop-caches"] * drop
+        reply = fork_server().run(argv)
+        if reply["code"]:
+            raise RuntimeError(f"bench.child {' '.join(argv[:4])}... failed:\n{reply['stderr']}")
+        return _measured(reply["stdout"].encode(), reply["wall"], drop and _can_drop())
+    cold = drop_caches(drop)
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
@@ -148,6 +183,10 @@ def run_measured(cmd: list[str], drop: bool) -> dict[str, Any]:
         if proc.returncode:
             err.seek(0)
             raise RuntimeError(f"{' '.join(cmd[:6])}... failed:\n{err.read().decode(errors='replace')[-3000:]}")
+    return _measured(out, wall, cold)
+
+
+def _measured(out: bytes, wall: float, cold: bool) -> dict[str, Any]:
     result: dict[str, Any] = {}
     lines = out.decode().strip().splitlines()
     if lines and lines[-1].startswith("{"):
@@ -329,6 +368,8 @@ def main() -> None:
         target.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {target} ({result['seconds_total']:.0f} s in all)")
     finally:
+        if _SERVER is not None:
+            _SERVER.close()
         shutil.rmtree(out, ignore_errors=True)
         if opts.workdir is None and not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
