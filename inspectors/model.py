@@ -374,6 +374,8 @@ ADAM_RE = re.compile(r"(^|\.)(exp_avg|exp_avg_sq)($|\.)")
 MASTER_RE = re.compile(r"(fp32_param|fp32_from_fp16|master)")
 SCHEDULER_KEYS = ("opt_param_scheduler", "lr_scheduler", "scheduler")
 RNG_KEYS = ("rng_state", "rng_tracker_states", "random_rng_state", "cuda_rng_state")
+# a plain DCP trainer's decoded scalars (inspectors/formats/megatron_dist.py): label for each
+TRAINER_STATE_LABELS = {"train_state.ntokens_seen": "tokens seen", "dataloader": "dataloader"}
 
 
 def training_state(ckpt: Checkpoint) -> dict[str, str]:
@@ -406,8 +408,13 @@ def training_state(ckpt: Checkpoint) -> dict[str, str]:
         parts.append("in the rank files (not listed as tensors)")
     if parts or meta.get("optimizer_in_model_states"):
         out["optimizer"] = "; ".join(parts) or "in the model states"
+    trainer = meta.get("trainer_state") or {}
+    for key, label in TRAINER_STATE_LABELS.items():
+        if key in trainer:
+            out[label] = f"{trainer[key]:,}" if isinstance(trainer[key], int) else str(trainer[key])
     if keys & set(SCHEDULER_KEYS):
-        out["scheduler"] = "present"
+        epoch = trainer.get("lr_scheduler.last_epoch")
+        out["scheduler"] = "present" + (f" (last_epoch {epoch})" if epoch is not None else "")
     if keys & set(RNG_KEYS) or any(t.name.startswith(RNG_KEYS) for t in ckpt.tensors):
         out["rng state"] = "present"
     return out

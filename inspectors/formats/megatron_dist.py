@@ -56,6 +56,13 @@ LAYER_NUMBER_RE = re.compile(r"(?:^|\.)layers\.\d+\.")
 STACKED_LAYERS_RE = re.compile(r"(?:^|\.)layers\.(?!\d+\.)")
 OPTIMIZER_RE = re.compile(r"^(?:chained_\d+\.)?optimizer\.")
 OTHER_PREFIXES = ("rng_state", "rerun_state_machine", "common_state")
+# what a plain DCP trainer (torchtitan, Accelerate FSDP) saves beside the model and optimizer:
+# small scalars shown as the checkpoint's training state; the dataloader's per-rank iterator
+# state is listed, not decoded
+TRAINER_STATE_PREFIXES = ("train_state.", "lr_scheduler.", "dataloader.")
+TRAINER_SCALAR_PREFIXES = ("train_state.", "lr_scheduler.")
+TRAINER_SCALAR_MAX_BYTES = 64 * 1024
+TRAINER_STEP_KEYS = ("train_state.step",)
 
 
 @dataclass(frozen=True)
@@ -108,9 +115,9 @@ def object_kind(key: str) -> str:
         return "extra_state"
     if OPTIMIZER_RE.match(key):
         return "optimizer"
-    for prefix in OTHER_PREFIXES:
+    for prefix in OTHER_PREFIXES + TRAINER_STATE_PREFIXES:
         if key.startswith(prefix):
-            return prefix
+            return prefix.rstrip(".")
     return "bytes"
 
 
@@ -202,6 +209,8 @@ class MegatronDistReader:
         ckpt.objects = [self._object_info(o) for o in reader.objects.values()]
         if ckpt.kind != PLAIN_DCP_KIND:
             self._fill_common(ckpt, folder, reader)
+        else:
+            self._fill_trainer_state(ckpt, reader)
         blame = folder / COMMON_FILE if (folder / COMMON_FILE).is_file() else reader.metadata_path
         ckpt.parallel = self._layout(ckpt.metadata.get("args", {}), len(reader.files()), blame)
         ckpt.format_detail = self._describe(ckpt)
@@ -291,6 +300,30 @@ class MegatronDistReader:
         ckpt.metadata["common_keys"] = [str(k) for k in common]
         if ckpt.iteration is None and isinstance(common.get("iteration"), int):
             ckpt.iteration = common["iteration"]
+
+    @staticmethod
+    def _fill_trainer_state(ckpt: Checkpoint, reader: DcpReader) -> None:
+        """The trainer's scalars (torchtitan: `train_state.step`, `train_state.ntokens_seen`,
+        `lr_scheduler.last_epoch`), decoded by the allowlist unpickler; the step is the iteration."""
+        state: dict[str, Any] = {}
+        for key, obj in reader.objects.items():
+            if not key.startswith(TRAINER_SCALAR_PREFIXES) or obj.length > TRAINER_SCALAR_MAX_BYTES:
+                continue
+            try:
+                value = reader.read_object(key)
+            except CheckpointError as exc:
+                ckpt.warnings.append(str(exc))
+                continue
+            if isinstance(value, (bool, int, float, str)):
+                state[key] = value
+        loader = [o for k, o in reader.objects.items() if k.startswith("dataloader.")]
+        if loader:
+            state["dataloader"] = f"{len(loader)} entries, {sum(o.length for o in loader)} bytes (per-rank iterator state)"
+        if state:
+            ckpt.metadata["trainer_state"] = state
+        step = next((state[k] for k in TRAINER_STEP_KEYS if isinstance(state.get(k), int) and not isinstance(state[k], bool)), None)
+        if ckpt.iteration is None and step is not None:
+            ckpt.iteration = step
 
     @staticmethod
     def _common_state(ckpt: Checkpoint, folder: Path, reader: DcpReader) -> tuple[dict[str, Any] | None, str]:
