@@ -1,10 +1,13 @@
 """The torch_dist (DCP) writer: each `.distcp` file is written by a thread of its own, every chunk
-`torch.save`d straight into the file from the storage slice of the view it was cut from.
+`torch.save`d straight into the file from the storage slice of the view it was cut from, and
+the chunks cut from the canonical tensors without packing the whole stored tensor where the
+op allows it (SwiGLU's `[gate; up]`).
 
 What must hold: the bytes at each `.metadata` offset are exactly the `torch.save` of the chunk
 (torch's random `serialization_id` aside) and `torch.load` back to it; the files load with
 torch's own `FileSystemReader` and with ours; a write the kernel refuses on a writer thread
-reaches the caller as one line, and nothing is left behind.
+reaches the caller as one line, and nothing is left behind; every row's chunks are the boxes of
+its packed tensor.
 """
 
 from __future__ import annotations
@@ -16,14 +19,20 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+from ckptscope.converters.layouts import ConcatRows
+from ckptscope.converters.row import stored_boxes, to_stored
+from ckptscope.converters.rules import megatron
 from ckptscope.converters.samples.hf import write_hf
 from ckptscope.converters.samples.spec import SampleSpec
 from ckptscope.converters.writers.dcp import DcpStreamWriter, torch_bytes
 from ckptscope.converters.writers.writer_thread import QUEUE_BYTES
 from ckptscope.inspectors.dcp import DcpReader
+
+from .test_tables import SPECS, _canon_tensors
 
 EXTRA = {"format": "te", "values": [1, 2, 3]}
 
@@ -135,3 +144,34 @@ def test_a_write_refused_on_a_writer_thread_reaches_the_caller(tmp_path: Path) -
     assert "File too large" in lines[0] and "partial output removed" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if ".ckptscope-partial-" in p.name]
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_every_megatron_rows_chunks_are_boxes_of_its_packed_tensor(kind: str, tp: int) -> None:
+    spec = SPECS[kind].with_(padded_vocab=SPECS[kind].padded_for(tp))
+    for param in [*megatron.layer_params(spec), *(p for p, _ in megatron.global_params(spec))]:
+        canon = tuple(c if c.startswith(("embed", "pos_embed", "final_norm", "lm_head")) else "layers.0." + c.format(e=1)
+                      for c in param.canon)
+        parts = _canon_tensors(spec, canon)
+        whole = to_stored(param, parts, spec)
+        cut = stored_boxes(param, parts, spec, tp)
+        assert len(cut) == len(param.shard.boxes(tuple(whole.shape), tp)), (kind, param.name)
+        for (offsets, sizes), piece in cut:
+            box = tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
+            assert piece.dtype == whole.dtype and torch.equal(piece, whole[box]), (kind, tp, param.name, offsets)
+
+
+def test_concat_rows_cuts_views_of_its_parts() -> None:
+    """A box inside one part is a view of it (no [gate; up] copy); one across parts, or empty, is
+    still exactly that box of the concatenation."""
+    parts = [torch.arange(15.0).reshape(5, 3), 100 + torch.arange(21.0).reshape(7, 3)]
+    boxes = [(slice(0, 5), slice(0, 3)), (slice(5, 12), slice(1, 3)), (slice(3, 9), slice(0, 3)), (slice(4, 4), slice(0, 3)),
+             (slice(0, 12), slice(0, 2))]
+    pieces = ConcatRows().cut(parts, None, boxes)  # type: ignore[arg-type]
+    whole = torch.cat(parts)
+    for box, piece in zip(boxes, pieces):
+        assert piece.shape == whole[box].shape and torch.equal(piece, whole[box]), box
+    assert pieces[0].data_ptr() == parts[0].data_ptr() and pieces[1].untyped_storage().data_ptr() == parts[1].data_ptr()
+    bias = [torch.arange(4.0), torch.arange(4.0, 10.0)]
+    assert torch.equal(ConcatRows().cut(bias, None, [(slice(2, 7),)])[0], torch.arange(2.0, 7.0))  # type: ignore[arg-type]
