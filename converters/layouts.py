@@ -38,6 +38,12 @@ class Layout(ABC):
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         """Stored shape from the canonical shapes."""
 
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+        """Boxes of the stored tensor (torch_dist chunks): `pack(parts)[box]` for each box. Layouts
+        whose boxes can be cut from the parts themselves override this to skip the packed copy."""
+        whole = self.pack(parts, spec)
+        return [whole[box] for box in boxes]
+
 
 @dataclass(frozen=True)
 class Identity(Layout):
@@ -65,6 +71,20 @@ class ConcatRows(Layout):
 
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+        """A box's rows taken from the parts they lie in: a view when inside one part (SwiGLU fc1's
+        TP pieces are each inside gate or up), so the [gate; up] copy is never made."""
+        starts = [0]
+        for p in parts:
+            starts.append(starts[-1] + p.shape[0])
+        out = []
+        for rows, *rest in boxes:
+            start, stop, _ = rows.indices(starts[-1])
+            pieces = [p[(slice(max(start, at) - at, min(stop, end) - at), *rest)]
+                      for p, at, end in zip(parts, starts, starts[1:]) if max(start, at) < min(stop, end)]
+            out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces or [parts[0][(slice(0, 0), *rest)]], dim=0))
+        return out
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,14 @@ def boxes(row: Row, shape: Shape, tp: int) -> list[Box]:
     return row.shard.boxes(shape, tp)
 
 
+def stored_boxes(row: Row, canon: list[torch.Tensor], spec: ModelSpec, tp: int) -> list[tuple[Box, torch.Tensor]]:
+    """Canonical tensors -> each TP box of the whole stored tensor with its piece (torch_dist
+    chunks), the whole tensor packed only where the op cannot cut the boxes from its parts."""
+    found = boxes(row, row.op.shape([tuple(t.shape) for t in canon], spec), tp)
+    slices = [tuple(slice(o, o + s) for o, s in zip(offsets, sizes)) for offsets, sizes in found]
+    return list(zip(found, row.op.cut(canon, spec, slices)))
+
+
 # ----- experts stacked per rank (NxD) ---------------------------------------------------------
 def expert_canon(row: Row, spec: ModelSpec, prefix: str) -> list[str]:
     """Canonical names of an expert row, expert-major (gate_0, up_0, gate_1, ...)."""

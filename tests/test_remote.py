@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip("fsspec", reason="remote paths need fsspec (pip install 'ckptscope[s3]')")
 pytest.importorskip("aiohttp", reason="http:// paths need aiohttp (pip install 'ckptscope[s3]')")
@@ -298,6 +299,23 @@ def test_convert_to_s3_megatron_tracker_last_and_loadable(corpus: Path, tmp_path
     remote = detect("s3://ckpt/out/mt")  # reads back from the bucket, same index as the local conversion
     local = detect(run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", TargetOptions("megatron", tp=2)), tmp_path / "mt").output)
     assert [t.to_json() for t in remote.tensors] == [t.to_json() for t in local.tensors]
+
+
+def test_convert_to_s3_torch_dist_streams_its_distcp_files(corpus: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """torch_dist into a bucket: each `.distcp` object is streamed by its file's writer thread; the
+    tracker is the last write, and every tensor reads back as the local conversion's."""
+    server = request.getfixturevalue("s3")
+    _configure_s3(server)
+    server.counter.reset()
+    target = TargetOptions("megatron-dist", tp=2)
+    run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", target), "s3://ckpt/out/dist")
+    writes = [p for m, p, _q in server.counter.writes if m in ("PUT", "POST")]
+    assert writes[-1].endswith("latest_checkpointed_iteration.txt")
+    storage.forget()
+    remote = detect("s3://ckpt/out/dist")
+    local = detect(run_to_end(make_plan(corpus / "hf/llama_gqa_sharded", target), tmp_path / "dist").output)
+    assert [t.to_json() for t in remote.tensors] == [t.to_json() for t in local.tensors]
+    assert all(torch.equal(remote.load(t.name), local.load(t.name)) for t in local.tensors)
 
 
 def test_failed_conversion_to_s3_leaves_no_object_and_no_open_upload(tmp_path: Path, request: pytest.FixtureRequest,

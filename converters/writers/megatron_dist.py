@@ -19,7 +19,7 @@ from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
 from .. import vocab
 from ..rules import megatron as mg
-from ..row import Row, boxes, stored_shape, to_stored
+from ..row import Row, stored_boxes, stored_shape
 from ..spec import ModelSpec
 from ..sources import PRE
 from .base import PlannedFile, Writer
@@ -96,10 +96,9 @@ class MegatronDistWriter(Writer):
     def _mtp_key(self, param: Row, layer: ModelSpec, k: int) -> str:
         return mg.MTP_PREFIX.format(k=k) + mg.MTP_LAYER + param.name_for(self._naming(param, layer), layer).replace("{e}", "")
 
-    def _chunks(self, key: str, param: Row, full: torch.Tensor, lead: tuple[int, ...]) -> None:
+    def _chunks(self, key: str, param: Row, canon: list[torch.Tensor], lead: tuple[int, ...]) -> None:
         assert self.dcp is not None
-        for b, (offsets, sizes) in enumerate(boxes(param, tuple(full.shape), self.opts.tp)):
-            piece = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
+        for b, ((offsets, _), piece) in enumerate(stored_boxes(param, canon, self.row_spec, self.opts.tp)):
             piece = piece.reshape((1,) * len(lead) + tuple(piece.shape))
             self.dcp.add_chunk(key, (*lead, *offsets), piece.to(self._dtype(param)), rank=b % self.opts.tp)
 
@@ -110,8 +109,7 @@ class MegatronDistWriter(Writer):
             stage = "first" if group == PRE else "last"
             for param, where in mg.global_params(spec):
                 if where == stage:
-                    full = to_stored(param, [tensors[c] for c in param.canon], self.row_spec)
-                    self._chunks(param.name_for("local", spec), param, full, ())
+                    self._chunks(param.name_for("local", spec), param, [tensors[c] for c in param.canon], ())
             return
         if group > spec.layers:
             self._write_mtp(group - spec.layers - 1, tensors)
@@ -122,8 +120,7 @@ class MegatronDistWriter(Writer):
         for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
             for e in range(layer.experts) if param.expert else [None]:
                 canon = [tensors[f"layers.{i}." + c.format(e=e)] for c in param.canon]
-                full = to_stored(param, canon, self.row_spec)
-                self._chunks(self._layer_key(param, layer, i), param, full, at if e is None else (*at, e))
+                self._chunks(self._layer_key(param, layer, i), param, canon, at if e is None else (*at, e))
         empty = torch_bytes([None])
         prefix, where = (f"decoder.layers.{i}.", ("0", "1")) if self.per_layer else ("decoder.layers.", (str(i), str(L)))
         attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0]) if spec.mla else EXTRA_STATE_MODULES
@@ -139,11 +136,11 @@ class MegatronDistWriter(Writer):
         """MTP module k: its norms and projection, then its layer (the embedding and head are the model's)."""
         top, layer, at = mg.MTP_PREFIX.format(k=k), self.spec.mtp_spec(), f"mtp.{k}."
         for param in mg.MTP_PARAMS:
-            self._chunks(top + param.name, param, to_stored(param, [tensors[at + c] for c in param.canon], self.row_spec), ())
+            self._chunks(top + param.name, param, [tensors[at + c] for c in param.canon], ())
         for param in mg.layer_params(layer, self.mla_naming if layer.mla else "dist"):
             for e in range(layer.experts) if param.expert else [None]:
-                full = to_stored(param, [tensors[at + c.format(e=e)] for c in param.canon], self.row_spec)
-                self._chunks(self._mtp_key(param, layer, k), param, full, () if e is None else (e,))
+                canon = [tensors[at + c.format(e=e)] for c in param.canon]
+                self._chunks(self._mtp_key(param, layer, k), param, canon, () if e is None else (e,))
         assert self.dcp is not None
         empty, inner = torch_bytes([None]), top + mg.MTP_LAYER
         attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[layer.q_lora_rank > 0]) if layer.mla else EXTRA_STATE_MODULES

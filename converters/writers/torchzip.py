@@ -9,7 +9,7 @@ With `background=True` the records are written by a thread of the file's own (to
 computes each record's CRC-32 and writes it with the GIL released): a writer of several rank
 files hands a shard to each file's thread and goes on scattering, so the files are written
 concurrently instead of one after another on the caller's thread. The queue is bounded by
-bytes (`QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory; records
+bytes (`writer_thread.QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory; records
 keep their order, so the bytes are those of the synchronous writer.
 """
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import queue
-import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch._utils
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
 from .output import open_output, refuse_special
+from .writer_thread import WriterThread
 
 
 class _Storage:
@@ -48,65 +47,7 @@ class TensorRecord:
         return torch._utils._rebuild_tensor_v2, (self.storage, 0, torch.Size(self.shape), stride, False, OrderedDict())
 
 
-QUEUE_BYTES = 16 * 2**20  # per background writer: tensors handed over but not yet written
-
-
-class _RecordThread:
-    """One file's record writer: takes (name, tensor) in order, at most QUEUE_BYTES queued."""
-
-    def __init__(self, zip_writer: Any, name: str) -> None:
-        self._zip = zip_writer
-        self._queue: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue()
-        self._room = threading.Condition()
-        self._queued = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"ckptscope-zip {name}", daemon=True)
-        self._thread.start()
-
-    def put(self, name: str, tensor: torch.Tensor) -> None:
-        with self._room:  # one record always fits: a tensor larger than the bound waits for an empty queue
-            while self._queued and self._queued + tensor.nbytes > QUEUE_BYTES and self.error is None:
-                self._room.wait()
-            self._queued += tensor.nbytes
-        self._check()
-        self._queue.put((name, tensor))
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            name, tensor = item
-            size = tensor.nbytes
-            try:
-                if self.error is None:
-                    t, storage = _exact_bytes(tensor)
-                    self._zip.write_record(name, storage, t.nbytes)
-                    del t, storage
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread at its next call
-                self.error = exc
-            del item, tensor
-            with self._room:
-                self._queued -= size
-                self._room.notify_all()
-
-    def drain(self) -> None:
-        """Wait for every queued record; stop the thread; raise what it raised."""
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-    def stop(self) -> None:
-        """After a failure elsewhere: write nothing more, let the thread end."""
-        if self.error is None:
-            self.error = RuntimeError("aborted")
-        with self._room:
-            self._room.notify_all()
-        self._queue.put(None)
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-def _exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
+def exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """(contiguous tensor, storage of exactly its bytes): a row block of a larger tensor (a TP
     shard cut along dim 0) is written from a slice of its base storage, which shares memory,
     instead of a clone of it; anything strided is made contiguous first."""
@@ -127,7 +68,7 @@ class TorchZipWriter:
         self._zip = torch._C.PyTorchFileWriter(self._stream if self._stream is not None else str(self.path))
         self._count = 0
         self.bytes_written = 0
-        self._thread = _RecordThread(self._zip, str(path)) if background else None
+        self._thread = WriterThread(self._write_record, str(path)) if background else None
 
     def add(self, tensor: torch.Tensor) -> TensorRecord:
         """Write the tensor's bytes now (or hand them to the file's thread); return the record to
@@ -136,12 +77,16 @@ class TorchZipWriter:
         self._count += 1
         if self._thread is not None:
             t = tensor.detach()
-            self._thread.put(f"data/{key}", t)
+            self._thread.put((f"data/{key}", t), t.nbytes)
         else:
-            t, storage = _exact_bytes(tensor)
-            self._zip.write_record(f"data/{key}", storage, t.nbytes)
+            t = tensor
+            self._write_record((f"data/{key}", t))
         self.bytes_written += t.nbytes
         return TensorRecord(_Storage(key, t.dtype, t.numel()), tuple(t.shape))
+
+    def _write_record(self, item: tuple[str, torch.Tensor]) -> None:
+        t, storage = exact_bytes(item[1])
+        self._zip.write_record(item[0], storage, t.nbytes)
 
     def abort(self) -> None:
         """Stop the file's thread after a failure (the file itself is removed with its folder)."""
