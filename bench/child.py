@@ -154,8 +154,17 @@ def serve() -> None:
         sys.stdout.flush()
 
 
+def baseline() -> None:
+    """The resident size of a fresh process after these imports (VmRSS): a forked measurement
+    starts smaller (the parent's file pages it never touches are not counted in its RSS), so the
+    bench adds the difference back to report what `ckptscope convert` itself would show."""
+    print(json.dumps({"base_rss": proc_status()["VmRSS"]}))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         serve()
+    elif sys.argv[1:] == ["--baseline"]:
+        baseline()
     else:
         main()

@@ -150,6 +150,16 @@ class ForkServer:
 
 
 _SERVER: ForkServer | None = None
+_FRESH_BASE_RSS: int | None = None
+
+
+def fresh_base_rss() -> int:
+    """VmRSS of a fresh `bench.child` process after its imports (measured once)."""
+    global _FRESH_BASE_RSS
+    if _FRESH_BASE_RSS is None:
+        out = subprocess.run([sys.executable, "-m", "bench.child", "--baseline"], cwd=REPO, capture_output=True, text=True, check=True)
+        _FRESH_BASE_RSS = int(json.loads(out.stdout.strip().splitlines()[-1])["base_rss"])
+    return _FRESH_BASE_RSS
 
 
 def fork_server() -> ForkServer:
@@ -171,7 +181,11 @@ def run_measured(cmd: list[str], drop: bool) -> dict[str, Any]:
         reply = fork_server().run(argv)
         if reply["code"]:
             raise RuntimeError(f"bench.child {' '.join(argv[:4])}... failed:\n{reply['stderr']}")
-        return _measured(reply["stdout"].encode(), reply["wall"], drop and _can_drop())
+        result = _measured(reply["stdout"].encode(), reply["wall"], drop and _can_drop())
+        if result.get("peak_rss") and result.get("base_rss"):  # as a fresh process would show it (see child.baseline)
+            result["peak_rss_forked"] = result["peak_rss"]
+            result["peak_rss"] += max(0, fresh_base_rss() - result["base_rss"])
+        return result
     cold = drop_caches(drop)
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
