@@ -37,7 +37,7 @@ TE_EXTRA_STATE_MLA = ("self_attention.linear_kv_down_proj", "self_attention.line
 TE_EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention.linear_q_up_proj"),
                         False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 TE_EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
-BATCH_BYTES = 4 * 2**20  # experts scattered together (row_batch.py): a buffer per rank below the mmap threshold, reused from the heap
+BATCH_BYTES = 2 * 2**20  # experts scattered together (row_batch.py): a buffer per rank below the mmap threshold, reused from the heap
 
 
 def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped-def]
