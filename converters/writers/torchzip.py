@@ -15,6 +15,7 @@ keep their order, so the bytes are those of the synchronous writer.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import queue
@@ -121,6 +122,15 @@ def _exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
     return t, storage
 
 
+def _reduce_ordered_dict(od: OrderedDict) -> Any:
+    """What `OrderedDict.__reduce_ex__(2)` returns, without its cost for the empty backward-hooks
+    dict of every tensor record: CPython asks `copyreg._slotnames` each time, which fails to cache
+    on the C type and raises inside (py-spy: a third of pickling thousands of expert records)."""
+    if type(od) is OrderedDict and not od and not od.__dict__:
+        return OrderedDict, (), None, None, iter(())
+    return od.__reduce_ex__(2)
+
+
 class TorchZipWriter:
     def __init__(self, path: str | Path, *, background: bool = False) -> None:
         self.path = path if hasattr(path, "open_write") else Path(path)
@@ -159,6 +169,7 @@ class TorchZipWriter:
         buf = io.BytesIO()
         pickler = pickle.Pickler(buf, protocol=2)
         pickler.persistent_id = self._persistent_id  # type: ignore[method-assign]
+        pickler.dispatch_table = {**copyreg.dispatch_table, OrderedDict: _reduce_ordered_dict}
         pickler.dump(obj)
         data = buf.getvalue()
         self._zip.write_record("data.pkl", data, len(data))
