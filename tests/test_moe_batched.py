@@ -86,6 +86,7 @@ def test_scatter_many_leaves_an_uneven_cut_to_scatter() -> None:
 def megatron_moe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("moe")
     return {"local": write_megatron_torch(MOE, root / "local", tp=2, ep=2),
+            "tp1": write_megatron_torch(MOE, root / "tp1", tp=1, ep=2),
             "te": write_megatron_torch(MOE, root / "te", tp=2, ep=2, te=True),
             "legacy": write_megatron_torch(DENSE, root / "legacy", tp=2, legacy=True)}
 
@@ -99,7 +100,7 @@ def _reference(source, group: int) -> dict[str, torch.Tensor]:  # type: ignore[n
     return out
 
 
-@pytest.mark.parametrize("variant", ["local", "te", "legacy"])
+@pytest.mark.parametrize("variant", ["local", "tp1", "te", "legacy"])
 def test_megatron_source_reads_shards_in_place(megatron_moe: dict[str, Path], variant: str) -> None:
     plan = make_plan(megatron_moe[variant], TargetOptions("hf"), true_vocab=MOE.vocab)
     assert plan.ok, plan.errors
@@ -129,9 +130,10 @@ def _flip_expert(root: Path, suffix: str) -> Path:
     return ref.file
 
 
+@pytest.mark.parametrize("tp", [1, 2])  # TP 1: the shard read whole in place
 @pytest.mark.parametrize("suffix", ["linear_fc1.weight", "linear_fc2.weight"])  # read in place: rows; via scratch: columns
-def test_flipped_bit_in_an_expert_fails_on_its_crc(tmp_path: Path, suffix: str) -> None:
-    src = write_megatron_torch(MOE, tmp_path / "src", tp=2, ep=2)
+def test_flipped_bit_in_an_expert_fails_on_its_crc(tmp_path: Path, suffix: str, tp: int) -> None:
+    src = write_megatron_torch(MOE, tmp_path / "src", tp=tp, ep=2)
     path = _flip_expert(src, suffix)
     plan = make_plan(src, TargetOptions("hf"), true_vocab=MOE.vocab)
     assert plan.ok, plan.errors

@@ -113,6 +113,9 @@ def read_whole(plan: WholeRead, out: torch.Tensor) -> None:
     """Fill `out` (the whole tensor, contiguous) with every shard's bytes."""
     size = plan.dtype.itemsize
     target = memoryview(out.view(-1).view(torch.uint8).numpy())
+    if len(plan.shards) == 1:  # TP 1: the shard is the whole tensor
+        _read_span(plan.shards[0], [target])
+        return
     rows_before = 1 if plan.dim == 0 else math.prod(plan.shape[:plan.dim])
     scratch: torch.Tensor | None = None
     placed = 0  # along the cut dim, per block: the ranks before this one
