@@ -21,7 +21,6 @@ from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
 
 from .. import vocab
 from ..row import scatter
-from ..row_batch import scatter_many
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
 from ..shards import Geometry
@@ -37,7 +36,6 @@ TE_EXTRA_STATE_MLA = ("self_attention.linear_kv_down_proj", "self_attention.line
 TE_EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention.linear_q_up_proj"),
                         False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 TE_EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
-BATCH_BYTES = 2 * 2**20  # experts scattered together (row_batch.py): a buffer per rank below the mmap threshold, reused from the heap
 
 
 def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped-def]
@@ -160,11 +158,10 @@ class MegatronTorchWriter(StagedWriter):
         e_local = layer.experts // opts.ep if layer.moe else 0
         for param in self.rules.layer_params(layer, self.variant):
             if param.expert:
-                items = [[tensors[at + c.format(e=e)] for c in param.canon] for e in range(layer.experts)]
-                for chunk in _chunks(items, BATCH_BYTES):  # a bounded buffer of experts cut for TP at a time
-                    for e, shards in zip(chunk, scatter_many(param, [items[e] for e in chunk], self.geo, self.dtype)):
-                        name = prefix + param.name_for(self.variant, layer).format(e=e % e_local)
-                        self._put(name, shards, [e // e_local])
+                for e in range(layer.experts):
+                    canon = [tensors[at + c.format(e=e)] for c in param.canon]
+                    name = prefix + param.name_for(self.variant, layer).format(e=e % e_local)
+                    self._put(name, scatter(param, canon, self.geo), [e // e_local])
                 continue
             self._put(prefix + param.name_for(self.variant, layer), scatter(param, [tensors[at + c] for c in param.canon], self.geo), all_ep,
                       fp32=all(vocab.kept_fp32(c) for c in param.canon))
@@ -184,17 +181,3 @@ class MegatronTorchWriter(StagedWriter):
         for writer in self._writers.values():
             writer.abort()
         self._writers.clear()
-
-
-def _chunks(items: list[list[torch.Tensor]], limit: int) -> list[range]:
-    """Consecutive index ranges of items holding at most `limit` bytes each (at least one item)."""
-    out, start, size = [], 0, 0
-    for i, item in enumerate(items):
-        nbytes = sum(t.nbytes for t in item)
-        if i > start and size + nbytes > limit:
-            out.append(range(start, i))
-            start, size = i, 0
-        size += nbytes
-    if start < len(items):
-        out.append(range(start, len(items)))
-    return out

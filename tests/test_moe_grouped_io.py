@@ -1,12 +1,10 @@
-"""Many small experts, batched: the same bytes and values as the one-tensor-at-a-time engine.
+"""MoE layers read and checked as one buffer: the same values as the one-tensor-at-a-time engine.
 
-- `row_batch.scatter_many` (a layer's experts cut for TP into one buffer per rank) equals
-  `row.scatter` item by item, for every cut it batches and for the ones it leaves alone;
 - Megatron `torch` sources read TP shards straight into one group buffer (`sources/tp_read.py`):
   the canonical tensors equal loading every shard and `row.gather`, for local, TE and legacy
-  naming (legacy QKV orders, undone per rank, are gathered as before:
-  tests/test_families.py), and a flipped bit in an expert weight,
-  row-cut or column-cut, still fails the conversion on the member's CRC-32;
+  naming, at TP 1 and 2 (legacy QKV orders, undone per rank, are gathered as before:
+  tests/test_families.py), and a flipped bit in an expert weight, row-cut or column-cut,
+  still fails the conversion on the member's CRC-32;
 - the NaN/Inf check of tensors sharing one buffer (one sum over it) names exactly the tensors
   that hold non-finite values.
 
@@ -21,64 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptscope.converters.layouts import IDENTITY, ConcatRows
 from ckptscope.converters.plan import make_plan
-from ckptscope.converters.row import Row, gather, scatter
-from ckptscope.converters.row_batch import scatter_many
+from ckptscope.converters.row import gather
 from ckptscope.converters.run import non_finite, run_to_end
 from ckptscope.converters.samples.megatron_torch import write_megatron_torch
 from ckptscope.converters.samples.spec import SampleSpec
-from ckptscope.converters.shards import COLUMN, GATE_UP, REPLICATED, ROW, Geometry
+from ckptscope.converters.shards import Geometry
 from ckptscope.converters.writers import TargetOptions
 from ckptscope.inspectors import detect
 from ckptscope.inspectors.errors import CheckpointError
 
 MOE = SampleSpec(layers=2, hidden=64, heads=4, kv_heads=2, ffn=96, experts=8, expert_ffn=48, vocab=500, dtype=torch.bfloat16)
 DENSE = SampleSpec(layers=2, hidden=64, heads=4, kv_heads=4, ffn=96, vocab=500, dtype=torch.bfloat16)  # the legacy layout has no MoE
-
-ROWS = {  # name -> (row, canonical shapes of one item)
-    "swiglu fc1 [gate_r; up_r]": (Row("fc1", ("g", "u"), ConcatRows(), shard=GATE_UP), [(48, 64), (48, 64)]),
-    "fc2 row-parallel (columns)": (Row("fc2", ("d",), IDENTITY, shard=ROW), [(64, 48)]),
-    "column-parallel rows": (Row("w", ("w",), IDENTITY, shard=COLUMN), [(48, 64)]),
-    "uneven concat, column cut": (Row("c", ("a", "b"), ConcatRows(), shard=COLUMN), [(40, 16), (24, 16)]),
-    "replicated (not batched)": (Row("r", ("r",), IDENTITY, shard=REPLICATED), [(8, 16)]),
-    "bias rows (1-D)": (Row("b", ("g", "u"), ConcatRows(), shard=GATE_UP), [(48,), (48,)]),
-}
-
-
-@pytest.mark.parametrize("tp", [1, 2, 4])
-@pytest.mark.parametrize("name", list(ROWS))
-@pytest.mark.parametrize("dtype", [None, torch.float32])
-def test_scatter_many_equals_scatter(name: str, tp: int, dtype: torch.dtype | None) -> None:
-    row, shapes = ROWS[name]
-    gen = torch.Generator().manual_seed(tp)
-    items = [[torch.randn(s, generator=gen).to(torch.bfloat16) for s in shapes] for _ in range(5)]
-    geo = Geometry(spec=None, tp=tp)  # type: ignore[arg-type]  # these cuts never look at the model
-    want = [scatter(row, canon, geo) for canon in items]
-    got = scatter_many(row, items, geo, dtype)
-    assert len(got) == len(want)
-    for w_item, g_item in zip(want, got):
-        assert len(g_item) == tp
-        for w, g in zip(w_item, g_item):
-            w = w.to(dtype) if dtype is not None else w
-            assert g.dtype == w.dtype and g.shape == w.shape and g.is_contiguous()
-            assert torch.equal(g.view(torch.uint8) if g.dtype == torch.bfloat16 else g, w.contiguous().view(torch.uint8)
-                               if w.dtype == torch.bfloat16 else w)
-
-
-def test_scatter_many_shares_one_buffer_per_rank() -> None:
-    row, shapes = ROWS["swiglu fc1 [gate_r; up_r]"]
-    items = [[torch.randn(s).to(torch.bfloat16) for s in shapes] for _ in range(4)]
-    got = scatter_many(row, items, Geometry(spec=None, tp=2))  # type: ignore[arg-type]
-    for rank in range(2):
-        assert len({item[rank].untyped_storage().data_ptr() for item in got}) == 1
-
-
-def test_scatter_many_leaves_an_uneven_cut_to_scatter() -> None:
-    row = Row("w", ("w",), IDENTITY, shard=COLUMN)
-    items = [[torch.zeros(5, 4)] for _ in range(3)]
-    with pytest.raises(ValueError, match="does not split"):
-        scatter_many(row, items, Geometry(spec=None, tp=2))  # type: ignore[arg-type]
 
 
 # ----- Megatron `torch` sources: shards read in place -----------------------------------------
