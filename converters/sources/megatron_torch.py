@@ -20,11 +20,12 @@ from ckptscope.inspectors.model import Checkpoint
 from .. import vocab
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..row import Row, gather
+from ..row import Row, from_stored, gather
 from ..shards import Geometry
 from ..megatron_args import spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
+from .tp_read import layout, plan_whole, read_whole
 
 
 class MegatronTorchSource(CanonicalSource):
@@ -102,11 +103,24 @@ class MegatronTorchSource(CanonicalSource):
         return out
 
     def read(self, group: int) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+        """The group's canonical tensors. Plain TP cuts are read straight into one buffer for the
+        group (`tp_read.py`: each shard into its rows or columns); the rest load and gather."""
+        rows = []
         for param, name, canon in self._expected(group):
             infos = self.index.get(name)
             if not infos:
                 raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
+            rows.append((param, canon, infos, plan_whole(param, infos, self.spec)))
+        direct = [plan for *_, plan in rows if plan is not None]
+        _, wholes = layout(direct) if direct else (None, [])
+        placed = iter(wholes)
+        out: dict[str, torch.Tensor] = {}
+        for param, canon, infos, plan in rows:
+            if plan is not None:
+                whole = next(placed)
+                read_whole(plan, whole)
+                out.update(zip(canon, from_stored(param, whole, self.spec)))
+                continue
             shards = [self.ckpt.load(t) for t in infos]
             out.update(zip(canon, gather(param, shards, Geometry(self.spec, len(shards)))))
         return out
