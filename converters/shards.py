@@ -124,12 +124,7 @@ class Cut(Shard):
     dim: int = 0
 
     def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
-        """Views, not copies: a piece cut along dim 1 is made contiguous by the writer that
-        stores it (a rank file's own thread, `TorchZipWriter`), not here on the converting
-        thread, where these copies were the largest item of a row-parallel reshard (py-spy)."""
-        if full.shape[self.dim] % geo.tp:
-            raise ValueError(f"dimension {self.dim} of size {full.shape[self.dim]} does not split into {geo.tp} equal parts")
-        return list(torch.chunk(full, geo.tp, dim=self.dim))
+        return split(full, self.dim, geo.tp)
 
     def gather(self, shards: list[torch.Tensor], geo: Geometry) -> torch.Tensor:
         return torch.cat(shards, dim=self.dim) if len(shards) > 1 else shards[0]

@@ -124,7 +124,7 @@ class NxdWriter(StagedWriter):
         self._states.clear()
 
     def _put(self, name: str, tensor: torch.Tensor, ep: int, tp: int, expert: bool = False) -> None:
-        self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(tensor.to(self.dtype), expert=expert)  # made contiguous by the file's thread
+        self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(tensor.to(self.dtype).contiguous(), expert=expert)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         spec, style = self.spec, self.opts.nxd_style
