@@ -39,7 +39,7 @@ from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.storage import as_path, is_remote
 
 from .distributed import DistContext, share
-from .pipeline import Prefetcher
+from .pipeline import Prefetcher, single_intra_op_thread
 from .plan import Plan
 from .sources import group_canon, group_label
 from .writers.base import Unit
@@ -278,8 +278,13 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         if opened:
             writer.open(tmp)
         # read (and NaN-check) the next groups on worker threads while this thread writes (pipeline.py)
-        reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
-                           workers=max(1, getattr(plan.target, "workers", 1)))
+        intra_op = single_intra_op_thread()
+        try:
+            reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
+                               workers=max(1, getattr(plan.target, "workers", 1)))
+        except BaseException:
+            torch.set_num_threads(intra_op)
+            raise
         try:
             yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
             for n, group in enumerate(groups):
@@ -327,6 +332,7 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
             raise
         finally:
             reads.close()
+            torch.set_num_threads(intra_op)
         yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start,
                        skipped=len(skip), warnings=tuple(warnings))
     yield Progress("done", len(groups), len(groups), "done", "", done_bytes, total_bytes, time.perf_counter() - start,

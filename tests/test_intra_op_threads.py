@@ -1,0 +1,47 @@
+"""A conversion runs torch ops on its own threads only and gives the process its intra-op thread
+count back afterwards, whether it finished or failed: a verification or an app that converts
+next must not inherit a single-threaded torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptscope.converters.plan import make_plan
+from ckptscope.converters.run import convert, run_to_end
+from ckptscope.converters.samples.hf import write_hf
+from ckptscope.converters.samples.spec import SampleSpec
+from ckptscope.converters.writers import TargetOptions
+
+SPEC = SampleSpec(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(before)
+
+
+def test_the_count_is_one_while_converting_and_restored_after(tmp_path: Path, two_threads: int) -> None:
+    src = write_hf(SPEC, tmp_path / "hf")
+    seen = []
+    for event in convert(make_plan(src, TargetOptions("megatron", tp=2, workers=2)), tmp_path / "out"):
+        if event.stage == "layer":
+            seen.append(torch.get_num_threads())
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == two_threads
+
+
+def test_a_failed_conversion_restores_it_too(tmp_path: Path, two_threads: int) -> None:
+    src = write_hf(SPEC, tmp_path / "hf")
+    events = convert(make_plan(src, TargetOptions("megatron", tp=2)), tmp_path / "out")
+    next(events), next(events)  # started, one layer written
+    with pytest.raises(RuntimeError, match="stop"):
+        events.throw(RuntimeError("stop"))
+    assert torch.get_num_threads() == two_threads
+    run_to_end(make_plan(src, TargetOptions("hf")), tmp_path / "again")
+    assert torch.get_num_threads() == two_threads
