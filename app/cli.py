@@ -197,7 +197,7 @@ def _path_shortcut(argv: list[str]) -> Path | None:
 @app.command(cls=Command)
 @guarded
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint root, iteration folder, or a single file (or an s3:// / https:// URL).", parser=options.location)],
+    path: Annotated[options.Location, typer.Argument(help="Checkpoint root, iteration folder, or a single file (or an s3:// / https:// URL).", parser=options.location)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (machine output).")] = False,
     filter_: Annotated[str | None, typer.Option("--filter", "-f", help="Glob on tensor names, e.g. 'decoder.layers.0.*'.")] = None,
     stats: Annotated[bool, typer.Option("--stats", help="Compute min/max/mean/std and NaN/Inf counts (reads the selected tensors, one at a time).")] = False,
@@ -295,8 +295,8 @@ def _targets_help() -> str:
 @app.command(cls=Command)
 @guarded
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format; a path or an s3:// / https:// URL).", parser=options.location)],
-    dst: Annotated[Path, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end), or s3://bucket/prefix (streamed, markers last).", parser=options.location)],
+    src: Annotated[options.Location, typer.Argument(help="Source checkpoint (any supported format; a path or an s3:// / https:// URL).", parser=options.location)],
+    dst: Annotated[options.Location, typer.Argument(help="Output folder (built in a temporary sibling, renamed at the end), or s3://bucket/prefix (streamed, markers last).", parser=options.location)],
     to: Annotated[str, typer.Option("--to", help=_targets_help())] = _default("to"),
     tp: Annotated[int, typer.Option("--tp", help=_help("tp"))] = 1,
     pp: Annotated[int, typer.Option("--pp", help=_help("pp"))] = 1,
@@ -470,8 +470,8 @@ def _run_with_progress(console: Any, events: Any, quiet: bool) -> Any:
 @app.command(cls=Command)
 @guarded
 def verify(
-    a: Annotated[Path, typer.Argument(help="First checkpoint (any format).", parser=options.location)],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint (any format).", parser=options.location)],
+    a: Annotated[options.Location, typer.Argument(help="First checkpoint (any format).", parser=options.location)],
+    b: Annotated[options.Location, typer.Argument(help="Second checkpoint (any format).", parser=options.location)],
     logits: Annotated[bool, typer.Option("--logits/--no-logits", help="Also compare logits on a fixed token batch.")] = True,
     tokens: Annotated[int, typer.Option("--tokens", help="Sequence length of the token batch.")] = 16,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Max abs logits difference accepted.")] = 1e-5,
@@ -514,8 +514,8 @@ def _verify_layers(a: Path, b: Path, tokens: int, tolerance: float, config: dict
 @app.command(cls=Command)
 @guarded
 def diff(
-    a: Annotated[Path, typer.Argument(help="Checkpoint A (any format), the reference.", parser=options.location)],
-    b: Annotated[Path, typer.Argument(help="Checkpoint B (any format).", parser=options.location)],
+    a: Annotated[options.Location, typer.Argument(help="Checkpoint A (any format), the reference.", parser=options.location)],
+    b: Annotated[options.Location, typer.Argument(help="Checkpoint B (any format).", parser=options.location)],
     numeric: Annotated[bool, typer.Option("--numeric", help="Also read the tensors (one layer at a time) and report the max abs difference of each.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     only_problems: Annotated[bool, typer.Option("--only-problems", help="List only tensors that differ.")] = False,
@@ -541,7 +541,7 @@ def diff(
 @app.command(cls=Command)
 @guarded
 def check(
-    path: Annotated[Path, typer.Argument(help="Source checkpoint (any supported format).", parser=options.location)],
+    path: Annotated[options.Location, typer.Argument(help="Source checkpoint (any supported format).", parser=options.location)],
     to: Annotated[str, typer.Option("--to", help="Target format: hf | megatron | megatron-dist.")],
     tp: Annotated[int, typer.Option("--tp", help="Target tensor-parallel size (Megatron targets).")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Target pipeline-parallel size.")] = 1,

@@ -156,6 +156,12 @@ def path(kind: str = "any", max_bytes: int | None = None, what: str = "") -> Che
     return check
 
 
+# A checkpoint location as typer declares it: `location` (its parser) makes it a local Path or a
+# RemotePath. Not annotated `Path`: typer before 0.29 converts a Path-annotated value with
+# `Path(...)` after the parser, which turned `s3://bucket/key` into a local path.
+Location = Any
+
+
 def location(value: str) -> Path:
     """A command-line path: a URL (`s3://`, `https://`, any fsspec protocol) stays a remote path."""
     from ckptscope.inspectors.storage import as_path
