@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, ClassVar
 
-from .dtypes import DTYPES, LAYOUTS
+from .dtypes import DTYPES, LAYOUTS, Sealed
 
 
 class Record:
@@ -34,7 +34,7 @@ def _record(name: str, fields: dict[str, Any], module: str) -> type[Record]:
     return type(name, (Record,), {"_fields": tuple(fields), "__module__": module, "__qualname__": name, **fields})
 
 
-class _EnumMember:
+class _EnumMember(Sealed):
     """One member of a stand-in enum: `<WriteItemType.TENSOR: 1>`."""
 
     __slots__ = ("owner", "name", "value")
@@ -44,11 +44,8 @@ class _EnumMember:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "value", value)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError(f"{self.owner}.{self.name} is read-only")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError(f"pickle applies object state to {self.owner}.{self.name}; refused")
+    def _label(self) -> str:
+        return f"{self.owner}.{self.name}"
 
     def __repr__(self) -> str:
         return f"<{self.owner}.{self.name}: {self.value}>"

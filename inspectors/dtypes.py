@@ -19,7 +19,29 @@ if TYPE_CHECKING:
     import torch
 
 
-class DType:
+class Sealed:
+    """A shared stand-in the unpickler hands out (a dtype, a device, a layout, an enum member):
+    nothing may change one, a pickle's BUILD may not apply state to one, and a copy is itself."""
+
+    __slots__ = ()
+
+    def _label(self) -> str:
+        raise NotImplementedError
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{self._label()} is read-only")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"pickle applies object state to {self._label()}; refused")
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
+
+
+class DType(Sealed):
     """A torch dtype by name: what a reader needs without torch (itemsize, float or not)."""
 
     __slots__ = ("name", "itemsize", "is_floating_point", "is_complex")
@@ -29,20 +51,11 @@ class DType:
                            ("is_complex", is_complex)):
             object.__setattr__(self, key, value)
 
-    def __setattr__(self, key: str, value: Any) -> None:  # shared singletons: a pickle must not change one
-        raise AttributeError(f"torch.{self.name} is read-only")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError(f"pickle applies object state to torch.{self.name}; refused")
+    def _label(self) -> str:
+        return f"torch.{self.name}"
 
     def __reduce__(self) -> Any:  # never written back out as a ckptscope object
         raise pickle.PicklingError(f"torch.{self.name} stand-in cannot be pickled; use DType.torch")
-
-    def __copy__(self) -> DType:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> DType:
-        return self
 
     @property
     def torch(self) -> torch.dtype:
@@ -142,7 +155,7 @@ DEVICE_TYPES = frozenset({"cpu", "cuda", "mkldnn", "opengl", "opencl", "ideep", 
                           "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "xpu", "ipu", "privateuseone"})
 
 
-class Device:
+class Device(Sealed):
     """`torch.device('cuda', 0)`: type and index, printed as torch prints them."""
 
     __slots__ = ("type", "index")
@@ -158,17 +171,8 @@ class Device:
         object.__setattr__(self, "type", match.group(1))
         object.__setattr__(self, "index", None if index is None or index < 0 else index)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("torch.device is read-only")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("pickle applies object state to a torch.device; refused")
-
-    def __copy__(self) -> Device:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> Device:
-        return self
+    def _label(self) -> str:
+        return "torch.device"
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Device):
@@ -185,7 +189,7 @@ class Device:
         return f"device(type={self.type!r})" if self.index is None else f"device(type={self.type!r}, index={self.index})"
 
 
-class Layout:
+class Layout(Sealed):
     """`torch.strided` & co.: a name."""
 
     __slots__ = ("name",)
@@ -193,17 +197,8 @@ class Layout:
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError(f"torch.{self.name} is read-only")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError(f"pickle applies object state to torch.{self.name}; refused")
-
-    def __copy__(self) -> Layout:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> Layout:
-        return self
+    def _label(self) -> str:
+        return f"torch.{self.name}"
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
