@@ -278,14 +278,11 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         if opened:
             writer.open(tmp)
         # read (and NaN-check) the next groups on worker threads while this thread writes (pipeline.py)
-        intra_op = single_intra_op_thread()
+        intra_op = single_intra_op_thread()  # before the read threads start: they take the count at their first op
+        reads: Prefetcher | None = None
         try:
             reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
                                workers=max(1, getattr(plan.target, "workers", 1)))
-        except BaseException:
-            torch.set_num_threads(intra_op)
-            raise
-        try:
             yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
             for n, group in enumerate(groups):
                 if group not in mine:
@@ -331,7 +328,8 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
             writer.abort()
             raise
         finally:
-            reads.close()
+            if reads is not None:
+                reads.close()
             torch.set_num_threads(intra_op)
         yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start,
                        skipped=len(skip), warnings=tuple(warnings))
