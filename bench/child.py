@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-optimizer-fp32", action="store_true")
     parser.add_argument("--drop-caches", action="store_true", help="empty the page cache after the imports")
     a = parser.parse_args(argv)
+    cold = False
     if a.drop_caches:
         from bench.run import drop_caches
 
-        drop_caches(True)
+        cold = drop_caches(True)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the peak from here on (imports stay resident)
     base = proc_status()["VmRSS"]
     io0 = proc_io()
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     io1 = proc_io()
     status = proc_status()
-    print(json.dumps({"seconds": seconds, "peak_rss": status["VmHWM"], "base_rss": base,
+    print(json.dumps({"seconds": seconds, "peak_rss": status["VmHWM"], "base_rss": base, "cold_cache": cold,
                       "read_bytes": io1["rchar"] - io0["rchar"], "written_bytes": io1["wchar"] - io0["wchar"], **extra}))
 
 

@@ -123,10 +123,6 @@ def drop_caches(enabled: bool) -> bool:
         return False
 
 
-def _can_drop() -> bool:
-    return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
-
-
 class ForkServer:
     """`python -m bench.child --serve`, started once: measurements fork from it (bench/child.py)."""
 
@@ -181,7 +177,7 @@ def run_measured(cmd: list[str], drop: bool) -> dict[str, Any]:
         reply = fork_server().run(argv)
         if reply["code"]:
             raise RuntimeError(f"bench.child {' '.join(argv[:4])}... failed:\n{reply['stderr']}")
-        result = _measured(reply["stdout"].encode(), reply["wall"], drop and _can_drop())
+        result = _measured(reply["stdout"].encode(), reply["wall"], False)  # the child says whether it dropped the cache
         if result.get("peak_rss") and result.get("base_rss"):  # as a fresh process would show it (see child.baseline)
             result["peak_rss_forked"] = result["peak_rss"]
             result["peak_rss"] += max(0, fresh_base_rss() - result["base_rss"])
@@ -205,7 +201,8 @@ def _measured(out: bytes, wall: float, cold: bool) -> dict[str, Any]:
     lines = out.decode().strip().splitlines()
     if lines and lines[-1].startswith("{"):
         result = json.loads(lines[-1])
-    result.update(process_seconds=wall, cold_cache=cold)
+    result["process_seconds"] = wall
+    result.setdefault("cold_cache", cold)
     result.setdefault("seconds", wall)
     # ru_maxrss would include the forked bench process before exec; children that matter report VmHWM
     result.setdefault("peak_rss", None)
