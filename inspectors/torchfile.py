@@ -86,6 +86,28 @@ class StorageRef:
             self.offset = self.archive.member_offset(self.key)
         return self.offset
 
+    def read_into(self, element_offset: int, itemsize: int, pieces: list[memoryview]) -> None:
+        """Read the storage's bytes from `element_offset` on, in file order, into `pieces` (one
+        buffer, or the rows of a larger tensor they belong in). A read that covers the whole zip
+        member is checked against its CRC-32, computed over the pieces: a bit flip must not pass;
+        a view of part of a storage has no CRC of its own."""
+        total = sum(len(p) for p in pieces)
+        with reading(self.file, "cannot read tensor data"):
+            start = self.data_offset() + element_offset * itemsize
+            whole = self.archive is not None and element_offset == 0 and total == self.archive.member_size(self.key)
+            crc = got = 0
+            with open_regular(self.file, "torch file") as fh:
+                fh.seek(start)
+                for piece in pieces:
+                    n = fh.readinto(piece)
+                    if n != len(piece):
+                        raise CheckpointError(self.file, f"truncated: storage {self.key} needs {total} bytes at {start}, file has {got + n}")
+                    got += n
+                    if whole:
+                        crc = crc32(piece, crc)
+            if whole:
+                self.archive.check_crc(self.key, got, crc)  # type: ignore[union-attr]
+
 
 @dataclass
 class LazyTensor:
@@ -115,19 +137,10 @@ class LazyTensor:
         if self.storage_offset + extent > ref.numel:
             raise CheckpointError(ref.file, f"tensor view exceeds storage {ref.key} ({ref.numel} elements)")
         size = self.dtype.itemsize
-        with reading(ref.file, "cannot read tensor data"):
-            start = ref.data_offset() + self.storage_offset * size
-            raw = torch.empty(extent * size, dtype=torch.uint8)  # read straight into a tensor: no bytearray copy
-            buf = memoryview(raw.numpy())
-            with open_regular(ref.file, "torch file") as fh:
-                fh.seek(start)
-                got = fh.readinto(buf)
-            if got != len(buf):
-                raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {len(buf)} bytes at {start}, file has {got}")
-            if ref.archive is not None and self.storage_offset == 0:
-                ref.archive.check_crc(ref.key, buf)  # type: ignore[arg-type]
-            flat = raw.view(dtype)
-            return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
+        raw = torch.empty(extent * size, dtype=torch.uint8)  # read straight into a tensor: no bytearray copy
+        ref.read_into(self.storage_offset, size, [memoryview(raw.numpy())])
+        flat = raw.view(dtype)
+        return flat.as_strided(self.shape, self.stride).contiguous() if self.shape else flat[0].clone()
 
 
 class _ZipIndex:
@@ -188,13 +201,8 @@ class _ZipIndex:
             name_len, extra_len = struct.unpack("<HH", header[26:30])
         return info.header_offset + 30 + name_len + extra_len
 
-    def check_crc(self, key: str, data: bytes | bytearray) -> None:
-        """A read that covers a whole member is checked against the zip's CRC-32 (catches bit flips)."""
-        if len(data) == self.member_size(key):  # a part of a member has no CRC to check
-            self.check_crc_value(key, len(data), crc32(data))
-
-    def check_crc_value(self, key: str, length: int, crc: int) -> None:
-        """`check_crc` for a member read in pieces: `crc` is the CRC-32 of its first `length` bytes."""
+    def check_crc(self, key: str, length: int, crc: int) -> None:
+        """A read of a whole member against the zip's CRC-32: `crc` is that of its first `length` bytes."""
         info = self.infos.get(f"{self.prefix}data/{key}")
         if info is not None and length == info.file_size and crc != info.CRC:
             raise CheckpointError(self.path, f"CRC-32 mismatch in member {info.filename!r}: tensor bytes are corrupt")

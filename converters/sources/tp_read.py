@@ -21,10 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ckptscope.inspectors.crc import crc32
 from ckptscope.inspectors.dtypes import as_torch
-from ckptscope.inspectors.errors import CheckpointError, reading
-from ckptscope.inspectors.files import open_regular
 from ckptscope.inspectors.model import TensorInfo
 from ckptscope.inspectors.torchfile import LazyTensor
 
@@ -141,23 +138,6 @@ def read_whole(plan: WholeRead, out: torch.Tensor) -> None:
 
 
 def _read_span(t: LazyTensor, pieces: list[memoryview]) -> None:
-    """Read the shard's bytes, in file order, into the given pieces; check the member's CRC-32."""
-    ref = t.storage
-    assert ref is not None
-    size = as_torch(t.dtype).itemsize
-    with reading(ref.file, "cannot read tensor data"):
-        start = ref.data_offset() + t.storage_offset * size
-        whole = ref.archive is not None and t.storage_offset == 0 and sum(len(p) for p in pieces) == ref.archive.member_size(ref.key)
-        crc, got = 0, 0
-        with open_regular(ref.file, "torch file") as fh:
-            fh.seek(start)
-            for piece in pieces:
-                n = fh.readinto(piece)
-                if n != len(piece):
-                    raise CheckpointError(ref.file, f"truncated: storage {ref.key} needs {sum(len(p) for p in pieces)} bytes at "
-                                                    f"{start}, file has {got + n}")
-                got += n
-                if whole:
-                    crc = crc32(piece, crc)
-        if whole:  # a view of part of a storage has no CRC of its own (as in `LazyTensor.load`)
-            ref.archive.check_crc_value(ref.key, got, crc)  # type: ignore[union-attr]
+    """The shard's bytes, in file order, into the given pieces (CRC-checked when whole)."""
+    assert t.storage is not None
+    t.storage.read_into(t.storage_offset, as_torch(t.dtype).itemsize, pieces)
