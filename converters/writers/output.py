@@ -274,14 +274,6 @@ def open_output(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def refuse_special(path: Path) -> None:
-    """For writers that open by name (torch's zip writer): nothing but a regular file may be in the way."""
-    if hasattr(path, "open_write"):  # a key in a bucket: nothing can be planted there
-        return
-    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
-        raise OutputExists(path, "is not a regular file (symlink, FIFO or device); refusing to write through it")
-
-
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM while the folder is renamed or removed; they are delivered right after.

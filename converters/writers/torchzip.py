@@ -5,8 +5,11 @@ archive as soon as it is produced (`add`), and only its shape/dtype are remember
 pickles the object tree with those records in place of tensors. The result loads with
 `torch.load` (including `weights_only=True` and `mmap=True`) like any other checkpoint.
 
-With `background=True` the records are written by a thread of the file's own (torch's writer
-computes each record's CRC-32 and writes it with the GIL released): a writer of several rank
+The archive is torch's byte for byte, written by `zip_layout` (ISA-L CRC-32, one write per
+record from the tensor's memory) rather than torch's own writer.
+
+With `background=True` the records are written by a thread of the file's own (the CRC-32 and
+the write release the GIL): a writer of several rank
 files hands a shard to each file's thread and goes on scattering, so the files are written
 concurrently instead of one after another on the caller's thread. The queue is bounded by
 bytes (`writer_thread.QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory; records
@@ -27,8 +30,9 @@ import torch._utils
 
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
-from .output import open_output, refuse_special
+from .output import open_output
 from .writer_thread import WriterThread
+from .zip_layout import ZipLayoutWriter, archive_name
 
 
 class _Storage:
@@ -76,9 +80,9 @@ class TorchZipWriter:
     def __init__(self, path: str | Path, *, background: bool = False) -> None:
         self.path = path if hasattr(path, "open_write") else Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        refuse_special(self.path)
-        self._stream = open_output(self.path) if hasattr(path, "open_write") else None  # a remote destination
-        self._zip = torch._C.PyTorchFileWriter(self._stream if self._stream is not None else str(self.path))
+        self._stream = open_output(self.path)
+        remote = hasattr(path, "open_write")  # torch names a streamed archive "archive", a file's by its name
+        self._zip = ZipLayoutWriter(self._stream.write, "archive" if remote else archive_name(str(self.path)))
         self._count = 0
         self.bytes_written = 0
         self._thread = WriterThread(self._write_record, str(path)) if background else None
@@ -98,8 +102,8 @@ class TorchZipWriter:
         return TensorRecord(_Storage(key, t.dtype, t.numel()), tuple(t.shape))
 
     def _write_record(self, item: tuple[str, torch.Tensor]) -> None:
-        t, storage = exact_bytes(item[1])
-        self._zip.write_record(item[0], storage, t.nbytes)
+        t = item[1].detach().cpu().contiguous()
+        self._zip.write_record(item[0], t.reshape(-1).view(torch.uint8).numpy() if t.nbytes else b"")
 
     def abort(self) -> None:
         """Stop the file's thread after a failure (the file itself is removed with its folder)."""
@@ -117,14 +121,12 @@ class TorchZipWriter:
         pickler.dispatch_table = {**copyreg.dispatch_table, OrderedDict: _reduce_ordered_dict}
         pickler.dump(obj)
         data = buf.getvalue()
-        self._zip.write_record("data.pkl", data, len(data))
-        self._zip.write_record(".format_version", b"1", 1)
-        self._zip.write_record(".storage_alignment", b"64", 2)
-        self._zip.write_record("byteorder", b"little", 6)
+        self._zip.write_record("data.pkl", data)
+        self._zip.write_record(".format_version", b"1")
+        self._zip.write_record(".storage_alignment", b"64")
+        self._zip.write_record("byteorder", b"little")
         self._zip.write_end_of_file()
-        del self._zip
-        if self._stream is not None:
-            self._stream.close()
+        self._stream.close()
 
     @staticmethod
     def _persistent_id(obj: Any) -> Any:
