@@ -39,7 +39,7 @@ from ckptscope.inspectors.errors import CheckpointError
 from ckptscope.inspectors.storage import as_path, is_remote
 
 from .distributed import DistContext, share
-from .pipeline import Prefetcher, single_intra_op_thread
+from .pipeline import Prefetcher, streaming_runtime
 from .plan import Plan
 from .sources import group_canon, group_label
 from .writers.base import Unit
@@ -278,59 +278,58 @@ def convert(plan: Plan, dst: str | Path, *, force: bool = False, strict: bool = 
         if opened:
             writer.open(tmp)
         # read (and NaN-check) the next groups on worker threads while this thread writes (pipeline.py)
-        intra_op = single_intra_op_thread()  # before the read threads start: they take the count at their first op
-        reads: Prefetcher | None = None
-        try:
-            reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
-                               workers=max(1, getattr(plan.target, "workers", 1)))
-            yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
-            for n, group in enumerate(groups):
-                if group not in mine:
-                    continue
-                if group in skip:
-                    done_bytes += sum(_numel(s) for c, s in spec.canonical_shapes().items() if c in set(group_canon(spec, group))) * itemsize
-                    continue
-                tensors, bad = reads.take(group)
-                if bad:
-                    where = f"{group_label(spec, group)}: {'; '.join(bad[:3])}" + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
-                    if strict:
-                        raise CheckpointError(plan.source_path, f"non-finite values in {where}; --strict refuses to convert")
-                    warnings.append(f"non-finite values in {where}")
-                writer.write(group, tensors)
-                done_bytes += sum(t.numel() for t in tensors.values()) * itemsize
-                last = next(reversed(tensors)) if tensors else ""
-                del tensors
-                newly = [u for u in pending if max(u.groups) <= group and _unit_complete(tmp, u)]
-                if newly:
-                    done_files |= {f for u in newly for f in u.files}
-                    pending = [u for u in pending if u not in newly]
-                    _write_journal(tmp, key, plan, sorted(done_files))
-                yield Progress("layer", n + 1, len(groups), group_label(spec, group), last, done_bytes, total_bytes,
-                               time.perf_counter() - start, skipped=len(skip), warnings=tuple(warnings))
-            if dist is not None:
-                if dist.rank != 0 and opened:
-                    writer.close()  # this rank's files only
-                failed = [r for r, ok in enumerate(dist.vote(True)) if not ok]
-                if failed:
-                    raise RuntimeError(f"rank(s) {', '.join(map(str, failed))} failed (see their errors); output not written")
-            if dist is None or dist.rank == 0:
-                writer.close()
-            (tmp / JOURNAL).unlink(missing_ok=True)  # the finished output carries no resume state
-        except OSError as exc:
-            writer.abort()
-            raise _output_error(exc, tmp, resume) from exc
-        except RuntimeError as exc:
-            writer.abort()
-            if "PytorchStreamWriter" in str(exc):  # torch's zip writer reports ENOSPC this way
+        with streaming_runtime():  # before the read threads start: they take torch's thread count at their first op
+            reads: Prefetcher | None = None
+            try:
+                reads = Prefetcher(lambda g: _read_checked(source, g), [g for g in groups if g not in skip and g in mine],
+                                   workers=max(1, getattr(plan.target, "workers", 1)))
+                yield Progress("start", 0, len(groups), group_label(spec, groups[0]), "", 0, total_bytes, 0.0, skipped=len(skip))
+                for n, group in enumerate(groups):
+                    if group not in mine:
+                        continue
+                    if group in skip:
+                        done_bytes += sum(_numel(s) for c, s in spec.canonical_shapes().items() if c in set(group_canon(spec, group))) * itemsize
+                        continue
+                    tensors, bad = reads.take(group)
+                    if bad:
+                        where = f"{group_label(spec, group)}: {'; '.join(bad[:3])}" + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+                        if strict:
+                            raise CheckpointError(plan.source_path, f"non-finite values in {where}; --strict refuses to convert")
+                        warnings.append(f"non-finite values in {where}")
+                    writer.write(group, tensors)
+                    done_bytes += sum(t.numel() for t in tensors.values()) * itemsize
+                    last = next(reversed(tensors)) if tensors else ""
+                    del tensors
+                    newly = [u for u in pending if max(u.groups) <= group and _unit_complete(tmp, u)]
+                    if newly:
+                        done_files |= {f for u in newly for f in u.files}
+                        pending = [u for u in pending if u not in newly]
+                        _write_journal(tmp, key, plan, sorted(done_files))
+                    yield Progress("layer", n + 1, len(groups), group_label(spec, group), last, done_bytes, total_bytes,
+                                   time.perf_counter() - start, skipped=len(skip), warnings=tuple(warnings))
+                if dist is not None:
+                    if dist.rank != 0 and opened:
+                        writer.close()  # this rank's files only
+                    failed = [r for r, ok in enumerate(dist.vote(True)) if not ok]
+                    if failed:
+                        raise RuntimeError(f"rank(s) {', '.join(map(str, failed))} failed (see their errors); output not written")
+                if dist is None or dist.rank == 0:
+                    writer.close()
+                (tmp / JOURNAL).unlink(missing_ok=True)  # the finished output carries no resume state
+            except OSError as exc:
+                writer.abort()
                 raise _output_error(exc, tmp, resume) from exc
-            raise
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            if reads is not None:
-                reads.close()
-            torch.set_num_threads(intra_op)
+            except RuntimeError as exc:
+                writer.abort()
+                if "PytorchStreamWriter" in str(exc):  # torch's zip writer reports ENOSPC this way
+                    raise _output_error(exc, tmp, resume) from exc
+                raise
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                if reads is not None:
+                    reads.close()
         yield Progress("finalize", len(groups), len(groups), "finalize", "", done_bytes, total_bytes, time.perf_counter() - start,
                        skipped=len(skip), warnings=tuple(warnings))
     yield Progress("done", len(groups), len(groups), "done", "", done_bytes, total_bytes, time.perf_counter() - start,

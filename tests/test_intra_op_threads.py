@@ -1,9 +1,11 @@
-"""A conversion runs torch ops on its own threads only and gives the process its intra-op thread
-count back afterwards, whether it finished or failed: a verification or an app that converts
-next must not inherit a single-threaded torch."""
+"""A conversion runs torch ops on its own threads only, with the objects alive before it frozen
+out of the garbage collector, and gives the process both back afterwards, whether it finished
+or failed: a verification or an app that converts next must not inherit a single-threaded torch
+or a collector that no longer sees its objects."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,15 @@ def two_threads():
 
 def test_the_count_is_one_while_converting_and_restored_after(tmp_path: Path, two_threads: int) -> None:
     src = write_hf(SPEC, tmp_path / "hf")
-    seen = []
+    seen, frozen = [], []
     for event in convert(make_plan(src, TargetOptions("megatron", tp=2, workers=2)), tmp_path / "out"):
         if event.stage == "layer":
             seen.append(torch.get_num_threads())
+            frozen.append(gc.get_freeze_count())
     assert seen and set(seen) == {1}
+    assert min(frozen) > 10_000  # the modules' objects, at least
     assert torch.get_num_threads() == two_threads
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_failed_conversion_restores_it_too(tmp_path: Path, two_threads: int) -> None:
@@ -43,5 +48,6 @@ def test_a_failed_conversion_restores_it_too(tmp_path: Path, two_threads: int) -
     with pytest.raises(RuntimeError, match="stop"):
         events.throw(RuntimeError("stop"))
     assert torch.get_num_threads() == two_threads
+    assert gc.get_freeze_count() == 0
     run_to_end(make_plan(src, TargetOptions("hf")), tmp_path / "again")
     assert torch.get_num_threads() == two_threads
