@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptscope.converters.writers.dcp import saved_as_is
+from ckptscope.converters.writers.torchzip import save_tensor
 from ckptscope.converters.writers.zip_layout import ZipLayoutWriter, archive_name
 
 GiB = 2**30
@@ -137,3 +139,26 @@ def test_archive_name_is_torchs() -> None:
     assert archive_name("noext") == "noext"
     with pytest.raises(ValueError):
         archive_name("/a/.hidden")
+
+
+TENSORS = {
+    "bf16 matrix": lambda: torch.randn(33, 65).to(torch.bfloat16),
+    "fp32 scalar": lambda: torch.tensor(3.5),
+    "empty": lambda: torch.empty(0, 7),
+    "int64": lambda: torch.arange(1000),
+    "bool": lambda: torch.rand(17) > 0.5,
+    "a row block of a larger tensor": lambda: saved_as_is(torch.randn(64, 48)[16:40]),
+    "a column block (made contiguous)": lambda: saved_as_is(torch.randn(64, 48)[:, 8:24]),
+    "starts like a data descriptor": lambda: torch.frombuffer(bytearray(b"PK\x07\x08" + bytes(60)), dtype=torch.uint8),
+}
+
+
+@pytest.mark.parametrize("case", TENSORS)
+def test_save_tensor_writes_what_torch_save_writes(case: str) -> None:
+    """A DCP chunk's payload: torch.save's bytes to a stream, byte for byte."""
+    t = TENSORS[case]()
+    theirs, ours = io.BytesIO(), io.BytesIO()
+    torch.save(t, theirs)
+    save_tensor(t, ours.write)
+    assert ours.getvalue() == theirs.getvalue()
+    assert torch.equal(torch.load(io.BytesIO(ours.getvalue()), weights_only=True), t)

@@ -5,12 +5,13 @@ Each chunk is serialised the way DCP's FileSystemWriter does (`torch.save` of th
 range) is written by `finish`. No process group is needed.
 
 Every `.distcp` file has a writer thread (`WriterThread`): the caller hands it the chunk, a view
-of the tensor it cut it from, and goes on; the thread `torch.save`s the chunk straight into the
-file (torch's zip writer computes the CRC-32s and writes with the GIL released). The chunk is
-saved through a tensor over exactly its bytes - the slice of the view's storage, which shares
-memory - so the payload is the one `torch.save(chunk.clone())` makes, without the clone or a
-`BytesIO` copy. Payloads land in each file in the order they were added; their offsets, counted
-as the thread writes, go into `.metadata`.
+of the tensor it cut it from, and goes on; the thread writes the bytes `torch.save` would straight
+into the file (`torchzip.save_tensor`: torch pickles, our layout writer computes the CRC-32s with
+the GIL released and writes each record from the tensor's memory). The chunk is saved through a
+tensor over exactly its bytes - the slice of the view's storage, which shares memory - so the
+payload is the one `torch.save(chunk.clone())` makes, without the clone or a `BytesIO` copy.
+Payloads land in each file in the order they were added; their offsets, counted as the thread
+writes, go into `.metadata`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import BinaryIO
 import torch
 
 from .output import open_output
-from .torchzip import exact_bytes
+from .torchzip import exact_bytes, save_tensor
 from .writer_thread import WriterThread
 
 
@@ -58,25 +59,22 @@ class _DistcpFile:
         self.thread: WriterThread[tuple[torch.Tensor | bytes, _Place]] = WriterThread(self._write_payload, self.name)
 
     def write(self, data: bytes | memoryview) -> int:
-        """torch's zip writer writes through this (on the thread)."""
+        """The layout writer writes through this (on the thread)."""
         try:
             self.fh.write(data)
-        except OSError as exc:  # torch reports it as a bare "unexpected pos": keep the real cause
+        except OSError as exc:  # keep the real cause, whatever the layers above make of it
             self._failed = exc
             raise
         n = memoryview(data).nbytes
         self.at += n
         return n
 
-    def flush(self) -> None:
-        """torch.save flushes after each archive; the file is flushed once, when closed."""
-
     def _write_payload(self, item: tuple[torch.Tensor | bytes, _Place]) -> None:
         payload, place = item
         start = self.at
         try:
             if isinstance(payload, torch.Tensor):
-                torch.save(saved_as_is(payload), self)
+                save_tensor(saved_as_is(payload), self.write)
             else:
                 self.write(payload)
         except Exception:

@@ -23,6 +23,7 @@ import io
 import pickle
 from collections import OrderedDict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,6 +75,29 @@ def _reduce_ordered_dict(od: OrderedDict) -> Any:
     if type(od) is OrderedDict and not od and not od.__dict__:
         return OrderedDict, (), None, None, iter(())
     return od.__reduce_ex__(2)
+
+
+class _LayoutRecords:
+    """What `torch.serialization._save` writes its records to, as it would to torch's writer:
+    torch pickles and orders the records, our layout writer writes them."""
+
+    def __init__(self, archive: ZipLayoutWriter) -> None:
+        self._archive = archive
+
+    def write_record(self, name: str, data: Any, nbytes: int) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        elif isinstance(data, torch.UntypedStorage):
+            data = torch.empty(0, dtype=torch.uint8).set_(data).numpy() if nbytes else b""
+        self._archive.write_record(name, data)
+
+
+def save_tensor(tensor: torch.Tensor, write: Callable[[memoryview], Any]) -> None:
+    """Write exactly what `torch.save(tensor, f)` writes to a stream (tests/test_zip_layout.py),
+    through our layout writer: ISA-L CRC and no per-write Python callback from torch's writer."""
+    archive = ZipLayoutWriter(write, "archive")
+    torch.serialization._save(tensor, _LayoutRecords(archive), pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    archive.write_end_of_file()
 
 
 class TorchZipWriter:
