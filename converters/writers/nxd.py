@@ -114,7 +114,7 @@ class NxdWriter(StagedWriter):
         for ep in range(self.opts.ep):
             for tp in range(self.opts.tp):
                 path = self.folder / self._rel(tp, stage, ep)
-                self._sinks[(ep, tp)] = XserFileWriter(path) if self.opts.xser else _PlainSink(path)
+                self._sinks[(ep, tp)] = XserFileWriter(path, background=True) if self.opts.xser else _PlainSink(path)
                 self._states[(ep, tp)] = OrderedDict()
 
     def _finish_stage(self) -> None:

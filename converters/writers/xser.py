@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .torchzip import TorchZipWriter
+from .writer_thread import WriterThread
 
 _MISSING = object()
 
@@ -80,27 +81,52 @@ def info_path(path: Path) -> Path:
 
 
 class XserFileWriter:
-    """One xser file: `add` writes the tensor's own file now; `finish` writes refs and info."""
+    """One xser file: `add` writes the tensor's own file; `finish` writes refs and info.
 
-    def __init__(self, path: str | Path, *, with_info: bool = True) -> None:
+    With `background=True` the tensor files are written by a thread of this xser file's own,
+    in order, at most `writer_thread.QUEUE_BYTES` queued (NxD targets: one per rank file, as
+    the plain format has). On the caller's thread they took a fifth of an HF -> NxD xser
+    conversion's main thread (py-spy: CRC and write of each `tensor_<tid>.pt`) while the scatter
+    waited. The caller must not modify a tensor after handing it over.
+    """
+
+    def __init__(self, path: str | Path, *, with_info: bool = True, background: bool = False) -> None:
         self.path = Path(path)
         self.folder = tensors_dir(self.path)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.with_info = with_info
         self.info: dict[int, dict[str, Any]] = {}
         self.bytes_written = 0
+        self._thread = WriterThread(self._write_tensor, str(self.path)) if background else None
 
     def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any:
-        """Write `tensor_<tid>.pt`; return the reference to place in the structure."""
+        """Write `tensor_<tid>.pt` (now, or on the file's thread); return the reference to place
+        in the structure."""
         tid = len(self.info)
-        writer = TorchZipWriter(self.folder / f"tensor_{tid}.pt")
-        record = writer.add(tensor)
-        writer.finish(record)
-        self.bytes_written += writer.bytes_written
         self.info[tid] = {"dtype": tensor.dtype, "shape": tensor.shape, "expert_model_parallel": expert}
+        if self._thread is not None:
+            t = tensor.detach()
+            self._thread.put((tid, t), t.nbytes)
+        else:
+            self._write_tensor((tid, tensor))
+        self.bytes_written += tensor.nbytes
         return TensorReference(tid)
 
+    def _write_tensor(self, item: tuple[int, torch.Tensor]) -> None:
+        tid, tensor = item
+        writer = TorchZipWriter(self.folder / f"tensor_{tid}.pt")
+        writer.finish(writer.add(tensor))
+
+    def abort(self) -> None:
+        """Stop the file's thread after a failure (the files go with their folder)."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.stop()
+
     def finish(self, obj: Any) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.drain()
         with pickled_as(TensorReference):
             torch.save(obj, self.path)
         if self.with_info:
