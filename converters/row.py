@@ -94,8 +94,17 @@ def from_stored(row: Row, whole: torch.Tensor, spec: ModelSpec) -> list[torch.Te
 
 
 def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
-    """Canonical tensors -> one stored piece per TP rank."""
-    return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
+    """Canonical tensors -> one stored piece per TP rank.
+
+    Where a rank's piece is its boxes side by side (`Shard.joins_boxes`: Cut, Blocks), the boxes
+    are cut from the canonical tensors (`Layout.cut`), so SwiGLU fc1's `[gate_r; up_r]` is one
+    copy instead of the packed `[gate; up]` and then a second (py-spy: the pack was a fifth of
+    an HF -> NxD conversion's main thread). Same values either way; other shards cut the whole."""
+    if not row.shard.joins_boxes:
+        return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
+    pieces = [piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)]
+    dim = row.shard.dim  # type: ignore[attr-defined]
+    return [mine[0].contiguous() if len(mine) == 1 else torch.cat(mine, dim=dim) for mine in (pieces[r::geo.tp] for r in range(geo.tp))]
 
 
 def gather(row: Row, shards: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +79,8 @@ class Geometry:
 
 
 class Shard(ABC):
+    joins_boxes: ClassVar[bool] = False  # a rank's piece is its `boxes` side by side along `dim`, in box order
+
     @abstractmethod
     def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
         """The whole stored tensor -> one piece per TP rank."""
@@ -121,6 +123,7 @@ def _cut_boxes(shape: Shape, dim: int, parts: int) -> list[Box]:
 class Cut(Shard):
     """Contiguous equal pieces along `dim` (column parallel: 0, row parallel: 1)."""
 
+    joins_boxes: ClassVar[bool] = True
     dim: int = 0
 
     def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
@@ -151,6 +154,7 @@ class Blocks(Shard):
     piece of every block, side by side (`[gate_r; up_r]`). torch_dist keeps parts·TP boxes, even
     at TP 1 (megatron-core's SwiGLU factory always separates the halves)."""
 
+    joins_boxes: ClassVar[bool] = True
     dim: int = 0
     parts: int = 2
 
