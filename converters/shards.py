@@ -163,8 +163,8 @@ class Blocks(Shard):
         return [torch.cat([p[r] for p in pieces], dim=self.dim) for r in range(geo.tp)]
 
     def gather(self, shards: list[torch.Tensor], geo: Geometry) -> torch.Tensor:
-        halves = [torch.chunk(s, self.parts, dim=self.dim) for s in shards]
-        return torch.cat([torch.cat([h[k] for h in halves], dim=self.dim) for k in range(self.parts)], dim=self.dim)
+        halves = [torch.chunk(s, self.parts, dim=self.dim) for s in shards]  # one cat: every block of every rank in place
+        return torch.cat([h[k] for k in range(self.parts) for h in halves], dim=self.dim)
 
     def boxes(self, shape: Shape, tp: int) -> list[Box]:
         return _cut_boxes(shape, self.dim, self.parts * tp)
@@ -213,6 +213,12 @@ class Heads(Shard):
 
     def kv_rows(self, shard_rows: int, geo: Geometry) -> float | None:
         return float(shard_rows) if self.kind == "kv" and self.dim == 0 else None
+
+    def as_cut(self, geo: Geometry) -> Cut | None:
+        """This cut as a plain `Cut` along `dim` when each rank holds the next heads, each once
+        (no KV replication), so in-place reads of the shards apply (`tp_read`)."""
+        held, total = _held(self.kind, geo)
+        return Cut(self.dim) if tuple(h for rank in held for h in rank) == tuple(range(total)) else None
 
 
 @dataclass(frozen=True)

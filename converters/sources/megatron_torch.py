@@ -20,12 +20,11 @@ from ckptscope.inspectors.model import Checkpoint
 from .. import vocab
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..row import Row, from_stored, gather
-from ..shards import Geometry
+from ..row import Row
 from ..megatron_args import spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
-from .tp_read import layout, plan_whole, read_whole
+from .tp_read import read_rows
 
 
 class MegatronTorchSource(CanonicalSource):
@@ -110,20 +109,8 @@ class MegatronTorchSource(CanonicalSource):
             infos = self.index.get(name)
             if not infos:
                 raise SpecError(f"{self.ckpt.path}: missing tensor {name}")
-            rows.append((param, canon, infos, plan_whole(param, infos, self.spec)))
-        direct = [plan for *_, plan in rows if plan is not None]
-        _, wholes = layout(direct) if direct else (None, [])
-        placed = iter(wholes)
-        out: dict[str, torch.Tensor] = {}
-        for param, canon, infos, plan in rows:
-            if plan is not None:
-                whole = next(placed)
-                read_whole(plan, whole)
-                out.update(zip(canon, from_stored(param, whole, self.spec)))
-                continue
-            shards = [self.ckpt.load(t) for t in infos]
-            out.update(zip(canon, gather(param, shards, Geometry(self.spec, len(shards)))))
-        return out
+            rows.append((param, canon, infos))
+        return read_rows(rows, self.spec, self.ckpt.load)
 
     def account(self, user_ignores: Iterable[str] = ()) -> Accounting:
         expected: dict[str, list[str]] = {}

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 from ckptscope.inspectors.formats.nxd import guess_style
 from ckptscope.inspectors.model import Checkpoint, TensorInfo
 
-from ..row import Row, expert_canon, gather, gather_stacked
+from ..row import Row, expert_canon, gather_stacked
 from ..rules import nxd as rules
 from ..shards import Geometry
 from ..spec import ModelSpec, SpecError
 from .base import PRE, Accounting, CanonicalSource, groups
+from .tp_read import read_rows
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +97,9 @@ class NxdSource(CanonicalSource):
 
     # ----- reading ------------------------------------------------------------------------
     def read(self, group: int) -> dict[str, torch.Tensor]:
+        """The group's canonical tensors; plain TP cuts are read in place (`tp_read.read_rows`)."""
         out: dict[str, torch.Tensor] = {}
+        rows = []
         for param, name, canon in self._expected(group):
             if param.stacked:
                 shards = [[self._load(name, ep, tp) for tp in range(self.tp)] for ep in range(self.ep)]
@@ -105,7 +108,8 @@ class NxdSource(CanonicalSource):
             infos = self._infos(name)
             if len(infos) != self.tp:
                 raise SpecError(f"{self.ckpt.path}: {name} is stored on {len(infos)} of {self.tp} TP ranks")
-            out.update(zip(canon, gather(param, [self.ckpt.load(t) for t in infos], self.geo)))
+            rows.append((param, canon, infos))
+        out.update(read_rows(rows, self.spec, self.ckpt.load, self.geo))
         return out
 
     def _load(self, name: str, ep: int, tp: int) -> torch.Tensor:

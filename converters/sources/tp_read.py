@@ -18,6 +18,7 @@ None and is gathered the usual way. The values are those of `row.gather`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,8 @@ from ckptscope.inspectors.dtypes import as_torch
 from ckptscope.inspectors.model import TensorInfo
 from ckptscope.inspectors.torchfile import LazyTensor
 
-from ..row import Row
-from ..shards import Blocks, Cut, QkvCut
+from ..row import Row, from_stored, gather
+from ..shards import Blocks, Cut, Geometry, Heads, QkvCut
 from ..spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -53,16 +54,19 @@ class WholeRead:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def plan_whole(row: Row, infos: list[TensorInfo], spec: ModelSpec) -> WholeRead | None:
-    """The whole-tensor read of a row's shards, or None where it is not a plain cut of plain shards."""
+def plan_whole(row: Row, infos: list[TensorInfo], spec: ModelSpec, geo: Geometry | None = None) -> WholeRead | None:
+    """The whole-tensor read of a row's shards, or None where it is not a plain cut of plain shards
+    (NxD's per-rank heads are one when no KV head is replicated: `Heads.as_cut`, with `geo`)."""
     shard = row.shard
+    if type(shard) is Heads and geo is not None and geo.tp == len(infos):
+        shard = shard.as_cut(geo) or shard
     if type(shard) is Cut or (type(shard) is QkvCut and spec.qkv_version >= 2):  # a legacy QKV reorders each rank
         dim, parts = shard.dim, 1
     elif type(shard) is Blocks:
         dim, parts = shard.dim, shard.parts
     else:
         return None
-    lazies = [getattr(i.source, "tensor", None) for i in infos]  # the rank files' tensors (`LazySource`)
+    lazies = [_lazy(i) for i in infos]
     if not lazies or not all(isinstance(t, LazyTensor) and _plain(t) for t in lazies):
         return None
     shapes = [t.shape for t in lazies]  # type: ignore[union-attr]
@@ -75,6 +79,11 @@ def plan_whole(row: Row, infos: list[TensorInfo], spec: ModelSpec) -> WholeRead 
     whole = list(shapes[0])
     whole[dim] = sum(s[dim] for s in shapes)
     return WholeRead(tuple(lazies), tuple(whole), dtype, dim, parts)  # type: ignore[arg-type]
+
+
+def _lazy(info: TensorInfo) -> LazyTensor | None:
+    """The rank file's tensor: the info's source itself (NxD) or inside its `LazySource` (Megatron)."""
+    return info.source if isinstance(info.source, LazyTensor) else getattr(info.source, "tensor", None)
 
 
 def _plain(t: LazyTensor) -> bool:
@@ -141,3 +150,23 @@ def _read_span(t: LazyTensor, pieces: list[memoryview]) -> None:
     """The shard's bytes, in file order, into the given pieces (CRC-checked when whole)."""
     assert t.storage is not None
     t.storage.read_into(t.storage_offset, as_torch(t.dtype).itemsize, pieces)
+
+
+def read_rows(rows: list[tuple[Row, list[str], list[TensorInfo]]], spec: ModelSpec,
+              load: Callable[[TensorInfo], torch.Tensor], geo: Geometry | None = None) -> dict[str, torch.Tensor]:
+    """A group's canonical tensors from its rows (row, canonical names, shard infos in TP rank
+    order): the plain cuts read in place into one buffer for the group, the rest loaded with
+    `load` and gathered (with `geo`, else the shards' own TP)."""
+    plans = [plan_whole(row, infos, spec, geo) for row, _, infos in rows]
+    direct = [plan for plan in plans if plan is not None]
+    placed = iter(layout(direct)[1] if direct else [])
+    out: dict[str, torch.Tensor] = {}
+    for (row, canon, infos), plan in zip(rows, plans):
+        if plan is not None:
+            whole = next(placed)
+            read_whole(plan, whole)
+            out.update(zip(canon, from_stored(row, whole, spec)))
+        else:
+            shards = [load(info) for info in infos]
+            out.update(zip(canon, gather(row, shards, geo or Geometry(spec, len(shards)))))
+    return out

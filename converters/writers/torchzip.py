@@ -22,8 +22,8 @@ import copyreg
 import io
 import pickle
 from collections import OrderedDict
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
