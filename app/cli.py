@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -378,12 +379,14 @@ def convert(
         events = convert_distributed(plan, dst, force=force, strict=strict)
     else:
         events = run_convert(plan, dst, **request.policies())
+    cpu_before = time.process_time()  # every thread of this process: how many cores the conversion kept busy
     final = _run_with_progress(console, events, quiet=as_json or follower)
+    cpu_seconds = time.process_time() - cpu_before
     if follower:
         _exit_rank(0)
     for warning in final.warnings:
         typer.echo(f"ckptscope: warning: {printable(warning, 1000)}", err=True)
-    summary = {"output": final.output, "seconds": round(final.elapsed, 3), "bytes": final.bytes_done,
+    summary = {"output": final.output, "seconds": round(final.elapsed, 3), "cpu_seconds": round(cpu_seconds, 3), "bytes": final.bytes_done,
                "files": len(plan.files), "format": to, "resumed_groups": final.skipped, "warnings": list(final.warnings)}
     if verify_after:
         from ckptscope.converters.verify import verify_conversion

@@ -50,7 +50,8 @@ def _run(cmd: list[str], drop: bool) -> dict[str, Any]:
         raise RuntimeError(f"{' '.join(cmd[:8])}... failed:\n{proc.stderr[-3000:]}")
     out = proc.stdout
     summary = json.JSONDecoder().raw_decode(out[out.index("{"):])[0] if "{" in out else {}  # rank 0's --json summary
-    return {"process_seconds": wall, "seconds": summary.get("seconds", wall), "cold_cache": cold, "load_average": os.getloadavg()[0]}
+    return {"process_seconds": wall, "seconds": summary.get("seconds", wall), "cpu_seconds": summary.get("cpu_seconds"),
+            "cold_cache": cold, "load_average": os.getloadavg()[0]}
 
 
 def measure_multiprocess(ckpts: dict[str, Path], spec: CachedSpec, config: Path, out: Path, drop: bool) -> list[dict[str, Any]]:
@@ -71,6 +72,9 @@ def measure_multiprocess(ckpts: dict[str, Path], spec: CachedSpec, config: Path,
             print(f"  {label:42} {name}: engine {row[name]['seconds']:6.2f} s, process {row[name]['process_seconds']:6.2f} s "
                   f"(load {row[name]['load_average']:.1f})", flush=True)
         row["speedup"] = row["one"]["seconds"] / row["two"]["seconds"]
+        if row["one"]["cpu_seconds"]:  # cores one process keeps busy: two processes on 2 cores gain at most 2 / that
+            row["cores_busy"] = row["one"]["cpu_seconds"] / row["one"]["seconds"]
+            row["speedup_bound"] = (os.cpu_count() or 1) / max(1.0, row["cores_busy"])
         row["speedup_process"] = row["one"]["process_seconds"] / row["two"]["process_seconds"]
         rows.append(row)
     return rows
@@ -78,11 +82,12 @@ def measure_multiprocess(ckpts: dict[str, Path], spec: CachedSpec, config: Path,
 
 def print_multiprocess(rows: list[dict[str, Any]]) -> None:
     print("\nmulti-process (cold)                        kind  GiB  1 proc s  2 ranks s  speed-up  "
-          "1 proc process s  2 ranks process s  speed-up  target (CPU >= 1.6x)")
+          "1 proc cores busy  bound  1 proc process s  2 ranks process s  speed-up  target (CPU >= 1.6x)")
     for r in rows:
         ok = "" if r["kind"] != "CPU" else ("ok" if r["speedup"] >= 1.6 else "MISS")
+        busy = f"{r['cores_busy']:17.2f} {r['speedup_bound']:5.2f}x" if "cores_busy" in r else f"{'-':>17} {'-':>6}"
         print(f"{r['path']:42} {r['kind']:4} {r['source_bytes'] / 2**30:4.2f} {r['one']['seconds']:9.2f} {r['two']['seconds']:10.2f} "
-              f"{r['speedup']:8.2f}x {r['one']['process_seconds']:17.2f} {r['two']['process_seconds']:18.2f} {r['speedup_process']:8.2f}x  {ok}")
+              f"{r['speedup']:8.2f}x {busy} {r['one']['process_seconds']:17.2f} {r['two']['process_seconds']:18.2f} {r['speedup_process']:8.2f}x  {ok}")
 
 
 if __name__ == "__main__":  # python -m bench.multiprocess [--quick]: this table alone (generates what it needs)

@@ -3,6 +3,7 @@ before anything is written; `--verify` reads the NxD output with the source's ar
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def test_nxd_verify_reads_the_output_with_the_source_architecture(tmp_path: Path
     done = _cli("convert", str(src), str(tmp_path / "out"), "--to", "nxd", "--tp", "2", "--verify", "--json")
     assert done.returncode == 0, done.stderr
     assert '"ok": true' in done.stdout and "carries no architecture" in done.stdout
+    summary = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{"):])[0]
+    assert 0 < summary["cpu_seconds"] and summary["seconds"] > 0  # the CPU the conversion used, every thread
 
 
 def test_nxd_source_finds_the_run_config(tmp_path: Path) -> None:
