@@ -148,6 +148,24 @@ class PadVocab(Layout):
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (spec.padded_vocab or shapes[0][0], *shapes[0][1:])
 
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+        """A box's rows straight from the canonical rows (a view); only a box that reaches the
+        padding is copied, with the last row repeated, so the padded embedding and head are never
+        made whole."""
+        t = parts[0]
+        real, total = t.shape[0], spec.padded_vocab or t.shape[0]
+        out = []
+        for rows, *rest in boxes:
+            start, stop, _ = rows.indices(total)
+            inside = t[(slice(min(start, real), min(stop, real)), *rest)]
+            extra = stop - max(start, real)
+            if extra <= 0:
+                out.append(inside)
+                continue
+            last = t[(slice(real - 1, real), *rest)]
+            out.append(torch.cat([inside, last.expand(extra, *last.shape[1:])], dim=0))
+        return out
+
 
 @dataclass(frozen=True)
 class Transposed(Layout):

@@ -183,3 +183,20 @@ def test_cli_plan_says_trimmed_or_padded(models, toks, tmp_path: Path) -> None:
     assert any(n.startswith("vocab: padded from 100 stored rows to the tokenizer's 110") for n in doc["notes"])
     same = runner.invoke(app, ["convert", str(src), str(tmp_path / "c"), "--tokenizer", str(toks[100]), "--plan-only"])
     assert "vocab: 100 rows, the tokenizer's size" in same.stdout
+
+
+def test_padded_vocab_boxes_are_the_padded_tensors_boxes() -> None:
+    """PadVocab.cut (TP pieces and torch_dist chunks of a padded embedding, cut from the real rows)
+    gives exactly the boxes of the padded tensor, trimmed vocabularies and column boxes included."""
+    from types import SimpleNamespace
+
+    from ckptscope.converters.layouts import PadVocab
+    from ckptscope.converters.ops import pad_rows
+
+    t = torch.randn(1000, 8)
+    cases = {1024: [(0, 256, 0, 8), (768, 1024, 0, 8), (992, 1024, 2, 6), (1000, 1024, 0, 8), (0, 1024, 0, 8)], 900: [(450, 900, 0, 8)]}
+    for padded, boxes in cases.items():
+        spec = SimpleNamespace(padded_vocab=padded)
+        for r0, r1, c0, c1 in boxes:
+            box = (slice(r0, r1), slice(c0, c1))
+            assert torch.equal(PadVocab().cut([t], spec, [box])[0], pad_rows(t, padded)[box]), (padded, box)
