@@ -124,6 +124,11 @@ class MegatronTorchWriter(StagedWriter):
                 self._models[(tp, ep)][name] = self._writers[(tp, ep)].add(shard)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
+        self._write_group(group, tensors)
+        for writer in self._writers.values():
+            writer.flush()  # the group's records leave with it
+
+    def _write_group(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         spec, opts = self.spec, self.opts
         self._enter_stage(stage_of(spec, opts, group))
         all_ep = range(opts.ep)

@@ -31,7 +31,9 @@ STARTED, DONE, MODEL_DIR = "checkpoint", "done", "model"
 
 class _Sink(Protocol):
     def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any: ...
+    def flush(self) -> None: ...
     def finish(self, obj: Any) -> None: ...
+    def abort(self) -> None: ...
 
 
 class _PlainSink:
@@ -43,6 +45,9 @@ class _PlainSink:
 
     def finish(self, obj: Any) -> None:
         self.zip.finish(obj)
+
+    def flush(self) -> None:
+        self.zip.flush()
 
     def abort(self) -> None:
         self.zip.abort()
@@ -127,6 +132,11 @@ class NxdWriter(StagedWriter):
         self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(tensor.to(self.dtype).contiguous(), expert=expert)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
+        self._write_group(group, tensors)
+        for sink in self._sinks.values():
+            sink.flush()  # the group's records leave with it
+
+    def _write_group(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         spec, style = self.spec, self.opts.nxd_style
         self._enter_stage(stage_of(spec, self.opts, group))
         if group in (PRE, spec.layers):
@@ -155,6 +165,6 @@ class NxdWriter(StagedWriter):
 
     def abort(self) -> None:
         for sink in self._sinks.values():
-            getattr(sink, "abort", lambda: None)()
+            sink.abort()
         self._sinks.clear()
         self._states.clear()

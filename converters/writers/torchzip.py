@@ -11,9 +11,10 @@ record from the tensor's memory) rather than torch's own writer.
 With `background=True` the records are written by a thread of the file's own (the CRC-32 and
 the write release the GIL): a writer of several rank
 files hands a shard to each file's thread and goes on scattering, so the files are written
-concurrently instead of one after another on the caller's thread. The queue is bounded by
-bytes (`writer_thread.QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory; records
-keep their order, so the bytes are those of the synchronous writer.
+concurrently instead of one after another on the caller's thread. Records are handed over in
+batches (`BATCH_BYTES`, `BATCH_RECORDS`); the queue is bounded by bytes
+(`writer_thread.QUEUE_BYTES`), so a slow disk stalls the caller rather than growing memory;
+records keep their order, so the bytes are those of the synchronous writer.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def save_tensor(tensor: torch.Tensor, write: Callable[[memoryview], Any]) -> Non
     archive.write_end_of_file()
 
 
+# Records reach the file's thread in batches: one hand-over per record woke the thread (a queue
+# put, a condition, a GIL switch) ~3,000 times for a 256-expert model, 0.26-0.30 s of the main
+# thread's wall time against 0.03-0.05 s of its CPU (helper's measurement, issue 17).
+BATCH_BYTES = 4 * 2**20
+BATCH_RECORDS = 64
+
+
 class TorchZipWriter:
     def __init__(self, path: str | Path, *, background: bool = False) -> None:
         self.path = path if hasattr(path, "open_write") else Path(path)
@@ -109,7 +117,9 @@ class TorchZipWriter:
         self._zip = ZipLayoutWriter(self._stream.write, "archive" if remote else archive_name(str(self.path)))
         self._count = 0
         self.bytes_written = 0
-        self._thread = WriterThread(self._write_record, str(path)) if background else None
+        self._thread = WriterThread(self._write_records, str(path)) if background else None
+        self._batch: list[tuple[str, torch.Tensor]] = []
+        self._batch_bytes = 0
 
     def add(self, tensor: torch.Tensor) -> TensorRecord:
         """Write the tensor's bytes now (or hand them to the file's thread); return the record to
@@ -118,12 +128,26 @@ class TorchZipWriter:
         self._count += 1
         if self._thread is not None:
             t = tensor.detach()
-            self._thread.put((f"data/{key}", t), t.nbytes)
+            self._batch.append((f"data/{key}", t))
+            self._batch_bytes += t.nbytes
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_RECORDS:
+                self.flush()
         else:
             t = tensor
             self._write_record((f"data/{key}", t))
         self.bytes_written += t.nbytes
         return TensorRecord(_Storage(key, t.dtype, t.numel()), tuple(t.shape))
+
+    def flush(self) -> None:
+        """Queue the records gathered so far as one item for the file's thread (writers call it
+        after each group, so a batch never keeps a group's read buffer alive past its write)."""
+        if self._batch and self._thread is not None:
+            self._thread.put(self._batch, self._batch_bytes)
+            self._batch, self._batch_bytes = [], 0
+
+    def _write_records(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        for item in items:
+            self._write_record(item)
 
     def _write_record(self, item: tuple[str, torch.Tensor]) -> None:
         t = item[1].detach().cpu().contiguous()
@@ -131,12 +155,14 @@ class TorchZipWriter:
 
     def abort(self) -> None:
         """Stop the file's thread after a failure (the file itself is removed with its folder)."""
+        self._batch = []
         if self._thread is not None:
             thread, self._thread = self._thread, None
             thread.stop()
 
     def finish(self, obj: Any) -> None:
         if self._thread is not None:
+            self.flush()
             thread, self._thread = self._thread, None
             thread.drain()
         buf = io.BytesIO()

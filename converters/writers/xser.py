@@ -117,6 +117,9 @@ class XserFileWriter:
         writer = TorchZipWriter(self.folder / f"tensor_{tid}.pt")
         writer.finish(writer.add(tensor))
 
+    def flush(self) -> None:
+        """Tensor files are handed over one by one: nothing is gathered."""
+
     def abort(self) -> None:
         """Stop the file's thread after a failure (the files go with their folder)."""
         if self._thread is not None:
