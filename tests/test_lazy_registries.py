@@ -2,7 +2,7 @@
 conversion's start-up). The tables must agree with the modules they name: every entry imports
 and registers exactly the name it is listed under, and every family, source and reader module in
 the packages is listed, so a new one is never silently missing. A fresh HF -> HF conversion then
-imports one family, one source and one reader."""
+imports one family, one source, one reader and no rich."""
 
 from __future__ import annotations
 
@@ -94,3 +94,4 @@ def test_an_hf_conversion_imports_only_what_it_uses(demo: Path, tmp_path: Path) 
     source_modules = {path.partition(":")[0] for path in sources.SOURCES.values()}
     assert {m.rpartition(".")[2] for m in imported if m.startswith(f"{SOURCE_PACKAGE}.")} & source_modules == {"hf"}
     assert {m.rpartition(".")[2] for m in imported if m.startswith(f"{READER_PACKAGE}.")} == {"hf"}
+    assert not {m for m in imported if m == "rich" or m.startswith("rich.")}, "--json output needs no rich"
