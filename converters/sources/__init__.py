@@ -119,4 +119,4 @@ def _construct(cls: type[CanonicalSource], ckpt: Checkpoint, spec: ModelSpec | N
     return cls(ckpt, spec, true_vocab=true_vocab, vocab_note=vocab_note)  # type: ignore[call-arg]
 
 
-__all__ = ["PRE", "SOURCES", "source_class", "Accounting", "CanonicalSource", "group_canon", "group_label", "groups", "open_source"]
+__all__ = ["PRE", "SOURCES", "Accounting", "CanonicalSource", "group_canon", "group_label", "groups", "open_source", "source_class"]
