@@ -8,9 +8,10 @@ that the faces can list formats without importing the engine), the target option
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
+
+from ckptscope.inspectors.lazy import attribute
 
 from .options import TARGET_OPTIONS, Option
 
@@ -30,8 +31,7 @@ class Format:
         return tuple(o for o in TARGET_OPTIONS if o.applies_to(self.name))
 
     def writer_class(self) -> Any:
-        module, _, cls = self.writer.partition(":")
-        return getattr(importlib.import_module(f"{__package__}.writers.{module}"), cls)
+        return attribute(f"{__package__}.writers", self.writer)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (

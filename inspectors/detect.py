@@ -7,6 +7,7 @@ where layouts overlap: a Megatron-DeepSpeed root has both `latest` and a Megatro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from .bulk import paused_gc
@@ -18,10 +19,10 @@ from .storage import as_path
 __all__ = ["FormatReader", "Probe", "detect", "label_text", "probe"]
 
 
-def _readers() -> list[FormatReader]:
-    from .formats import READERS
+def _readers() -> Iterator[FormatReader]:
+    from .formats import readers
 
-    return READERS
+    return readers()
 
 
 def probe(path: str | Path) -> Probe | None:

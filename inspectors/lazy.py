@@ -20,4 +20,11 @@ class LazyModule:
         return f"<lazy module {self._name!r}>"
 
 
+def attribute(package: str, path: str) -> Any:
+    """`"module:name"` under `package`, imported now: registries name their entries in tables and
+    import only the entry a run uses (a conversion's start-up, issue 17)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+
 torch = LazyModule("torch")  # `from ckptscope.inspectors.lazy import torch` where only some paths need it

@@ -1,12 +1,15 @@
-"""The family registry: one module per model family, listed in `MODULES`.
+"""The family registry: one module per model family, declared in `MODEL_TYPES`.
 
-Adding a family is a module that defines `FAMILY` (see `base.Family`) plus its name here. The
+Adding a family is a module that defines `FAMILY` (see `base.Family`) plus its line here. The
 rest of the converter asks this registry: which family a config.json or Megatron args describe,
-the HF tensor table of a spec, the config.json to write, what Megatron cannot express.
+the HF tensor table of a spec, the config.json to write, what Megatron cannot express. A family's
+module is imported when the family is first used: recognising an HF config reads only this
+table, so a conversion loads the one family it converts (issue 17: start-up).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -16,31 +19,59 @@ from .base import Family, FusedExperts, HfEntry, MegatronTraits
 from .base import hf_entries as _entries
 from .common import finish_hf_config
 
-MODULES = (
-    "llama", "mistral", "qwen2", "mixtral", "gpt2", "bloom", "falcon", "apertus",
-    "qwen3", "qwen3_moe", "qwen2_moe", "phi3", "starcoder2", "olmo2", "granite", "glm4",
-    "gemma", "gemma2", "gemma3", "nemotron", "gpt_oss", "deepseek_v2", "deepseek_v3",
-    "llama4",
-)
+# family name (= its module's name) -> the config.json model_type values read as it (first: the one
+# written); the module's `FAMILY` declares the same name and model types (tests/test_lazy_registries.py).
+MODEL_TYPES: dict[str, tuple[str, ...]] = {
+    "llama": ("llama", "codellama"),
+    "mistral": ("mistral",),
+    "qwen2": ("qwen2",),
+    "mixtral": ("mixtral",),
+    "gpt2": ("gpt2",),
+    "bloom": ("bloom",),
+    "falcon": ("falcon", "RefinedWeb", "RefinedWebModel"),
+    "apertus": ("apertus", "swissai"),
+    "qwen3": ("qwen3",),
+    "qwen3_moe": ("qwen3_moe",),
+    "qwen2_moe": ("qwen2_moe",),
+    "phi3": ("phi3",),
+    "starcoder2": ("starcoder2",),
+    "olmo2": ("olmo2",),
+    "granite": ("granite",),
+    "glm4": ("glm4",),
+    "gemma": ("gemma",),
+    "gemma2": ("gemma2",),
+    "gemma3": ("gemma3_text",),
+    "nemotron": ("nemotron",),
+    "gpt_oss": ("gpt_oss",),
+    "deepseek_v2": ("deepseek_v2",),
+    "deepseek_v3": ("deepseek_v3", "kimi_k2"),
+    "llama4": ("llama4_text", "llama4"),
+}
 
-FAMILIES: dict[str, Family] = {}
-for _module in MODULES:
-    _family: Family = importlib.import_module(f"{__name__}.{_module}").FAMILY
-    FAMILIES[_family.name] = _family
+
+def __getattr__(name: str) -> Any:
+    """`FAMILIES`: every family by name, in table order (imports them all: the tests, Megatron recognition)."""
+    if name == "FAMILIES":
+        return {family_name: family(family_name) for family_name in MODEL_TYPES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # HF entries that never carry weights in any family (old checkpoints keep rotary buffers)
 HF_IGNORED = (r"\.rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")
 
 
+@functools.cache
 def family(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise SpecError(f"model family {name!r} is not supported (supported: {', '.join(FAMILIES)})") from None
+    """The family's `FAMILY`, its module imported on first use."""
+    if name not in MODEL_TYPES:
+        raise SpecError(f"model family {name!r} is not supported (supported: {', '.join(MODEL_TYPES)})")
+    found: Family = importlib.import_module(f"{__name__}.{name}").FAMILY
+    return found
 
 
 def for_model_type(model_type: str) -> Family | None:
-    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+    name = next((name for name, types in MODEL_TYPES.items() if model_type in types), None)
+    return None if name is None else family(name)
 
 
 def spec_from_hf_config(config: dict[str, Any]) -> ModelSpec:
@@ -58,7 +89,7 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
 
 
 def supported_model_types() -> list[str]:
-    return [t for f in FAMILIES.values() for t in f.model_types]
+    return [t for types in MODEL_TYPES.values() for t in types]
 
 
 def recognise_megatron(args: dict[str, Any], spec: ModelSpec) -> str:
@@ -67,7 +98,7 @@ def recognise_megatron(args: dict[str, Any], spec: ModelSpec) -> str:
     written = for_model_type(str(args.get("hf_model_type") or ""))
     if written is not None:
         return written.name
-    ranked = sorted(FAMILIES.values(), key=lambda f: -f.megatron.rank)
+    ranked = sorted(map(family, MODEL_TYPES), key=lambda f: -f.megatron.rank)
     for candidate in ranked:
         if candidate.megatron.match is not None and candidate.megatron.match(args, spec):
             return candidate.name
@@ -90,6 +121,6 @@ def hf_ignored(spec: ModelSpec) -> tuple[str, ...]:
     return HF_IGNORED + found.ignored + found.ignored_for(spec)
 
 
-__all__ = ["FAMILIES", "Family", "FusedExperts", "HfEntry", "MegatronTraits", "Row", "family", "for_model_type",
+__all__ = ["MODEL_TYPES", "Family", "FusedExperts", "HfEntry", "MegatronTraits", "Row", "family", "for_model_type",
            "hf_config_from_spec", "hf_entries", "hf_ignored", "megatron_problems", "recognise_megatron",
            "spec_from_hf_config", "supported_model_types"]
