@@ -57,16 +57,20 @@ def streaming_runtime() -> Iterator[None]:
       frozen out of the garbage collector (`gc.freeze`). A full collection walks them all:
       one came during the final pickling of a 4,608-record rank file and took 0.15 s of a
       1.25 s conversion; with them frozen every collection of the run took 0.014 s in all.
+      Unfrozen afterwards unless the caller had frozen objects itself (the CLI does, at import
+      torch, for its whole process: there is nothing to unfreeze selectively).
     """
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    frozen_by_caller = gc.get_freeze_count() > 0  # the CLI froze torch for its whole process: keep that
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_by_caller:
+            gc.unfreeze()
         torch.set_num_threads(before)
 
 

@@ -24,6 +24,7 @@ SPEC = SampleSpec(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=300)
 def two_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    gc.unfreeze()  # an in-process CLI test may have frozen the session's objects for good (cli._torch_out_of_gc)
     yield 2
     torch.set_num_threads(before)
 
@@ -51,3 +52,15 @@ def test_a_failed_conversion_restores_it_too(tmp_path: Path, two_threads: int) -
     assert gc.get_freeze_count() == 0
     run_to_end(make_plan(src, TargetOptions("hf")), tmp_path / "again")
     assert torch.get_num_threads() == two_threads
+
+
+def test_a_caller_s_freeze_is_left_in_place(tmp_path: Path, two_threads: int) -> None:
+    """The CLI freezes torch's objects for its process's life; a conversion does not undo that."""
+    src = write_hf(SPEC, tmp_path / "hf")
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_to_end(make_plan(src, TargetOptions("hf")), tmp_path / "out")
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
