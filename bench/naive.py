@@ -76,6 +76,9 @@ class _MemoryZip:
         self.bytes_written += tensor.nbytes
         return tensor.contiguous()
 
+    def flush(self) -> None:
+        """Nothing is written before the end."""
+
     def finish(self, obj: Any) -> None:
         _MemoryZip.saved.append((self.path, obj))
 
