@@ -26,7 +26,7 @@ from typing import BinaryIO
 import torch
 
 from .output import open_output
-from .torchzip import exact_bytes, save_tensor
+from .torchzip import save_tensor
 from .writer_thread import WriterThread
 
 
@@ -43,10 +43,12 @@ def saved_as_is(chunk: torch.Tensor) -> torch.Tensor:
     """A tensor that `torch.save` writes exactly as it writes `chunk.contiguous().clone()`:
     same shape, strides and dtype, storage offset 0, a storage of exactly its bytes - here the
     slice of the chunk's own storage (no copy unless the chunk is not contiguous)."""
-    t, storage = exact_bytes(chunk)
-    if not t.storage_offset() and storage.nbytes() == t.untyped_storage().nbytes():
+    t = chunk.detach().cpu().contiguous()
+    storage = t.untyped_storage()
+    if not t.storage_offset() and storage.nbytes() == t.nbytes:
         return t
-    return torch.empty((0,), dtype=t.dtype).set_(storage, 0, t.shape, t.stride())
+    start = t.storage_offset() * t.element_size()
+    return torch.empty((0,), dtype=t.dtype).set_(storage[start:start + t.nbytes], 0, t.shape, t.stride())
 
 
 class _DistcpFile:

@@ -57,18 +57,6 @@ class TensorRecord:
         return torch._utils._rebuild_tensor_v2, (self.storage, 0, torch.Size(self.shape), tuple(reversed(stride)), False, OrderedDict())
 
 
-def exact_bytes(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """(contiguous tensor, storage of exactly its bytes): a row block of a larger tensor (a TP
-    shard cut along dim 0) is written from a slice of its base storage, which shares memory,
-    instead of a clone of it; anything strided is made contiguous first."""
-    t = tensor.detach().cpu().contiguous()
-    storage = t.untyped_storage()
-    if t.storage_offset() or storage.nbytes() != t.nbytes:
-        start = t.storage_offset() * t.element_size()
-        storage = storage[start:start + t.nbytes]
-    return t, storage
-
-
 def _reduce_ordered_dict(od: OrderedDict) -> Any:
     """What `OrderedDict.__reduce_ex__(2)` returns, without its cost for the empty backward-hooks
     dict of every tensor record: CPython asks `copyreg._slotnames` each time, which fails to cache
