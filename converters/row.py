@@ -20,7 +20,7 @@ else:
 
 from . import vocab
 from .layouts import IDENTITY, Layout
-from .shards import REPLICATED, Box, Geometry, Shard
+from .shards import REPLICATED, Box, Geometry, JoinedBoxes, Shard, box_slices
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -96,15 +96,13 @@ def from_stored(row: Row, whole: torch.Tensor, spec: ModelSpec) -> list[torch.Te
 def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
     """Canonical tensors -> one stored piece per TP rank.
 
-    Where a rank's piece is its boxes side by side (`Shard.joins_boxes`: Cut, Blocks), the boxes
-    are cut from the canonical tensors (`Layout.cut`), so SwiGLU fc1's `[gate_r; up_r]` is one
-    copy instead of the packed `[gate; up]` and then a second (py-spy: the pack was a fifth of
-    an HF -> NxD conversion's main thread). Same values either way; other shards cut the whole."""
-    if not row.shard.joins_boxes:
+    Where a rank's piece is its boxes side by side (`JoinedBoxes`: Cut, Blocks), the boxes are
+    cut from the canonical tensors (`Layout.cut`), so SwiGLU fc1's `[gate_r; up_r]` is one copy
+    instead of the packed `[gate; up]` and then a second (py-spy: the pack was a fifth of an
+    HF -> NxD conversion's main thread). Same values either way; other shards cut the whole."""
+    if not isinstance(row.shard, JoinedBoxes):
         return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
-    pieces = [piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)]
-    dim = row.shard.dim  # type: ignore[attr-defined]
-    return [mine[0].contiguous() if len(mine) == 1 else torch.cat(mine, dim=dim) for mine in (pieces[r::geo.tp] for r in range(geo.tp))]
+    return row.shard.join([piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)], geo.tp)
 
 
 def gather(row: Row, shards: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
@@ -121,8 +119,7 @@ def stored_boxes(row: Row, canon: list[torch.Tensor], spec: ModelSpec, tp: int) 
     """Canonical tensors -> each TP box of the whole stored tensor with its piece (torch_dist
     chunks), the whole tensor packed only where the op cannot cut the boxes from its parts."""
     found = boxes(row, row.op.shape([tuple(t.shape) for t in canon], spec), tp)
-    slices = [tuple(slice(o, o + s) for o, s in zip(offsets, sizes)) for offsets, sizes in found]
-    return list(zip(found, row.op.cut(canon, spec, slices)))
+    return list(zip(found, row.op.cut(canon, spec, [box_slices(b) for b in found])))
 
 
 # ----- experts stacked per rank (NxD) ---------------------------------------------------------

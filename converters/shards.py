@@ -17,14 +17,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
-from .ops import qkv_from_version, split
+from .ops import qkv_from_version
 from .spec import ModelSpec, SpecError
 
 Shape = tuple[int, ...]
@@ -79,8 +79,6 @@ class Geometry:
 
 
 class Shard(ABC):
-    joins_boxes: ClassVar[bool] = False  # a rank's piece is its `boxes` side by side along `dim`, in box order
-
     @abstractmethod
     def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
         """The whole stored tensor -> one piece per TP rank."""
@@ -109,7 +107,14 @@ class Replicated(Shard):
         return shards[0]
 
 
+def box_slices(box: Box) -> tuple[slice, ...]:
+    """The index of a box (offsets, sizes) in the whole tensor."""
+    return tuple(slice(o, o + s) for o, s in zip(*box))
+
+
 def _cut_boxes(shape: Shape, dim: int, parts: int) -> list[Box]:
+    if shape[dim] % parts:
+        raise ValueError(f"dimension {dim} of size {shape[dim]} does not split into {parts} equal parts")
     size = shape[dim] // parts
     out = []
     for b in range(parts):
@@ -119,15 +124,26 @@ def _cut_boxes(shape: Shape, dim: int, parts: int) -> list[Box]:
     return out
 
 
-@dataclass(frozen=True)
-class Cut(Shard):
-    """Contiguous equal pieces along `dim` (column parallel: 0, row parallel: 1)."""
+class JoinedBoxes(Shard):
+    """A rank's piece is its `boxes` of the whole side by side along `dim`, in box order (box b
+    belongs to rank b % TP). `row.scatter` cuts those boxes straight from the canonical tensors
+    (`Layout.cut`) and joins them; `scatter` does the same from the whole."""
 
-    joins_boxes: ClassVar[bool] = True
-    dim: int = 0
+    dim: int
 
     def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
-        return split(full, self.dim, geo.tp)
+        return self.join([full[box_slices(b)] for b in self.boxes(tuple(full.shape), geo.tp)], geo.tp)
+
+    def join(self, pieces: list[torch.Tensor], tp: int) -> list[torch.Tensor]:
+        """Each rank's boxes, in box order, as its piece (one box: a contiguous view or copy)."""
+        return [mine[0].contiguous() if len(mine) == 1 else torch.cat(mine, dim=self.dim) for mine in (pieces[r::tp] for r in range(tp))]
+
+
+@dataclass(frozen=True)
+class Cut(JoinedBoxes):
+    """Contiguous equal pieces along `dim` (column parallel: 0, row parallel: 1)."""
+
+    dim: int = 0
 
     def gather(self, shards: list[torch.Tensor], geo: Geometry) -> torch.Tensor:
         return torch.cat(shards, dim=self.dim) if len(shards) > 1 else shards[0]
@@ -149,18 +165,13 @@ class QkvCut(Cut):
 
 
 @dataclass(frozen=True)
-class Blocks(Shard):
+class Blocks(JoinedBoxes):
     """The whole tensor is `parts` equal blocks along `dim` (`[gate; up]`); each rank holds its
     piece of every block, side by side (`[gate_r; up_r]`). torch_dist keeps parts·TP boxes, even
     at TP 1 (megatron-core's SwiGLU factory always separates the halves)."""
 
-    joins_boxes: ClassVar[bool] = True
     dim: int = 0
     parts: int = 2
-
-    def scatter(self, full: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
-        pieces = [split(b, self.dim, geo.tp) for b in torch.chunk(full, self.parts, dim=self.dim)]
-        return [torch.cat([p[r] for p in pieces], dim=self.dim) for r in range(geo.tp)]
 
     def gather(self, shards: list[torch.Tensor], geo: Geometry) -> torch.Tensor:
         halves = [torch.chunk(s, self.parts, dim=self.dim) for s in shards]  # one cat: every block of every rank in place
