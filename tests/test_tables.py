@@ -153,3 +153,15 @@ def test_every_op_unpacks_what_it_packs() -> None:
         back = from_stored(row, packed, spec)
         for a, b in zip(parts, back):
             assert _one_rounding(a, b) if isinstance(row.op, NormOffset) else torch.equal(a, b), where
+
+
+def test_an_uneven_cut_is_refused() -> None:
+    """TP pieces and torch_dist boxes come from the same box arithmetic; an uneven split is an
+    error there, never a silently shorter last piece."""
+    from ckptscope.converters.shards import Blocks, Cut
+
+    geo = Geometry(SPECS["gqa-swiglu-bias"], tp=4)
+    for shard in (Cut(0), Cut(1), Blocks(0)):
+        with pytest.raises(ValueError, match="does not split into"):
+            shard.scatter(torch.zeros(6, 6), geo)
+    assert [p.shape for p in Cut(1).scatter(torch.zeros(6, 8), geo)] == [torch.Size([6, 2])] * 4
