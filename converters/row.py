@@ -20,7 +20,7 @@ else:
 
 from . import vocab
 from .layouts import IDENTITY, Layout
-from .shards import REPLICATED, Box, Geometry, JoinedBoxes, Shard, box_slices
+from .shards import REPLICATED, Box, Geometry, JoinedBoxes, RowRuns, Shard, box_slices
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -93,16 +93,18 @@ def from_stored(row: Row, whole: torch.Tensor, spec: ModelSpec) -> list[torch.Te
     return [t.contiguous() for t in row.op.unpack(whole, canon_shapes(row, spec), spec)]
 
 
-def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
+def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry, *, runs: bool = False) -> list[torch.Tensor | RowRuns]:
     """Canonical tensors -> one stored piece per TP rank.
 
     Where a rank's piece is its boxes side by side (`JoinedBoxes`: Cut, Blocks), the boxes are
     cut from the canonical tensors (`Layout.cut`), so SwiGLU fc1's `[gate_r; up_r]` is one copy
     instead of the packed `[gate; up]` and then a second (py-spy: the pack was a fifth of an
-    HF -> NxD conversion's main thread). Same values either way; other shards cut the whole."""
+    HF -> NxD conversion's main thread). Same values either way; other shards cut the whole.
+    `runs`: a piece whose boxes are runs of its rows is not joined (`RowRuns`): the torch zip
+    writers write it run after run."""
     if not isinstance(row.shard, JoinedBoxes):
         return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
-    return row.shard.join([piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)], geo.tp)
+    return row.shard.join([piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)], geo.tp, runs=runs)
 
 
 def gather(row: Row, shards: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:

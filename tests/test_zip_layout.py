@@ -162,3 +162,55 @@ def test_save_tensor_writes_what_torch_save_writes(case: str) -> None:
     save_tensor(t, ours.write)
     assert ours.getvalue() == theirs.getvalue()
     assert torch.equal(torch.load(io.BytesIO(ours.getvalue()), weights_only=True), t)
+
+
+@pytest.mark.parametrize("split", [
+    "small",       # below SMALL: the runs join the pending header bytes
+    "large",       # above: one write per run
+    "empty-runs",  # empty runs among them
+    "sig-split",   # the data starts like a data descriptor, split inside its first 8 bytes
+])
+def test_a_record_written_in_runs_is_the_record_of_their_concatenation(split: str) -> None:
+    """A rank's piece whose rows were never joined (`RowRuns`) is written run after run: the
+    archive is byte for byte the one its concatenation makes (CRC, padding, serialization id)."""
+    g = torch.Generator().manual_seed(3)
+    if split == "sig-split":
+        data = b"PK\x07\x08" + bytes(torch.randint(0, 256, (300,), generator=g, dtype=torch.uint8).tolist())
+        runs = [data[:3], data[3:6], data[6:]]
+    else:
+        n = 1 << (10 if split == "small" else 20)
+        data = bytes(torch.randint(0, 256, (3 * n + 17,), generator=g, dtype=torch.uint8).numpy())
+        runs = [data[:n], data[n:2 * n + 5], data[2 * n + 5:]]
+        if split == "empty-runs":
+            runs = [b"", *runs[:2], b"", runs[2]]
+    whole = [("data/0", b"x" * 7), ("data/1", data), ("data/2", b"tail")]
+    pieces = [("data/0", b"x" * 7), ("data/1", runs), ("data/2", b"tail")]
+    assert _ours("archive", pieces) == _ours("archive", whole)
+
+
+def test_row_runs_stand_in_for_the_joined_piece_in_a_rank_file(tmp_path: Path) -> None:
+    """`Cut.join(..., runs=True)` leaves a dim-0 join unjoined; the rank file the torch zip
+    writer makes from it, and its dtype, shape and size, are the joined tensor's."""
+    from ckptscope.converters.shards import Cut, RowRuns
+    from ckptscope.converters.writers.torchzip import TorchZipWriter
+
+    gate, up = torch.randn(8, 6, dtype=torch.bfloat16), torch.randn(8, 6, dtype=torch.bfloat16)
+    pieces = [gate[:4], gate[4:], up[:4], up[4:]]  # box b belongs to rank b % 2: rank 0 gets gate[:4], up[:4]
+    joined = Cut(0).join(pieces, 2)
+    runs = Cut(0).join(pieces, 2, runs=True)
+    assert all(isinstance(r, RowRuns) for r in runs)
+    for r, j in zip(runs, joined):
+        assert (r.shape, r.dtype, r.nbytes, r.numel()) == (j.shape, j.dtype, j.nbytes, j.numel())
+        assert torch.equal(r.join(), j)
+        assert torch.equal(r.to(torch.float32), j.to(torch.float32))
+    assert not any(isinstance(r, RowRuns) for r in Cut(1).join([gate[:, :3], gate[:, 3:]], 2, runs=True))  # columns: joined
+
+    files = []
+    for name, piece in (("joined", joined[1]), ("runs", runs[1])):
+        for background in (False, True):
+            path = tmp_path / f"{name}-{background}" / "model_optim_rng.pt"  # the archive is named after the file
+            w = TorchZipWriter(path, background=background)
+            w.finish({"w": w.add(piece)})
+            files.append(path.read_bytes())
+    assert len(set(files)) == 1
+    assert torch.equal(torch.load(tmp_path / "runs-True" / "model_optim_rng.pt")["w"], joined[1])

@@ -23,7 +23,7 @@ from .. import vocab
 from ..row import scatter
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..shards import Geometry
+from ..shards import Geometry, RowRuns
 from ..spec import SpecError
 from ..sources import PRE, group_canon
 from .base import PlannedFile, StagedWriter, Unit
@@ -115,7 +115,7 @@ class MegatronTorchWriter(StagedWriter):
         self._writers.clear()
         self._models.clear()
 
-    def _put(self, name: str, shards: list[torch.Tensor], ep_ranks: range | list[int], fp32: bool = False) -> None:
+    def _put(self, name: str, shards: list[torch.Tensor | RowRuns], ep_ranks: range | list[int], fp32: bool = False) -> None:
         dtype = torch.float32 if fp32 else self.dtype  # a buffer megatron-core keeps in fp32 (expert_bias)
         for tp, shard in enumerate(shards):
             if shard.dtype != dtype:  # `to` on a tensor already in the dtype still costs a dispatch (3,072 pieces at 256 experts)
@@ -136,7 +136,7 @@ class MegatronTorchWriter(StagedWriter):
             stage = "first" if group == PRE else "last"
             for param, where in self.rules.global_params(spec):
                 if where == stage:
-                    shards = scatter(param, [tensors[c] for c in param.canon], self.geo)
+                    shards = scatter(param, [tensors[c] for c in param.canon], self.geo, runs=True)
                     self._put(param.name_for(self.variant, spec), shards, all_ep)  # te has no global names: local
                     if param.canon == ("embed",) and (spec.tied or spec.mtp) and opts.pp > 1:
                         self._tied_embed = shards
@@ -149,7 +149,7 @@ class MegatronTorchWriter(StagedWriter):
             k = group - spec.layers - 1
             prefix = mg.MTP_PREFIX.format(k=k)
             for param in mg.MTP_PARAMS:
-                self._put(prefix + param.name, scatter(param, [tensors[f"mtp.{k}." + c] for c in param.canon], self.geo), all_ep)
+                self._put(prefix + param.name, scatter(param, [tensors[f"mtp.{k}." + c] for c in param.canon], self.geo, runs=True), all_ep)
             self._write_layer(prefix + mg.MTP_LAYER, spec.mtp_spec(), f"mtp.{k}.", tensors)
             if self.variant == "te":  # eh_proj is a TEColumnParallelLinear
                 for model in self._models.values():
@@ -168,9 +168,9 @@ class MegatronTorchWriter(StagedWriter):
                 name, canon = prefix + param.name_for(self.variant, layer), [at + c for c in param.canon]
                 for e in range(layer.experts):
                     parts = [tensors[c.format(e=e)] for c in canon]
-                    self._put(name.format(e=e % e_local), scatter(param, parts, self.geo), [e // e_local])
+                    self._put(name.format(e=e % e_local), scatter(param, parts, self.geo, runs=True), [e // e_local])
                 continue
-            self._put(prefix + param.name_for(self.variant, layer), scatter(param, [tensors[at + c] for c in param.canon], self.geo), all_ep,
+            self._put(prefix + param.name_for(self.variant, layer), scatter(param, [tensors[at + c] for c in param.canon], self.geo, runs=True), all_ep,
                       fp32=all(vocab.kept_fp32(c) for c in param.canon))
         if self.variant == "te":
             attention = TE_EXTRA_STATE_MLA + TE_EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0] if spec.mla else TE_EXTRA_STATE

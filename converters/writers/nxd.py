@@ -18,7 +18,7 @@ import torch
 
 from ..row import expert_canon, scatter, scatter_stacked
 from ..rules import nxd as rules
-from ..shards import Geometry, HeadMap
+from ..shards import Geometry, HeadMap, RowRuns
 from ..sources import PRE, group_canon
 from ..spec import SpecError
 from .base import PlannedFile, StagedWriter, Unit
@@ -30,7 +30,7 @@ STARTED, DONE, MODEL_DIR = "checkpoint", "done", "model"
 
 
 class _Sink(Protocol):
-    def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any: ...
+    def add(self, tensor: torch.Tensor | RowRuns, *, expert: bool = False) -> Any: ...
     def flush(self) -> None: ...
     def finish(self, obj: Any) -> None: ...
     def abort(self) -> None: ...
@@ -40,7 +40,7 @@ class _PlainSink:
     def __init__(self, path: Path) -> None:
         self.zip = TorchZipWriter(path, background=True)  # one writer thread per rank file
 
-    def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any:
+    def add(self, tensor: torch.Tensor | RowRuns, *, expert: bool = False) -> Any:
         return self.zip.add(tensor)
 
     def finish(self, obj: Any) -> None:
@@ -128,7 +128,7 @@ class NxdWriter(StagedWriter):
         self._sinks.clear()
         self._states.clear()
 
-    def _put(self, name: str, tensor: torch.Tensor, ep: int, tp: int, expert: bool = False) -> None:
+    def _put(self, name: str, tensor: torch.Tensor | RowRuns, ep: int, tp: int, expert: bool = False) -> None:
         self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(tensor.to(self.dtype).contiguous(), expert=expert)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -154,7 +154,7 @@ class NxdWriter(StagedWriter):
                     for tp, shard in enumerate(by_tp):
                         self._put(name, shard, ep, tp, expert=True)
             else:
-                for tp, shard in enumerate(scatter(param, values, self.geo)):
+                for tp, shard in enumerate(scatter(param, values, self.geo, runs=True)):
                     self._put(name, shard, 0, tp)
 
     def close(self) -> None:

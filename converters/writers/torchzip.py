@@ -32,6 +32,7 @@ import torch._utils
 
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
+from ..shards import RowRuns
 from .output import open_output
 from .writer_thread import WriterThread
 from .zip_layout import ZipLayoutWriter, archive_name
@@ -106,12 +107,12 @@ class TorchZipWriter:
         self._count = 0
         self.bytes_written = 0
         self._thread = WriterThread(self._write_records, str(path)) if background else None
-        self._batch: list[tuple[str, torch.Tensor]] = []
+        self._batch: list[tuple[str, torch.Tensor | RowRuns]] = []
         self._batch_bytes = 0
 
-    def add(self, tensor: torch.Tensor) -> TensorRecord:
+    def add(self, tensor: torch.Tensor | RowRuns) -> TensorRecord:
         """Write the tensor's bytes now (or hand them to the file's thread); return the record to
-        place in the object tree."""
+        place in the object tree. A `RowRuns` piece is written run after run, never joined."""
         key = str(self._count)
         self._count += 1
         if self._thread is not None:
@@ -133,11 +134,14 @@ class TorchZipWriter:
             self._thread.put(self._batch, self._batch_bytes)
             self._batch, self._batch_bytes = [], 0
 
-    def _write_records(self, items: list[tuple[str, torch.Tensor]]) -> None:
+    def _write_records(self, items: list[tuple[str, torch.Tensor | RowRuns]]) -> None:
         for item in items:
             self._write_record(item)
 
-    def _write_record(self, item: tuple[str, torch.Tensor]) -> None:
+    def _write_record(self, item: tuple[str, torch.Tensor | RowRuns]) -> None:
+        if isinstance(item[1], RowRuns):
+            self._zip.write_record(item[0], item[1].buffers())
+            return
         t = item[1].detach().cpu().contiguous()
         self._zip.write_record(item[0], t.reshape(-1).view(torch.uint8).numpy() if t.nbytes else b"")
 

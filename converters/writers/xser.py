@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..shards import RowRuns
 from .torchzip import TorchZipWriter
 from .writer_thread import WriterThread
 
@@ -99,7 +100,7 @@ class XserFileWriter:
         self.bytes_written = 0
         self._thread = WriterThread(self._write_tensor, str(self.path)) if background else None
 
-    def add(self, tensor: torch.Tensor, *, expert: bool = False) -> Any:
+    def add(self, tensor: torch.Tensor | RowRuns, *, expert: bool = False) -> Any:
         """Write `tensor_<tid>.pt` (now, or on the file's thread); return the reference to place
         in the structure."""
         tid = len(self.info)
@@ -112,7 +113,7 @@ class XserFileWriter:
         self.bytes_written += tensor.nbytes
         return TensorReference(tid)
 
-    def _write_tensor(self, item: tuple[int, torch.Tensor]) -> None:
+    def _write_tensor(self, item: tuple[int, torch.Tensor | RowRuns]) -> None:
         tid, tensor = item
         writer = TorchZipWriter(self.folder / f"tensor_{tid}.pt")
         writer.finish(writer.add(tensor))

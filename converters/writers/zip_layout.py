@@ -4,7 +4,8 @@
 table code and writes through a C++ stream: a 256 MiB record took 0.27-0.38 s through it
 against 0.19-0.24 s for the plain write, the largest avoidable cost of a torch-format target
 (docs/performance.md). Here each record's CRC is ISA-L's (`inspectors.crc`, ~9 GiB/s, the GIL
-released) and its bytes go to the file in one write from the tensor's own memory.
+released) and its bytes go to the file in one write from the tensor's own memory (one per run
+of rows for a piece whose rows were never joined).
 
 The bytes are those torch writes, and a test holds them to it (tests/test_zip_layout.py),
 records and offsets past 4 GiB included:
@@ -127,14 +128,19 @@ class ZipLayoutWriter:
         self._count = 0
 
     def write_record(self, name: str, data: Any) -> None:
-        """Append one stored (uncompressed) record; `data` is any contiguous buffer."""
-        view = memoryview(data).cast("B")
-        size = view.nbytes
+        """Append one stored (uncompressed) record; `data` is any contiguous buffer, or a list of
+        them holding the record's bytes in order (a piece whose rows were never joined: the
+        same archive as their concatenation's)."""
+        views = [memoryview(d).cast("B") for d in data] if isinstance(data, list) else [memoryview(data).cast("B")]
+        views = views or [memoryview(b"")]
+        size = sum(v.nbytes for v in views)
         full = (self._prefix + name).encode()
         if full.endswith(b"/") and size:
             raise ValueError(f"a zip folder entry cannot hold data: {name!r}")
         offset = self._pos
-        crc = crc32(view) if size else 0
+        crc = 0
+        for v in views:
+            crc = crc32(v, crc)
         wide = size >= U32_MAX or offset >= U32_MAX
         extra = _zip64_extra(size if size >= U32_MAX else None, offset if offset >= U32_MAX else None, comp_size=0)
         extra += _padding(offset, len(full), size)
@@ -143,14 +149,17 @@ class ZipLayoutWriter:
         descriptor = (_DESCRIPTOR64 if wide else _DESCRIPTOR32).pack(_DESCRIPTOR_SIG, crc, size, size) if size else b""
         self._pending += header
         if size < SMALL:
-            self._pending += view
+            for v in views:
+                self._pending += v
         else:
             self._flush()
-            self._write(view)
+            for v in views:
+                self._write(v)
         self._pending += descriptor
         self._pos = offset + len(header) + size + len(descriptor)
-        if size >= 8 and view[:4] == _DESCRIPTOR_SIG:  # torch's writer reads any write that starts like a descriptor as one
-            self._crc_hash = hash_combine(self._crc_hash, int.from_bytes(view[4:8], "little"))
+        head = views[0][:8] if views[0].nbytes >= 8 else b"".join(bytes(v[:8]) for v in views)[:8]
+        if size >= 8 and head[:4] == _DESCRIPTOR_SIG:  # torch's writer reads any write that starts like a descriptor as one
+            self._crc_hash = hash_combine(self._crc_hash, int.from_bytes(head[4:8], "little"))
         if size:  # torch's writer folds the CRC in as it sees the descriptor go by
             self._crc_hash = hash_combine(self._crc_hash, crc)
         self._add_central(full, size, crc, offset, flags)
