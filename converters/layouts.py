@@ -20,6 +20,7 @@ else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from .ops import fuse_qkv, pad_rows, rotary_to_half, rotary_to_interleaved, split_qkv
+from .row_runs import RowRuns
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -38,9 +39,11 @@ class Layout(ABC):
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         """Stored shape from the canonical shapes."""
 
-    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]], *,
+            runs: bool = False) -> list[torch.Tensor | RowRuns]:
         """Boxes of the stored tensor (torch_dist chunks): `pack(parts)[box]` for each box. Layouts
-        whose boxes can be cut from the parts themselves override this to skip the packed copy."""
+        whose boxes can be cut from the parts themselves override this to skip the packed copy;
+        with `runs` one whose rows come from several parts may return them unjoined (`RowRuns`)."""
         whole = self.pack(parts, spec)
         return [whole[box] for box in boxes]
 
@@ -72,7 +75,8 @@ class ConcatRows(Layout):
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (sum(s[0] for s in shapes), *shapes[0][1:])
 
-    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]], *,
+            runs: bool = False) -> list[torch.Tensor | RowRuns]:
         """A box's rows taken from the parts they lie in: a view when inside one part (SwiGLU fc1's
         TP pieces are each inside gate or up), so the [gate; up] copy is never made."""
         starts = [0]
@@ -83,7 +87,7 @@ class ConcatRows(Layout):
             start, stop, _ = rows.indices(starts[-1])
             pieces = [p[(slice(max(start, at) - at, min(stop, end) - at), *rest)]
                       for p, at, end in zip(parts, starts, starts[1:]) if max(start, at) < min(stop, end)]
-            out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces or [parts[0][(slice(0, 0), *rest)]], dim=0))
+            out.append(pieces[0] if len(pieces) == 1 else _rows_of(pieces or [parts[0][(slice(0, 0), *rest)]], runs))
         return out
 
 
@@ -114,6 +118,35 @@ class GroupedQKV(Layout):
 
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]], *,
+            runs: bool = False) -> list[torch.Tensor | RowRuns]:
+        """A box of whole query groups is runs of q, k and v rows, `[q_g; k_g; v_g]` per group:
+        taken from them (one copy, or none with `runs`), not cut from the fused whole."""
+        q, k, v = parts
+        groups = spec.kv_heads
+        d = k.shape[0] // groups if groups else 0
+        per = q.shape[0] // groups if groups else 0  # q rows per group
+        block = per + 2 * d
+        if self._rotary(spec) is not None or not d or any(b[0].step not in (None, 1) for b in boxes):
+            return super().cut(parts, spec, boxes, runs=runs)
+        out = []
+        for rows, *rest in boxes:
+            start, stop, _ = rows.indices(groups * block)
+            if start % block or stop % block:  # not whole groups: cut from the fused tensor
+                return super().cut(parts, spec, boxes, runs=runs)
+            index = tuple(rest)
+            pieces = [t[(slice(g * n, (g + 1) * n), *index)] for g in range(start // block, stop // block)
+                      for t, n in ((q, per), (k, d), (v, d))]
+            out.append(_rows_of(pieces, runs))
+        return out
+
+
+def _rows_of(pieces: list[torch.Tensor], runs: bool) -> torch.Tensor | RowRuns:
+    """Row pieces side by side: unjoined (`RowRuns`) where asked and each is contiguous, else one copy."""
+    if runs and len(pieces) > 1 and all(p.is_contiguous() for p in pieces):
+        return RowRuns(tuple(pieces))
+    return torch.cat(pieces, dim=0)
 
 
 @dataclass(frozen=True)
@@ -148,7 +181,8 @@ class PadVocab(Layout):
     def shape(self, shapes: list[Shape], spec: ModelSpec) -> Shape:
         return (spec.padded_vocab or shapes[0][0], *shapes[0][1:])
 
-    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]]) -> list[torch.Tensor]:
+    def cut(self, parts: list[torch.Tensor], spec: ModelSpec, boxes: list[tuple[slice, ...]], *,
+            runs: bool = False) -> list[torch.Tensor | RowRuns]:
         """A box's rows straight from the canonical rows (a view); only a box that reaches the
         padding is copied, with the last row repeated, so the padded embedding and head are never
         made whole."""

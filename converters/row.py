@@ -20,7 +20,8 @@ else:
 
 from . import vocab
 from .layouts import IDENTITY, Layout
-from .shards import REPLICATED, Box, Geometry, JoinedBoxes, RowRuns, Shard, box_slices
+from .row_runs import RowRuns
+from .shards import REPLICATED, Box, Geometry, JoinedBoxes, Shard, box_slices
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -104,7 +105,7 @@ def scatter(row: Row, canon: list[torch.Tensor], geo: Geometry, *, runs: bool = 
     writers write it run after run."""
     if not isinstance(row.shard, JoinedBoxes):
         return row.shard.scatter(to_stored(row, canon, geo.spec), geo)
-    return row.shard.join([piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp)], geo.tp, runs=runs)
+    return row.shard.join([piece for _, piece in stored_boxes(row, canon, geo.spec, geo.tp, runs=runs)], geo.tp, runs=runs)
 
 
 def gather(row: Row, shards: list[torch.Tensor], geo: Geometry) -> list[torch.Tensor]:
@@ -117,11 +118,13 @@ def boxes(row: Row, shape: Shape, tp: int) -> list[Box]:
     return row.shard.boxes(shape, tp)
 
 
-def stored_boxes(row: Row, canon: list[torch.Tensor], spec: ModelSpec, tp: int) -> list[tuple[Box, torch.Tensor]]:
+def stored_boxes(row: Row, canon: list[torch.Tensor], spec: ModelSpec, tp: int, *,
+                 runs: bool = False) -> list[tuple[Box, torch.Tensor | RowRuns]]:
     """Canonical tensors -> each TP box of the whole stored tensor with its piece (torch_dist
-    chunks), the whole tensor packed only where the op cannot cut the boxes from its parts."""
+    chunks), the whole tensor packed only where the op cannot cut the boxes from its parts
+    (`runs`: a box made of rows of several parts may come back as `RowRuns`)."""
     found = boxes(row, row.op.shape([tuple(t.shape) for t in canon], spec), tp)
-    return list(zip(found, row.op.cut(canon, spec, [box_slices(b) for b in found])))
+    return list(zip(found, row.op.cut(canon, spec, [box_slices(b) for b in found], runs=runs)))
 
 
 # ----- experts stacked per rank (NxD) ---------------------------------------------------------

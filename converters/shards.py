@@ -25,6 +25,7 @@ else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from .ops import qkv_from_version
+from .row_runs import RowRuns
 from .spec import ModelSpec, SpecError
 
 Shape = tuple[int, ...]
@@ -138,53 +139,12 @@ class JoinedBoxes(Shard):
         """Each rank's boxes, in box order, as its piece (one box: a contiguous view or copy).
         `runs`: a piece whose boxes are whole rows of it comes back unjoined, as `RowRuns`."""
         by_rank = [pieces[r::tp] for r in range(tp)]
-        if runs and self.dim == 0 and all(len(mine) > 1 and all(p.is_contiguous() for p in mine) for mine in by_rank):
-            return [RowRuns(tuple(mine)) for mine in by_rank]
+        if runs and self.dim == 0:
+            flat = [[t for p in mine for t in (p.runs if isinstance(p, RowRuns) else (p,))] for mine in by_rank]
+            if all(len(f) > 1 and all(t.is_contiguous() for t in f) for f in flat):
+                return [RowRuns(tuple(f)) for f in flat]
+            by_rank = [[p.join() if isinstance(p, RowRuns) else p for p in mine] for mine in by_rank]
         return [mine[0].contiguous() if len(mine) == 1 else torch.cat(mine, dim=self.dim) for mine in by_rank]
-
-
-@dataclass(frozen=True)
-class RowRuns:
-    """A rank's piece left unjoined: its boxes are runs of whole rows (joined along dim 0, each
-    contiguous), so the piece's bytes are theirs one after another, and a torch zip record can
-    be written from them in order without the copy that joins them (SwiGLU fc1's
-    `[gate_r; up_r]`: half of the bytes an HF -> Megatron scatter copied). Stands in for the
-    tensor where the writers need its dtype, shape and size."""
-
-    runs: tuple[torch.Tensor, ...]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.runs[0].dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        first = self.runs[0].shape
-        return torch.Size((sum(r.shape[0] for r in self.runs), *first[1:]))
-
-    def numel(self) -> int:
-        return sum(r.numel() for r in self.runs)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.runs)
-
-    def to(self, dtype: torch.dtype) -> RowRuns | torch.Tensor:
-        """Itself in its own dtype; else the joined piece, cast."""
-        return self if dtype == self.dtype else self.join().to(dtype)
-
-    def contiguous(self) -> RowRuns:
-        return self  # its bytes already follow one another
-
-    def detach(self) -> RowRuns:
-        return self  # views of tensors read from a checkpoint: no autograd history
-
-    def join(self) -> torch.Tensor:
-        return torch.cat(self.runs)
-
-    def buffers(self) -> list[memoryview]:
-        """The record's bytes, run after run."""
-        return [memoryview(r.reshape(-1).view(torch.uint8).numpy()) for r in self.runs if r.numel()]
 
 
 @dataclass(frozen=True)

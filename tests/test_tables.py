@@ -88,6 +88,34 @@ def test_megatron_rows_scatter_then_gather_is_identity(kind: str, tp: int) -> No
                 assert torch.equal(a, b) and torch.equal(a, c), (kind, tp, param.canon)
 
 
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_megatron_pieces_left_as_row_runs_are_the_joined_pieces(kind: str, tp: int) -> None:
+    """`scatter(..., runs=True)` may leave a rank's piece as runs of rows (fused QKV per query
+    group, fc1's `[gate_r; up_r]`): each is the piece the plain scatter makes, and the stored
+    boxes cut with runs are `pack(parts)[box]`."""
+    from ckptscope.converters.row import stored_boxes
+    from ckptscope.converters.row_runs import RowRuns
+
+    spec = SPECS[kind]
+    geo = Geometry(spec.with_(padded_vocab=spec.padded_for(tp)), tp)
+    seen_runs = 0
+    for param in [*megatron.layer_params(spec), *(p for p, _ in megatron.global_params(spec))]:
+        canon = tuple(("layers.0." + c.format(e=1)) if not c.startswith(("embed", "pos_embed", "final_norm", "lm_head")) else c
+                      for c in param.canon)
+        parts = _canon_tensors(spec, canon)
+        for a, b in zip(scatter(param, parts, geo, runs=True), scatter(param, parts, geo)):
+            seen_runs += isinstance(a, RowRuns)
+            joined = a.join() if isinstance(a, RowRuns) else a
+            assert (tuple(a.shape), a.dtype) == (tuple(b.shape), b.dtype) and torch.equal(joined, b), (kind, tp, param.canon)
+        whole = param.op.pack(parts, geo.spec)
+        for runs in (False, True):
+            for box, piece in stored_boxes(param, parts, geo.spec, tp, runs=runs):
+                got = piece.join() if isinstance(piece, RowRuns) else piece
+                assert torch.equal(got, whole[tuple(slice(o, o + n) for o, n in zip(*box))]), (kind, tp, param.canon, runs)
+    assert seen_runs  # QKV (and fc1 where gated) leave their pieces unjoined
+
+
 @pytest.mark.parametrize("form", list(nxd.ATTENTION_FORMS))
 @pytest.mark.parametrize(("tp", "kv_mult"), [(1, 1), (2, 1), (4, 1), (8, 2)])
 def test_nxd_rows_scatter_then_gather_is_identity(form: str, tp: int, kv_mult: int) -> None:

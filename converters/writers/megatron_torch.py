@@ -23,7 +23,8 @@ from .. import vocab
 from ..row import scatter
 from ..rules import megatron as mg
 from ..rules import megatron_llm as mllm
-from ..shards import Geometry, RowRuns
+from ..row_runs import RowRuns
+from ..shards import Geometry
 from ..spec import SpecError
 from ..sources import PRE, group_canon
 from .base import PlannedFile, StagedWriter, Unit

@@ -18,7 +18,8 @@ import torch
 
 from ..row import expert_canon, scatter, scatter_stacked
 from ..rules import nxd as rules
-from ..shards import Geometry, HeadMap, RowRuns
+from ..row_runs import RowRuns
+from ..shards import Geometry, HeadMap
 from ..sources import PRE, group_canon
 from ..spec import SpecError
 from .base import PlannedFile, StagedWriter, Unit

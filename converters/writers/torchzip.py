@@ -32,7 +32,7 @@ import torch._utils
 
 from ckptscope.inspectors.torchfile import STORAGE_TYPE_NAMES
 
-from ..shards import RowRuns
+from ..row_runs import RowRuns
 from .output import open_output
 from .writer_thread import WriterThread
 from .zip_layout import ZipLayoutWriter, archive_name

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..shards import RowRuns
+from ..row_runs import RowRuns
 from .torchzip import TorchZipWriter
 from .writer_thread import WriterThread
 
