@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ckptscope.converters.plan import Plan
+from ckptscope.converters.row_runs import RowRuns
 from ckptscope.inspectors.torchfile import flatten
 
 
@@ -72,9 +73,9 @@ class _MemoryZip:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bytes_written = 0
 
-    def add(self, tensor: torch.Tensor) -> torch.Tensor:
+    def add(self, tensor: torch.Tensor | RowRuns) -> torch.Tensor:
         self.bytes_written += tensor.nbytes
-        return tensor.contiguous()
+        return tensor.join() if isinstance(tensor, RowRuns) else tensor.contiguous()  # a naive converter joins its pieces
 
     def flush(self) -> None:
         """Nothing is written before the end."""

@@ -45,12 +45,6 @@ class RowRuns:
         """Itself in its own dtype; else the joined piece, cast."""
         return self if dtype == self.dtype else self.join().to(dtype)
 
-    def contiguous(self) -> RowRuns:
-        return self  # its bytes already follow one another
-
-    def detach(self) -> RowRuns:
-        return self  # views of tensors read from a checkpoint: no autograd history
-
     def join(self) -> torch.Tensor:
         return torch.cat(self.runs)
 

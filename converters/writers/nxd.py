@@ -130,7 +130,8 @@ class NxdWriter(StagedWriter):
         self._states.clear()
 
     def _put(self, name: str, tensor: torch.Tensor | RowRuns, ep: int, tp: int, expert: bool = False) -> None:
-        self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(tensor.to(self.dtype).contiguous(), expert=expert)
+        piece = tensor.to(self.dtype)
+        self._states[(ep, tp)][name] = self._sinks[(ep, tp)].add(piece if isinstance(piece, RowRuns) else piece.contiguous(), expert=expert)
 
     def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
         self._write_group(group, tensors)

@@ -116,7 +116,7 @@ class TorchZipWriter:
         key = str(self._count)
         self._count += 1
         if self._thread is not None:
-            t = tensor.detach()
+            t = tensor if isinstance(tensor, RowRuns) else tensor.detach()
             self._batch.append((f"data/{key}", t))
             self._batch_bytes += t.nbytes
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_RECORDS:

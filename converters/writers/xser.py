@@ -106,7 +106,7 @@ class XserFileWriter:
         tid = len(self.info)
         self.info[tid] = {"dtype": tensor.dtype, "shape": tensor.shape, "expert_model_parallel": expert}
         if self._thread is not None:
-            t = tensor.detach()
+            t = tensor if isinstance(tensor, RowRuns) else tensor.detach()
             self._thread.put((tid, t), t.nbytes)
         else:
             self._write_tensor((tid, tensor))
