@@ -20,7 +20,7 @@ else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from .ops import fuse_qkv, pad_rows, rotary_to_half, rotary_to_interleaved, split_qkv
-from .row_runs import RowRuns
+from .row_runs import RowRuns, joined_rows
 from .spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -87,7 +87,7 @@ class ConcatRows(Layout):
             start, stop, _ = rows.indices(starts[-1])
             pieces = [p[(slice(max(start, at) - at, min(stop, end) - at), *rest)]
                       for p, at, end in zip(parts, starts, starts[1:]) if max(start, at) < min(stop, end)]
-            out.append(pieces[0] if len(pieces) == 1 else _rows_of(pieces or [parts[0][(slice(0, 0), *rest)]], runs))
+            out.append(pieces[0] if len(pieces) == 1 else joined_rows(pieces or [parts[0][(slice(0, 0), *rest)]], runs=runs))
         return out
 
 
@@ -138,15 +138,8 @@ class GroupedQKV(Layout):
             index = tuple(rest)
             pieces = [t[(slice(g * n, (g + 1) * n), *index)] for g in range(start // block, stop // block)
                       for t, n in ((q, per), (k, d), (v, d))]
-            out.append(_rows_of(pieces, runs))
+            out.append(joined_rows(pieces, runs=runs))
         return out
-
-
-def _rows_of(pieces: list[torch.Tensor], runs: bool) -> torch.Tensor | RowRuns:
-    """Row pieces side by side: unjoined (`RowRuns`) where asked and each is contiguous, else one copy."""
-    if runs and len(pieces) > 1 and all(p.is_contiguous() for p in pieces):
-        return RowRuns(tuple(pieces))
-    return torch.cat(pieces, dim=0)
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,12 @@ class RowRuns:
     def buffers(self) -> list[memoryview]:
         """The record's bytes, run after run."""
         return [memoryview(r.reshape(-1).view(torch.uint8).numpy()) for r in self.runs if r.numel()]
+
+
+def joined_rows(pieces: list[torch.Tensor | RowRuns], *, runs: bool) -> torch.Tensor | RowRuns:
+    """Pieces side by side along dim 0: with `runs`, unjoined (`RowRuns`, nested runs flattened)
+    where there are several and each is contiguous; else one copy."""
+    flat = [t for p in pieces for t in (p.runs if isinstance(p, RowRuns) else (p,))]
+    if runs and len(flat) > 1 and all(t.is_contiguous() for t in flat):
+        return RowRuns(tuple(flat))
+    return torch.cat(flat, dim=0)

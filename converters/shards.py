@@ -25,7 +25,7 @@ else:
     from ckptscope.inspectors.lazy import torch  # imported on first tensor use: `inspect` opens sources too
 
 from .ops import qkv_from_version
-from .row_runs import RowRuns
+from .row_runs import RowRuns, joined_rows
 from .spec import ModelSpec, SpecError
 
 Shape = tuple[int, ...]
@@ -139,11 +139,10 @@ class JoinedBoxes(Shard):
         """Each rank's boxes, in box order, as its piece (one box: a contiguous view or copy).
         `runs`: a piece whose boxes are whole rows of it comes back unjoined, as `RowRuns`."""
         by_rank = [pieces[r::tp] for r in range(tp)]
-        if runs and self.dim == 0:
-            flat = [[t for p in mine for t in (p.runs if isinstance(p, RowRuns) else (p,))] for mine in by_rank]
-            if all(len(f) > 1 and all(t.is_contiguous() for t in f) for f in flat):
-                return [RowRuns(tuple(f)) for f in flat]
-            by_rank = [[p.join() if isinstance(p, RowRuns) else p for p in mine] for mine in by_rank]
+        if self.dim == 0:
+            return [mine[0].contiguous() if len(mine) == 1 and not isinstance(mine[0], RowRuns) else joined_rows(mine, runs=runs)
+                    for mine in by_rank]
+        by_rank = [[p.join() if isinstance(p, RowRuns) else p for p in mine] for mine in by_rank]  # rows of a box cut across
         return [mine[0].contiguous() if len(mine) == 1 else torch.cat(mine, dim=self.dim) for mine in by_rank]
 
 
