@@ -302,7 +302,8 @@ REPLICATED_RE = re.compile(
 
 # Split tensors that Megatron-style TP cuts along their input dimension (row-parallel: the
 # attention output and MLP down projections); every other split tensor is cut along dim 0.
-ROW_PARALLEL_RE = re.compile(r"(linear_proj|linear_fc2|\.dense|dense_4h_to_h|o_proj|down_proj|out_proj|\bwo|\bw2|tok_embeddings)\.weight$")
+ROW_PARALLEL_RE = re.compile(r"(linear_proj|linear_fc2|\.dense|dense_4h_to_h|o_proj|down_proj|out_proj|\bwo|\bw2|tok_embeddings)\.weight$"
+                             r"|\.mlp\.experts\.weight1$")  # GroupedMLP's fc1 blocks, stored transposed: [hidden, E * ffn / TP]
 
 
 def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
@@ -321,8 +322,9 @@ def global_shape(shards: list[TensorInfo]) -> tuple[int, ...]:
 
 # A pipeline layer that is itself a norm (Megatron-DeepSpeed's final LayerNorm is `{N}.weight` / `{N}.bias`)
 BARE_LAYER_RE = re.compile(r"^\d+\.(weight|bias)$")
-# Experts stacked on dim 0 under one name on every EP rank (NxD's `expert_mlps`): each rank holds other experts
-STACKED_EXPERTS_RE = re.compile(r"\.expert_mlps\.")
+# Experts stacked under one name on every EP rank (NxD's `expert_mlps`, megatron-core's legacy
+# GroupedMLP `mlp.experts.weight1` / `weight2`): each rank holds other experts
+STACKED_EXPERTS_RE = re.compile(r"\.expert_mlps\.|\.mlp\.experts\.weight[12]$")
 
 
 def replicated(t: TensorInfo) -> bool:

@@ -135,9 +135,10 @@ class CanonicalSource(ABC):
         return []
 
 
-def by_global(ckpt: Checkpoint) -> dict[str, list[TensorInfo]]:
-    """Global name -> one stored shard per TP rank (EP ranks replicate non-expert tensors)."""
+def by_global(ckpt: Checkpoint, tensors: Iterable[TensorInfo] | None = None) -> dict[str, list[TensorInfo]]:
+    """Global name -> one stored shard per TP rank (EP ranks replicate non-expert tensors);
+    `tensors` in place of the checkpoint's model tensors (as a source presents them)."""
     out: dict[str, dict[int, TensorInfo]] = {}
-    for t in sorted(ckpt.model_tensors(), key=lambda t: (t.ranks.ep or 0, t.ranks.vpp or 0)):
+    for t in sorted(ckpt.model_tensors() if tensors is None else tensors, key=lambda t: (t.ranks.ep or 0, t.ranks.vpp or 0)):
         out.setdefault(t.global_name, {}).setdefault(t.ranks.tp or 0, t)
     return {name: [by_tp[r] for r in sorted(by_tp)] for name, by_tp in out.items()}

@@ -23,6 +23,7 @@ from ..rules import megatron_llm as mllm
 from ..row import Row
 from ..megatron_args import spec_from_megatron_args
 from ..spec import ModelSpec, SpecError
+from . import grouped_mlp
 from .base import PRE, Accounting, CanonicalSource, by_global, groups
 from .tp_read import read_rows
 
@@ -51,6 +52,9 @@ class MegatronTorchSource(CanonicalSource):
         spec = spec or spec_from_megatron_args(args, true_vocab=true_vocab, vocab_note=vocab_note)
         # Megatron-LLM always groups QKV per KV head ([q.., k, v]: the checkpoint_version 2 order)
         self.spec = spec.with_(qkv_version=2 if self.rules is mllm else legacy_qkv_version(ckpt, spec))
+        self.grouped_mlp = any(map(grouped_mlp.is_grouped, ckpt.model_tensors()))
+        if self.grouped_mlp:  # legacy GroupedMLP: each rank's weight1 / weight2 as its experts' tensors
+            self.index = by_global(ckpt, grouped_mlp.per_expert(ckpt.model_tensors(), self.spec.experts))
 
     def _stored(self, param: Row, layer: int | None, expert: int | None = None, prefixes: tuple[str, ...] = ()) -> str | None:
         """The stored global name of a param (first spelling present on disk)."""
@@ -128,6 +132,8 @@ class MegatronTorchSource(CanonicalSource):
         naming = f"Megatron naming: {self.variant}"
         if self.rules is mllm:
             naming += " (epfLLM Megatron-LLM" + (": dense_h_to_4h packs [up; gate] per rank)" if self.spec.gated else ")")
+        if self.grouped_mlp:
+            naming += "; experts: GroupedMLP weight1 / weight2, read per expert"
         return [naming, f"vocab: {self.spec.vocab} rows kept ({self.spec.vocab_note})",
                 *(f"layout quirk: {q}" for q in self.spec.quirks() if "interleaved" in q or "checkpoint_version" in q)]
 

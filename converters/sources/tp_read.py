@@ -66,7 +66,7 @@ def plan_whole(row: Row, infos: list[TensorInfo], spec: ModelSpec, geo: Geometry
         dim, parts = shard.dim, shard.parts
     else:
         return None
-    lazies = [_lazy(i) for i in infos]
+    lazies = [lazy_tensor(i) for i in infos]
     if not lazies or not all(isinstance(t, LazyTensor) and _plain(t) for t in lazies):
         return None
     shapes = [t.shape for t in lazies]  # type: ignore[union-attr]
@@ -81,7 +81,7 @@ def plan_whole(row: Row, infos: list[TensorInfo], spec: ModelSpec, geo: Geometry
     return WholeRead(tuple(lazies), tuple(whole), dtype, dim, parts)  # type: ignore[arg-type]
 
 
-def _lazy(info: TensorInfo) -> LazyTensor | None:
+def lazy_tensor(info: TensorInfo) -> LazyTensor | None:
     """The rank file's tensor: the info's source itself (NxD) or inside its `LazySource` (Megatron)."""
     return info.source if isinstance(info.source, LazyTensor) else getattr(info.source, "tensor", None)
 
