@@ -27,7 +27,7 @@ NON_MODEL = "(optimizer, rng, other)"
 class ModuleNode:
     """One module path: totals are known at creation; children are grouped on first access."""
 
-    __slots__ = ("name", "path", "shards", "numel", "nbytes", "tensors", "has_children", "_items", "_children", "_start")
+    __slots__ = ("name", "path", "shards", "numel", "nbytes", "tensors", "pieces", "has_children", "_items", "_children", "_start")
 
     def __init__(self, name: str, path: str, start: int, items: list[_Item]) -> None:
         self.name = name  # this path component
@@ -48,6 +48,12 @@ class ModuleNode:
             else:
                 has_children = True
         self.numel, self.nbytes, self.tensors, self.has_children = numel, nbytes, tensors, has_children
+        self.pieces = len(items)  # stored tensors (shards, replicas): `numel` counts every one
+
+    @property
+    def elements_label(self) -> str:
+        """What `numel` counts: "elements", or "stored elements" where ranks hold shards or copies."""
+        return "stored elements" if self.pieces > self.tensors else "elements"
 
     @property
     def children(self) -> dict[str, ModuleNode]:
@@ -115,6 +121,7 @@ def build_tree(tensors: Iterable[TensorInfo], *, by_global: bool = True, separat
             root.numel -= other.numel
             root.nbytes -= other.nbytes
             root.tensors -= other.tensors
+            root.pieces -= other.pieces
         return root
 
 

@@ -58,3 +58,13 @@ def test_palette_prefilter_is_an_in_order_character_match() -> None:
     assert subsequence("LM_HEAD")("lm_head.weight")  # case-insensitive
     assert subsequence("a]b^c-d.")("x a ] b ^ c - d .")  # regex metacharacters are literal
     assert subsequence("   ") is None
+
+
+def test_totals_over_shards_say_they_count_stored_elements() -> None:
+    """A subtree whose elements include a second rank's shard or copy says "stored elements" (the
+    header's parameter count is the logical one); a subtree of single tensors says "elements"."""
+    root = build_tree(TENSORS, separate_non_model=True)
+    assert root.pieces == 5 and root.elements_label == "stored elements"
+    assert root.find("decoder.layers.0").elements_label == "stored elements"
+    assert root.find("decoder.layers.10").elements_label == "elements"
+    assert root.children[NON_MODEL].elements_label == "elements"

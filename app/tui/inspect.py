@@ -118,7 +118,7 @@ class TensorTree(Tree[ModuleNode]):
                                else f"×{len(node.shards)} copies", "italic"))
             parts.append((_size(node.nbytes), "dim"))
         else:
-            parts.append((f"{_many(node.tensors, 'tensor')} · {_count(node.numel)} elements · {_size(node.nbytes)}", "dim"))
+            parts.append((f"{_many(node.tensors, 'tensor')} · {_count(node.numel)} {node.elements_label} · {_size(node.nbytes)}", "dim"))
         if self.unmatched.get(node.path):
             parts.append(("unmatched" if node.shards else f"{self.unmatched[node.path]} unmatched", self.warning_style))
         for part, style in parts:
@@ -461,7 +461,7 @@ class InspectScreen(Screen):
         if node is None:
             return
         if not node.shards:
-            info.update(Text(f"{printable(node.path)}\n\n{_many(node.tensors, 'tensor')} · {_count(node.numel)} elements · {_size(node.nbytes)}"))
+            info.update(Text(f"{printable(node.path)}\n\n{_many(node.tensors, 'tensor')} · {_count(node.numel)} {node.elements_label} · {_size(node.nbytes)}"))
             return
         self._show_details(node)
         self.query_one("#details-stats", Static).update(Text("press s for statistics", style="dim"))
