@@ -146,15 +146,16 @@ def rank_file_label(cell: RankCell, same_names: bool) -> str:
     return shown + (f" +{len(cell.files) - 1}" if len(cell.files) > 1 else "")
 
 
-def rank_cell(cell: RankCell | None, same_names: bool = False) -> Group | Text:
+def rank_cell(cell: RankCell | None, same_names: bool = False, unwritten: bool = False) -> Group | Text:
     if cell is None:
-        return Text("MISSING", style="bold red")
+        return Text("not written (experts' own TP)", style="dim") if unwritten else Text("MISSING", style="bold red")
     return Group(Text(printable(rank_file_label(cell, same_names)), style="dim"), *(Text(line) for line in rank_cell_lines(cell)))
 
 
 def rank_map_table(rmap: RankMap) -> Table:
     """The rank-layout map: rows are pipeline / expert ranks, columns TP ranks (one row per file
-    for checkpoints without ranks); a grid position no file fills says MISSING."""
+    for checkpoints without ranks); a grid position no file fills says MISSING, one the writer never
+    fills (Megatron experts with a TP of their own) "not written"."""
     if rmap.by_file:
         table = Table(title="Rank layout (one row per file: what each holds)", title_justify="left", show_edge=False)
         for col in ("file", "holds", "tensors"):
@@ -171,8 +172,8 @@ def rank_map_table(rmap: RankMap) -> Table:
     same_names = len({f.rsplit("/", 1)[-1] for c in rmap.cells.values() for f in c.files}) == 1
     for key in rmap.rows():
         label = " ".join(f"{a}{v}" for a, v in zip(AXES[1:], key) if v is not None) or "-"
-        cells = [rmap.at(key, column) for column in rmap.columns()]
-        row(table, label, *[rank_cell(c, same_names) for c in cells])
+        cells = [(rmap.at(key, column), (column, *key) in rmap.unwritten) for column in rmap.columns()]
+        row(table, label, *[rank_cell(c, same_names, unwritten) for c, unwritten in cells])
     return table
 
 

@@ -97,11 +97,18 @@ STORAGE_FIELDS = {"padded_vocab", "vocab_note", "make_vocab_size_divisible_by", 
                   "megatron_llm", "dtype", "notes", "vocab", "model_type", "bos_token_id", "eos_token_id", "pad_token_id"}
 
 
+def unused_fields(spec: ModelSpec) -> set[str]:
+    """Fields that no layer of this model uses: the dense MLP width of a model whose every layer
+    routes to experts (megatron-core keeps its `ffn_hidden_size` beside `moe_ffn_hidden_size`;
+    Mixtral's config has only the experts' width)."""
+    return {"ffn"} if spec.moe and not spec.dense_layers else set()
+
+
 def compare_specs(a: ModelSpec, b: ModelSpec, report: VerifyReport) -> None:
     """Every architecture field, compared one by one (a short probe cannot see them all)."""
     sa, sb = a.summary(), b.summary()
-    report.config_differences = [f"{k}: {sa[k]!r} -> {sb.get(k)!r}" for k in sa
-                                 if k not in STORAGE_FIELDS and sa[k] != sb.get(k)]
+    skip = STORAGE_FIELDS | (unused_fields(a) & unused_fields(b))
+    report.config_differences = [f"{k}: {sa[k]!r} -> {sb.get(k)!r}" for k in sa if k not in skip and sa[k] != sb.get(k)]
 
 
 def probe_length(spec: ModelSpec, asked: int) -> int:

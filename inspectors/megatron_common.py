@@ -161,6 +161,21 @@ def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blam
     return value
 
 
+def legacy_rank_folders(tp: int, pp: int, ep: int, etp: int | None = None) -> list[tuple[int, int, int]]:
+    """(tp, pp, ep) of every rank folder megatron-core writes in the `torch` format.
+
+    Only ranks whose expert-data-parallel rank is 0 save (megatron/training/checkpointing.py), and
+    a folder is named by the rank's dense TP rank and its EP rank. In megatron-core's default
+    order (`tp-cp-ep-dp-pp` for dense ranks, `tp-ep-dp-pp` with the experts' own TP for expert
+    ranks; parallel_state.py), the saving ranks of a stage are its first `etp * ep`: local rank l
+    has TP rank l % tp and EP rank (l // etp) % ep. With `etp == tp` that is every (tp, ep) pair;
+    with a smaller `etp` (`--expert-tensor-parallel-size 1` beside TP 2) only some of them, each
+    holding its experts unsplit (split `etp` ways). A TP rank no saving rank has was never written."""
+    etp = etp or tp
+    found = {(l % tp, stage, (l // etp) % ep) for stage in range(pp) for l in range(etp * ep)}
+    return sorted(found, key=lambda r: (r[1], r[2], r[0]))
+
+
 def layer_offsets(args: dict[str, Any], pp: int, vpp: int) -> dict[tuple[int, int], int]:
     """Global index of local layer 0 for each (pp_rank, vpp_rank), as Megatron computes it.
 

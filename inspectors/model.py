@@ -59,6 +59,7 @@ class ParallelLayout:
     ep: int = 1
     vpp: int = 1
     dp: int = 1
+    etp: int | None = None  # experts' own TP (megatron-core `expert_tensor_parallel_size`); None: the same as tp
 
     def as_dict(self) -> dict[str, int]:
         return {axis: getattr(self, axis) for axis in RANK_AXES}
@@ -67,6 +68,8 @@ class ParallelLayout:
         parts = [f"TP{self.tp}", f"PP{self.pp}"]
         if self.ep > 1:
             parts.append(f"EP{self.ep}")
+        if self.etp is not None and self.etp != self.tp:
+            parts.append(f"ETP{self.etp}")
         if self.vpp > 1:
             parts.append(f"VPP{self.vpp}")
         if self.dp > 1:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .megatron_common import legacy_rank_folders
 from .model import Checkpoint
 
 AXES = ("tp", "pp", "ep")
@@ -56,6 +57,7 @@ class RankMap:
     sizes: dict[str, int]  # the layout's size on each axis
     cells: dict[Key, RankCell]
     missing: list[Key] = field(default_factory=list)  # grid positions no file fills
+    unwritten: list[Key] = field(default_factory=list)  # positions the writer never fills (`legacy_rank_folders`)
 
     @property
     def by_file(self) -> bool:
@@ -65,17 +67,17 @@ class RankMap:
         """Row keys (every axis but TP), in order; a grid's columns are its TP ranks."""
         if self.by_file:
             return sorted(self.cells)
-        return sorted({_row(k) for k in (*self.cells, *self.missing)}, key=_order)
+        return sorted({_row(k) for k in (*self.cells, *self.missing, *self.unwritten)}, key=_order)
 
     def columns(self) -> list[Any]:
-        return sorted({k[0] for k in (*self.cells, *self.missing)}, key=lambda v: -1 if v is None else v)
+        return sorted({k[0] for k in (*self.cells, *self.missing, *self.unwritten)}, key=lambda v: -1 if v is None else v)
 
     def at(self, row: Key, column: Any) -> RankCell | None:
         return self.cells.get((column, *row))
 
     def to_json(self) -> dict[str, Any]:
         return {"axes": list(self.axes), "sizes": self.sizes, "cells": [c.to_json() for c in self.cells.values()],
-                "missing": [list(k) for k in self.missing]}
+                "missing": [list(k) for k in self.missing], "unwritten": [list(k) for k in self.unwritten]}
 
 
 def _row(key: Key) -> Key:
@@ -131,11 +133,23 @@ def rank_map(ckpt: Checkpoint, *, by_file: bool = False) -> RankMap:
     if axes:
         spans = [range(max(sizes[a], 1)) if a in axes else [None] for a in AXES]
         missing = [k for k in itertools.product(*spans) if k not in cells]
+    written = _written(ckpt)
+    unwritten = [k for k in missing if written is not None and (k[0], k[1] or 0, k[2] or 0) not in written]
+    missing = [k for k in missing if k not in unwritten]
     for c in cells.values():
         c.files.sort()
     if axes and len(cells) == 1 and not missing and len(next(iter(cells.values())).files) > 1:
         return rank_map(ckpt, by_file=True)
-    return RankMap(axes, sizes, dict(sorted(cells.items(), key=lambda kv: _order(kv[0]) if axes else kv[0])), missing)
+    return RankMap(axes, sizes, dict(sorted(cells.items(), key=lambda kv: _order(kv[0]) if axes else kv[0])), missing, unwritten)
+
+
+def _written(ckpt: Checkpoint) -> set[tuple[int, int, int]] | None:
+    """The (tp, pp, ep) rank folders megatron-core writes for a Megatron `torch` checkpoint whose
+    experts have a TP of their own (fewer than the full grid); None where every position is written."""
+    layout = ckpt.parallel
+    if ckpt.kind != "megatron-torch" or layout.etp is None:
+        return None
+    return set(legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp))
 
 
 def span(values: set[int]) -> str:

@@ -23,6 +23,7 @@ from ..megatron_common import (
     args_to_dict,
     get_arg,
     globalise_name,
+    legacy_rank_folders,
     iteration_of_folder,
     layer_offsets,
     parallel_size,
@@ -170,10 +171,11 @@ class MegatronTorchReader:
         ep = parallel_size(args, ("expert_model_parallel_size",), ranks, blame, why)
         vpp = parallel_size(args, ("virtual_pipeline_model_parallel_size",), MAX_VIRTUAL_STAGES, blame, "virtual stages per pipeline stage")
         dp = parallel_size(args, ("data_parallel_size",), MAX_DATA_PARALLEL, blame, "data-parallel replicas")
+        etp = parallel_size(args, ("expert_tensor_parallel_size",), ranks, blame, why, default=tp)
         if not args:  # no args: trust the folder names (suffix read as PP)
             pp = len({m.group(2) for m in matches}) if any(m.group(2) for m in matches) else 1
             ep = len({m.group(3) for m in matches}) if any(m.group(3) for m in matches) else 1
-        return ParallelLayout(tp=tp, pp=pp, ep=ep, vpp=vpp, dp=dp)
+        return ParallelLayout(tp=tp, pp=pp, ep=ep, vpp=vpp, dp=dp, etp=etp if ep > 1 and etp != tp else None)
 
     @staticmethod
     def _ranks(m: re.Match[str] | None, layout: ParallelLayout) -> Ranks:
@@ -188,18 +190,21 @@ class MegatronTorchReader:
 
     @staticmethod
     def _check_complete(folder: Path, dirs: list[Path], layout: ParallelLayout, args: dict[str, Any], single: bool) -> None:
+        """Every rank folder megatron-core writes for the args' layout is present (with experts on
+        fewer TP ranks than the dense layers, fewer than TP x PP x EP: `legacy_rank_folders`)."""
         if single or not args:
             return
         present = {d.name for d in dirs}
-        for tp in range(layout.tp):
-            for pp in range(layout.pp):
-                for ep in range(layout.ep):
-                    name = f"mp_rank_{tp:02d}" + (f"_{pp:03d}" if layout.pp > 1 else "") + (f"_{ep:03d}" if layout.ep > 1 else "")
-                    if name not in present:
-                        raise CheckpointError(
-                            folder / name / MODEL_FILES[0],
-                            f"missing rank file: args say {layout.label()} ({len(present)} of {layout.tp * layout.pp * layout.ep} rank folders present)",
-                        )
+        written = legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp)
+        for tp, pp, ep in written:
+            name = f"mp_rank_{tp:02d}" + (f"_{pp:03d}" if layout.pp > 1 else "") + (f"_{ep:03d}" if layout.ep > 1 else "")
+            if name not in present:
+                raise CheckpointError(folder / name / MODEL_FILES[0],
+                                      f"missing rank file: args say {layout.label()} ({len(present)} of {len(written)} rank folders present)")
+        if unwritten := sorted(set(range(layout.tp)) - {tp for tp, _, _ in written}):
+            raise CheckpointError(folder, f"args say {layout.label()}: megatron-core saves the torch format only on the first "
+                                          f"ETP x EP ranks of a stage, so no file holds the layers' TP ranks {unwritten} "
+                                          "(save this run as torch_dist, which holds every shard)")
 
     @staticmethod
     def _fill_metadata(ckpt: Checkpoint, state: dict[str, Any], args: dict[str, Any]) -> None:

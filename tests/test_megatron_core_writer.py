@@ -1,0 +1,106 @@
+"""Checkpoints written by megatron-core itself (`tests/mcore_writer.py`: gloo processes on this
+CPU), read against megatron-core's own forward.
+
+The layout under test is MoE experts with a TP of their own (`--expert-tensor-parallel-size`,
+megatron-core 0.10+): with TP 2, EP 2 and expert TP 1 the `torch` format has two rank folders,
+`mp_rank_00_000` and `mp_rank_01_001`, not four - each holds half of the dense layers' TP shards
+and whole experts - and `torch_dist` holds the same tensors by global offsets.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ckptscope.converters.verify import verify
+from ckptscope.inspectors import detect
+from ckptscope.inspectors.errors import CheckpointError
+from ckptscope.inspectors.megatron_common import legacy_rank_folders
+from ckptscope.inspectors.model import logical_param_count
+from ckptscope.inspectors.rankmap import rank_map
+
+from .helpers import assert_same_hf_state, convert_to
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_with_megatron_core(out: Path, **layout: int) -> Path:
+    pytest.importorskip("megatron.core", reason="megatron-core is a test extra: pip install -e '.[test]'")
+    cmd = [sys.executable, "-m", "tests.mcore_writer", str(out), *(f"--{k}={v}" for k, v in layout.items())]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def etp1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_with_megatron_core(tmp_path_factory.mktemp("mcore") / "tp2ep2etp1", tp=2, ep=2, etp=1, world=2)
+
+
+def _logits(folder: Path) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    from .mcore_writer import probe_ids
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        return model(probe_ids()).logits
+
+
+def test_legacy_rank_folders_follow_megatron_cores_rank_order() -> None:
+    assert legacy_rank_folders(2, 1, 2) == [(0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1)]  # expert TP = TP: the grid
+    assert legacy_rank_folders(2, 1, 2, etp=1) == [(0, 0, 0), (1, 0, 1)]
+    assert legacy_rank_folders(2, 2, 4, etp=1) == [(e % 2, stage, e) for stage in (0, 1) for e in range(4)]
+    assert legacy_rank_folders(4, 1, 2, etp=2) == [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)]
+
+
+def test_experts_on_their_own_tp_read_from_the_torch_format(etp1: Path, tmp_path: Path) -> None:
+    legacy = etp1 / "legacy"
+    assert sorted(p.name for p in (legacy / "iter_0000001").iterdir()) == ["mp_rank_00_000", "mp_rank_01_001"]
+    ckpt = detect(legacy)
+    assert ckpt.parallel.label() == "TP2×PP1×EP2×ETP1"
+    grid = rank_map(ckpt)
+    assert not grid.missing and sorted(grid.unwritten) == [(0, 0, 1), (1, 0, 0)]
+    hf = convert_to(legacy, tmp_path / "hf", "hf")
+    reference = torch.load(etp1 / "reference_logits.pt")
+    assert (_logits(hf) - reference).abs().max().item() <= 1e-5
+    from transformers import AutoModelForCausalLM
+
+    assert logical_param_count(ckpt) == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(hf)).parameters())
+    report = verify(legacy, hf)
+    assert report.identical and report.logits_ok and not report.config_differences  # ffn_hidden_size (unused: every layer routes) is not a difference
+
+
+def test_torch_dist_of_the_same_run_gives_the_same_model(etp1: Path, tmp_path: Path) -> None:
+    from_legacy = convert_to(etp1 / "legacy", tmp_path / "a", "hf")
+    from_dist = convert_to(etp1 / "dist", tmp_path / "b", "hf")
+    assert_same_hf_state(from_legacy, from_dist)
+
+
+def test_a_megatron_target_from_it_reshards_the_experts(etp1: Path, tmp_path: Path) -> None:
+    """ETP1 source -> our Megatron TP2 EP2 (experts split with the dense layers) -> HF: every bit."""
+    mt = convert_to(etp1 / "legacy", tmp_path / "mt", "megatron", tp=2, ep=2)
+    assert_same_hf_state(convert_to(etp1 / "legacy", tmp_path / "a", "hf"), convert_to(mt, tmp_path / "b", "hf"))
+
+
+def test_a_missing_rank_folder_is_still_named(etp1: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "legacy"
+    shutil.copytree(etp1 / "legacy", copy)
+    shutil.rmtree(copy / "iter_0000001" / "mp_rank_01_001")
+    with pytest.raises(CheckpointError, match=r"mp_rank_01_001.*missing rank file: args say TP2×PP1×EP2×ETP1 \(1 of 2"):
+        detect(copy)
+
+
+def test_pipeline_stages_with_experts_on_their_own_tp(tmp_path: Path) -> None:
+    """TP2 PP2 EP2 expert-TP1 on 4 processes: two rank folders per stage, `mp_rank_TT_PPP_EEE`;
+    the torch format and torch_dist of the same run give the same model."""
+    run = write_with_megatron_core(tmp_path / "run", tp=2, pp=2, ep=2, etp=1, world=4)
+    names = sorted(p.name for p in (run / "legacy" / "iter_0000001").iterdir())
+    assert names == ["mp_rank_00_000_000", "mp_rank_00_001_000", "mp_rank_01_000_001", "mp_rank_01_001_001"]
+    assert detect(run / "legacy").parallel.label() == "TP2×PP2×EP2×ETP1"
+    assert_same_hf_state(convert_to(run / "legacy", tmp_path / "a", "hf"), convert_to(run / "dist", tmp_path / "b", "hf"))
