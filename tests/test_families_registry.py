@@ -47,6 +47,11 @@ CASES: dict[str, tuple] = {
                                              moe_intermediate_size=32, norm_topk_prob=True, **SMALL), None),
     "qwen2_moe": (lambda t: t.Qwen2MoeConfig(intermediate_size=96, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                              shared_expert_intermediate_size=48, norm_topk_prob=False, **SMALL), None),
+    # dense MLPs among the MoE layers: listed (`mlp_only_layers`) or off the sparse step (layers 0 and 2 dense)
+    "qwen3_moe-dense": (lambda t: t.Qwen3MoeConfig(intermediate_size=96, head_dim=32, num_local_experts=4, num_experts_per_tok=2,
+                                                   moe_intermediate_size=32, norm_topk_prob=True, mlp_only_layers=[0], **SMALL), None),
+    "qwen2_moe-step": (lambda t: t.Qwen2MoeConfig(intermediate_size=96, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                  shared_expert_intermediate_size=48, decoder_sparse_step=2, **SMALL), None),
     "phi3": (lambda t: t.Phi3Config(intermediate_size=96, partial_rotary_factor=0.5, **SMALL), None),
     "starcoder2": (lambda t: t.Starcoder2Config(intermediate_size=96, sliding_window=5, **SMALL), None),
     "olmo2": (lambda t: t.Olmo2Config(intermediate_size=96, **SMALL), "norms on the attention and MLP outputs"),
@@ -92,7 +97,7 @@ CASES: dict[str, tuple] = {
 MEGATRON_OK = tuple(k for k, (_, refused) in CASES.items() if refused is None)
 MEGATRON_REFUSED = {k: refused for k, (_, refused) in CASES.items() if refused}
 KINDS = tuple(CASES)
-MOE = tuple(k for k in CASES if k.endswith("_moe") or k.startswith("deepseek")) + ("gpt_oss",)
+MOE = tuple(k for k in CASES if k.split("-")[0].endswith("_moe") or k.startswith("deepseek")) + ("gpt_oss",)
 
 
 def _build(kind: str) -> torch.nn.Module:

@@ -203,7 +203,7 @@ def refuse_features(spec: ModelSpec, holds: str, supported: tuple[str, ...] = ()
     """Refuse, in one line, every feature of the spec that the HF class `holds` cannot hold."""
     extra = [name for name, present in FEATURES.items() if name not in supported and present(spec)]
     if extra:
-        raise SpecError(f"HF {holds} has no {', no '.join(extra)}")
+        raise SpecError(f"HF {holds} cannot hold {', '.join(extra)}")
 
 
 def need(ok: bool, message: str) -> None:

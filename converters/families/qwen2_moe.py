@@ -10,29 +10,30 @@ from ..row import Row
 from ..spec import ModelSpec
 from .base import FusedExperts, MegatronTraits
 from .common import (experts, finish_hf_config, first, llama_attention, llama_config_kwargs, llama_family, llama_spec,
-                     need, qwen_window_kwargs, refuse_features)
+                     need, qwen_window_kwargs, refuse_features, swiglu_mlp)
 from .hf_defaults import hf_config
-from .qwen3_moe import every_layer_sparse
+from .qwen3_moe import dense_layer_kwargs, dense_layers
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
-    every_layer_sparse(config)
     bias = bool(config.get("qkv_bias", True))
     return llama_spec(config, "qwen2_moe", qkv_bias=bias, experts=int(first(config, "num_experts", "num_local_experts")),
                       topk=int(config.get("num_experts_per_tok") or 2), expert_ffn=int(first(config, "moe_intermediate_size")),
                       norm_topk_prob=bool(config.get("norm_topk_prob", False)),
-                      shared_expert_ffn=int(config.get("shared_expert_intermediate_size") or 0), shared_expert_gate=True)
+                      shared_expert_ffn=int(config.get("shared_expert_intermediate_size") or 0), shared_expert_gate=True,
+                      dense_layers=dense_layers(config))
 
 
 def config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     refuse_features(spec, "Qwen2-MoE", (
-        "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern"))
+        "experts", "a shared expert", "un-renormalised top-k", "a sliding window", "a per-layer sliding pattern",
+        "dense layers among MoE layers"))
     need(spec.moe and spec.shared_expert_ffn > 0 and spec.shared_expert_gate, "HF Qwen2-MoE needs experts and a gated shared expert")
     need(not (spec.o_bias or spec.mlp_bias or spec.qk_norm), "HF Qwen2-MoE has q/k/v biases only and no QK-norm")
     kwargs = llama_config_kwargs(
         spec, qkv_bias=spec.qkv_bias, num_experts=spec.experts, num_experts_per_tok=spec.topk, moe_intermediate_size=spec.expert_ffn,
-        shared_expert_intermediate_size=spec.shared_expert_ffn, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1,
-        mlp_only_layers=[], derived_head_dim="Qwen2-MoE", **qwen_window_kwargs(spec))
+        shared_expert_intermediate_size=spec.shared_expert_ffn, norm_topk_prob=spec.norm_topk_prob, **dense_layer_kwargs(spec),
+        derived_head_dim="Qwen2-MoE", **qwen_window_kwargs(spec))
     config = hf_config("Qwen2MoeConfig", **kwargs)
     return finish_hf_config(config, spec, "Qwen2MoeForCausalLM")
 
@@ -50,6 +51,7 @@ FAMILY = llama_family(
     model_types=("qwen2_moe",),
     layer=(
         *llama_attention(),
+        *swiglu_mlp(),  # a dense layer (`mlp_only_layers`): mlp.*_proj
         *experts("mlp.gate.weight", "mlp.experts.{e}"),
         Row("mlp.shared_expert.gate_proj.weight", ("shared.gate",), when=_shared),
         Row("mlp.shared_expert.up_proj.weight", ("shared.up",), when=_shared),

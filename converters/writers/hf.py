@@ -27,6 +27,8 @@ class HfWriter(Writer):
     def __init__(self, spec, opts) -> None:  # type: ignore[no-untyped-def]
         super().__init__(spec, opts)
         shapes = spec.canonical_shapes()
+        # config.json now, not after the tensors: a spec the family's HF class cannot hold is refused by the plan
+        self.config = hf_config_from_spec(spec.with_(dtype=self.dtype))  # a table lookup: no transformers import
         self.entries = hf_entries(spec)  # stored HF tensors, model order
         self.stored_shape = {e.name: e.op.shape([shapes[c] for c in e.canon], spec) for e in self.entries}
         # a buffer the model keeps in fp32 (DeepSeek-V3's correction bias) is not rounded to the target dtype
@@ -90,8 +92,7 @@ class HfWriter(Writer):
             raise RuntimeError(f"shards left incomplete: {sorted(self._open)}")
         if not self.finalize:
             return
-        config = hf_config_from_spec(self.spec.with_(dtype=self.dtype))  # a table lookup: no transformers import
-        (self.folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (self.folder / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         generation = {k: v for k, v in (("bos_token_id", self.spec.bos_token_id), ("eos_token_id", self.spec.eos_token_id)) if v is not None}
         generation["_from_model_config"] = True
         (self.folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

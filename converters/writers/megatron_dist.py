@@ -35,6 +35,15 @@ EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention
                      False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
 EXTRA_STATE_EXPERTS = ("mlp.experts.experts.linear_fc1", "mlp.experts.experts.linear_fc2")
+EXTRA_STATE_SHARED = ("mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2")
+
+
+def extra_state_modules(layer: ModelSpec) -> tuple[str, ...]:
+    """The layer's modules (routed experts aside) whose `_extra_state` megatron-core's
+    `sharded_state_dict` holds, one entry each: a load fails on any that is missing."""
+    attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[layer.q_lora_rank > 0]) if layer.mla else EXTRA_STATE_MODULES
+    mlp = (EXTRA_STATE_SHARED if layer.shared_expert_ffn else ()) if layer.moe else EXTRA_STATE_DENSE
+    return attention + mlp
 
 
 class MegatronDistWriter(Writer):
@@ -123,8 +132,7 @@ class MegatronDistWriter(Writer):
                 self._chunks(self._layer_key(param, layer, i), param, canon, at if e is None else (*at, e))
         empty = torch_bytes([None])
         prefix, where = (f"decoder.layers.{i}.", ("0", "1")) if self.per_layer else ("decoder.layers.", (str(i), str(L)))
-        attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[spec.q_lora_rank > 0]) if spec.mla else EXTRA_STATE_MODULES
-        for module in attention + (() if layer.moe else EXTRA_STATE_DENSE):
+        for module in extra_state_modules(layer):
             self.dcp.add_bytes(f"{prefix}{module}._extra_state/shard_{where[0]}_{where[1]}", empty)
         if layer.moe:
             for module in EXTRA_STATE_EXPERTS:
@@ -143,8 +151,7 @@ class MegatronDistWriter(Writer):
                 self._chunks(self._mtp_key(param, layer, k), param, canon, () if e is None else (e,))
         assert self.dcp is not None
         empty, inner = torch_bytes([None]), top + mg.MTP_LAYER
-        attention = (EXTRA_STATE_MLA + EXTRA_STATE_MLA_Q[layer.q_lora_rank > 0]) if layer.mla else EXTRA_STATE_MODULES
-        for module in attention + (() if layer.moe else EXTRA_STATE_DENSE):
+        for module in extra_state_modules(layer):
             self.dcp.add_bytes(f"{inner}{module}._extra_state/shard_0_1", empty)
         self.dcp.add_bytes(f"{top}eh_proj._extra_state/shard_0_1", empty)
         for module in EXTRA_STATE_EXPERTS if layer.moe else ():
