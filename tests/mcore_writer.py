@@ -3,7 +3,7 @@ EP / expert TP, saved as megatron/training saves it (the legacy `torch` rank fil
 expert-data-parallel rank 0, named by TP / PP / EP rank) and as `torch_dist`
 (`dist_checkpointing.save` of the model's `sharded_state_dict`), plus the model's own logits.
 
-    python -m tests.mcore_writer OUT [--model mixtral|qwen3|qwen2|qwen2_moe|deepseek_moe|gpt2] --tp 2 --ep 2 --etp 1 --world 2
+    python -m tests.mcore_writer OUT [--model NAME (MODELS)] --tp 2 --ep 2 --etp 1 --world 2
     python -m tests.mcore_writer OUT --model M --tp 2 --world 2 --load CKPT [--load CKPT2]  # megatron-core loads each, strictly
 
 The second form builds the same model, loads a checkpoint into it the way megatron/training
@@ -12,10 +12,10 @@ does (strict), and writes its logits: how our Megatron writers are held to megat
 Each model (`MODELS`) is a set of TransformerConfig fields, the same fields in `args` under
 Megatron's argument names (what megatron/training saves), and GPTModel's options.
 
-megatron-core runs on a CPU with four shims, none of which touches what is saved: CUDA
+megatron-core runs on a CPU with five shims, none of which touches what is saved: CUDA
 synchronisation and the current device around a save, the CUDA RNG tracker's fork (eval has no
-dropout), and `moe_utils.te_general_gemm`, which 0.16.1 names only when Transformer Engine
-imports. Sequence parallelism is off: its norms need Apex or TE.
+dropout), the sliding-window mask made on the CPU, and `moe_utils.te_general_gemm`, which 0.16.1
+names only when Transformer Engine imports. Sequence parallelism is off: its norms need Apex or TE.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ MODELS: dict[str, tuple[dict, dict, dict]] = {
                       "moe_layer_freq": [0, 1], "moe_router_score_function": "sigmoid", "moe_router_enable_expert_bias": True,
                       "moe_router_num_groups": 4, "moe_router_group_topk": 2, "moe_router_topk_scaling_factor": 2.5,
                       "moe_router_dtype": "fp32"}, {}),
+    # a sliding window of 4 keys (HF sliding_window 4), every layer
+    "mistral": ({"window_size": (3, 0)}, {"window_size": (3, 0)}, {}),
+    # Llama 3.1's RoPE scaling (factor 8; low / high frequency factors 1 / 4 over 8192 positions), base 500000
+    "llama31": ({}, {"use_rope_scaling": True, "rope_scaling_factor": 8.0, "rotary_base": 500000},
+                {"rope_scaling": True, "rope_scaling_factor": 8.0, "rotary_base": 500000}),
+    # RoPE on adjacent pairs of q / k channels
+    "interleaved": ({"rotary_interleaved": True}, {"rotary_interleaved": True}, {}),
     # LayerNorm, GELU through the fused bias-GELU (tanh form: Megatron-LM's default), biases, learned positions, tied embeddings
     "gpt2": ({"normalization": "LayerNorm", "gated_linear_unit": False, "activation_func": F.gelu, "add_bias_linear": True,
               "bias_activation_fusion": True, "num_query_groups": HEADS, "ffn_hidden_size": 4 * HIDDEN},
@@ -97,6 +104,7 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
         gather_from_tensor_model_parallel_region,
     )
     from megatron.core.transformer import TransformerConfig
+    from megatron.core.fusions import fused_softmax
     from megatron.core.transformer.moe import moe_utils
 
     ps.initialize_model_parallel(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
@@ -124,6 +132,7 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
     tracker = tp_random.get_cuda_rng_tracker()
     tracker.fork = lambda *_, **__: contextlib.nullcontext()
     moe_utils.te_general_gemm = getattr(moe_utils, "te_general_gemm", None)
+    fused_softmax.get_sliding_window_causal_mask = _sliding_window_mask
     model.eval()
     for k, ckpt in enumerate(a.load or [None]):
         if ckpt is not None:
@@ -137,6 +146,12 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
                 torch.save(logits, out / (f"loaded_logits_{k}.pt" if ckpt else "reference_logits.pt"))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def _sliding_window_mask(sq: int, skv: int, window_size: tuple[int, int]) -> torch.Tensor:
+    """megatron/core/transformer/utils.py's mask, made on the CPU (its own asks for CUDA)."""
+    keep = torch.ones(sq, skv, dtype=torch.bool).triu(diagonal=skv - sq - window_size[0]).tril(diagonal=skv - sq + window_size[1])
+    return ~keep
 
 
 def _rank_folder(a: Namespace) -> str:

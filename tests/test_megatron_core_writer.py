@@ -148,6 +148,18 @@ def test_families_from_megatron_core_and_back_into_it(model: str, tmp_path: Path
         assert (logits - reference).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("model", ["mistral", "llama31", "interleaved"])
+def test_attention_features_from_megatron_core(model: str, tmp_path: Path) -> None:
+    """A sliding window (4 keys, the probe 16 tokens long), Llama 3.1's RoPE scaling (without it
+    the logits differ by 2.4e-4) and RoPE on adjacent channel pairs, saved by megatron-core at TP2:
+    the HF model transformers runs gives megatron-core's logits, and verify finds every field the same."""
+    run = write_with_megatron_core(tmp_path / "run", model=model, tp=2, world=2)
+    hf = convert_to(run / "legacy", tmp_path / "hf", "hf")
+    assert (_logits(hf) - torch.load(run / "reference_logits.pt")).abs().max().item() <= 1e-5
+    report = verify(run / "legacy", hf)
+    assert report.identical and report.logits_ok and not report.config_differences, report.config_differences
+
+
 def test_a_model_no_hf_family_holds_is_refused_but_reshards_between_megatron_layouts(tmp_path: Path) -> None:
     """DeepSeek-V3's router (sigmoid, score-correction bias, groups, scale) without latent attention:
     an HF target is refused at plan time in one line; Megatron -> Megatron loads back into
