@@ -79,15 +79,17 @@ def probe_ids() -> torch.Tensor:
 def _args(a: Namespace, fmt: str) -> Namespace:
     """What megatron/training keeps as `args` (the fields a reader of the checkpoint needs)."""
     base = dict(
-        num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, group_query_attention=True,
+        num_layers=a.layers, hidden_size=HIDDEN, num_attention_heads=HEADS, group_query_attention=True,
         num_query_groups=GROUPS, kv_channels=HIDDEN // HEADS, ffn_hidden_size=FFN, swiglu=True,
         normalization="RMSNorm", norm_epsilon=1e-5, add_bias_linear=False, position_embedding_type="rope",
         rotary_base=10000, rotary_percent=1.0, untie_embeddings_and_output_weights=True, padded_vocab_size=VOCAB,
         vocab_size=VOCAB, max_position_embeddings=SEQ, seq_length=SEQ, tensor_model_parallel_size=a.tp,
         pipeline_model_parallel_size=a.pp, expert_model_parallel_size=a.ep, expert_tensor_parallel_size=a.etp,
-        params_dtype=torch.float32, bf16=False, fp16=False, transformer_impl="local", sequence_parallel=False,
+        virtual_pipeline_model_parallel_size=a.vpp if a.vpp > 1 else None, params_dtype=torch.float32, bf16=False, fp16=False, transformer_impl="local", sequence_parallel=False,
         moe_grouped_gemm=False, ckpt_format=fmt,
     )
+    if a.first_stage_layers:
+        base["decoder_first_pipeline_num_layers"] = a.first_stage_layers
     return Namespace(**{**base, **MODELS[a.model][1]})
 
 
@@ -107,28 +109,41 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
     from megatron.core.fusions import fused_softmax
     from megatron.core.transformer.moe import moe_utils
 
+    vpp = a.vpp if a.vpp > 1 else None
     ps.initialize_model_parallel(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
-                                 expert_model_parallel_size=a.ep, expert_tensor_parallel_size=a.etp)
+                                 expert_model_parallel_size=a.ep, expert_tensor_parallel_size=a.etp,
+                                 virtual_pipeline_model_parallel_size=vpp)
     torch.manual_seed(1234)
     fields, _, options = MODELS[a.model]
     base = dict(
-        num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, num_query_groups=GROUPS, ffn_hidden_size=FFN,
-        moe_token_dispatcher_type="allgather", gated_linear_unit=True, activation_func=F.silu, normalization="RMSNorm",
+        num_layers=a.layers, hidden_size=HIDDEN, num_attention_heads=HEADS, num_query_groups=GROUPS, ffn_hidden_size=FFN,
+        virtual_pipeline_model_parallel_size=vpp, moe_token_dispatcher_type="allgather", gated_linear_unit=True, activation_func=F.silu, normalization="RMSNorm",
         add_bias_linear=False, tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
         expert_model_parallel_size=a.ep, expert_tensor_parallel_size=a.etp, sequence_parallel=False,
         use_cpu_initialization=True, params_dtype=torch.float32, pipeline_dtype=torch.float32, init_method_std=0.05)
+    if a.first_stage_layers:  # an uneven pipeline: this many layers on the first stage, the rest split evenly
+        base["num_layers_in_first_pipeline_stage"] = a.first_stage_layers
     config = TransformerConfig(**{**base, **fields})
-    layers = get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization=config.normalization)
     gpt = {"position_embedding_type": "rope", "share_embeddings_and_output_weights": False, **options}
-    model = GPTModel(config, layers, vocab_size=VOCAB, max_sequence_length=SEQ, pre_process=ps.is_pipeline_first_stage(),
-                     post_process=ps.is_pipeline_last_stage(), **gpt)
+    chunks = [GPTModel(config, get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization=config.normalization,
+                                                          vp_stage=v if vpp else None),
+                       vocab_size=VOCAB, max_sequence_length=SEQ, vp_stage=v if vpp else None,
+                       pre_process=ps.is_pipeline_first_stage(ignore_virtual=not vpp, vp_stage=v if vpp else None),
+                       post_process=ps.is_pipeline_last_stage(ignore_virtual=not vpp, vp_stage=v if vpp else None), **gpt)
+              for v in range(a.vpp)]
+    if vpp:  # virtual stages: saved as `model0`, `model1`, ... (megatron/training generate_state_dict); no forward here
+        _save(chunks, a, Path(a.out), rank)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        return
+    model = chunks[0]
     if config.moe_router_enable_expert_bias:  # a trained-looking score-correction bias (zeros at init)
         for name, buffer in model.named_buffers():
             if name.endswith("expert_bias"):
                 buffer.copy_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(7)) * 0.1)
     out = Path(a.out)
     if not a.load:
-        _save(model, a, out, rank)
+        _save([model], a, out, rank)
     tracker = tp_random.get_cuda_rng_tracker()
     tracker.fork = lambda *_, **__: contextlib.nullcontext()
     moe_utils.te_general_gemm = getattr(moe_utils, "te_general_gemm", None)
@@ -163,23 +178,25 @@ def _rank_folder(a: Namespace) -> str:
     return name + (f"_{ps.get_expert_model_parallel_rank():03d}" if a.ep > 1 else "")
 
 
-def _save(model: torch.nn.Module, a: Namespace, out: Path, rank: int) -> None:
+def _save(chunks: list[torch.nn.Module], a: Namespace, out: Path, rank: int) -> None:
+    """As megatron/training's save_checkpoint: the model under `model`, or virtual stages under `model{i}`."""
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
+    keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
     if ps.get_expert_data_parallel_rank() == 0:  # megatron/training/checkpointing.py: who saves the torch format
         path = out / "legacy" / "iter_0000001" / _rank_folder(a) / "model_optim_rng.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"args": _args(a, "torch"), "checkpoint_version": 3.0, "iteration": 1,
-                    "model": model.state_dict_for_save_checkpoint()}, path)
+        state = {"args": _args(a, "torch"), "checkpoint_version": 3.0, "iteration": 1}
+        torch.save({**state, **{k: m.state_dict_for_save_checkpoint() for k, m in zip(keys, chunks)}}, path)
     dist = out / "dist" / "iter_0000001"
     if rank == 0:
         dist.mkdir(parents=True)
         for kind in ("legacy", "dist"):
             (out / kind / "latest_checkpointed_iteration.txt").write_text("1")
     torch.distributed.barrier()
-    dist_checkpointing.save({"args": _args(a, "torch_dist"), "checkpoint_version": 3.0, "iteration": 1,
-                             "model": model.sharded_state_dict()}, str(dist))
+    state = {"args": _args(a, "torch_dist"), "checkpoint_version": 3.0, "iteration": 1}
+    dist_checkpointing.save({**state, **{k: m.sharded_state_dict() for k, m in zip(keys, chunks)}}, str(dist))
 
 
 def _load(model: torch.nn.Module, folder: Path, a: Namespace) -> None:
@@ -200,8 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--model", choices=sorted(MODELS), default="mixtral")
-    for axis in ("tp", "pp", "ep", "world"):
+    for axis in ("tp", "pp", "vpp", "ep", "world"):
         parser.add_argument(f"--{axis}", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--first-stage-layers", type=int, default=0, help="layers on the first pipeline stage (uneven PP)")
     parser.add_argument("--etp", type=int, default=None, help="the experts' own TP (default: --tp, as megatron-core's)")
     parser.add_argument("--load", action="append", help="instead of saving: load this checkpoint (strictly) and write "
                                                          "OUT/loaded_logits_K.pt, K counting the --load options from 0")

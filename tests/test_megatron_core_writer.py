@@ -198,3 +198,13 @@ def test_our_pipeline_stages_load_into_megatron_core(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "tests.mcore_writer", str(out), "--model=qwen3", "--pp=2", "--world=2", *(f"--load={c}" for c in ours)]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]  # a missing, extra or misshapen key fails the strict load
+
+
+@pytest.mark.parametrize("layout", [{"pp": 2, "vpp": 2, "layers": 4}, {"pp": 2, "layers": 3, "first-stage-layers": 1}],
+                         ids=["pp2-vpp2", "uneven-pp2"])
+def test_pipeline_layouts_megatron_core_saves(layout: dict, tmp_path: Path) -> None:
+    """Virtual stages (`model0` / `model1` in each rank file, layers numbered per chunk) and an uneven
+    split (`decoder_first_pipeline_num_layers`: one layer on stage 0, two on stage 1), as
+    megatron-core saves them: the torch format gives the same model as torch_dist of the same run."""
+    run = write_with_megatron_core(tmp_path / "run", model="qwen3", world=2, **layout)
+    assert_same_hf_state(convert_to(run / "legacy", tmp_path / "a", "hf"), convert_to(run / "dist", tmp_path / "b", "hf"))
