@@ -88,6 +88,8 @@ def _args(a: Namespace, fmt: str) -> Namespace:
         virtual_pipeline_model_parallel_size=a.vpp if a.vpp > 1 else None, params_dtype=torch.float32, bf16=False, fp16=False, transformer_impl="local", sequence_parallel=False,
         moe_grouped_gemm=False, ckpt_format=fmt,
     )
+    if a.bf16:
+        base.update(params_dtype=torch.bfloat16, bf16=True)
     if a.first_stage_layers:
         base["decoder_first_pipeline_num_layers"] = a.first_stage_layers
     return Namespace(**{**base, **MODELS[a.model][1]})
@@ -121,6 +123,8 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
         add_bias_linear=False, tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
         expert_model_parallel_size=a.ep, expert_tensor_parallel_size=a.etp, sequence_parallel=False,
         use_cpu_initialization=True, params_dtype=torch.float32, pipeline_dtype=torch.float32, init_method_std=0.05)
+    if a.bf16:  # parameters in bf16, as mixed-precision runs keep the model
+        base.update(params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16, bf16=True)
     if a.first_stage_layers:  # an uneven pipeline: this many layers on the first stage, the rest split evenly
         base["num_layers_in_first_pipeline_stage"] = a.first_stage_layers
     config = TransformerConfig(**{**base, **fields})
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     for axis in ("tp", "pp", "vpp", "ep", "world"):
         parser.add_argument(f"--{axis}", type=int, default=1)
     parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--bf16", action="store_true", help="bf16 parameters (--bf16 runs)")
     parser.add_argument("--first-stage-layers", type=int, default=0, help="layers on the first pipeline stage (uneven PP)")
     parser.add_argument("--etp", type=int, default=None, help="the experts' own TP (default: --tp, as megatron-core's)")
     parser.add_argument("--load", action="append", help="instead of saving: load this checkpoint (strictly) and write "

@@ -28,11 +28,11 @@ from .helpers import assert_same_hf_state, convert_to
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_with_megatron_core(out: Path, *loads: Path, **options: int | str) -> Path:
+def write_with_megatron_core(out: Path, *loads: Path, **options: int | str | bool) -> Path:
     """Run tests/mcore_writer.py: megatron-core saves `model` (its MODELS) with the layout in
     `options` and its logits; with `loads`, it loads each of them instead (loaded_logits_K.pt)."""
     pytest.importorskip("megatron.core", reason="megatron-core is a test extra: pip install -e '.[test]'")
-    cmd = [sys.executable, "-m", "tests.mcore_writer", str(out), *(f"--{k}={v}" for k, v in options.items()),
+    cmd = [sys.executable, "-m", "tests.mcore_writer", str(out), *(f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()),
            *(f"--load={c}" for c in loads)]
     done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -201,3 +201,23 @@ def test_pipeline_layouts_megatron_core_saves(layout: dict, tmp_path: Path) -> N
     megatron-core saves them: the torch format gives the same model as torch_dist of the same run."""
     run = write_with_megatron_core(tmp_path / "run", model="qwen3", world=2, **layout)
     assert_same_hf_state(convert_to(run / "legacy", tmp_path / "a", "hf"), convert_to(run / "dist", tmp_path / "b", "hf"))
+
+
+def test_a_bf16_run(tmp_path: Path) -> None:
+    """A --bf16 run (TP2 EP2 expert-TP1; megatron-core's torch norms stay fp32): HF in bfloat16, the
+    same bits from either format, and transformers' bf16 forward within bf16 rounding of megatron-core's."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from .mcore_writer import probe_ids
+
+    run = write_with_megatron_core(tmp_path / "run", model="mixtral", tp=2, ep=2, etp=1, world=2, bf16=True)
+    hf = convert_to(run / "legacy", tmp_path / "hf", "hf")
+    assert json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
+    assert_same_hf_state(hf, convert_to(run / "dist", tmp_path / "hf-dist", "hf"))
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        got = model(probe_ids()).logits.float()
+    reference = torch.load(run / "reference_logits.pt").float()
+    assert (got - reference).abs().max().item() <= 2 * 2.0 ** -7 * reference.abs().max().item()  # two bf16 steps at the top
