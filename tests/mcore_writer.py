@@ -101,6 +101,7 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
     torch.cuda.synchronize = lambda *_, **__: None  # megatron-core calls these around a save
     torch.cuda.current_device = lambda: "cpu"
     from megatron.core import parallel_state as ps
+    from megatron.core.fusions import fused_softmax
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
     from megatron.core.tensor_parallel import random as tp_random
@@ -108,7 +109,6 @@ def _worker(rank: int, a: Namespace, port: int) -> None:
         gather_from_tensor_model_parallel_region,
     )
     from megatron.core.transformer import TransformerConfig
-    from megatron.core.fusions import fused_softmax
     from megatron.core.transformer.moe import moe_utils
 
     vpp = a.vpp if a.vpp > 1 else None
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     with socket.socket() as s:  # a free port on the loopback for gloo's rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import megatron.core.dist_checkpointing
     import megatron.core.models.gpt  # noqa: F401 - imported once here, before the ranks fork (~6 s a process)
-    import megatron.core.dist_checkpointing  # noqa: F401
 
     torch.multiprocessing.start_processes(_worker, args=(a, port), nprocs=a.world, start_method="fork")
 
