@@ -257,7 +257,7 @@ class Checkpoint:
             "iteration": self.iteration,
             "iterations": list(self.iterations),
             "complete": self.complete,
-            "parallel": self.parallel.as_dict(),
+            "parallel": {**self.parallel.as_dict(), **({"etp": self.parallel.etp} if self.parallel.etp is not None else {})},
             "files": [
                 {"path": f.rel, "size": f.size, "ranks": f.ranks.as_dict(), "role": f.role} for f in self.files
             ],

@@ -65,7 +65,7 @@ def test_experts_on_their_own_tp_read_from_the_torch_format(etp1: Path, tmp_path
     legacy = etp1 / "legacy"
     assert sorted(p.name for p in (legacy / "iter_0000001").iterdir()) == ["mp_rank_00_000", "mp_rank_01_001"]
     ckpt = detect(legacy)
-    assert ckpt.parallel.label() == "TP2×PP1×EP2×ETP1"
+    assert ckpt.parallel.label() == "TP2×PP1×EP2×ETP1" and ckpt.to_json()["parallel"]["etp"] == 1
     grid = rank_map(ckpt)
     assert not grid.missing and sorted(grid.unwritten) == [(0, 0, 1), (1, 0, 0)]
     hf = convert_to(legacy, tmp_path / "hf", "hf")
