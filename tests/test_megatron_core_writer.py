@@ -221,3 +221,18 @@ def test_a_bf16_run(tmp_path: Path) -> None:
         got = model(probe_ids()).logits.float()
     reference = torch.load(run / "reference_logits.pt").float()
     assert (got - reference).abs().max().item() <= 2 * 2.0 ** -7 * reference.abs().max().item()  # two bf16 steps at the top
+
+
+def test_expert_tp_times_ep_below_tp_is_refused_as_unloadable(etp1: Path, tmp_path: Path) -> None:
+    """With ETP x EP < TP megatron-core's saving ranks never include some TP ranks: their layer
+    shards exist nowhere, and the refusal says so (args edited to TP4 on the ETP1 files)."""
+    import shutil
+
+    copy = tmp_path / "legacy"
+    shutil.copytree(etp1 / "legacy", copy)
+    for rank_file in copy.rglob("model_optim_rng.pt"):
+        state = torch.load(rank_file, weights_only=False)
+        state["args"].tensor_model_parallel_size = 4
+        torch.save(state, rank_file)
+    with pytest.raises(CheckpointError, match=r"no file holds the layers' TP ranks \[2, 3\]"):
+        detect(copy)
