@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +172,16 @@ def legacy_rank_folders(tp: int, pp: int, ep: int, etp: int | None = None) -> li
     has TP rank l % tp and EP rank (l // etp) % ep. With `etp == tp` that is every (tp, ep) pair;
     with a smaller `etp` (`--expert-tensor-parallel-size 1` beside TP 2) only some of them, each
     holding its experts unsplit (split `etp` ways). A TP rank no saving rank has was never written."""
+    return sorted(set(iter_legacy_rank_folders(tp, pp, ep, etp)), key=lambda r: (r[1], r[2], r[0]))
+
+
+def iter_legacy_rank_folders(tp: int, pp: int, ep: int, etp: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """`legacy_rank_folders` one by one, repeats included, for a check that stops at the first
+    folder missing from disk (args may claim sizes whose product no folder listing could hold)."""
     etp = etp or tp
-    found = {(l % tp, stage, (l // etp) % ep) for stage in range(pp) for l in range(etp * ep)}
-    return sorted(found, key=lambda r: (r[1], r[2], r[0]))
+    for stage in range(pp):
+        for rank in range(etp * ep):
+            yield rank % tp, stage, (rank // etp) % ep
 
 
 def layer_offsets(args: dict[str, Any], pp: int, vpp: int) -> dict[tuple[int, int], int]:

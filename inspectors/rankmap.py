@@ -147,8 +147,8 @@ def _written(ckpt: Checkpoint) -> set[tuple[int, int, int]] | None:
     """The (tp, pp, ep) rank folders megatron-core writes for a Megatron `torch` checkpoint whose
     experts have a TP of their own (fewer than the full grid); None where every position is written."""
     layout = ckpt.parallel
-    if ckpt.kind != "megatron-torch" or layout.etp is None:
-        return None
+    if ckpt.kind != "megatron-torch" or layout.etp is None or layout.pp * layout.etp * layout.ep > 1 << 20:
+        return None  # (a single rank file's args are not checked against the folders: no huge grids from them)
     return set(legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp))
 
 

@@ -23,6 +23,7 @@ from ..megatron_common import (
     args_to_dict,
     get_arg,
     globalise_name,
+    iter_legacy_rank_folders,
     legacy_rank_folders,
     iteration_of_folder,
     layer_offsets,
@@ -195,13 +196,16 @@ class MegatronTorchReader:
         if single or not args:
             return
         present = {d.name for d in dirs}
-        written = legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp)
-        for tp, pp, ep in written:
+        saved_tp: set[int] = set()
+        for tp, pp, ep in iter_legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp):
             name = f"mp_rank_{tp:02d}" + (f"_{pp:03d}" if layout.pp > 1 else "") + (f"_{ep:03d}" if layout.ep > 1 else "")
             if name not in present:
+                small = layout.pp * (layout.etp or layout.tp) * layout.ep <= 1 << 20  # args are untrusted: count only a sane grid
+                of = f" of {len(legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp))}" if small else ""
                 raise CheckpointError(folder / name / MODEL_FILES[0],
-                                      f"missing rank file: args say {layout.label()} ({len(present)} of {len(written)} rank folders present)")
-        if unwritten := sorted(set(range(layout.tp)) - {tp for tp, _, _ in written}):
+                                      f"missing rank file: args say {layout.label()} ({len(present)}{of} rank folders present)")
+            saved_tp.add(tp)
+        if unwritten := sorted(set(range(layout.tp)) - saved_tp):
             raise CheckpointError(folder, f"args say {layout.label()}: megatron-core saves the torch format only on the first "
                                           f"ETP x EP ranks of a stage, so no file holds the layers' TP ranks {unwritten} "
                                           "(save this run as torch_dist, which holds every shard)")

@@ -22,7 +22,7 @@ from .corpus import Case, build
 from .round2 import BOMBS
 
 MEASURED = {"args_deep_slice", "metadata_deep_slice", "bin_inflate_bomb", "args_numpy_object_array", "args_frozensets",
-            "args_pp_billion", "args_vpp_billion", "dcp_huge_shape"}
+            "args_pp_billion", "args_vpp_billion", "dcp_huge_shape", "args_etp_grid"}
 PEAK_MB, SECONDS = 1024, 60
 
 
