@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .detect import label_text, probe
 from .errors import CheckpointError
+from .megatron_common import legacy_rank_folders
 from .storage import RemotePath, as_path
 from .formats.megatron_torch import MODEL_FILES, RANK_DIR_RE
 from .probing import Probe
@@ -84,13 +85,35 @@ def _megatron_missing(folder: Path) -> list[str]:
         return []
     axes = [sorted({k[i] for k in present}, key=lambda v: -1 if v is None else v) for i in range(3)]
     spans = [[None] if a == [None] else list(range(max(v for v in a if v is not None) + 1)) for a in axes]
+    if _expert_tp_folders(set(present), [len(s) for s in spans]):
+        # the names are megatron-core's folders for experts on their own TP: only model files can be missing
+        return [f"{_folder_name(k)}/{MODEL_FILES[0]}" for k in present if not any((present[k] / f).is_file() for f in MODEL_FILES)]
     out = []
     for key in itertools.product(*spans):
-        name = f"mp_rank_{key[0]:02d}" + "".join(f"_{v:03d}" for v in key[1:] if v is not None)
+        name = _folder_name(key)
         where = present.get(key)
         if where is None or not any((where / f).is_file() for f in MODEL_FILES):
             out.append(f"{name}/{MODEL_FILES[0]}")
     return out[:MAX_MISSING_LISTED]
+
+
+def _folder_name(key: tuple[int | None, ...]) -> str:
+    return f"mp_rank_{key[0]:02d}" + "".join(f"_{v:03d}" for v in key[1:] if v is not None)
+
+
+def _expert_tp_folders(present: set[tuple[int | None, ...]], sizes: list[int]) -> bool:
+    """Are the rank folders exactly the ones megatron-core writes for experts on a TP of their own
+    (`legacy_rank_folders` with some expert TP below the TP the names span)? The suffix of
+    two-part names is then the expert rank (PP 1); of three-part names, stage and expert rank."""
+    tp, second, third = sizes
+    if second < 2 or tp < 2:
+        return False
+    pp, ep = (second, third) if third > 1 else (1, second)
+    as_names = (lambda t, p, e: (t, p, e)) if third > 1 else (lambda t, p, e: (t, e, None))
+    for etp in range(1, tp):
+        if tp % etp == 0 and {as_names(*r) for r in legacy_rank_folders(tp, pp, ep, etp)} == present:
+            return True
+    return False
 
 
 # Checkpoint kind -> names-only check of the files its layout implies (browse labels them INCOMPLETE)

@@ -78,6 +78,20 @@ def test_experts_on_their_own_tp_read_from_the_torch_format(etp1: Path, tmp_path
     assert report.identical and report.logits_ok and not report.config_differences  # ffn_hidden_size (unused: every layer routes) is not a difference
 
 
+def test_browse_labels_the_expert_tp_folders_complete(etp1: Path, tmp_path: Path) -> None:
+    """The browse pane judges completeness from names alone: the two folders megatron-core writes
+    for TP2 EP2 expert-TP1 are complete; without one of its model files the folder is not."""
+    import shutil
+
+    from ckptscope.inspectors.browse import label_path
+
+    assert label_path(etp1 / "legacy").complete and not label_path(etp1 / "legacy").missing
+    copy = tmp_path / "legacy"
+    shutil.copytree(etp1 / "legacy", copy)
+    (copy / "iter_0000001" / "mp_rank_01_001" / "model_optim_rng.pt").unlink()
+    assert label_path(copy).missing == ("mp_rank_01_001/model_optim_rng.pt",)
+
+
 def test_torch_dist_of_the_same_run_gives_the_same_model(etp1: Path, tmp_path: Path) -> None:
     from_legacy = convert_to(etp1 / "legacy", tmp_path / "a", "hf")
     from_dist = convert_to(etp1 / "dist", tmp_path / "b", "hf")
