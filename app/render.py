@@ -164,7 +164,7 @@ def rank_map_table(rmap: RankMap) -> Table:
             cell = rmap.cells[key]
             row(table, Text(printable(cell.files[0])), " · ".join(rank_cell_lines(cell)), str(cell.tensors))
         return table
-    shown = "×".join(f"{a.upper()}{rmap.sizes[a]}" for a in rmap.axes)
+    shown = "×".join(f"{a.upper()}{rmap.sizes[a]}" for a in (*rmap.axes, *(("etp",) if "etp" in rmap.sizes else ())))
     table = Table(title=f"Rank layout ({shown})", title_justify="left", show_lines=True)
     table.add_column("rank", style="bold")
     for column in rmap.columns():

@@ -95,6 +95,8 @@ def rank_map(ckpt: Checkpoint, *, by_file: bool = False) -> RankMap:
     holding = {rel for t in ckpt.model_tensors() for rel in ([c.file for c in t.chunks] or [t.file])}
     axes = () if by_file else tuple(a for a in AXES if any(getattr(ranks[rel], a) is not None for rel in holding if rel in ranks))
     sizes = {a: getattr(ckpt.parallel, a) for a in AXES}
+    if ckpt.parallel.etp is not None:  # experts on a TP of their own: said beside the grid's axes
+        sizes["etp"] = ckpt.parallel.etp
     file_sizes = {f.rel: f.size for f in ckpt.files}
     cells: dict[Key, RankCell] = {}
 

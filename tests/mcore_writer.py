@@ -38,6 +38,7 @@ MOE = {"num_moe_experts": EXPERTS, "moe_ffn_hidden_size": EXPERT_FFN, "moe_route
 MOE_ARGS = {"num_experts": EXPERTS, "moe_ffn_hidden_size": EXPERT_FFN, "moe_router_topk": TOPK}
 MODELS: dict[str, tuple[dict, dict, dict]] = {
     "mixtral": (MOE, MOE_ARGS, {}),
+    "qwen3_moe": ({**MOE, "qk_layernorm": True}, {**MOE_ARGS, "qk_layernorm": True}, {}),  # top-k renormalised
     "qwen3": ({"qk_layernorm": True, "kv_channels": 24}, {"qk_layernorm": True, "kv_channels": 24}, {}),
     "qwen2": ({"add_qkv_bias": True}, {"add_qkv_bias": True}, {}),
     # shared experts behind a sigmoid gate, the first layer dense

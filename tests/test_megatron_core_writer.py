@@ -67,7 +67,7 @@ def test_experts_on_their_own_tp_read_from_the_torch_format(etp1: Path, tmp_path
     ckpt = detect(legacy)
     assert ckpt.parallel.label() == "TP2×PP1×EP2×ETP1" and ckpt.to_json()["parallel"]["etp"] == 1
     grid = rank_map(ckpt)
-    assert not grid.missing and sorted(grid.unwritten) == [(0, 0, 1), (1, 0, 0)]
+    assert not grid.missing and sorted(grid.unwritten) == [(0, 0, 1), (1, 0, 0)] and grid.sizes["etp"] == 1
     hf = convert_to(legacy, tmp_path / "hf", "hf")
     reference = torch.load(etp1 / "reference_logits.pt")
     assert (_logits(hf) - reference).abs().max().item() <= 1e-5
@@ -158,12 +158,14 @@ def test_families_from_megatron_core_and_back_into_it(model: str, tmp_path: Path
         assert (logits - reference).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("model", ["mistral", "llama31", "interleaved"])
-def test_attention_features_from_megatron_core(model: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["mistral", "llama31", "interleaved", "qwen3_moe"])
+def test_features_read_from_megatron_core(model: str, tmp_path: Path) -> None:
     """A sliding window (4 keys, the probe 16 tokens long), Llama 3.1's RoPE scaling (without it
-    the logits differ by 2.4e-4) and RoPE on adjacent channel pairs, saved by megatron-core at TP2:
-    the HF model transformers runs gives megatron-core's logits, and verify finds every field the same."""
-    run = write_with_megatron_core(tmp_path / "run", model=model, tp=2, world=2)
+    the logits differ by 2.4e-4), RoPE on adjacent channel pairs (TP2), and Qwen3-MoE (QK-norm,
+    renormalised top-k; TP2 EP2 expert-TP1), saved by megatron-core: the HF model transformers
+    runs gives megatron-core's logits, and verify finds every field the same."""
+    layout = {"tp": 2, "ep": 2, "etp": 1} if model.endswith("_moe") else {"tp": 2}
+    run = write_with_megatron_core(tmp_path / "run", model=model, world=2, **layout)
     hf = convert_to(run / "legacy", tmp_path / "hf", "hf")
     assert (_logits(hf) - torch.load(run / "reference_logits.pt")).abs().max().item() <= 1e-5
     report = verify(run / "legacy", hf)
