@@ -162,6 +162,12 @@ def parallel_size(args: dict[str, Any], names: tuple[str, ...], limit: int, blam
     return value
 
 
+def rank_folder_name(tp: int, pp: int, ep: int, *, pp_size: int, ep_size: int) -> str:
+    """A rank's folder in the `torch` format: `mp_rank_TT`, `_PPP` with pipeline stages, `_EEE`
+    with expert ranks (megatron/training/checkpointing.py `get_checkpoint_name`)."""
+    return f"mp_rank_{tp:02d}" + (f"_{pp:03d}" if pp_size > 1 else "") + (f"_{ep:03d}" if ep_size > 1 else "")
+
+
 def legacy_rank_folders(tp: int, pp: int, ep: int, etp: int | None = None) -> list[tuple[int, int, int]]:
     """(tp, pp, ep) of every rank folder megatron-core writes in the `torch` format.
 

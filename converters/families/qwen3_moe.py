@@ -1,6 +1,7 @@
 """Qwen3-MoE (`Qwen3MoeForCausalLM`): Qwen3's attention (per-head QK-norm) and a sparse MoE
-block on every layer but those `mlp_only_layers` / `decoder_sparse_step` keep dense: `mlp.gate` router, per-expert `mlp.experts.{e}.*_proj` on disk (the fused
-transformers-5 form is read too), top-k weights renormalised when `norm_topk_prob`."""
+block on every layer but those `mlp_only_layers` / `decoder_sparse_step` keep dense: `mlp.gate`
+router, per-expert `mlp.experts.{e}.*_proj` on disk (the fused transformers-5 form is read too),
+top-k weights renormalised when `norm_topk_prob`."""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ckptscope.inspectors.megatron_common import rank_folder_name
+
 from ..ops import fuse_qkv, pack_swiglu, pad_rows, split
 from .spec import SampleSpec
 
@@ -158,15 +160,6 @@ def to_legacy(sd: OrderedDict, tied_head: bool) -> dict:
     return out
 
 
-def rank_folder(tp_rank: int, pp_rank: int, ep_rank: int, pp: int, ep: int) -> str:
-    name = f"mp_rank_{tp_rank:02d}"
-    if pp > 1:
-        name += f"_{pp_rank:03d}"
-    if ep > 1:
-        name += f"_{ep_rank:03d}"
-    return name
-
-
 def write_megatron_torch(
     spec: SampleSpec,
     out_dir: str | Path,
@@ -208,7 +201,7 @@ def write_megatron_torch(
                         state["optimizer"] = {"state": {0: {"exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
                         state["opt_param_scheduler"] = {"num_steps": iteration}
                     state["rng_state"] = [{"random_rng_state": (3, tuple(range(5)), None), "torch_rng_state": torch.zeros(8, dtype=torch.uint8)}]
-                    target = folder / rank_folder(tp_rank, pp_rank, ep_rank, pp, ep) / "model_optim_rng.pt"
+                    target = folder / rank_folder_name(tp_rank, pp_rank, ep_rank, pp_size=pp, ep_size=ep) / "model_optim_rng.pt"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     torch.save(state, target)
     (root / "latest_checkpointed_iteration.txt").write_text(str(iterations[-1]))

@@ -52,7 +52,7 @@ class MegatronTorchSource(CanonicalSource):
         spec = spec or spec_from_megatron_args(args, true_vocab=true_vocab, vocab_note=vocab_note)
         # Megatron-LLM always groups QKV per KV head ([q.., k, v]: the checkpoint_version 2 order)
         self.spec = spec.with_(qkv_version=2 if self.rules is mllm else legacy_qkv_version(ckpt, spec))
-        self.grouped_mlp = any(map(grouped_mlp.is_grouped, ckpt.model_tensors()))
+        self.grouped_mlp = any(map(grouped_mlp.GROUPED_RE.match, self.index))
         if self.grouped_mlp:  # legacy GroupedMLP: each rank's weight1 / weight2 as its experts' tensors
             self.index = by_global(ckpt, grouped_mlp.per_expert(ckpt.model_tensors(), self.spec.experts))
 

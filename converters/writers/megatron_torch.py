@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import torch
 
-from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name
+from ckptscope.inspectors.megatron_common import TRACKER, iteration_folder_name, rank_folder_name
 
 from .. import vocab
 from ..row import scatter
@@ -37,15 +37,6 @@ TE_EXTRA_STATE_MLA = ("self_attention.linear_kv_down_proj", "self_attention.line
 TE_EXTRA_STATE_MLA_Q = {True: ("self_attention.linear_q_down_proj", "self_attention.linear_q_up_proj"),
                         False: ("self_attention.linear_q_proj",)}  # by q_lora_rank > 0
 TE_EXTRA_STATE_DENSE = ("mlp.linear_fc1", "mlp.linear_fc2")
-
-
-def rank_dir(tp: int, pp: int, ep: int, opts) -> str:  # type: ignore[no-untyped-def]
-    name = f"mp_rank_{tp:02d}"
-    if opts.pp > 1:
-        name += f"_{pp:03d}"
-    if opts.ep > 1:
-        name += f"_{ep:03d}"
-    return name
 
 
 class MegatronTorchWriter(StagedWriter):
@@ -71,7 +62,7 @@ class MegatronTorchWriter(StagedWriter):
 
     # ----- planning ------------------------------------------------------------------------
     def _rank_file(self, tp: int, pp: int, ep: int) -> str:
-        return f"{self.iter_dir}/{rank_dir(tp, pp, ep, self.opts)}/model_optim_rng.pt"
+        return f"{self.iter_dir}/{rank_folder_name(tp, pp, ep, pp_size=self.opts.pp, ep_size=self.opts.ep)}/model_optim_rng.pt"
 
     def resume_units(self, groups: list[int]) -> list[Unit]:
         """One unit per stage; with tied embeddings and PP > 1 the last stage needs stage 0's

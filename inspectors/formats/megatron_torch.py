@@ -28,6 +28,7 @@ from ..megatron_common import (
     iteration_of_folder,
     layer_offsets,
     parallel_size,
+    rank_folder_name,
     list_iterations,
     resolve_root,
 )
@@ -198,7 +199,7 @@ class MegatronTorchReader:
         present = {d.name for d in dirs}
         saved_tp: set[int] = set()
         for tp, pp, ep in iter_legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp):
-            name = f"mp_rank_{tp:02d}" + (f"_{pp:03d}" if layout.pp > 1 else "") + (f"_{ep:03d}" if layout.ep > 1 else "")
+            name = rank_folder_name(tp, pp, ep, pp_size=layout.pp, ep_size=layout.ep)
             if name not in present:
                 small = layout.pp * (layout.etp or layout.tp) * layout.ep <= 1 << 20  # args are untrusted: count only a sane grid
                 of = f" of {len(legacy_rank_folders(layout.tp, layout.pp, layout.ep, layout.etp))}" if small else ""
